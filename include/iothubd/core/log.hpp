@@ -1,0 +1,49 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <sstream>
+#include <string>
+#include <string_view>
+
+namespace iothubd::core {
+
+/// syslog priorities, as journald reads them from a `<N>` line prefix on stderr.
+enum class LogLevel : int { Error = 3, Warning = 4, Notice = 5, Info = 6, Debug = 7 };
+
+/// Lines above this level are dropped. Default Info.
+void setLogLevel(LogLevel level) noexcept;
+[[nodiscard]] LogLevel logLevel() noexcept;
+/// Parses "error", "warning", "notice", "info", "debug".
+[[nodiscard]] bool parseLogLevel(std::string_view text, LogLevel& out) noexcept;
+
+/// Writes one line `<N>message` to stderr (journald keeps the priority). Never throws. Callers
+/// must not pass secrets: wrap them in Secret<>, which prints as "***".
+void logLine(LogLevel level, std::string_view message) noexcept;
+
+namespace detail {
+template <class... Args>
+std::string concat(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+}  // namespace detail
+
+/// `logf(LogLevel::Info, "connected to ", host, " as ", id)`; formatting is skipped when the
+/// level is filtered out.
+template <class... Args>
+void logf(LogLevel level, const Args&... args) noexcept {
+  if (static_cast<int>(level) > static_cast<int>(logLevel())) {
+    return;
+  }
+  try {
+    logLine(level, detail::concat(args...));
+  } catch (...) {
+    logLine(level, "(log formatting failed)");
+  }
+}
+
+/// Quotes a user-supplied string for a log line so that spaces and empty values stay visible.
+[[nodiscard]] std::string quoted(std::string_view text);
+
+}  // namespace iothubd::core
