@@ -1,0 +1,38 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "iothubd/config/settings.hpp"
+#include "iothubd/core/result.hpp"
+#include "iothubd/core/secret.hpp"
+
+namespace iothubd::config {
+
+/// Who the device is and how it proves it, after combining settings and secrets.
+struct DeviceIdentity {
+  AuthKind authentication = AuthKind::ConnectionString;
+  std::string hubHostname;      ///< IoT Hub host: MQTT user name and SAS `sr`
+  std::string deviceId;
+  std::string moduleId;
+  std::string gatewayHostname;  ///< where TLS goes, if set (protocol doc 1.4)
+  core::Secret<> sharedAccessKey;  ///< base64; renewable tokens are made from it
+  core::Secret<> sasToken;         ///< user-supplied, non-renewable token
+  std::string x509CertFile;
+  std::string x509KeyFile;
+  core::Secret<> x509PassPhrase;
+};
+
+/// Reads the secrets the settings call for, from the file named in [credentials] or else from
+/// `credentialsDirectory` (systemd's $CREDENTIALS_DIRECTORY; empty if unset), and builds the
+/// identity. A secret file that group or others may read is refused, naming the file and its
+/// mode. Errors are Errc::Config and never contain a secret.
+[[nodiscard]] core::Result<DeviceIdentity> loadIdentity(const Settings& settings,
+                                                        const std::string& credentialsDirectory,
+                                                        std::uint64_t nowUnix);
+
+/// Reads one secret file: regular file, not readable by group/others, trailing newline removed.
+[[nodiscard]] core::Result<core::Secret<>> readSecretFile(const std::string& path);
+
+}  // namespace iothubd::config

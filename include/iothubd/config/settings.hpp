@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "iothubd/core/result.hpp"
+
+namespace iothubd::config {
+
+/// Which of the seed's factories the device is created with.
+enum class AuthKind {
+  ConnectionString,  ///< create_from_connection_string: credential "connection-string"
+  SymmetricKey,      ///< create_from_symmetric_key: credential "shared-access-key"
+  SasToken,          ///< create_from_sastoken: credential "sas-token"
+  X509,              ///< create_from_x509_certificate: certificate + key files
+};
+[[nodiscard]] const char* authKindName(AuthKind kind) noexcept;
+
+/// `proxy_options` of the seed (ProxyOptions).
+struct ProxySettings {
+  std::string type;  ///< "", "HTTP", "SOCKS4", "SOCKS5"
+  std::string address;
+  int port = 0;
+  std::string username;
+  std::string passwordFile;
+};
+
+/// Everything in iothubd.conf and its drop-ins, validated. Holds no secret: secrets are loaded
+/// separately (credentials.hpp) from systemd credentials or from the files named here.
+struct Settings {
+  // [hub]
+  AuthKind authentication = AuthKind::ConnectionString;
+  std::string hostname;
+  std::string deviceId;
+  std::string moduleId;
+  std::string gatewayHostname;
+  int port = 8883;  ///< MQTT over TLS; tests point it at the emulator
+
+  // [credentials]: explicit files; empty = $CREDENTIALS_DIRECTORY/<credential name>
+  std::string connectionStringFile;
+  std::string sharedAccessKeyFile;
+  std::string sasTokenFile;
+  std::string x509CertFile;
+  std::string x509KeyFile;
+  std::string x509PassPhraseFile;
+
+  // [connection]: the seed's keyword arguments, same names and defaults
+  std::string serverVerificationCert;  ///< PEM file to trust instead of the system store
+  bool websockets = false;
+  std::string cipher;
+  std::string productInfo;
+  int keepAlive = 60;
+  int sastokenTtl = 3600;
+  bool autoConnect = true;
+  bool connectionRetry = true;
+  int connectionRetryInterval = 10;
+  bool ensureDesiredProperties = true;
+  int operationTimeout = 60;  ///< seconds any hub operation (connect, publish, twin) may take
+
+  ProxySettings proxy;
+
+  // [methods]
+  int methodResponseTimeout = 60;
+
+  // [daemon]
+  std::string logLevel = "info";
+};
+
+/// One configuration file's text and the name used in error messages.
+struct ConfigSource {
+  std::string path;
+  std::string text;
+};
+
+/// Parses the main file followed by its drop-ins (later values win). Pure: no I/O. Errors are
+/// Errc::Config with "PATH:LINE: [section] key: problem".
+[[nodiscard]] core::Result<Settings> parseSettings(const std::vector<ConfigSource>& sources);
+
+/// Reads `path` (must exist) and then `path + ".d/*.conf"` in lexical order.
+[[nodiscard]] core::Result<std::vector<ConfigSource>> readConfigFiles(const std::string& path);
+
+}  // namespace iothubd::config

@@ -1,0 +1,109 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "iothubd/core/clock.hpp"
+#include "iothubd/core/result.hpp"
+#include "iothubd/core/scheduler.hpp"
+
+struct sd_event;
+struct sd_event_source;
+
+namespace sdbus {
+class IConnection;
+}
+
+namespace iothubd::loop {
+
+/// Owns one sd_event_source; unref on destruction. Not copyable.
+class EventSource {
+ public:
+  EventSource() = default;
+  explicit EventSource(sd_event_source* source) : source_(source) {}
+  EventSource(const EventSource&) = delete;
+  EventSource& operator=(const EventSource&) = delete;
+  EventSource(EventSource&& other) noexcept : source_(other.source_) { other.source_ = nullptr; }
+  EventSource& operator=(EventSource&& other) noexcept;
+  ~EventSource();
+
+  [[nodiscard]] sd_event_source* get() const noexcept { return source_; }
+  void reset() noexcept;
+
+ private:
+  sd_event_source* source_ = nullptr;
+};
+
+/// Watches one file descriptor (EPOLLIN/EPOLLOUT bits). Loop thread only.
+class IoWatch {
+ public:
+  virtual ~IoWatch() = default;
+  virtual void setEvents(std::uint32_t events) = 0;
+};
+
+/// The daemon's single event loop (architecture doc 6.1): D-Bus, MQTT, curl, timers, signals and
+/// the watchdog are all sources on this sd_event, dispatched on one thread.
+class EventLoop final : public core::Scheduler, public core::Clock {
+ public:
+  [[nodiscard]] static core::Result<std::unique_ptr<EventLoop>> create();
+  ~EventLoop() override;
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  /// Runs until exit(); returns the exit code.
+  [[nodiscard]] core::Result<int> run();
+  /// Runs one iteration, waiting at most `timeout` (tests step the loop with this).
+  [[nodiscard]] core::Result<void> runOnce(std::chrono::microseconds timeout);
+  void exit(int code) noexcept;
+
+  /// Feeds the service manager's watchdog from the loop if WatchdogSec= is set (sd-event does
+  /// it at half the interval), so a stuck loop gets the daemon restarted.
+  [[nodiscard]] core::Result<void> enableWatchdog();
+
+  /// Calls `onSignal(signo)` on the loop for each of `signals` (blocked for the process).
+  [[nodiscard]] core::Result<void> handleSignals(const std::vector<int>& signals,
+                                                 std::function<void(int)> onSignal);
+
+  [[nodiscard]] core::Result<std::unique_ptr<IoWatch>> watchIo(
+      int fd, std::uint32_t events, std::function<void(std::uint32_t revents)> onReady);
+
+  /// Runs `work` on a short-lived worker thread (for a call that may block, such as a DNS lookup
+  /// inside mosquitto_connect_async) and then `done` on the loop thread. The loop must not touch
+  /// what `work` touches until `done` runs.
+  void runOffLoop(std::function<void()> work, std::function<void()> done);
+
+  /// Dispatches the sdbus-c++ 1.2 connection on this loop through getEventLoopPollData() /
+  /// processPendingRequest() (1.2 has no sd-event attach). The connection must outlive the loop's
+  /// use of it: call detachBus() before destroying it.
+  [[nodiscard]] core::Result<void> attachBus(sdbus::IConnection& connection);
+  void detachBus() noexcept;
+
+  // core::Scheduler
+  [[nodiscard]] std::unique_ptr<core::Timer> createTimer(std::function<void()> onFire) override;
+  void post(std::function<void()> fn) override;
+
+  // core::Clock
+  [[nodiscard]] std::chrono::microseconds monotonic() const override;
+  [[nodiscard]] std::uint64_t unixSeconds() const override;
+
+  [[nodiscard]] sd_event* raw() const noexcept { return event_; }
+
+ private:
+  struct BusAttachment;
+  struct Worker;
+  explicit EventLoop(sd_event* event);
+  void reapWorkers() noexcept;
+
+  sd_event* event_;
+  EventSource postSource_;
+  std::vector<std::function<void()>> posted_;
+  std::vector<EventSource> signalSources_;
+  std::function<void(int)> onSignal_;
+  std::unique_ptr<BusAttachment> bus_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+};
+
+}  // namespace iothubd::loop

@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <cstddef>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "iothubd/core/result.hpp"
+
+namespace iothubd::proto {
+
+/// System properties of a device-to-cloud message. Unset = std::nullopt.
+struct SystemProperties {
+  std::optional<std::string> messageId;        ///< `$.mid`, at most 128 printable ASCII characters
+  std::optional<std::string> correlationId;    ///< `$.cid`
+  std::optional<std::string> userId;           ///< `$.uid`
+  std::optional<std::string> contentType;      ///< `$.ct`
+  std::optional<std::string> contentEncoding;  ///< `$.ce`
+  std::optional<std::string> expiryTimeUtc;    ///< `$.exp`
+  std::optional<std::string> outputName;       ///< `$.on`, modules only (section 10)
+  std::optional<std::string> componentName;    ///< `$.sub`
+  std::optional<std::string> creationTimeUtc;  ///< application property `iothub-creation-time-utc`
+};
+
+/// D-Bus names of the system properties (dbus-contract-notes "System-property keys").
+inline constexpr std::string_view kBusMessageId = "message-id";
+inline constexpr std::string_view kBusCorrelationId = "correlation-id";
+inline constexpr std::string_view kBusUserId = "user-id";
+inline constexpr std::string_view kBusContentType = "content-type";
+inline constexpr std::string_view kBusContentEncoding = "content-encoding";
+inline constexpr std::string_view kBusExpiryTimeUtc = "expiry-time-utc";
+inline constexpr std::string_view kBusOutputName = "output-name";
+inline constexpr std::string_view kBusComponentName = "component-name";
+inline constexpr std::string_view kBusCreationTimeUtc = "creation-time-utc";
+/// C2D-only bus names (`$.to`, `iothub-ack`).
+inline constexpr std::string_view kBusTo = "to";
+inline constexpr std::string_view kBusAck = "ack";
+
+/// The application property that carries the creation time on MQTT (protocol doc section 4).
+inline constexpr std::string_view kCreationTimeProperty = "iothub-creation-time-utc";
+
+/// Longest message id the hub accepts (protocol doc section 4, `$.mid`).
+inline constexpr std::size_t kMaxMessageIdLength = 128;
+
+/// Builds SystemProperties from the D-Bus map, keyed by the bus names above.
+/// Errors (Errc::InvalidArgument, naming the key): a key outside the list ("unknown system property
+/// 'foo'"), an empty value (almost certainly a caller bug; leave the key out instead), a message-id
+/// longer than 128 bytes or with characters outside printable ASCII.
+[[nodiscard]] core::Result<SystemProperties> systemPropertiesFromBus(
+    const std::map<std::string, std::string>& busProps);
+
+/// A device-to-cloud message ready for the topic builder.
+struct OutgoingMessage {
+  std::string body;
+  std::map<std::string, std::string> properties;  ///< custom (application) properties
+  SystemProperties system;
+};
+
+/// Custom property keys must be non-empty, and keys starting with `$` or `iothub-` (any case; the
+/// hub's own application properties use that prefix) are reserved.
+/// Errors: Errc::InvalidArgument naming the key.
+[[nodiscard]] core::Result<void> validateCustomProperties(
+    const std::map<std::string, std::string>& props);
+
+/// The telemetry topic (protocol doc sections 4 and 10): `devices/{dev}/messages/events/` or
+/// `devices/{dev}/modules/{mod}/messages/events/`, immediately followed by the property bag: system
+/// properties first as `%24.xx=enc(value)` in the order `$.on,$.mid,$.cid,$.uid,$.ct,$.ce,$.exp,
+/// $.sub` ([py] order), then `iothub-creation-time-utc=enc(v)`, then custom properties in key order
+/// as `enc(key)=enc(value)`, joined with `&`. Ids are never encoded. Expects validated input
+/// (validateCustomProperties); does not check the size (hubMessageSize).
+[[nodiscard]] std::string telemetryTopic(std::string_view deviceId, std::string_view moduleId,
+                                         const OutgoingMessage& message);
+
+/// The hub's message size limit: 256 KB (protocol doc section 4).
+inline constexpr std::size_t kMaxTelemetryBytes = 262144;
+
+/// The size the hub counts against kMaxTelemetryBytes (protocol doc section 4): body + values of
+/// the system properties + names and values of the custom properties, where the creation time
+/// counts as the custom property `iothub-creation-time-utc` (name and value). Unencoded bytes.
+[[nodiscard]] std::size_t hubMessageSize(const OutgoingMessage& message);
+
+}  // namespace iothubd::proto

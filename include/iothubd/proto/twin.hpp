@@ -1,0 +1,40 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "iothubd/core/result.hpp"
+
+namespace iothubd::proto {
+
+/// Deepest nesting accepted in any JSON we parse (an object or array counts one level; a scalar
+/// root is depth 0). Bounds the parser's work and memory for hostile input.
+inline constexpr unsigned kMaxJsonDepth = 32;
+
+/// Checks a reported-properties patch before it is sent (protocol doc section 7: a JSON merge
+/// patch, so it must be an object). Text must be valid UTF-8 JSON, one value, no NUL bytes.
+/// Errors: Errc::InvalidArgument "invalid JSON at offset N: <reason>", "JSON nested deeper than 32
+/// levels at offset N", "patch must be a JSON object, got array".
+[[nodiscard]] core::Result<void> validateReportedPatch(std::string_view json);
+
+/// Checks a method response (or other) payload: empty means "no payload" and is fine; anything
+/// else must be one valid JSON value of any type, within kMaxJsonDepth (protocol doc section 6).
+/// Errors: Errc::InvalidArgument as validateReportedPatch.
+[[nodiscard]] core::Result<void> validateJsonPayload(std::string_view json);
+
+/// `desired.$version` of a twin GET result `{"desired":{...,"$version":N},"reported":{...}}`.
+/// Errors: Errc::Protocol (the text comes from the hub) for invalid JSON, a missing `desired`
+/// object or `$version`, or a `$version` that is not a non-negative integer.
+[[nodiscard]] core::Result<std::uint64_t> desiredVersionOfTwin(std::string_view twinJson);
+
+/// `$version` of a desired-properties patch. Errors: Errc::Protocol as desiredVersionOfTwin.
+[[nodiscard]] core::Result<std::uint64_t> versionOfDesiredPatch(std::string_view patchJson);
+
+/// The `desired` object of a twin GET result, re-serialized as compact JSON (including its
+/// `$version`), to deliver as if it were a patch ([py] ensure_desired_properties, section 7).
+/// Errors: Errc::Protocol as desiredVersionOfTwin.
+[[nodiscard]] core::Result<std::string> desiredSectionOfTwin(std::string_view twinJson);
+
+}  // namespace iothubd::proto

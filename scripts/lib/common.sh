@@ -1,0 +1,73 @@
+# SPDX-License-Identifier: MIT
+# Shared by scripts/test and scripts/demo: install what a fresh Debian 12 machine lacks, create the
+# service accounts the D-Bus policy names, and build. Source it; it defines functions only.
+
+# Everything the build, the tests and the demo use, by Debian 12 package name.
+IOTHUBD_PACKAGES=(
+  # toolchain and build
+  g++ pkg-config meson ninja-build
+  # libraries (see meson.build)
+  libsdbus-c++-dev libsdbus-c++-bin libmosquitto-dev libssl-dev rapidjson-dev libsystemd-dev
+  libexpected-dev libinih-dev libgtest-dev libgmock-dev
+  # hub emulator: broker, plugin headers, clients, PKI
+  mosquitto mosquitto-dev mosquitto-clients openssl
+  # private system bus and busctl
+  dbus systemd
+  # helpers used by the harness scripts
+  python3 procps util-linux passwd
+)
+
+log() { printf '==> %s\n' "$*"; }
+
+die() {
+  printf 'error: %s\n' "$*" >&2
+  exit 1
+}
+
+as_root() {
+  if [[ $(id -u) -eq 0 ]]; then
+    "$@"
+  elif command -v sudo >/dev/null; then
+    sudo "$@"
+  else
+    die "need root to run: $* (run this script as root)"
+  fi
+}
+
+ensure_packages() {
+  local -a missing=()
+  local p
+  for p in "${IOTHUBD_PACKAGES[@]}" "$@"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed'; then
+      missing+=("$p")
+    fi
+  done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    return 0
+  fi
+  log "installing ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+}
+
+# The bus policy (dbus/org.iothubd.conf) lets only user "iothubd" own org.iothubd and members of
+# group "iothub" call it; the package's sysusers file creates the same accounts.
+ensure_service_user() {
+  getent group iothub >/dev/null || as_root groupadd --system iothub
+  if ! getent passwd iothubd >/dev/null; then
+    as_root useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin iothubd
+  fi
+}
+
+# build DIR [meson options...]
+build_project() {
+  local dir=$1
+  shift
+  if [[ -f "$dir/build.ninja" ]]; then
+    meson setup --reconfigure "$dir" "$@" >/dev/null
+  else
+    meson setup "$dir" "$@" >/dev/null
+  fi
+  meson compile -C "$dir"
+}

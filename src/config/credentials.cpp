@@ -1,0 +1,200 @@
+// SPDX-License-Identifier: MIT
+#include "iothubd/config/credentials.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "iothubd/proto/base64.hpp"
+#include "iothubd/proto/connection_string.hpp"
+#include "iothubd/proto/sas_token.hpp"
+
+namespace iothubd::config {
+namespace {
+
+using core::Errc;
+using core::fail;
+
+/// Largest secret we accept: a connection string or token is a few hundred bytes; a bigger file
+/// is a mistake (a certificate bundle named by accident), not a secret.
+constexpr size_t kMaxSecretBytes = 64 * 1024;
+
+std::string modeText(mode_t mode) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(mode & 07777));
+  return buf;
+}
+
+/// Where a credential comes from: the file named in [credentials], or systemd's credential
+/// directory.
+core::Result<std::string> credentialPath(const std::string& explicitFile, const char* key,
+                                         const char* credentialName,
+                                         const std::string& credentialsDirectory) {
+  if (!explicitFile.empty()) {
+    return explicitFile;
+  }
+  if (credentialsDirectory.empty()) {
+    return fail(Errc::Config, std::string("no credential \"") + credentialName +
+                                  "\": set [credentials] " + key +
+                                  " or pass it with systemd LoadCredential=" + credentialName);
+  }
+  return credentialsDirectory + "/" + credentialName;
+}
+
+core::Result<core::Secret<>> readCredential(const std::string& explicitFile, const char* key,
+                                            const char* credentialName,
+                                            const std::string& credentialsDirectory) {
+  auto path = credentialPath(explicitFile, key, credentialName, credentialsDirectory);
+  if (!path) {
+    return fail(path.error());
+  }
+  return readSecretFile(*path);
+}
+
+}  // namespace
+
+core::Result<core::Secret<>> readSecretFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    int err = errno;
+    return fail(Errc::Config, "cannot read secret file " + path + ": " + std::strerror(err), err);
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) < 0) {
+    int err = errno;
+    return fail(Errc::Config, "cannot stat secret file " + path + ": " + std::strerror(err), err);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return fail(Errc::Config, "secret file " + path + " is not a regular file");
+  }
+  if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+    return fail(Errc::Config, "refusing secret file " + path + ": mode " + modeText(st.st_mode) +
+                                  " lets group or others read it (chmod 0600 " + path + ")");
+  }
+  if (static_cast<size_t>(st.st_size) > kMaxSecretBytes) {
+    return fail(Errc::Config, "secret file " + path + " is larger than 64 KiB");
+  }
+  std::string data(static_cast<size_t>(st.st_size), '\0');
+  size_t got = 0;
+  while (got < data.size()) {
+    ssize_t n = ::read(fd, data.data() + got, data.size() - got);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      int err = errno;
+      return fail(Errc::Config, "cannot read secret file " + path + ": " + std::strerror(err), err);
+    }
+    if (n == 0) {
+      break;
+    }
+    got += static_cast<size_t>(n);
+  }
+  data.resize(got);
+  // Editors and `echo` add a trailing newline; it is never part of a key or token.
+  while (!data.empty() && (data.back() == '\n' || data.back() == '\r')) {
+    data.pop_back();
+  }
+  if (data.empty()) {
+    return fail(Errc::Config, "secret file " + path + " is empty");
+  }
+  return core::Secret<>(std::move(data));
+}
+
+core::Result<DeviceIdentity> loadIdentity(const Settings& s, const std::string& credentialsDirectory,
+                                          std::uint64_t nowUnix) {
+  DeviceIdentity id;
+  id.authentication = s.authentication;
+  id.hubHostname = s.hostname;
+  id.deviceId = s.deviceId;
+  id.moduleId = s.moduleId;
+  id.gatewayHostname = s.gatewayHostname;
+
+  switch (s.authentication) {
+    case AuthKind::ConnectionString: {
+      auto text = readCredential(s.connectionStringFile, "connection_string_file",
+                                 "connection-string", credentialsDirectory);
+      if (!text) {
+        return fail(text.error());
+      }
+      auto cs = proto::parseConnectionString(text->reveal());
+      if (!cs) {
+        return fail(Errc::Config, "connection string: " + cs.error().message);
+      }
+      if (cs->x509) {
+        return fail(Errc::Config,
+                    "connection string: x509=true is not supported by this version; use "
+                    "authentication = x509");
+      }
+      id.hubHostname = cs->hostName;
+      id.deviceId = cs->deviceId;
+      id.moduleId = cs->moduleId;
+      id.gatewayHostname = cs->gatewayHostName;
+      if (!cs->sharedAccessSignature.empty()) {
+        id.authentication = AuthKind::SasToken;
+        id.sasToken = cs->sharedAccessSignature;
+      } else {
+        id.authentication = AuthKind::SymmetricKey;
+        id.sharedAccessKey = cs->sharedAccessKey;
+      }
+      break;
+    }
+    case AuthKind::SymmetricKey: {
+      auto key = readCredential(s.sharedAccessKeyFile, "shared_access_key_file",
+                                "shared-access-key", credentialsDirectory);
+      if (!key) {
+        return fail(key.error());
+      }
+      if (!proto::base64Decode(key->reveal())) {
+        return fail(Errc::Config, "shared access key: not valid base64");
+      }
+      id.sharedAccessKey = std::move(*key);
+      break;
+    }
+    case AuthKind::SasToken: {
+      auto token = readCredential(s.sasTokenFile, "sas_token_file", "sas-token",
+                                  credentialsDirectory);
+      if (!token) {
+        return fail(token.error());
+      }
+      auto parsed = proto::parseSasToken(token->reveal());
+      if (!parsed) {
+        return fail(Errc::Config, "SAS token: " + parsed.error().message);
+      }
+      auto target = proto::sasTokenTarget(*parsed);
+      if (!target) {
+        return fail(Errc::Config, "SAS token: " + target.error().message);
+      }
+      if (id.hubHostname.empty()) {
+        id.hubHostname = target->hubHost;
+      }
+      if (id.deviceId.empty()) {
+        id.deviceId = target->deviceId;
+        id.moduleId = target->moduleId;
+      }
+      id.sasToken = std::move(*token);
+      break;
+    }
+    case AuthKind::X509:
+      return fail(Errc::Config, "[hub] authentication: x509 is not supported by this version");
+  }
+
+  if (id.authentication == AuthKind::SasToken) {
+    auto valid = proto::validateSasTokenFor(id.sasToken.reveal(), id.hubHostname, id.deviceId,
+                                            id.moduleId, nowUnix);
+    if (!valid) {
+      return fail(Errc::Config, "SAS token: " + valid.error().message);
+    }
+  }
+  return id;
+}
+
+}  // namespace iothubd::config

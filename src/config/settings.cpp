@@ -1,0 +1,315 @@
+// SPDX-License-Identifier: MIT
+#include "iothubd/config/settings.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include <ini.h>
+
+namespace iothubd::config {
+namespace {
+
+using core::Errc;
+using core::fail;
+
+struct ParseState {
+  Settings settings;
+  std::string error;  // set by a key handler; inih then reports the line
+};
+
+bool parseBool(std::string_view v, bool& out) {
+  if (v == "true" || v == "yes" || v == "1" || v == "on") {
+    out = true;
+    return true;
+  }
+  if (v == "false" || v == "no" || v == "0" || v == "off") {
+    out = false;
+    return true;
+  }
+  return false;
+}
+
+bool parseInt(std::string_view v, int& out) {
+  const char* end = v.data() + v.size();
+  auto [ptr, ec] = std::from_chars(v.data(), end, out);
+  return ec == std::errc() && ptr == end && !v.empty();
+}
+
+using Handler = std::function<std::string(Settings&, std::string_view)>;
+
+Handler text(std::string Settings::*field) {
+  return [field](Settings& s, std::string_view v) {
+    s.*field = std::string(v);
+    return std::string();
+  };
+}
+
+Handler flag(bool Settings::*field) {
+  return [field](Settings& s, std::string_view v) -> std::string {
+    if (!parseBool(v, s.*field)) {
+      return "expected true or false, got " + std::string(v);
+    }
+    return {};
+  };
+}
+
+Handler number(int Settings::*field, int min, int max) {
+  return [field, min, max](Settings& s, std::string_view v) -> std::string {
+    int n = 0;
+    if (!parseInt(v, n)) {
+      return "expected an integer, got \"" + std::string(v) + "\"";
+    }
+    if (n < min || n > max) {
+      return "must be between " + std::to_string(min) + " and " + std::to_string(max) + ", got " +
+             std::to_string(n);
+    }
+    s.*field = n;
+    return {};
+  };
+}
+
+/// The key table: "section.key" → handler. The one place that says which keys exist.
+const std::map<std::string, Handler, std::less<>>& keyTable() {
+  static const std::map<std::string, Handler, std::less<>> table = {
+      {"hub.authentication",
+       [](Settings& s, std::string_view v) -> std::string {
+         if (v == "connection-string") {
+           s.authentication = AuthKind::ConnectionString;
+         } else if (v == "symmetric-key") {
+           s.authentication = AuthKind::SymmetricKey;
+         } else if (v == "sas-token") {
+           s.authentication = AuthKind::SasToken;
+         } else if (v == "x509") {
+           s.authentication = AuthKind::X509;
+         } else {
+           return "expected connection-string, symmetric-key, sas-token or x509, got \"" +
+                  std::string(v) + "\"";
+         }
+         return {};
+       }},
+      {"hub.hostname", text(&Settings::hostname)},
+      {"hub.device_id", text(&Settings::deviceId)},
+      {"hub.module_id", text(&Settings::moduleId)},
+      {"hub.gateway_hostname", text(&Settings::gatewayHostname)},
+      {"hub.port", number(&Settings::port, 1, 65535)},
+      {"credentials.connection_string_file", text(&Settings::connectionStringFile)},
+      {"credentials.shared_access_key_file", text(&Settings::sharedAccessKeyFile)},
+      {"credentials.sas_token_file", text(&Settings::sasTokenFile)},
+      {"credentials.x509_cert_file", text(&Settings::x509CertFile)},
+      {"credentials.x509_key_file", text(&Settings::x509KeyFile)},
+      {"credentials.x509_pass_phrase_file", text(&Settings::x509PassPhraseFile)},
+      {"connection.server_verification_cert", text(&Settings::serverVerificationCert)},
+      {"connection.websockets", flag(&Settings::websockets)},
+      {"connection.cipher", text(&Settings::cipher)},
+      {"connection.product_info", text(&Settings::productInfo)},
+      // Protocol doc 1.3: the hub waits 1.5 x keep-alive capped at 1767 s, so more than 1177 s
+      // would let the load balancer drop an idle but healthy connection.
+      {"connection.keep_alive", number(&Settings::keepAlive, 5, 1177)},
+      {"connection.sastoken_ttl", number(&Settings::sastokenTtl, 5, 365 * 24 * 3600)},
+      {"connection.auto_connect", flag(&Settings::autoConnect)},
+      {"connection.connection_retry", flag(&Settings::connectionRetry)},
+      {"connection.connection_retry_interval", number(&Settings::connectionRetryInterval, 1, 86400)},
+      {"connection.ensure_desired_properties", flag(&Settings::ensureDesiredProperties)},
+      {"connection.operation_timeout", number(&Settings::operationTimeout, 1, 3600)},
+      {"proxy.proxy_type",
+       [](Settings& s, std::string_view v) -> std::string {
+         if (v != "HTTP" && v != "SOCKS4" && v != "SOCKS5" && !v.empty()) {
+           return "expected HTTP, SOCKS4 or SOCKS5, got \"" + std::string(v) + "\"";
+         }
+         s.proxy.type = std::string(v);
+         return {};
+       }},
+      {"proxy.proxy_address",
+       [](Settings& s, std::string_view v) {
+         s.proxy.address = std::string(v);
+         return std::string();
+       }},
+      {"proxy.proxy_port",
+       [](Settings& s, std::string_view v) -> std::string {
+         int n = 0;
+         if (!parseInt(v, n) || n < 1 || n > 65535) {
+           return "expected a port between 1 and 65535, got \"" + std::string(v) + "\"";
+         }
+         s.proxy.port = n;
+         return {};
+       }},
+      {"proxy.proxy_username",
+       [](Settings& s, std::string_view v) {
+         s.proxy.username = std::string(v);
+         return std::string();
+       }},
+      {"proxy.proxy_password_file",
+       [](Settings& s, std::string_view v) {
+         s.proxy.passwordFile = std::string(v);
+         return std::string();
+       }},
+      {"methods.method_response_timeout", number(&Settings::methodResponseTimeout, 1, 3600)},
+      {"daemon.log_level",
+       [](Settings& s, std::string_view v) -> std::string {
+         static constexpr std::string_view kLevels[] = {"error", "warning", "notice", "info",
+                                                        "debug"};
+         if (std::find(std::begin(kLevels), std::end(kLevels), v) == std::end(kLevels)) {
+           return "expected error, warning, notice, info or debug, got \"" + std::string(v) + "\"";
+         }
+         s.logLevel = std::string(v);
+         return {};
+       }},
+  };
+  return table;
+}
+
+int onKey(void* user, const char* section, const char* name, const char* value) {
+  auto* state = static_cast<ParseState*>(user);
+  std::string key = std::string(section) + "." + name;
+  if (name[0] == '\0') {
+    state->error = "[" + std::string(section) + "]: empty key";
+    return 0;
+  }
+  const auto& table = keyTable();
+  auto it = table.find(key);
+  if (it == table.end()) {
+    bool sectionKnown = std::any_of(table.begin(), table.end(), [&](const auto& entry) {
+      return entry.first.rfind(std::string(section) + ".", 0) == 0;
+    });
+    state->error = sectionKnown ? "[" + std::string(section) + "] " + name + ": unknown key"
+                                : "[" + std::string(section) + "]: unknown section";
+    if (std::string_view(section).empty()) {
+      state->error = std::string(name) + ": key outside any section";
+    }
+    return 0;
+  }
+  std::string problem = it->second(state->settings, value);
+  if (!problem.empty()) {
+    state->error = "[" + std::string(section) + "] " + name + ": " + problem;
+    return 0;
+  }
+  return 1;
+}
+
+/// Options of the seed that this version accepts in the file but cannot honour yet: refused
+/// with a clear message rather than silently ignored.
+core::Result<void> refuseUnsupported(const Settings& s) {
+  if (s.websockets) {
+    return fail(Errc::Config, "[connection] websockets: MQTT over WebSockets is not supported by this version");
+  }
+  if (!s.proxy.type.empty() || !s.proxy.address.empty()) {
+    return fail(Errc::Config, "[proxy]: proxy_options are not supported by this version");
+  }
+  if (s.authentication == AuthKind::X509) {
+    return fail(Errc::Config, "[hub] authentication: x509 is not supported by this version");
+  }
+  return {};
+}
+
+core::Result<void> checkConsistency(const Settings& s) {
+  bool fromConnectionString = s.authentication == AuthKind::ConnectionString;
+  auto needs = [&](const std::string& value, const char* key) -> core::Result<void> {
+    if (value.empty()) {
+      return fail(Errc::Config, std::string("[hub] ") + key + ": required with authentication = " +
+                                    authKindName(s.authentication));
+    }
+    return {};
+  };
+  auto forbids = [&](const std::string& value, const char* key) -> core::Result<void> {
+    if (!value.empty()) {
+      return fail(Errc::Config, std::string("[hub] ") + key +
+                                    ": comes from the connection string; remove it here");
+    }
+    return {};
+  };
+  if (fromConnectionString) {
+    for (auto [value, key] : {std::pair{&s.hostname, "hostname"}, {&s.deviceId, "device_id"},
+                              {&s.moduleId, "module_id"}, {&s.gatewayHostname, "gateway_hostname"}}) {
+      if (auto r = forbids(*value, key); !r) {
+        return r;
+      }
+    }
+  } else if (s.authentication == AuthKind::SymmetricKey || s.authentication == AuthKind::X509) {
+    if (auto r = needs(s.hostname, "hostname"); !r) {
+      return r;
+    }
+    if (auto r = needs(s.deviceId, "device_id"); !r) {
+      return r;
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+const char* authKindName(AuthKind kind) noexcept {
+  switch (kind) {
+    case AuthKind::ConnectionString: return "connection-string";
+    case AuthKind::SymmetricKey: return "symmetric-key";
+    case AuthKind::SasToken: return "sas-token";
+    case AuthKind::X509: return "x509";
+  }
+  return "unknown";
+}
+
+core::Result<Settings> parseSettings(const std::vector<ConfigSource>& sources) {
+  ParseState state;
+  for (const auto& source : sources) {
+    state.error.clear();
+    int line = ini_parse_string(source.text.c_str(), &onKey, &state);
+    if (line != 0) {
+      std::string why = state.error.empty() ? "syntax error (expected [section] or key = value)"
+                                            : state.error;
+      return fail(Errc::Config, source.path + ":" + std::to_string(line) + ": " + why);
+    }
+  }
+  if (auto r = checkConsistency(state.settings); !r) {
+    return fail(r.error());
+  }
+  if (auto r = refuseUnsupported(state.settings); !r) {
+    return fail(r.error());
+  }
+  return state.settings;
+}
+
+core::Result<std::vector<ConfigSource>> readConfigFiles(const std::string& path) {
+  namespace fs = std::filesystem;
+  auto readOne = [](const std::string& p) -> core::Result<ConfigSource> {
+    std::ifstream in(p, std::ios::binary);
+    if (!in) {
+      return fail(Errc::Config, p + ": cannot read: " + std::strerror(errno), errno);
+    }
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    return ConfigSource{p, ss.str()};
+  };
+  std::vector<ConfigSource> out;
+  auto main = readOne(path);
+  if (!main) {
+    return fail(main.error());
+  }
+  out.push_back(std::move(*main));
+  std::error_code ec;
+  fs::path dropIns(path + ".d");
+  if (fs::is_directory(dropIns, ec)) {
+    std::vector<std::string> names;
+    for (const auto& entry : fs::directory_iterator(dropIns, ec)) {
+      if (entry.path().extension() == ".conf") {
+        names.push_back(entry.path().string());
+      }
+    }
+    std::sort(names.begin(), names.end());
+    for (const auto& n : names) {
+      auto one = readOne(n);
+      if (!one) {
+        return fail(one.error());
+      }
+      out.push_back(std::move(*one));
+    }
+  }
+  return out;
+}
+
+}  // namespace iothubd::config

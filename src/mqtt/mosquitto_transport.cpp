@@ -1,0 +1,507 @@
+// SPDX-License-Identifier: MIT
+#include "iothubd/mqtt/mosquitto_transport.hpp"
+
+#include <sys/epoll.h>
+
+#include <cerrno>
+#include <cstring>
+#include <future>
+#include <mutex>
+
+#include <mosquitto.h>
+
+#include "iothubd/core/log.hpp"
+
+namespace iothubd::mqtt {
+namespace {
+
+using core::Errc;
+using core::fail;
+
+/// How often keep-alive bookkeeping (mosquitto_loop_misc: PINGREQ, ping timeout) runs while a
+/// socket is open. libmosquitto's own threaded loop uses the same one-second granularity.
+constexpr std::chrono::seconds kMiscInterval{1};
+
+struct MosquittoDeleter {
+  void operator()(mosquitto* m) const noexcept { mosquitto_destroy(m); }
+};
+using MosquittoPtr = std::unique_ptr<mosquitto, MosquittoDeleter>;
+
+void initLibrary() {
+  static std::once_flag once;
+  std::call_once(once, [] { mosquitto_lib_init(); });
+}
+
+/// What the CONNACK return code means for us (protocol doc section 9 table).
+core::Error connackError(int code) {
+  switch (code) {
+    case 1:
+      return {Errc::ConnectionFailed, "the hub refused the connection: unacceptable protocol version", 1};
+    case 2:
+      return {Errc::Unauthorized, "the hub refused the connection: client identifier rejected", 2};
+    case 3:
+      return {Errc::ConnectionFailed, "the hub refused the connection: server unavailable", 3};
+    case 4:
+      return {Errc::Unauthorized, "the hub refused the connection: bad user name or password", 4};
+    case 5:
+      return {Errc::Unauthorized, "the hub refused the connection: not authorised", 5};
+    default:
+      return {Errc::ConnectionFailed, "the hub refused the connection: CONNACK code " + std::to_string(code), code};
+  }
+}
+
+class MosquittoTransport final : public MqttTransport {
+ public:
+  explicit MosquittoTransport(loop::EventLoop& loop)
+      : loop_(loop), miscTimer_(loop.createTimer([this] { onMiscTimer(); })) {}
+
+  ~MosquittoTransport() override {
+    // A worker may still be inside mosquitto_connect_async on our handle: the loop joins workers
+    // before it is destroyed, but we own the handle, so wait for the worker here.
+    *alive_ = false;
+    if (pendingConnect_.valid()) {
+      pendingConnect_.wait();
+    }
+    watch_.reset();
+  }
+
+  void setListener(Listener* listener) override { listener_ = listener; }
+
+  core::Result<void> connect(const ConnectOptions& options) override {
+    if (state_ != State::Idle) {
+      return fail(Errc::Internal, "connect() while a connection attempt is active");
+    }
+    if (options.keepAliveSeconds != 0 && (options.keepAliveSeconds < 5 || options.keepAliveSeconds > 65535)) {
+      return fail(Errc::InvalidArgument, "keep_alive must be 0 or between 5 and 65535 seconds");
+    }
+    if (!handle_ || options.clientId != clientId_ || !sameTransportSettings(options)) {
+      auto created = createHandle(options);
+      if (!created) {
+        return fail(created.error());
+      }
+    }
+    const char* password = options.password.empty() ? nullptr : options.password.reveal().c_str();
+    if (int rc = mosquitto_username_pw_set(handle_.get(), options.username.c_str(), password);
+        rc != MOSQ_ERR_SUCCESS) {
+      return fail(Errc::InvalidArgument, std::string("cannot set MQTT credentials: ") + mosquitto_strerror(rc));
+    }
+    options_ = options;
+    options_.password = core::Secret<>();  // not kept longer than needed
+    state_ = State::Resolving;
+    sawConnack_ = false;
+    connackCode_ = -1;
+    lastLibError_.clear();
+    disconnectRequested_ = false;
+    // mosquitto_connect_async resolves the host with a blocking getaddrinfo() (architecture doc
+    // 6.1): it runs on a worker while the loop leaves the handle alone.
+    auto* handle = handle_.get();
+    std::string host = options.host;
+    int port = options.port;
+    int keepAlive = options.keepAliveSeconds;
+    auto rcHolder = std::make_shared<int>(MOSQ_ERR_SUCCESS);
+    auto errnoHolder = std::make_shared<int>(0);
+    auto alive = alive_;
+    auto finished = std::make_shared<std::promise<void>>();
+    pendingConnect_ = finished->get_future().share();
+    loop_.runOffLoop(
+        [handle, host, port, keepAlive, rcHolder, errnoHolder, finished] {
+          errno = 0;
+          *rcHolder = mosquitto_connect_async(handle, host.c_str(), port, keepAlive);
+          *errnoHolder = errno;
+          finished->set_value();
+        },
+        [this, rcHolder, errnoHolder, alive] {
+          if (*alive) {
+            onConnectStarted(*rcHolder, *errnoHolder);
+          }
+        });
+    return {};
+  }
+
+  void disconnect() override {
+    switch (state_) {
+      case State::Idle:
+        return;
+      case State::Resolving:
+        disconnectRequested_ = true;  // acted upon when the worker returns
+        return;
+      case State::Connecting:
+      case State::Connected: {
+        disconnectRequested_ = true;
+        ApiCallScope scope(*this);
+        int rc = mosquitto_disconnect(handle_.get());
+        if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(handle_.get()) < 0 || state_ != State::Idle) {
+          // Not connected at MQTT level yet (or the write failed): just close the socket.
+          closeAndReport(MOSQ_ERR_SUCCESS);
+        }
+        return;
+      }
+    }
+  }
+
+  core::Result<int> publish(std::string_view topic, std::string_view payload, int qos) override {
+    if (state_ != State::Connected) {
+      return fail(Errc::NotConnected, "not connected");
+    }
+    int mid = 0;
+    std::string topicStr(topic);
+    ApiCallScope scope(*this);
+    int rc = mosquitto_publish(handle_.get(), &mid, topicStr.c_str(), static_cast<int>(payload.size()),
+                               payload.data(), qos, false);
+    if (rc != MOSQ_ERR_SUCCESS) {
+      return fail(rc == MOSQ_ERR_NO_CONN ? Errc::NotConnected : Errc::Protocol,
+                  std::string("publish failed: ") + mosquitto_strerror(rc));
+    }
+    updateEvents();
+    return mid;
+  }
+
+  core::Result<int> subscribe(std::string_view topic, int qos) override {
+    if (state_ != State::Connected) {
+      return fail(Errc::NotConnected, "not connected");
+    }
+    int mid = 0;
+    std::string topicStr(topic);
+    ApiCallScope scope(*this);
+    int rc = mosquitto_subscribe(handle_.get(), &mid, topicStr.c_str(), qos);
+    if (rc != MOSQ_ERR_SUCCESS) {
+      return fail(Errc::Protocol, std::string("subscribe failed: ") + mosquitto_strerror(rc));
+    }
+    updateEvents();
+    return mid;
+  }
+
+ private:
+  enum class State { Idle, Resolving, Connecting, Connected };
+
+  /// Marks a call made by the session into this transport: libmosquitto can invoke callbacks
+  /// synchronously from inside such a call (e.g. on_disconnect after writing DISCONNECT), and the
+  /// listener must never be re-entered from its own call, so those are deferred to the loop.
+  struct ApiCallScope {
+    explicit ApiCallScope(MosquittoTransport& t) : t_(t), prev_(t.inApiCall_) { t.inApiCall_ = true; }
+    ~ApiCallScope() { t_.inApiCall_ = prev_; }
+    MosquittoTransport& t_;
+    bool prev_;
+  };
+
+  bool sameTransportSettings(const ConnectOptions& o) const {
+    return o.tls.caFile == options_.tls.caFile && o.tls.ciphers == options_.tls.ciphers &&
+           o.tls.certFile == options_.tls.certFile && o.tls.keyFile == options_.tls.keyFile &&
+           o.tls.keyPassphrase == passphrase_;
+  }
+
+  core::Result<void> createHandle(const ConnectOptions& o) {
+    initLibrary();
+    watch_.reset();
+    // CleanSession 0 as in every SDK (protocol doc 1.2): the hub keeps subscriptions and queued
+    // C2D across reconnects; libmosquitto keeps unacknowledged QoS 1 publishes on this handle and
+    // resends them after a reconnect.
+    MosquittoPtr handle(mosquitto_new(o.clientId.c_str(), false, this));
+    if (!handle) {
+      return fail(Errc::Internal, std::string("cannot create MQTT client: ") + std::strerror(errno));
+    }
+    mosquitto_int_option(handle.get(), MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);
+    int rc = MOSQ_ERR_SUCCESS;
+    if (o.tls.caFile.empty()) {
+      rc = mosquitto_int_option(handle.get(), MOSQ_OPT_TLS_USE_OS_CERTS, 1);
+    } else {
+      rc = mosquitto_tls_set(handle.get(), o.tls.caFile.c_str(), nullptr,
+                             o.tls.certFile.empty() ? nullptr : o.tls.certFile.c_str(),
+                             o.tls.keyFile.empty() ? nullptr : o.tls.keyFile.c_str(),
+                             o.tls.keyPassphrase.empty() ? nullptr : &MosquittoTransport::passwordCallback);
+    }
+    if (rc != MOSQ_ERR_SUCCESS) {
+      return fail(Errc::Config, std::string("invalid TLS settings: ") + mosquitto_strerror(rc));
+    }
+    if (o.tls.caFile.empty() && !o.tls.certFile.empty()) {
+      rc = mosquitto_tls_set(handle.get(), nullptr, nullptr, o.tls.certFile.c_str(), o.tls.keyFile.c_str(),
+                             o.tls.keyPassphrase.empty() ? nullptr : &MosquittoTransport::passwordCallback);
+      if (rc != MOSQ_ERR_SUCCESS) {
+        return fail(Errc::Config, std::string("invalid client certificate settings: ") + mosquitto_strerror(rc));
+      }
+    }
+    // Verify the server certificate and its host name; "tlsv1.2" is libmosquitto's minimum
+    // version setting, so TLS 1.3 is still negotiated where the server offers it (doc 1.5).
+    rc = mosquitto_tls_opts_set(handle.get(), 1, "tlsv1.2", o.tls.ciphers.empty() ? nullptr : o.tls.ciphers.c_str());
+    if (rc != MOSQ_ERR_SUCCESS) {
+      return fail(Errc::Config, std::string("invalid TLS options: ") + mosquitto_strerror(rc));
+    }
+    mosquitto_connect_callback_set(handle.get(), &MosquittoTransport::onConnectCb);
+    mosquitto_disconnect_callback_set(handle.get(), &MosquittoTransport::onDisconnectCb);
+    mosquitto_publish_callback_set(handle.get(), &MosquittoTransport::onPublishCb);
+    mosquitto_subscribe_callback_set(handle.get(), &MosquittoTransport::onSubscribeCb);
+    mosquitto_message_callback_set(handle.get(), &MosquittoTransport::onMessageCb);
+    mosquitto_log_callback_set(handle.get(), &MosquittoTransport::onLogCb);
+    handle_ = std::move(handle);
+    clientId_ = o.clientId;
+    passphrase_ = o.tls.keyPassphrase;
+    return {};
+  }
+
+  void onConnectStarted(int rc, int err) {
+    if (rc != MOSQ_ERR_SUCCESS) {
+      std::string why = mosquitto_strerror(rc);
+      if (rc == MOSQ_ERR_ERRNO && err != 0) {
+        why = std::strerror(err);
+      } else if (rc == MOSQ_ERR_EAI) {
+        why = "cannot resolve host name " + core::quoted(options_.host);
+      }
+      if (!lastLibError_.empty()) {
+        why += " (" + lastLibError_ + ")";
+      }
+      finish(Disconnect{core::Error{Errc::ConnectionFailed,
+                                    "cannot connect to " + options_.host + ":" + std::to_string(options_.port) +
+                                        ": " + why,
+                                    err},
+                        disconnectRequested_, -1});
+      return;
+    }
+    state_ = State::Connecting;
+    if (disconnectRequested_) {
+      closeAndReport(MOSQ_ERR_SUCCESS);
+      return;
+    }
+    auto watch = loop_.watchIo(mosquitto_socket(handle_.get()), EPOLLIN | EPOLLOUT,
+                               [this](std::uint32_t revents) { onSocketReady(revents); });
+    if (!watch) {
+      closeAndReport(MOSQ_ERR_ERRNO);
+      return;
+    }
+    watch_ = std::move(*watch);
+    miscTimer_->armAfter(kMiscInterval);
+  }
+
+  void onSocketReady(std::uint32_t revents) {
+    int rc = MOSQ_ERR_SUCCESS;
+    if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+      rc = mosquitto_loop_read(handle_.get(), 1);
+      if (checkClosed(rc)) {
+        return;
+      }
+    }
+    if (revents & EPOLLOUT) {
+      // While the TLS handshake is in progress libmosquitto continues it from loop_read only.
+      rc = mosquitto_want_write(handle_.get()) && state_ == State::Connecting
+               ? mosquitto_loop_read(handle_.get(), 1)
+               : MOSQ_ERR_SUCCESS;
+      if (checkClosed(rc)) {
+        return;
+      }
+      rc = mosquitto_loop_write(handle_.get(), 1);
+      if (checkClosed(rc)) {
+        return;
+      }
+    }
+    updateEvents();
+  }
+
+  void onMiscTimer() {
+    if (state_ != State::Connecting && state_ != State::Connected) {
+      return;
+    }
+    int rc = mosquitto_loop_misc(handle_.get());
+    if (checkClosed(rc == MOSQ_ERR_NO_CONN ? MOSQ_ERR_CONN_LOST : rc)) {
+      return;
+    }
+    updateEvents();
+    miscTimer_->armAfter(kMiscInterval);
+  }
+
+  /// libmosquitto closes the socket on some paths without calling on_disconnect (a failed TLS
+  /// handshake inside loop_read, for one); this reports such a close exactly once.
+  bool checkClosed(int rc) {
+    if (state_ == State::Idle) {
+      return true;
+    }
+    if (mosquitto_socket(handle_.get()) < 0) {
+      closeAndReport(rc == MOSQ_ERR_SUCCESS ? MOSQ_ERR_CONN_LOST : rc);
+      return true;
+    }
+    return false;
+  }
+
+  void updateEvents() {
+    if (watch_ && handle_ && mosquitto_socket(handle_.get()) >= 0) {
+      watch_->setEvents(EPOLLIN | (mosquitto_want_write(handle_.get()) ? EPOLLOUT : 0u));
+    }
+  }
+
+  void closeAndReport(int rc) {
+    if (state_ == State::Idle) {
+      return;
+    }
+    watch_.reset();
+    if (handle_ && mosquitto_socket(handle_.get()) >= 0) {
+      // Closes the socket without sending anything; the handle (and its in-flight QoS 1
+      // messages) stays for the next connect.
+      mosquitto_disconnect(handle_.get());
+    }
+    report(rc);
+  }
+
+  void report(int rc) {
+    if (state_ == State::Idle) {
+      return;
+    }
+    bool wasConnected = state_ == State::Connected;
+    Disconnect d;
+    d.requested = disconnectRequested_;
+    d.connackCode = connackCode_;
+    if (connackCode_ > 0) {
+      d.error = connackError(connackCode_);
+    } else if (disconnectRequested_) {
+      d.error = core::Error{Errc::Cancelled, "disconnected on request"};
+    } else {
+      std::string why = mosquitto_strerror(rc);
+      if (rc == MOSQ_ERR_KEEPALIVE) {
+        why = "no answer to keep-alive ping";
+      }
+      if (!lastLibError_.empty()) {
+        why += " (" + lastLibError_ + ")";
+      }
+      d.error = wasConnected
+                    ? core::Error{Errc::ConnectionDropped, "connection to " + options_.host + " lost: " + why}
+                    : core::Error{Errc::ConnectionFailed,
+                                  "cannot connect to " + options_.host + ":" + std::to_string(options_.port) +
+                                      ": " + why};
+    }
+    finish(std::move(d));
+  }
+
+  void finish(Disconnect d) {
+    state_ = State::Idle;
+    watch_.reset();
+    miscTimer_->disarm();
+    deliver([d = std::move(d)](Listener& l) { l.onDisconnected(d); });
+  }
+
+  template <class Fn>
+  void deliver(Fn&& fn) {
+    if (listener_ == nullptr) {
+      return;
+    }
+    if (inApiCall_) {
+      auto alive = alive_;
+      loop_.post([this, alive, fn = std::forward<Fn>(fn)]() mutable {
+        if (*alive && listener_ != nullptr) {
+          fn(*listener_);
+        }
+      });
+    } else {
+      fn(*listener_);
+    }
+  }
+
+  // --- libmosquitto callbacks (C, noexcept: nothing may unwind through libmosquitto) ---------
+  static MosquittoTransport* self(void* obj) { return static_cast<MosquittoTransport*>(obj); }
+
+  static void onConnectCb(mosquitto*, void* obj, int rc) noexcept {
+    auto* t = self(obj);
+    t->sawConnack_ = true;
+    if (rc != 0) {
+      t->connackCode_ = rc;  // on_disconnect follows from the same loop_read
+      return;
+    }
+    t->state_ = State::Connected;
+    t->lastLibError_.clear();
+    try {
+      t->deliver([](Listener& l) { l.onConnected(); });
+    } catch (...) {
+      core::logf(core::LogLevel::Error, "MQTT connect handler failed");
+    }
+  }
+
+  static void onDisconnectCb(mosquitto*, void* obj, int rc) noexcept {
+    auto* t = self(obj);
+    try {
+      t->watch_.reset();
+      t->report(rc);
+    } catch (...) {
+      core::logf(core::LogLevel::Error, "MQTT disconnect handler failed");
+    }
+  }
+
+  static void onPublishCb(mosquitto*, void* obj, int mid) noexcept {
+    try {
+      self(obj)->deliver([mid](Listener& l) { l.onPublishAcked(mid); });
+    } catch (...) {
+      core::logf(core::LogLevel::Error, "MQTT publish handler failed");
+    }
+  }
+
+  static void onSubscribeCb(mosquitto*, void* obj, int mid, int, const int*) noexcept {
+    try {
+      self(obj)->deliver([mid](Listener& l) { l.onSubscribed(mid); });
+    } catch (...) {
+      core::logf(core::LogLevel::Error, "MQTT subscribe handler failed");
+    }
+  }
+
+  static void onMessageCb(mosquitto*, void* obj, const mosquitto_message* msg) noexcept {
+    auto* t = self(obj);
+    if (t->listener_ == nullptr || msg == nullptr || msg->topic == nullptr) {
+      return;
+    }
+    try {
+      std::string_view payload(static_cast<const char*>(msg->payload), static_cast<size_t>(msg->payloadlen));
+      t->listener_->onMessage(msg->topic, payload);
+    } catch (const std::exception& e) {
+      core::logf(core::LogLevel::Error, "MQTT message handler failed: ", e.what());
+    } catch (...) {
+      core::logf(core::LogLevel::Error, "MQTT message handler failed");
+    }
+  }
+
+  static void onLogCb(mosquitto*, void* obj, int level, const char* str) noexcept {
+    if (str == nullptr) {
+      return;
+    }
+    try {
+      if (level == MOSQ_LOG_ERR) {
+        // libmosquitto reports TLS verification failures (wrong CA, host name mismatch) only
+        // here; keep the latest line to explain the failure that follows.
+        self(obj)->lastLibError_ = str;
+      }
+      core::logf(core::LogLevel::Debug, "libmosquitto: ", str);
+    } catch (...) {
+    }
+  }
+
+  static int passwordCallback(char* buf, int size, int, void* userdata) noexcept {
+    auto* t = static_cast<MosquittoTransport*>(mosquitto_userdata(static_cast<mosquitto*>(userdata)));
+    if (t == nullptr || size <= 0) {
+      return 0;
+    }
+    const std::string& p = t->passphrase_.reveal();
+    int n = static_cast<int>(std::min<size_t>(p.size(), static_cast<size_t>(size - 1)));
+    std::memcpy(buf, p.data(), static_cast<size_t>(n));
+    buf[n] = '\0';
+    return n;
+  }
+
+  loop::EventLoop& loop_;
+  Listener* listener_ = nullptr;
+  MosquittoPtr handle_;
+  std::string clientId_;
+  core::Secret<> passphrase_;
+  ConnectOptions options_;
+  std::unique_ptr<loop::IoWatch> watch_;
+  std::unique_ptr<core::Timer> miscTimer_;
+  State state_ = State::Idle;
+  bool disconnectRequested_ = false;
+  bool sawConnack_ = false;
+  int connackCode_ = -1;
+  bool inApiCall_ = false;
+  std::string lastLibError_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  /// Set while a worker runs mosquitto_connect_async on handle_; the destructor waits for it.
+  std::shared_future<void> pendingConnect_;
+};
+
+}  // namespace
+
+core::Result<std::unique_ptr<MqttTransport>> createMosquittoTransport(loop::EventLoop& loop) {
+  return std::unique_ptr<MqttTransport>(std::make_unique<MosquittoTransport>(loop));
+}
+
+}  // namespace iothubd::mqtt

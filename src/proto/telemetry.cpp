@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: MIT
+#include "iothubd/proto/telemetry.hpp"
+
+#include <array>
+
+#include "iothubd/proto/property_bag.hpp"
+
+namespace iothubd::proto {
+
+namespace {
+
+using core::Errc;
+using Field = std::optional<std::string> SystemProperties::*;
+
+struct SystemKey {
+  std::string_view busName;
+  std::string_view wireName;  ///< `$.xx` key, empty for the creation time (an app property)
+  Field field;
+};
+
+// Topic order is [py]'s: $.on,$.mid,$.cid,$.uid,$.ct,$.ce,$.exp, then $.sub (not in [py]); the
+// creation time is an application property written after them (protocol doc section 4).
+constexpr std::array<SystemKey, 9> kSystemKeys = {{
+    {kBusOutputName, "$.on", &SystemProperties::outputName},
+    {kBusMessageId, "$.mid", &SystemProperties::messageId},
+    {kBusCorrelationId, "$.cid", &SystemProperties::correlationId},
+    {kBusUserId, "$.uid", &SystemProperties::userId},
+    {kBusContentType, "$.ct", &SystemProperties::contentType},
+    {kBusContentEncoding, "$.ce", &SystemProperties::contentEncoding},
+    {kBusExpiryTimeUtc, "$.exp", &SystemProperties::expiryTimeUtc},
+    {kBusComponentName, "$.sub", &SystemProperties::componentName},
+    {kBusCreationTimeUtc, "", &SystemProperties::creationTimeUtc},
+}};
+
+bool startsWithIgnoreAsciiCase(std::string_view text, std::string_view prefix) {
+  if (text.size() < prefix.size()) {
+    return false;
+  }
+  for (std::size_t i = 0; i < prefix.size(); ++i) {
+    char c = text[i];
+    if (c >= 'A' && c <= 'Z') {
+      c = static_cast<char>(c - 'A' + 'a');
+    }
+    if (c != prefix[i]) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+core::Result<SystemProperties> systemPropertiesFromBus(
+    const std::map<std::string, std::string>& busProps) {
+  SystemProperties system;
+  for (const auto& [name, value] : busProps) {
+    const SystemKey* key = nullptr;
+    for (const auto& candidate : kSystemKeys) {
+      if (candidate.busName == name) {
+        key = &candidate;
+        break;
+      }
+    }
+    if (key == nullptr) {
+      return core::fail(Errc::InvalidArgument, "unknown system property '" + name + "'");
+    }
+    if (value.empty()) {
+      return core::fail(Errc::InvalidArgument,
+                        "system property '" + name + "' is empty (leave it out instead)");
+    }
+    system.*(key->field) = value;
+  }
+  // $.mid: at most 128 ASCII characters (protocol doc section 4).
+  if (const auto& mid = system.messageId) {
+    if (mid->size() > kMaxMessageIdLength) {
+      return core::fail(Errc::InvalidArgument, "system property 'message-id' is longer than " +
+                                                   std::to_string(kMaxMessageIdLength) +
+                                                   " characters");
+    }
+    for (char c : *mid) {
+      if (c < 0x20 || c > 0x7E) {
+        return core::fail(Errc::InvalidArgument,
+                          "system property 'message-id' contains a character outside printable "
+                          "ASCII");
+      }
+    }
+  }
+  return system;
+}
+
+core::Result<void> validateCustomProperties(const std::map<std::string, std::string>& props) {
+  for (const auto& [name, value] : props) {
+    if (name.empty()) {
+      return core::fail(Errc::InvalidArgument, "custom property with an empty name");
+    }
+    // `$` keys are system properties on the wire; `iothub-` names belong to the hub (e.g.
+    // iothub-creation-time-utc, iothub-MessageType), so an app could spoof them.
+    if (name.front() == '$' || startsWithIgnoreAsciiCase(name, "iothub-")) {
+      return core::fail(Errc::InvalidArgument,
+                        "custom property '" + name + "' uses a reserved prefix ('$' or 'iothub-')");
+    }
+  }
+  return {};
+}
+
+std::string telemetryTopic(std::string_view deviceId, std::string_view moduleId,
+                           const OutgoingMessage& message) {
+  // Ids are never encoded (section 4); the bag follows "events/" directly.
+  std::string topic("devices/");
+  topic.append(deviceId);
+  if (!moduleId.empty()) {
+    topic.append("/modules/").append(moduleId);
+  }
+  topic.append("/messages/events/");
+
+  std::string bag;
+  for (const auto& key : kSystemKeys) {
+    const auto& value = message.system.*(key.field);
+    if (!value) {
+      continue;
+    }
+    // enc("$.mid") is "%24.mid", the form every SDK sends.
+    appendBagEntry(bag, key.wireName.empty() ? kCreationTimeProperty : key.wireName, *value);
+  }
+  for (const auto& [name, value] : message.properties) {
+    appendBagEntry(bag, name, value);
+  }
+  topic.append(bag);
+  return topic;
+}
+
+std::size_t hubMessageSize(const OutgoingMessage& message) {
+  std::size_t size = message.body.size();
+  for (const auto& key : kSystemKeys) {
+    if (const auto& value = message.system.*(key.field)) {
+      // The creation time travels as an application property, so its name counts too.
+      size += value->size() + (key.wireName.empty() ? kCreationTimeProperty.size() : 0);
+    }
+  }
+  for (const auto& [name, value] : message.properties) {
+    size += name.size() + value.size();
+  }
+  return size;
+}
+
+}  // namespace iothubd::proto

@@ -1,0 +1,424 @@
+// SPDX-License-Identifier: MIT
+#include "iothubd/session/hub_session.hpp"
+
+#include <cstdio>
+#include <optional>
+
+#include "iothubd/core/log.hpp"
+#include "iothubd/proto/mqtt_identity.hpp"
+#include "iothubd/proto/sas_token.hpp"
+
+namespace iothubd::session {
+namespace {
+
+using core::Errc;
+using core::fail;
+using core::LogLevel;
+using core::logf;
+
+/// After an unexpected drop the first attempt comes almost at once, as in the Python SDK
+/// (protocol doc 9); later ones wait connection_retry_interval.
+constexpr std::chrono::milliseconds kFirstRetryDelay{10};
+
+}  // namespace
+
+const char* connectionStateName(ConnectionState state) noexcept {
+  switch (state) {
+    case ConnectionState::Disconnected: return "disconnected";
+    case ConnectionState::Connecting: return "connecting";
+    case ConnectionState::Connected: return "connected";
+    case ConnectionState::Reconnecting: return "reconnecting";
+  }
+  return "disconnected";
+}
+
+HubSession::HubSession(core::Scheduler& scheduler, core::Clock& clock,
+                       mqtt::MqttTransport& transport, SessionOptions options)
+    : scheduler_(scheduler),
+      clock_(clock),
+      transport_(transport),
+      options_(std::move(options)),
+      random_(std::random_device{}()) {
+  transport_.setListener(this);
+  connectTimer_ = scheduler_.createTimer([this] {
+    logf(LogLevel::Warning, "no CONNACK from ", options_.hubHostname, " within ",
+         options_.operationTimeout.count(), " s, giving up on this attempt");
+    // The transport reports onDisconnected (requested) and we turn it into a Timeout.
+    connectTimedOut_ = true;
+    transport_.disconnect();
+  });
+  retryTimer_ = scheduler_.createTimer([this] {
+    if (wantConnected_ && !attemptActive_ && state_ != ConnectionState::Connected) {
+      startAttempt();
+    }
+  });
+  inFlightTimer_ = scheduler_.createTimer([this] { onInFlightTimer(); });
+}
+
+HubSession::~HubSession() {
+  *alive_ = false;
+  transport_.setListener(nullptr);
+}
+
+std::string HubSession::newMessageId() {
+  std::uint64_t a = random_();
+  std::uint64_t b = random_();
+  a = (a & 0xFFFFFFFFFFFF0FFFULL) | 0x0000000000004000ULL;  // version 4
+  b = (b & 0x3FFFFFFFFFFFFFFFULL) | 0x8000000000000000ULL;  // RFC 4122 variant
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%08x-%04x-%04x-%04x-%012llx",
+                static_cast<unsigned>(a >> 32), static_cast<unsigned>((a >> 16) & 0xFFFF),
+                static_cast<unsigned>(a & 0xFFFF), static_cast<unsigned>(b >> 48),
+                static_cast<unsigned long long>(b & 0xFFFFFFFFFFFFULL));
+  return buf;
+}
+
+void HubSession::start() {
+  wantConnected_ = true;
+  if (state_ != ConnectionState::Connected && !attemptActive_) {
+    retryTimer_->disarm();
+    startAttempt();
+  }
+}
+
+void HubSession::connect(Completion done) {
+  wantConnected_ = true;
+  if (state_ == ConnectionState::Connected) {
+    done({});
+    return;
+  }
+  connectWaiters_.push_back(std::move(done));
+  if (!attemptActive_) {
+    retryTimer_->disarm();
+    startAttempt();
+  }
+}
+
+void HubSession::disconnect(Completion done) {
+  wantConnected_ = false;
+  dropped_ = false;
+  retryTimer_->disarm();
+  core::Error cancelled{Errc::Cancelled, "disconnected on request"};
+  failConnectWaiters(cancelled);
+  failQueued(cancelled);
+  failInFlight(cancelled);
+  if (!attemptActive_ && state_ != ConnectionState::Connected) {
+    // Nothing open (idle, or waiting for a retry): there is no transport event to wait for.
+    setState(ConnectionState::Disconnected, nullptr);
+    done({});
+    return;
+  }
+  disconnectWaiters_.push_back(std::move(done));
+  transport_.disconnect();
+}
+
+void HubSession::sendTelemetry(const proto::OutgoingMessage& message, Completion done) {
+  // Protocol doc 4: the hub counts body + system property values + custom names and values.
+  if (std::size_t size = proto::hubMessageSize(message); size > proto::kMaxTelemetryBytes) {
+    done(fail(Errc::MessageTooLarge, "message is " + std::to_string(size) +
+                                         " bytes as IoT Hub counts it; the limit is " +
+                                         std::to_string(proto::kMaxTelemetryBytes)));
+    return;
+  }
+  std::string topic = proto::telemetryTopic(options_.deviceId, options_.moduleId, message);
+  if (state_ == ConnectionState::Connected) {
+    publishNow(std::move(topic), message.body, std::move(done));
+    return;
+  }
+  bool willConnect = attemptActive_ || retryTimer_->armed() || options_.autoConnect;
+  if (!willConnect) {
+    done(fail(Errc::NotConnected, "not connected to the hub and auto_connect is off"));
+    return;
+  }
+  if (queued_.size() >= options_.maxQueuedMessages) {
+    done(fail(Errc::QueueFull, "too many messages waiting for the connection (" +
+                                   std::to_string(options_.maxQueuedMessages) + ")"));
+    return;
+  }
+  queued_.push_back(Queued{std::move(topic), message.body, std::move(done), deadlineFromNow()});
+  if (!inFlightTimer_->armed()) {
+    armInFlightTimer();
+  }
+  if (!attemptActive_ && !retryTimer_->armed()) {
+    // auto_connect: the first operation opens the connection (seed: auto_connect=True).
+    start();
+  }
+}
+
+void HubSession::publishNow(std::string topic, std::string payload, Completion done) {
+  auto mid = transport_.publish(topic, payload, 1);
+  if (!mid) {
+    done(fail(mid.error()));
+    return;
+  }
+  inFlight_[*mid] = InFlight{std::move(done), deadlineFromNow()};
+  inFlightOrder_.push_back(*mid);
+  if (!inFlightTimer_->armed()) {
+    armInFlightTimer();
+  }
+}
+
+std::chrono::microseconds HubSession::deadlineFromNow() const {
+  return clock_.monotonic() +
+         std::chrono::duration_cast<std::chrono::microseconds>(options_.operationTimeout);
+}
+
+void HubSession::armInFlightTimer() {
+  // Every waiting message shares one timeout, so arrival order is deadline order: one timer
+  // for the earliest of the two queues instead of one per message. Acknowledged ids are
+  // skipped lazily here.
+  while (!inFlightOrder_.empty() && !inFlight_.contains(inFlightOrder_.front())) {
+    inFlightOrder_.pop_front();
+  }
+  std::optional<std::chrono::microseconds> earliest;
+  if (!inFlightOrder_.empty()) {
+    earliest = inFlight_[inFlightOrder_.front()].deadline;
+  }
+  if (!queued_.empty() && (!earliest || queued_.front().deadline < *earliest)) {
+    earliest = queued_.front().deadline;
+  }
+  if (!earliest) {
+    inFlightTimer_->disarm();
+    return;
+  }
+  inFlightTimer_->armAfter(std::max(*earliest - clock_.monotonic(), std::chrono::microseconds(0)));
+}
+
+void HubSession::onInFlightTimer() {
+  auto now = clock_.monotonic();
+  while (!inFlightOrder_.empty()) {
+    int mid = inFlightOrder_.front();
+    auto it = inFlight_.find(mid);
+    if (it == inFlight_.end()) {
+      inFlightOrder_.pop_front();
+      continue;
+    }
+    if (it->second.deadline > now) {
+      break;
+    }
+    auto done = std::move(it->second.done);
+    inFlight_.erase(it);
+    inFlightOrder_.pop_front();
+    done(fail(Errc::Timeout, "no acknowledgement from the hub within " +
+                                 std::to_string(options_.operationTimeout.count()) + " s"));
+  }
+  while (!queued_.empty() && queued_.front().deadline <= now) {
+    auto done = std::move(queued_.front().done);
+    queued_.pop_front();
+    std::string why = lastError_.message.empty() ? std::string("not connected")
+                                                 : "not connected: " + lastError_.message;
+    done(fail(Errc::Timeout, "message not sent within " +
+                                 std::to_string(options_.operationTimeout.count()) + " s (" +
+                                 why + ")"));
+  }
+  armInFlightTimer();
+}
+
+core::Result<core::Secret<>> HubSession::currentPassword() {
+  if (options_.auth == AuthMethod::SasToken) {
+    auto parsed = proto::parseSasToken(options_.sasToken.reveal());
+    if (!parsed) {
+      return fail(Errc::Unauthorized, "SAS token: " + parsed.error().message);
+    }
+    tokenExpiry_ = parsed->expiry;
+    return options_.sasToken;
+  }
+  // Protocol doc 12 (pitfalls 3, 4): never reuse a cached password; a fresh token for every
+  // CONNECT, with the wall clock for `se`.
+  std::uint64_t expiry = clock_.unixSeconds() + static_cast<std::uint64_t>(options_.sasTokenTtl.count());
+  auto token = proto::makeSasToken(
+      proto::sasResourceUri(options_.hubHostname, options_.deviceId, options_.moduleId),
+      options_.sharedAccessKey, expiry);
+  if (!token) {
+    return fail(Errc::Unauthorized, token.error().message);
+  }
+  tokenExpiry_ = expiry;
+  return token;
+}
+
+void HubSession::startAttempt() {
+  auto password = currentPassword();
+  if (!password) {
+    attemptFailedBeforeStart(password.error());
+    return;
+  }
+  mqtt::ConnectOptions o;
+  o.host = options_.gatewayHostname.empty() ? options_.hubHostname : options_.gatewayHostname;
+  o.port = options_.port;
+  o.clientId = proto::mqttClientId(options_.deviceId, options_.moduleId);
+  o.username = proto::mqttUsername(options_.hubHostname, options_.deviceId, options_.moduleId,
+                                   options_.userAgent, options_.productInfo);
+  o.password = std::move(*password);
+  o.keepAliveSeconds = options_.keepAliveSeconds;
+  o.tls = options_.tls;
+  attemptActive_ = true;
+  connectTimedOut_ = false;
+  if (state_ == ConnectionState::Disconnected) {
+    setState(dropped_ ? ConnectionState::Reconnecting : ConnectionState::Connecting, nullptr);
+  }
+  logf(LogLevel::Info, "connecting to ", o.host, ":", o.port, " as ", o.clientId);
+  if (auto r = transport_.connect(o); !r) {
+    attemptFailedBeforeStart(r.error());
+    return;
+  }
+  // Protocol doc 1.3: hubs traffic-shape CONNACKs under load; operation_timeout (default 60 s)
+  // bounds the wait.
+  connectTimer_->armAfter(options_.operationTimeout);
+}
+
+void HubSession::onConnected() {
+  connectTimer_->disarm();
+  attemptActive_ = false;
+  lastError_ = {};
+  dropped_ = false;
+  logf(LogLevel::Notice, "connected to ", options_.hubHostname, " as ",
+       proto::mqttClientId(options_.deviceId, options_.moduleId));
+  setState(ConnectionState::Connected, nullptr);
+  auto waiters = std::move(connectWaiters_);
+  connectWaiters_.clear();
+  for (auto& w : waiters) {
+    w({});
+  }
+  auto queued = std::move(queued_);
+  queued_.clear();
+  for (auto& q : queued) {
+    if (state_ != ConnectionState::Connected) {
+      queued_.push_back(std::move(q));  // dropped again inside a callback: keep waiting
+      continue;
+    }
+    publishNow(std::move(q.topic), std::move(q.payload), std::move(q.done));
+  }
+}
+
+void HubSession::onDisconnected(const mqtt::Disconnect& reason) {
+  connectTimer_->disarm();
+  bool wasConnected = state_ == ConnectionState::Connected;
+  attemptActive_ = false;
+  core::Error error = reason.error;
+  if (connectTimedOut_) {
+    error = core::Error{Errc::Timeout, "no answer from the hub within " +
+                                           std::to_string(options_.operationTimeout.count()) + " s"};
+    connectTimedOut_ = false;
+  }
+
+  if (reason.requested && !wantConnected_) {
+    logf(LogLevel::Notice, "disconnected from ", options_.hubHostname);
+    setState(ConnectionState::Disconnected, nullptr);
+    auto waiters = std::move(disconnectWaiters_);
+    disconnectWaiters_.clear();
+    for (auto& w : waiters) {
+      w({});
+    }
+    return;
+  }
+  attemptFailed(error, wasConnected);
+}
+
+void HubSession::attemptFailedBeforeStart(const core::Error& error) {
+  attemptActive_ = false;
+  logf(LogLevel::Error, "cannot connect: ", error.message);
+  attemptFailed(error, false);
+}
+
+void HubSession::attemptFailed(const core::Error& error, bool wasConnected) {
+  lastError_ = error;
+  if (wasConnected) {
+    dropped_ = true;
+  }
+  if (wasConnected) {
+    logf(LogLevel::Warning, error.message);
+  } else {
+    logf(LogLevel::Warning, "connection attempt failed: ", error.message);
+  }
+  // Whoever called Connect() wants this attempt's outcome, not the next one's.
+  failConnectWaiters(error);
+
+  // Protocol doc 9: no blind retry when the hub refused our credentials; they must change
+  // (reload, UpdateSasToken) or an app must ask again.
+  bool retry = wantConnected_ && options_.connectionRetry && error.code != Errc::Unauthorized;
+  if (retry) {
+    if (!dropped_) {
+      // Never connected yet: a message that asked for the connection (auto_connect) gets this
+      // attempt's error at once, as the seed's send_message does, instead of waiting.
+      failQueued(error);
+    }
+    // After a drop, queued and in-flight messages keep waiting, each bounded by its own
+    // deadline; libmosquitto resends the in-flight ones after the reconnect (CleanSession 0).
+    setState(dropped_ ? ConnectionState::Reconnecting : ConnectionState::Connecting, &lastError_);
+    scheduleRetry(wasConnected);
+    return;
+  }
+  dropped_ = false;
+  wantConnected_ = false;
+  failQueued(error);
+  failInFlight(wasConnected ? core::Error{Errc::ConnectionDropped, error.message} : error);
+  setState(ConnectionState::Disconnected, &lastError_);
+}
+
+void HubSession::scheduleRetry(bool immediate) {
+  std::chrono::microseconds delay = kFirstRetryDelay;
+  if (!immediate) {
+    // connection_retry_interval plus up to 20 % jitter, so a fleet that lost its hub at the same
+    // moment does not come back in lockstep (protocol doc 12, pitfall 9).
+    auto base = std::chrono::duration_cast<std::chrono::microseconds>(options_.connectionRetryInterval);
+    std::uniform_int_distribution<std::int64_t> jitter(0, base.count() / 5);
+    delay = base + std::chrono::microseconds(jitter(random_));
+  }
+  logf(LogLevel::Info, "reconnecting in ",
+       std::chrono::duration_cast<std::chrono::milliseconds>(delay).count(), " ms");
+  retryTimer_->armAfter(delay);
+}
+
+void HubSession::onPublishAcked(int messageId) {
+  auto it = inFlight_.find(messageId);
+  if (it == inFlight_.end()) {
+    return;  // timed out already, or not ours
+  }
+  auto done = std::move(it->second.done);
+  inFlight_.erase(it);
+  done({});
+}
+
+void HubSession::onSubscribed(int) {}
+
+void HubSession::onMessage(std::string_view topic, std::string_view) {
+  logf(LogLevel::Debug, "ignoring message on ", core::quoted(topic));
+}
+
+void HubSession::setState(ConnectionState state, const core::Error* error) {
+  if (state == state_) {
+    return;
+  }
+  state_ = state;
+  if (observer_ != nullptr) {
+    observer_->onStateChanged(state, error);
+  }
+}
+
+void HubSession::failConnectWaiters(const core::Error& error) {
+  auto waiters = std::move(connectWaiters_);
+  connectWaiters_.clear();
+  for (auto& w : waiters) {
+    w(fail(error));
+  }
+}
+
+void HubSession::failQueued(const core::Error& error) {
+  auto queued = std::move(queued_);
+  queued_.clear();
+  for (auto& q : queued) {
+    q.done(fail(error));
+  }
+}
+
+void HubSession::failInFlight(const core::Error& error) {
+  auto inFlight = std::move(inFlight_);
+  inFlight_.clear();
+  inFlightOrder_.clear();
+  inFlightTimer_->disarm();
+  for (auto& [mid, entry] : inFlight) {
+    entry.done(fail(error));
+  }
+}
+
+}  // namespace iothubd::session

@@ -1,0 +1,248 @@
+// SPDX-License-Identifier: MIT
+// Test support: a local IoT Hub emulator (mosquitto 2.0.11 + our plugin) per test, and a service
+// client that observes and drives it. See README.md in this directory for the wire protocol.
+//
+// Threading: HubEmulator is used from the test thread only. ServiceClient runs libmosquitto's own
+// network thread; its public methods may be called from any one test thread and block with a
+// bounded timeout (condition variables, no sleeps).
+// Errors: setup failures and failed control requests throw std::runtime_error (a test that cannot
+// set up its hub should fail loudly); waits return std::nullopt / false on timeout.
+#pragma once
+
+#include <sys/types.h>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <iosfwd>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+struct mosquitto;
+struct mosquitto_message;
+
+namespace iothubd::hubemu {
+
+using Properties = std::vector<std::pair<std::string, std::string>>;
+
+// Path of the built plugin: $IOTHUBD_EMULATOR_PLUGIN if set, else the build-tree path compiled
+// into this library.
+std::string defaultPluginPath();
+
+// Independent SAS helpers for tests (not src/proto): "SharedAccessSignature sr=…&sig=…&se=…" for
+// clientId "dev" or "dev/mod", and the matching MQTT username.
+std::string makeSasToken(const std::string& hubHost, const std::string& clientId,
+                         const std::string& base64Key, int64_t expiryUnixSeconds);
+std::string makeUsername(const std::string& hubHost, const std::string& clientId,
+                         const std::string& apiVersion = "2021-04-12");
+// A fresh random 32-byte key, base64-encoded.
+std::string randomKey();
+// Percent-decodes a topic property bag "k=v&k2=v2" (RFC 3986, '+' stays '+').
+Properties decodePropertyBag(std::string_view bag);
+
+class HubEmulator {
+ public:
+  struct Options {
+    std::string pluginPath = defaultPluginPath();
+    std::string hubHost = "localhost";
+  };
+
+  // Creates the per-test directory (mkdtemp under $TMPDIR) with the PKI; does not start the
+  // broker yet, so that devices can be added first.
+  HubEmulator();
+  explicit HubEmulator(Options options);
+  ~HubEmulator();  // stops the broker and removes the directory
+  HubEmulator(const HubEmulator&) = delete;
+  HubEmulator& operator=(const HubEmulator&) = delete;
+
+  // Registers an identity ("dev" or "dev/mod") for the next start(). The second form generates
+  // and returns a key.
+  void addDevice(const std::string& id, const std::string& base64Key);
+  std::string addDevice(const std::string& id);
+  std::string deviceKey(const std::string& id) const;  // throws if unknown
+
+  // Starts mosquitto on a free 127.0.0.1 port and returns once it accepts connections.
+  void start();
+  // SIGTERM, waitpid (SIGKILL after 5 s). Idempotent.
+  void stop();
+  // stop() then start() on the same port (twin, ledger and fault state are not kept).
+  void restart();
+  bool running() const { return pid_ > 0; }
+
+  int port() const { return port_; }
+  std::string caFile() const;
+  const std::string& hubHost() const { return options_.hubHost; }
+  const std::string& dir() const { return dir_; }
+  const std::string& servicePassword() const { return servicePassword_; }
+  const std::string& pluginPath() const { return options_.pluginPath; }
+
+  // Full broker log (plugin messages are prefixed "hub-emulator:").
+  std::string brokerLog() const;
+  void printBrokerLog(std::ostream& os) const;
+  // For a gtest fixture: `void TearDown() override { hub_.printBrokerLogIf(HasFailure()); }`.
+  void printBrokerLogIf(bool failed) const;
+
+ private:
+  void writeConfig() const;
+  bool launch();  // false if the port was taken
+
+  Options options_;
+  std::string dir_;
+  std::string servicePassword_;
+  std::map<std::string, std::string> devices_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+};
+
+// One received telemetry message.
+struct Telemetry {
+  std::string topic;
+  std::string payload;
+  std::string device;     // client id: "dev" or "dev/mod"
+  Properties properties;  // decoded property bag in wire order, keys like "$.mid"
+  std::optional<std::string> property(std::string_view key) const;
+};
+
+// A plugin event from $hubemu/evt/{type}; `json` is the raw payload.
+struct HubEvent {
+  std::string type;
+  std::string device;
+  std::string json;
+};
+
+struct AuthEvent {
+  std::string device;
+  int64_t se = 0;           // token expiry the device sent
+  int64_t authTimeMs = 0;   // Unix ms
+  int64_t expiresAtMs = 0;  // when the emulator will kick (after a lifetime cap)
+  bool capped = false;
+  bool cleanSession = false;
+};
+
+struct MethodResult {
+  int status = 0;
+  std::string payload;  // the device's response body, raw
+};
+
+struct TwinFault {
+  std::chrono::milliseconds delay{0};  // delay every twin response (100 ms granularity)
+  int status = 0;                      // answer with this status instead (0 = normally)
+  int count = -1;                      // ... for the next `count` requests, -1 = until cleared
+};
+
+struct Ledger {
+  int64_t total = 0;
+  int64_t withoutId = 0;
+  int64_t duplicates = 0;
+  std::map<std::string, int64_t> ids;  // $.mid -> times received
+};
+
+class ServiceClient {
+ public:
+  using Ms = std::chrono::milliseconds;
+  static constexpr Ms kDefaultTimeout{5000};
+
+  // Connects as the service over TLS and subscribes to telemetry and events; throws on failure.
+  explicit ServiceClient(const HubEmulator& hub, Ms timeout = kDefaultTimeout);
+  ServiceClient(const std::string& host, int port, const std::string& caFile,
+                const std::string& password, Ms timeout = kDefaultTimeout);
+  ~ServiceClient();
+  ServiceClient(const ServiceClient&) = delete;
+  ServiceClient& operator=(const ServiceClient&) = delete;
+
+  // After a hub restart the client reconnects by itself; this waits until it has resubscribed.
+  bool waitReady(Ms timeout = kDefaultTimeout);
+
+  // Next not-yet-returned telemetry message that matches `predicate` (all if empty).
+  std::optional<Telemetry> waitForTelemetry(std::function<bool(const Telemetry&)> predicate = {},
+                                            Ms timeout = kDefaultTimeout);
+  std::vector<Telemetry> telemetry() const;  // everything received so far
+
+  // Next not-yet-returned event of `type` for `device` (any device if empty).
+  std::optional<HubEvent> waitForEvent(const std::string& type, const std::string& device = "",
+                                       Ms timeout = kDefaultTimeout);
+  std::vector<HubEvent> events(const std::string& type, const std::string& device = "") const;
+
+  // Successful device authentications (one per CONNECT, so SAS renewals count).
+  std::optional<AuthEvent> waitForAuth(const std::string& device, Ms timeout = kDefaultTimeout);
+  bool waitForAuthCount(const std::string& device, size_t count, Ms timeout = kDefaultTimeout);
+  std::vector<AuthEvent> authEvents(const std::string& device) const;
+  size_t authCount(const std::string& device) const;
+  std::optional<HubEvent> waitForDisconnect(const std::string& device,
+                                            Ms timeout = kDefaultTimeout);
+  size_t disconnectCount(const std::string& device) const;
+
+  // Direct method; {404, …} if the device is not connected, throws on timeout.
+  MethodResult invokeMethod(const std::string& device, const std::string& name,
+                            const std::string& payloadJson = "null", Ms timeout = kDefaultTimeout);
+  // Desired-properties merge patch; returns the new desired $version.
+  int64_t patchDesired(const std::string& device, const std::string& patchJson);
+  // {"desired":{…,"$version":N},"reported":{…,"$version":M}}
+  std::string getTwin(const std::string& device);
+  // C2D on devices/{device}/messages/devicebound/{bag}; system properties use their wire keys
+  // ("$.mid", "$.cid", "$.ct", "$.ce", "$.uid", "$.exp", "$.to", "iothub-ack") and come first.
+  void sendC2d(const std::string& device, const std::string& body,
+               const Properties& systemProperties = {}, const Properties& customProperties = {});
+
+  // Faults.
+  void delayPuback(const std::string& device, Ms delay, int count = -1);
+  void dropConnection(const std::string& device);
+  void refuseConnects(const std::string& device, int count = -1);  // 0 clears
+  void twinFault(const std::string& device, const TwinFault& fault);
+  void capTokenLifetime(const std::string& device, std::chrono::seconds lifetime);  // 0 clears
+  void clearFaults(const std::string& device = "");
+
+  Ledger ledger(const std::string& device);
+  void clearLedger(const std::string& device = "");
+  std::vector<std::string> connectedDevices();
+  void registerDevice(const std::string& device, const std::string& base64Key);
+
+  // Any control command (README, "Control-topic protocol"): returns the response JSON; throws on
+  // timeout and, unless `allowError`, on a status other than 200.
+  std::string request(const std::string& command, const std::string& argsJson = "{}",
+                      Ms timeout = kDefaultTimeout, bool allowError = false);
+
+ private:
+  struct Entry {
+    bool taken = false;
+  };
+  struct TelemetryEntry : Entry {
+    Telemetry value;
+  };
+  struct EventEntry : Entry {
+    HubEvent value;
+  };
+  struct MosqDeleter {
+    void operator()(mosquitto* m) const;
+  };
+
+  static void onConnect(mosquitto* m, void* self, int rc);
+  static void onSubscribe(mosquitto* m, void* self, int mid, int count, const int* granted);
+  static void onMessage(mosquitto* m, void* self, const mosquitto_message* msg);
+  void handleMessage(const std::string& topic, std::string payload);
+  void publish(const std::string& topic, const std::string& payload);
+  std::optional<HubEvent> takeEvent(const std::string& type, const std::string& device,
+                                    const std::string& rid, Ms timeout);
+  static AuthEvent toAuthEvent(const HubEvent& event);
+
+  std::string clientId_;
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  int connectRc_ = -1;
+  int subscribeMid_ = -1;
+  bool ready_ = false;
+  uint64_t nextRid_ = 1;
+  std::vector<TelemetryEntry> telemetry_;
+  std::vector<EventEntry> events_;
+  std::map<std::string, std::string> responses_;  // rid -> response JSON
+  // Last member: destroyed first, so the network thread is joined before the state it uses goes.
+  std::unique_ptr<mosquitto, MosqDeleter> mosq_;
+};
+
+}  // namespace iothubd::hubemu

@@ -1,0 +1,233 @@
+// SPDX-License-Identifier: MIT
+#include "daemon_process.hpp"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <stdexcept>
+#include <vector>
+
+#include "temp_dir.hpp"
+
+namespace iothubd::testing {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int remainingMs(Clock::time_point deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  return left > 0 ? static_cast<int>(left) : 0;
+}
+
+int decodeStatus(int status) {
+  if (WIFEXITED(status)) {
+    return WEXITSTATUS(status);
+  }
+  if (WIFSIGNALED(status)) {
+    return 128 + WTERMSIG(status);
+  }
+  return -1;
+}
+
+}  // namespace
+
+std::string daemonBinaryPath() {
+  const char* p = std::getenv("IOTHUBD_BINARY");
+  if (p == nullptr || *p == '\0') {
+    throw std::runtime_error("IOTHUBD_BINARY is not set (run the tests with meson test)");
+  }
+  return p;
+}
+
+ServiceUser serviceUser(const std::string& name) {
+  passwd* pw = ::getpwnam(name.c_str());
+  if (pw == nullptr) {
+    throw std::runtime_error("user '" + name +
+                             "' does not exist: scripts/test creates it (useradd --system " +
+                             name + "); the D-Bus policy lets only this user own org.iothubd");
+  }
+  return ServiceUser{pw->pw_uid, pw->pw_gid};
+}
+
+DaemonProcess::DaemonProcess(std::string workDir, DaemonOptions options)
+    : workDir_(std::move(workDir)), options_(std::move(options)) {
+  if (options_.binary.empty()) {
+    options_.binary = daemonBinaryPath();
+  }
+  logPath_ = workDir_ + "/iothubd.log";
+}
+
+DaemonProcess::~DaemonProcess() {
+  if (pid_ > 0) {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+  if (pidFd_ >= 0) {
+    ::close(pidFd_);
+  }
+  if (notifyFd_ >= 0) {
+    ::close(notifyFd_);
+  }
+}
+
+void DaemonProcess::start() {
+  std::string socketPath = workDir_ + "/notify.sock";
+  ::unlink(socketPath.c_str());
+  notifyFd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, socketPath.c_str(), sizeof addr.sun_path - 1);
+  if (::bind(notifyFd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    throw std::runtime_error("cannot bind notify socket " + socketPath + ": " + std::strerror(errno));
+  }
+  ::chmod(socketPath.c_str(), 0777);  // the daemon runs as another user
+
+  std::optional<ServiceUser> user;
+  if (!options_.user.empty()) {
+    user = serviceUser(options_.user);
+  }
+  int logFd = ::open(logPath_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (logFd < 0) {
+    throw std::runtime_error("cannot create " + logPath_);
+  }
+  pid_ = ::fork();
+  if (pid_ < 0) {
+    throw std::runtime_error("fork failed");
+  }
+  if (pid_ == 0) {
+    ::dup2(logFd, STDERR_FILENO);
+    ::dup2(logFd, STDOUT_FILENO);
+    int devnull = ::open("/dev/null", O_RDONLY);
+    ::dup2(devnull, STDIN_FILENO);
+    ::setenv("NOTIFY_SOCKET", socketPath.c_str(), 1);
+    if (!options_.busAddress.empty()) {
+      ::setenv("DBUS_SYSTEM_BUS_ADDRESS", options_.busAddress.c_str(), 1);
+    }
+    if (!options_.credentialsDirectory.empty()) {
+      ::setenv("CREDENTIALS_DIRECTORY", options_.credentialsDirectory.c_str(), 1);
+    } else {
+      ::unsetenv("CREDENTIALS_DIRECTORY");
+    }
+    for (const auto& [k, v] : options_.extraEnv) {
+      ::setenv(k.c_str(), v.c_str(), 1);
+    }
+    if (user) {
+      if (::setgroups(0, nullptr) != 0 || ::setgid(user->gid) != 0 || ::setuid(user->uid) != 0) {
+        std::perror("cannot switch to the service user");
+        ::_exit(126);
+      }
+    }
+    std::vector<std::string> args = {options_.binary};
+    if (!options_.configPath.empty()) {
+      args.push_back("--config");
+      args.push_back(options_.configPath);
+    }
+    std::vector<char*> argv;
+    for (auto& a : args) {
+      argv.push_back(a.data());
+    }
+    argv.push_back(nullptr);
+    ::execv(options_.binary.c_str(), argv.data());
+    std::perror("exec iothubd");
+    ::_exit(127);
+  }
+  ::close(logFd);
+  pidFd_ = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
+  if (pidFd_ < 0) {
+    throw std::runtime_error("pidfd_open failed: " + std::string(std::strerror(errno)));
+  }
+}
+
+void DaemonProcess::readNotifications(int timeoutMs) {
+  pollfd fds[2] = {{notifyFd_, POLLIN, 0}, {pidFd_, POLLIN, 0}};
+  if (::poll(fds, 2, timeoutMs) <= 0) {
+    return;
+  }
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::recv(notifyFd_, buf, sizeof buf - 1, 0);
+    if (n <= 0) {
+      break;
+    }
+    std::string msg(buf, static_cast<size_t>(n));
+    size_t pos = 0;
+    while (pos < msg.size()) {
+      size_t end = msg.find('\n', pos);
+      std::string line = msg.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+      if (line == "READY=1") {
+        ready_ = true;
+      } else if (line.rfind("STATUS=", 0) == 0) {
+        status_ = line.substr(7);
+      }
+      if (end == std::string::npos) {
+        break;
+      }
+      pos = end + 1;
+    }
+  }
+}
+
+bool DaemonProcess::waitReady(std::chrono::milliseconds timeout) {
+  auto deadline = Clock::now() + timeout;
+  while (!ready_ && pid_ > 0) {
+    int left = remainingMs(deadline);
+    if (left == 0) {
+      return false;
+    }
+    readNotifications(left);
+    if (!ready_) {
+      // A process that exited will never be ready.
+      pollfd p{pidFd_, POLLIN, 0};
+      if (::poll(&p, 1, 0) > 0) {
+        return false;
+      }
+    }
+  }
+  return ready_;
+}
+
+std::optional<int> DaemonProcess::waitExit(std::chrono::milliseconds timeout) {
+  if (pid_ <= 0) {
+    return std::nullopt;
+  }
+  pollfd p{pidFd_, POLLIN, 0};
+  if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) {
+    return std::nullopt;
+  }
+  int status = 0;
+  ::waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return decodeStatus(status);
+}
+
+std::optional<int> DaemonProcess::stop(std::chrono::milliseconds timeout) {
+  if (pid_ <= 0) {
+    return std::nullopt;
+  }
+  ::kill(pid_, SIGTERM);
+  return waitExit(timeout);
+}
+
+std::string DaemonProcess::log() const { return readFile(logPath_); }
+
+void DaemonProcess::printLogIf(bool failed) const {
+  if (failed) {
+    std::cerr << "----- iothubd log (" << logPath_ << ") -----\n"
+              << log() << "----- end of iothubd log -----\n";
+  }
+}
+
+}  // namespace iothubd::testing

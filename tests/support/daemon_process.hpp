@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: MIT
+// Test support: runs the built iothubd as a real process (as the unprivileged user the package
+// creates), awaits its READY=1 on a NOTIFY_SOCKET the harness owns, and collects its log.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <iosfwd>
+#include <map>
+#include <optional>
+#include <string>
+
+namespace iothubd::testing {
+
+struct DaemonOptions {
+  std::string binary;            ///< default: $IOTHUBD_BINARY
+  std::string configPath;        ///< --config
+  std::string busAddress;        ///< DBUS_SYSTEM_BUS_ADDRESS
+  std::string credentialsDirectory;  ///< CREDENTIALS_DIRECTORY, if set
+  std::string user = "iothubd";  ///< run as this user; empty = as the test process
+  std::map<std::string, std::string> extraEnv;
+};
+
+/// Looks up the service user; throws with a hint when it does not exist (scripts/test creates
+/// it: the bus policy only lets user "iothubd" own org.iothubd).
+struct ServiceUser {
+  uid_t uid;
+  gid_t gid;
+};
+[[nodiscard]] ServiceUser serviceUser(const std::string& name = "iothubd");
+
+class DaemonProcess {
+ public:
+  /// `workDir` must exist and be writable by the test; the notify socket and log go there.
+  DaemonProcess(std::string workDir, DaemonOptions options);
+  ~DaemonProcess();  // SIGKILL if still running
+  DaemonProcess(const DaemonProcess&) = delete;
+  DaemonProcess& operator=(const DaemonProcess&) = delete;
+
+  /// Forks and execs the daemon.
+  void start();
+  /// True once READY=1 arrived; false if the process exited first or `timeout` passed.
+  [[nodiscard]] bool waitReady(std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  /// SIGTERM and wait; returns the exit status (128 + signal if killed by one), nullopt on
+  /// timeout.
+  [[nodiscard]] std::optional<int> stop(std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  /// Waits for the process to exit by itself.
+  [[nodiscard]] std::optional<int> waitExit(std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  [[nodiscard]] bool running() const { return pid_ > 0; }
+  [[nodiscard]] pid_t pid() const { return pid_; }
+  /// Every STATUS= line received so far, newest last.
+  [[nodiscard]] const std::string& lastStatus() const { return status_; }
+
+  [[nodiscard]] std::string log() const;
+  void printLogIf(bool failed) const;
+
+ private:
+  void readNotifications(int timeoutMs);
+
+  std::string workDir_;
+  DaemonOptions options_;
+  pid_t pid_ = -1;
+  int pidFd_ = -1;
+  int notifyFd_ = -1;
+  bool ready_ = false;
+  std::string status_;
+  std::string logPath_;
+};
+
+/// Path of the built daemon: $IOTHUBD_BINARY (set by meson for the test).
+[[nodiscard]] std::string daemonBinaryPath();
+
+}  // namespace iothubd::testing

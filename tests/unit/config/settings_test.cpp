@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: MIT
+#include "iothubd/config/settings.hpp"
+
+#include <gtest/gtest.h>
+
+namespace iothubd::config {
+namespace {
+
+core::Result<Settings> parse(const std::string& text) {
+  return parseSettings({ConfigSource{"/etc/iothubd/iothubd.conf", text}});
+}
+
+std::string errorOf(const std::string& text) {
+  auto r = parse(text);
+  EXPECT_FALSE(r.has_value()) << "expected an error for:\n" << text;
+  return r ? std::string() : r.error().message;
+}
+
+TEST(Settings, DefaultsAreTheSeedDefaults) {
+  auto s = parse("[hub]\nauthentication = connection-string\n");
+  ASSERT_TRUE(s) << s.error().message;
+  EXPECT_EQ(s->keepAlive, 60);
+  EXPECT_EQ(s->sastokenTtl, 3600);
+  EXPECT_TRUE(s->autoConnect);
+  EXPECT_TRUE(s->connectionRetry);
+  EXPECT_EQ(s->connectionRetryInterval, 10);
+  EXPECT_TRUE(s->ensureDesiredProperties);
+  EXPECT_FALSE(s->websockets);
+  EXPECT_EQ(s->port, 8883);
+}
+
+TEST(Settings, ReadsEveryKindOfValue) {
+  auto s = parse(
+      "# comment\n"
+      "[hub]\n"
+      "authentication = symmetric-key\n"
+      "hostname = contoso.azure-devices.net\n"
+      "device_id = dev1\n"
+      "module_id = mod1\n"
+      "gateway_hostname = edge.local\n"
+      "port = 18883\n"
+      "[credentials]\n"
+      "shared_access_key_file = /etc/iothubd/key\n"
+      "[connection]\n"
+      "server_verification_cert = /etc/iothubd/edge-ca.pem\n"
+      "cipher = ECDHE-RSA-AES128-GCM-SHA256\n"
+      "product_info = my-gateway/2.0\n"
+      "keep_alive = 120\n"
+      "sastoken_ttl = 600\n"
+      "auto_connect = false\n"
+      "connection_retry = no\n"
+      "connection_retry_interval = 3\n"
+      "ensure_desired_properties = off\n"
+      "operation_timeout = 30\n"
+      "[methods]\n"
+      "method_response_timeout = 15\n"
+      "[daemon]\n"
+      "log_level = debug\n");
+  ASSERT_TRUE(s) << s.error().message;
+  EXPECT_EQ(s->authentication, AuthKind::SymmetricKey);
+  EXPECT_EQ(s->hostname, "contoso.azure-devices.net");
+  EXPECT_EQ(s->moduleId, "mod1");
+  EXPECT_EQ(s->gatewayHostname, "edge.local");
+  EXPECT_EQ(s->port, 18883);
+  EXPECT_EQ(s->sharedAccessKeyFile, "/etc/iothubd/key");
+  EXPECT_EQ(s->cipher, "ECDHE-RSA-AES128-GCM-SHA256");
+  EXPECT_EQ(s->productInfo, "my-gateway/2.0");
+  EXPECT_EQ(s->keepAlive, 120);
+  EXPECT_EQ(s->sastokenTtl, 600);
+  EXPECT_FALSE(s->autoConnect);
+  EXPECT_FALSE(s->connectionRetry);
+  EXPECT_EQ(s->connectionRetryInterval, 3);
+  EXPECT_FALSE(s->ensureDesiredProperties);
+  EXPECT_EQ(s->operationTimeout, 30);
+  EXPECT_EQ(s->methodResponseTimeout, 15);
+  EXPECT_EQ(s->logLevel, "debug");
+}
+
+TEST(Settings, DropInsOverrideTheMainFileInOrder) {
+  auto s = parseSettings({{"/etc/iothubd/iothubd.conf", "[connection]\nkeep_alive = 30\n"},
+                          {"/etc/iothubd/iothubd.conf.d/10-a.conf", "[connection]\nkeep_alive = 40\n"},
+                          {"/etc/iothubd/iothubd.conf.d/20-b.conf", "[daemon]\nlog_level = notice\n"}});
+  ASSERT_TRUE(s) << s.error().message;
+  EXPECT_EQ(s->keepAlive, 40);
+  EXPECT_EQ(s->logLevel, "notice");
+}
+
+TEST(Settings, ErrorsNameFileLineSectionAndKey) {
+  EXPECT_EQ(errorOf("[connection]\n\nkeep_alive = often\n"),
+            "/etc/iothubd/iothubd.conf:3: [connection] keep_alive: expected an integer, got \"often\"");
+  EXPECT_EQ(errorOf("[connection]\nkeepalive = 5\n"),
+            "/etc/iothubd/iothubd.conf:2: [connection] keepalive: unknown key");
+  EXPECT_EQ(errorOf("[conection]\nkeep_alive = 5\n"),
+            "/etc/iothubd/iothubd.conf:2: [conection]: unknown section");
+  EXPECT_EQ(errorOf("keep_alive = 5\n"),
+            "/etc/iothubd/iothubd.conf:1: keep_alive: key outside any section");
+  EXPECT_EQ(errorOf("[connection]\nauto_connect = maybe\n"),
+            "/etc/iothubd/iothubd.conf:2: [connection] auto_connect: expected true or false, got maybe");
+  EXPECT_EQ(errorOf("[hub]\nauthentication = password\n"),
+            "/etc/iothubd/iothubd.conf:2: [hub] authentication: expected connection-string, "
+            "symmetric-key, sas-token or x509, got \"password\"");
+  EXPECT_EQ(errorOf("[hub]\nport = 70000\n"),
+            "/etc/iothubd/iothubd.conf:2: [hub] port: must be between 1 and 65535, got 70000");
+  EXPECT_EQ(errorOf("[connection]\nkeep_alive = 1800\n"),
+            "/etc/iothubd/iothubd.conf:2: [connection] keep_alive: must be between 5 and 1177, got 1800");
+  EXPECT_EQ(errorOf("[daemon]\nlog_level = chatty\n"),
+            "/etc/iothubd/iothubd.conf:2: [daemon] log_level: expected error, warning, notice, info "
+            "or debug, got \"chatty\"");
+  EXPECT_EQ(errorOf("[hub\n"), "/etc/iothubd/iothubd.conf:1: syntax error (expected [section] or key = value)");
+}
+
+TEST(Settings, AnErrorInADropInNamesTheDropIn) {
+  auto s = parseSettings({{"/etc/iothubd/iothubd.conf", "[connection]\nkeep_alive = 30\n"},
+                          {"/etc/iothubd/iothubd.conf.d/50-x.conf", "[connection]\nbogus = 1\n"}});
+  ASSERT_FALSE(s);
+  EXPECT_EQ(s.error().message, "/etc/iothubd/iothubd.conf.d/50-x.conf:2: [connection] bogus: unknown key");
+}
+
+TEST(Settings, ConnectionStringAuthRefusesIdentityKeysThatComeFromTheString) {
+  EXPECT_EQ(errorOf("[hub]\nauthentication = connection-string\nhostname = h\n"),
+            "[hub] hostname: comes from the connection string; remove it here");
+  EXPECT_EQ(errorOf("[hub]\ndevice_id = d\n"),
+            "[hub] device_id: comes from the connection string; remove it here");
+}
+
+TEST(Settings, SymmetricKeyAuthNeedsHostAndDevice) {
+  EXPECT_EQ(errorOf("[hub]\nauthentication = symmetric-key\ndevice_id = d\n"),
+            "[hub] hostname: required with authentication = symmetric-key");
+  EXPECT_EQ(errorOf("[hub]\nauthentication = symmetric-key\nhostname = h\n"),
+            "[hub] device_id: required with authentication = symmetric-key");
+}
+
+TEST(Settings, OptionsNotImplementedYetAreRefusedNotIgnored) {
+  EXPECT_EQ(errorOf("[connection]\nwebsockets = true\n"),
+            "[connection] websockets: MQTT over WebSockets is not supported by this version");
+  EXPECT_EQ(errorOf("[proxy]\nproxy_type = HTTP\nproxy_address = p\nproxy_port = 3128\n"),
+            "[proxy]: proxy_options are not supported by this version");
+  EXPECT_EQ(errorOf("[hub]\nauthentication = x509\nhostname = h\ndevice_id = d\n"),
+            "[hub] authentication: x509 is not supported by this version");
+  // Saying "no" to an unimplemented feature is fine.
+  EXPECT_TRUE(parse("[connection]\nwebsockets = false\n"));
+}
+
+}  // namespace
+}  // namespace iothubd::config

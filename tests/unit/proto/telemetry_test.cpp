@@ -1,0 +1,203 @@
+// SPDX-License-Identifier: MIT
+#include "iothubd/proto/telemetry.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "iothubd/proto/property_bag.hpp"
+#include "test_helpers.hpp"
+
+namespace iothubd::proto {
+namespace {
+
+using core::Errc;
+using test::errorOf;
+using test::failedWith;
+
+TEST(TelemetryTopic, EncodesPropertiesExactlyAsSection4) {
+  OutgoingMessage message;
+  message.body = R"({"t":21.5})";
+  message.properties = {{"alert level", "high"}, {"path", "a/b&c"}};
+  const auto system =
+      systemPropertiesFromBus({{"content-type", "application/json"}, {"message-id", "6b82a1"}});
+  ASSERT_TRUE(system.has_value()) << errorOf(system);
+  message.system = *system;
+  EXPECT_EQ(telemetryTopic("dev1", "", message),
+            "devices/dev1/messages/events/"
+            "%24.mid=6b82a1&%24.ct=application%2Fjson&alert%20level=high&path=a%2Fb%26c");
+}
+
+TEST(TelemetryTopic, UsesModuleTopicForAModule) {
+  OutgoingMessage message;
+  message.properties = {{"k", "v"}};
+  EXPECT_EQ(telemetryTopic("dev1", "mod1", message),
+            "devices/dev1/modules/mod1/messages/events/k=v");
+}
+
+TEST(TelemetryTopic, EndsWithSlashWhenBagIsEmpty) {
+  EXPECT_EQ(telemetryTopic("dev1", "", OutgoingMessage{}), "devices/dev1/messages/events/");
+}
+
+TEST(TelemetryTopic, NeverEncodesIds) {
+  EXPECT_EQ(telemetryTopic("dev:1@x", "m=1", OutgoingMessage{}),
+            "devices/dev:1@x/modules/m=1/messages/events/");
+}
+
+TEST(TelemetryTopic, WritesSystemPropertiesInPySdkOrderThenCreationTimeThenCustom) {
+  OutgoingMessage message;
+  message.properties = {{"zeta", "1"}, {"alpha", "2"}};
+  message.system = systemPropertiesFromBus({{"component-name", "thermostat1"},
+                                            {"creation-time-utc", "2021-04-21T11:30:16Z"},
+                                            {"expiry-time-utc", "2030-01-01T00:00:00Z"},
+                                            {"content-encoding", "utf-8"},
+                                            {"content-type", "application/json"},
+                                            {"user-id", "u1"},
+                                            {"correlation-id", "c 1"},
+                                            {"message-id", "m1"},
+                                            {"output-name", "out/1"}})
+                       .value();
+  EXPECT_EQ(telemetryTopic("d", "m", message),
+            "devices/d/modules/m/messages/events/"
+            "%24.on=out%2F1&%24.mid=m1&%24.cid=c%201&%24.uid=u1&%24.ct=application%2Fjson"
+            "&%24.ce=utf-8&%24.exp=2030-01-01T00%3A00%3A00Z&%24.sub=thermostat1"
+            "&iothub-creation-time-utc=2021-04-21T11%3A30%3A16Z&alpha=2&zeta=1");
+}
+
+TEST(TelemetryTopic, EncodesNonAsciiAndReservedCharactersInKeysAndValues) {
+  OutgoingMessage message;
+  message.properties = {{"caf\xC3\xA9", "x=1;y=2"}, {"50%", "+1"}};
+  EXPECT_EQ(telemetryTopic("d", "", message),
+            "devices/d/messages/events/50%25=%2B1&caf%C3%A9=x%3D1%3By%3D2");
+}
+
+TEST(TelemetryTopic, BagRoundTripsThroughTheParser) {
+  OutgoingMessage message;
+  message.properties = {{"a b", "c/d"}, {"e&f", "g=h"}, {"plus", "1+1"}};
+  const std::string topic = telemetryTopic("d", "", message);
+  const auto entries =
+      parsePropertyBag(topic.substr(std::string("devices/d/messages/events/").size()));
+  ASSERT_TRUE(entries.has_value()) << errorOf(entries);
+  ASSERT_EQ(entries->size(), 3u);
+  EXPECT_EQ((*entries)[0].key, "a b");
+  EXPECT_EQ((*entries)[0].value, "c/d");
+  EXPECT_EQ((*entries)[1].key, "e&f");
+  EXPECT_EQ((*entries)[1].value, "g=h");
+  EXPECT_EQ((*entries)[2].value, "1+1");
+}
+
+TEST(SystemPropertiesFromBus, MapsEveryBusName) {
+  const auto system = systemPropertiesFromBus({{"message-id", "1"},
+                                               {"correlation-id", "2"},
+                                               {"user-id", "3"},
+                                               {"content-type", "4"},
+                                               {"content-encoding", "5"},
+                                               {"expiry-time-utc", "6"},
+                                               {"output-name", "7"},
+                                               {"component-name", "8"},
+                                               {"creation-time-utc", "9"}});
+  ASSERT_TRUE(system.has_value()) << errorOf(system);
+  EXPECT_EQ(system->messageId, "1");
+  EXPECT_EQ(system->correlationId, "2");
+  EXPECT_EQ(system->userId, "3");
+  EXPECT_EQ(system->contentType, "4");
+  EXPECT_EQ(system->contentEncoding, "5");
+  EXPECT_EQ(system->expiryTimeUtc, "6");
+  EXPECT_EQ(system->outputName, "7");
+  EXPECT_EQ(system->componentName, "8");
+  EXPECT_EQ(system->creationTimeUtc, "9");
+}
+
+TEST(SystemPropertiesFromBus, LeavesMissingKeysUnset) {
+  const auto system = systemPropertiesFromBus({}).value();
+  EXPECT_FALSE(system.messageId.has_value());
+  EXPECT_FALSE(system.creationTimeUtc.has_value());
+}
+
+TEST(SystemPropertiesFromBus, RejectsUnknownKey) {
+  EXPECT_TRUE(failedWith(systemPropertiesFromBus({{"foo", "x"}}), Errc::InvalidArgument,
+                         "unknown system property 'foo'"));
+}
+
+TEST(SystemPropertiesFromBus, RejectsWireNamesAndOtherSpellings) {
+  EXPECT_TRUE(failedWith(systemPropertiesFromBus({{"$.mid", "x"}}), Errc::InvalidArgument,
+                         "unknown system property '$.mid'"));
+  EXPECT_TRUE(failedWith(systemPropertiesFromBus({{"messageId", "x"}}), Errc::InvalidArgument,
+                         "unknown system property 'messageId'"));
+  EXPECT_TRUE(failedWith(systemPropertiesFromBus({{"to", "x"}}), Errc::InvalidArgument,
+                         "unknown system property 'to'"));
+}
+
+TEST(SystemPropertiesFromBus, RejectsEmptyValue) {
+  EXPECT_TRUE(failedWith(systemPropertiesFromBus({{"content-type", ""}}), Errc::InvalidArgument,
+                         "system property 'content-type' is empty (leave it out instead)"));
+}
+
+TEST(SystemPropertiesFromBus, LimitsMessageIdTo128AsciiCharacters) {
+  EXPECT_TRUE(systemPropertiesFromBus({{"message-id", std::string(128, 'a')}}).has_value());
+  EXPECT_TRUE(failedWith(systemPropertiesFromBus({{"message-id", std::string(129, 'a')}}),
+                         Errc::InvalidArgument,
+                         "system property 'message-id' is longer than 128 characters"));
+  EXPECT_TRUE(failedWith(systemPropertiesFromBus({{"message-id", "caf\xC3\xA9"}}),
+                         Errc::InvalidArgument,
+                         "system property 'message-id' contains a character outside printable "
+                         "ASCII"));
+}
+
+TEST(ValidateCustomProperties, AcceptsOrdinaryKeys) {
+  EXPECT_TRUE(validateCustomProperties(
+                  {{"alert level", "high"}, {"a/b", ""}, {"x$", "1"}, {"my-iothub-thing", "1"}})
+                  .has_value());
+}
+
+TEST(ValidateCustomProperties, RejectsEmptyKey) {
+  EXPECT_TRUE(failedWith(validateCustomProperties({{"", "v"}}), Errc::InvalidArgument,
+                         "custom property with an empty name"));
+}
+
+TEST(ValidateCustomProperties, RejectsDollarPrefix) {
+  EXPECT_TRUE(failedWith(validateCustomProperties({{"$.mid", "v"}}), Errc::InvalidArgument,
+                         "custom property '$.mid' uses a reserved prefix ('$' or 'iothub-')"));
+}
+
+TEST(ValidateCustomProperties, RejectsIothubPrefixInAnyCase) {
+  EXPECT_TRUE(failedWith(validateCustomProperties({{"iothub-creation-time-utc", "v"}}),
+                         Errc::InvalidArgument,
+                         "custom property 'iothub-creation-time-utc' uses a reserved prefix ('$' "
+                         "or 'iothub-')"));
+  EXPECT_TRUE(failedWith(validateCustomProperties({{"IoTHub-MessageType", "Will"}}),
+                         Errc::InvalidArgument,
+                         "custom property 'IoTHub-MessageType' uses a reserved prefix ('$' or "
+                         "'iothub-')"));
+}
+
+TEST(HubMessageSize, CountsBodySystemValuesAndCustomNamesAndValues) {
+  OutgoingMessage message;
+  message.body = "12345";                                   // 5
+  message.properties = {{"ab", "cde"}};                     // 2 + 3
+  message.system.messageId = "mid";                         // 3 (name not counted)
+  message.system.contentType = "application/json";          // 16
+  message.system.creationTimeUtc = "2021-04-21T11:30:16Z";  // 24 + 20 (name counted)
+  EXPECT_EQ(hubMessageSize(message), 5u + 5u + 3u + 16u + 24u + 20u);
+}
+
+TEST(HubMessageSize, CountsBytesNotCharacters) {
+  OutgoingMessage message;
+  message.body = "\xC3\xA9";
+  EXPECT_EQ(hubMessageSize(message), 2u);
+}
+
+TEST(HubMessageSize, ReachesExactlyTheLimit) {
+  OutgoingMessage message;
+  message.properties = {{"key", "value"}};
+  message.system.messageId = "m1";
+  message.body = std::string(kMaxTelemetryBytes - 8 - 2, 'x');
+  EXPECT_EQ(hubMessageSize(message), 262144u);
+  EXPECT_LE(hubMessageSize(message), kMaxTelemetryBytes);
+  message.body.push_back('x');
+  EXPECT_EQ(hubMessageSize(message), 262145u);
+  EXPECT_GT(hubMessageSize(message), kMaxTelemetryBytes);
+}
+
+}  // namespace
+}  // namespace iothubd::proto
