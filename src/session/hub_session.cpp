@@ -48,11 +48,23 @@ HubSession::HubSession(core::Scheduler& scheduler, core::Clock& clock,
     transport_.disconnect();
   });
   retryTimer_ = scheduler_.createTimer([this] {
-    if (wantConnected_ && !attemptActive_ && state_ != ConnectionState::Connected) {
+    if (wantConnected_ && !attemptActive_ && !linkUp_) {
       startAttempt();
     }
   });
   inFlightTimer_ = scheduler_.createTimer([this] { onInFlightTimer(); });
+  renewTimer_ = scheduler_.createTimer([this] {
+    if (options_.auth == AuthMethod::SasToken) {
+      logf(LogLevel::Notice, "the SAS token expires at ", tokenExpiry_,
+           "; waiting for a new one (UpdateSasToken)");
+      if (observer_ != nullptr) {
+        observer_->onNewSasTokenRequired();
+      }
+      return;
+    }
+    reconnectPlanned("SAS token renewal");
+  });
+  drainTimer_ = scheduler_.createTimer([this] { finishPlannedDrain(); });
 }
 
 HubSession::~HubSession() {
@@ -75,7 +87,7 @@ std::string HubSession::newMessageId() {
 
 void HubSession::start() {
   wantConnected_ = true;
-  if (state_ != ConnectionState::Connected && !attemptActive_) {
+  if (!linkUp_ && !attemptActive_ && !plannedActive_) {
     retryTimer_->disarm();
     startAttempt();
   }
@@ -84,11 +96,12 @@ void HubSession::start() {
 void HubSession::connect(Completion done) {
   wantConnected_ = true;
   if (state_ == ConnectionState::Connected) {
+    // Also during a planned reconnect: apps see one continuous connection.
     done({});
     return;
   }
   connectWaiters_.push_back(std::move(done));
-  if (!attemptActive_) {
+  if (!attemptActive_ && !plannedActive_ && !plannedPending_) {
     retryTimer_->disarm();
     startAttempt();
   }
@@ -97,12 +110,16 @@ void HubSession::connect(Completion done) {
 void HubSession::disconnect(Completion done) {
   wantConnected_ = false;
   dropped_ = false;
+  plannedPending_ = false;
+  plannedActive_ = false;
+  drainTimer_->disarm();
+  renewTimer_->disarm();
   retryTimer_->disarm();
   core::Error cancelled{Errc::Cancelled, "disconnected on request"};
   failConnectWaiters(cancelled);
   failQueued(cancelled);
   failInFlight(cancelled);
-  if (!attemptActive_ && state_ != ConnectionState::Connected) {
+  if (!attemptActive_ && !linkUp_) {
     // Nothing open (idle, or waiting for a retry): there is no transport event to wait for.
     setState(ConnectionState::Disconnected, nullptr);
     done({});
@@ -121,11 +138,12 @@ void HubSession::sendTelemetry(const proto::OutgoingMessage& message, Completion
     return;
   }
   std::string topic = proto::telemetryTopic(options_.deviceId, options_.moduleId, message);
-  if (state_ == ConnectionState::Connected) {
+  if (linkUp_ && !plannedPending_) {
     publishNow(std::move(topic), message.body, std::move(done));
     return;
   }
-  bool willConnect = attemptActive_ || retryTimer_->armed() || options_.autoConnect;
+  bool willConnect = attemptActive_ || retryTimer_->armed() || plannedPending_ ||
+                     plannedActive_ || options_.autoConnect;
   if (!willConnect) {
     done(fail(Errc::NotConnected, "not connected to the hub and auto_connect is off"));
     return;
@@ -139,7 +157,7 @@ void HubSession::sendTelemetry(const proto::OutgoingMessage& message, Completion
   if (!inFlightTimer_->armed()) {
     armInFlightTimer();
   }
-  if (!attemptActive_ && !retryTimer_->armed()) {
+  if (!attemptActive_ && !retryTimer_->armed() && !plannedPending_ && !plannedActive_) {
     // auto_connect: the first operation opens the connection (seed: auto_connect=True).
     start();
   }
@@ -269,6 +287,10 @@ void HubSession::startAttempt() {
 void HubSession::onConnected() {
   connectTimer_->disarm();
   attemptActive_ = false;
+  linkUp_ = true;
+  plannedActive_ = false;
+  credentialsRefused_ = false;
+  armRenewal();
   lastError_ = {};
   dropped_ = false;
   logf(LogLevel::Notice, "connected to ", options_.hubHostname, " as ",
@@ -282,7 +304,7 @@ void HubSession::onConnected() {
   auto queued = std::move(queued_);
   queued_.clear();
   for (auto& q : queued) {
-    if (state_ != ConnectionState::Connected) {
+    if (!linkUp_) {
       queued_.push_back(std::move(q));  // dropped again inside a callback: keep waiting
       continue;
     }
@@ -292,8 +314,21 @@ void HubSession::onConnected() {
 
 void HubSession::onDisconnected(const mqtt::Disconnect& reason) {
   connectTimer_->disarm();
+  renewTimer_->disarm();
   bool wasConnected = state_ == ConnectionState::Connected;
   attemptActive_ = false;
+  linkUp_ = false;
+  if (plannedActive_ && reason.requested && wantConnected_) {
+    // Our own DISCONNECT of a planned reconnect: connect again at once, state unchanged.
+    plannedActive_ = false;
+    startAttempt();
+    return;
+  }
+  plannedActive_ = false;
+  if (plannedPending_) {
+    plannedPending_ = false;
+    drainTimer_->disarm();
+  }
   core::Error error = reason.error;
   if (connectTimedOut_) {
     error = core::Error{Errc::Timeout, "no answer from the hub within " +
@@ -335,7 +370,8 @@ void HubSession::attemptFailed(const core::Error& error, bool wasConnected) {
 
   // Protocol doc 9: no blind retry when the hub refused our credentials; they must change
   // (reload, UpdateSasToken) or an app must ask again.
-  bool retry = wantConnected_ && options_.connectionRetry && error.code != Errc::Unauthorized;
+  credentialsRefused_ = error.code == Errc::Unauthorized;
+  bool retry = wantConnected_ && options_.connectionRetry && !credentialsRefused_;
   if (retry) {
     if (!dropped_) {
       // Never connected yet: a message that asked for the connection (auto_connect) gets this
@@ -377,6 +413,83 @@ void HubSession::onPublishAcked(int messageId) {
   auto done = std::move(it->second.done);
   inFlight_.erase(it);
   done({});
+  if (plannedPending_ && inFlight_.empty()) {
+    finishPlannedDrain();
+  }
+}
+
+bool HubSession::reconfigure(SessionOptions o) {
+  const auto& c = options_;
+  bool connectionChanged =
+      o.hubHostname != c.hubHostname || o.deviceId != c.deviceId || o.moduleId != c.moduleId ||
+      o.gatewayHostname != c.gatewayHostname || o.port != c.port || o.auth != c.auth ||
+      !(o.sharedAccessKey == c.sharedAccessKey) || !(o.sasToken == c.sasToken) ||
+      o.tls.caFile != c.tls.caFile || o.tls.ciphers != c.tls.ciphers ||
+      o.tls.certFile != c.tls.certFile || o.tls.keyFile != c.tls.keyFile ||
+      !(o.tls.keyPassphrase == c.tls.keyPassphrase) || o.userAgent != c.userAgent ||
+      o.productInfo != c.productInfo || o.keepAliveSeconds != c.keepAliveSeconds ||
+      o.sasTokenTtl != c.sasTokenTtl;
+  options_ = std::move(o);
+  if (!connectionChanged) {
+    return false;
+  }
+  if (linkUp_ || attemptActive_) {
+    reconnectPlanned("new settings");
+  } else if ((wantConnected_ && retryTimer_->armed()) || credentialsRefused_) {
+    // The old settings may have been the problem (protocol doc 9: after a refusal, retry only
+    // once the credentials changed): try the new ones now.
+    retryTimer_->disarm();
+    start();
+  }
+  return true;
+}
+
+void HubSession::reconnectPlanned(const char* why) {
+  if (!linkUp_) {
+    if (attemptActive_) {
+      // The attempt under way uses the old settings: abandon it and start again.
+      plannedWhy_ = why;
+      plannedActive_ = true;
+      transport_.disconnect();
+    }
+    return;
+  }
+  if (plannedPending_ || plannedActive_) {
+    return;
+  }
+  plannedWhy_ = why;
+  plannedPending_ = true;
+  if (inFlight_.empty()) {
+    finishPlannedDrain();
+    return;
+  }
+  // dbus-contract-notes "Connection": wait (bounded) for in-flight PUBACKs so the reconnect
+  // causes no duplicate telemetry; new messages queue meanwhile.
+  drainTimer_->armAfter(std::min<std::chrono::microseconds>(options_.operationTimeout, std::chrono::seconds(10)));
+}
+
+void HubSession::finishPlannedDrain() {
+  if (!plannedPending_) {
+    return;
+  }
+  plannedPending_ = false;
+  drainTimer_->disarm();
+  plannedActive_ = true;
+  logf(LogLevel::Info, "reconnecting for ", plannedWhy_);
+  transport_.disconnect();
+}
+
+void HubSession::armRenewal() {
+  renewTimer_->disarm();
+  std::uint64_t now = clock_.unixSeconds();
+  if (tokenExpiry_ <= now) {
+    return;
+  }
+  // Renew a fifth of the lifetime before expiry, at most 120 s before it as the Python SDK does
+  // (protocol doc 2): with the default hour that is 58 min after the CONNECT.
+  auto lifetime = std::chrono::seconds(tokenExpiry_ - now);
+  auto margin = std::min<std::chrono::seconds>(std::chrono::seconds(120), lifetime / 5);
+  renewTimer_->armAfter(lifetime - margin);
 }
 
 void HubSession::onSubscribed(int) {}

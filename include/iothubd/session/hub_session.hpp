@@ -66,6 +66,9 @@ class HubSession final : private mqtt::MqttTransport::Listener {
    public:
     virtual ~Observer() = default;
     virtual void onStateChanged(ConnectionState state, const core::Error* lastError) = 0;
+    /// The operator-supplied SAS token expires soon (sas-token authentication): an app should
+    /// call updateSasToken() with a new one.
+    virtual void onNewSasTokenRequired() {}
   };
 
   HubSession(core::Scheduler& scheduler, core::Clock& clock, mqtt::MqttTransport& transport,
@@ -90,6 +93,10 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   /// disconnected and auto_connect is on, else fails with NotConnected. MessageTooLarge before
   /// anything is sent; Timeout after operation_timeout.
   void sendTelemetry(const proto::OutgoingMessage& message, Completion done);
+
+  /// Applies new options (configuration reload). Reconnects, without an outage visible to apps,
+  /// only when something the connection depends on changed; returns whether it does.
+  bool reconfigure(SessionOptions options);
 
   [[nodiscard]] ConnectionState state() const noexcept { return state_; }
   [[nodiscard]] bool connected() const noexcept { return state_ == ConnectionState::Connected; }
@@ -133,6 +140,12 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   void onInFlightTimer();
   [[nodiscard]] std::chrono::microseconds deadlineFromNow() const;
   void scheduleRetry(bool immediate);
+  /// Reconnects on purpose (token renewal, new settings): waits (bounded) for in-flight PUBACKs
+  /// so nothing is sent twice, then DISCONNECT + CONNECT with a fresh password. Apps see no state
+  /// change unless the new CONNECT fails.
+  void reconnectPlanned(const char* why);
+  void finishPlannedDrain();
+  void armRenewal();
   [[nodiscard]] core::Result<core::Secret<>> currentPassword();
 
   core::Scheduler& scheduler_;
@@ -144,6 +157,11 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   ConnectionState state_ = ConnectionState::Disconnected;
   bool wantConnected_ = false;  ///< reconnect after a drop (cleared by disconnect())
   bool attemptActive_ = false;
+  bool credentialsRefused_ = false;  ///< the last attempt ended in CONNACK 4/5
+  bool linkUp_ = false;          ///< the transport is connected (may differ from state_ briefly)
+  bool plannedPending_ = false;  ///< a planned reconnect waits for in-flight PUBACKs
+  bool plannedActive_ = false;   ///< our own DISCONNECT of a planned reconnect is under way
+  const char* plannedWhy_ = "";
   bool connectTimedOut_ = false;
   core::Error lastError_;
   std::vector<Completion> connectWaiters_;
@@ -155,6 +173,8 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   std::unique_ptr<core::Timer> connectTimer_;
   std::unique_ptr<core::Timer> retryTimer_;
   std::unique_ptr<core::Timer> inFlightTimer_;
+  std::unique_ptr<core::Timer> renewTimer_;
+  std::unique_ptr<core::Timer> drainTimer_;
   std::uint64_t tokenExpiry_ = 0;
   std::mt19937_64 random_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

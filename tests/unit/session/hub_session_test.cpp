@@ -28,7 +28,7 @@ struct Outcome {
   [[nodiscard]] core::Errc code() const { return result->error().code; }
 };
 
-class StateRecorder final : public HubSession::Observer {
+class StateRecorder : public HubSession::Observer {
  public:
   void onStateChanged(ConnectionState s, const core::Error*) override { states.push_back(s); }
   std::vector<ConnectionState> states;
@@ -317,6 +317,118 @@ TEST_F(HubSessionTest, GeneratedMessageIdsAreUniqueUuids) {
   EXPECT_NE(a, b);
   ASSERT_EQ(a.size(), 36u);
   EXPECT_EQ(a[14], '4');
+}
+
+}  // namespace
+}  // namespace iothubd::session
+
+namespace iothubd::session {
+namespace {
+
+TEST_F(HubSessionTest, RenewsTheTokenBeforeExpiryWithoutAnOutage) {
+  auto o = options();
+  o.sasTokenTtl = 3600s;
+  auto& s = make(std::move(o));
+  s.start();
+  transport_.acceptConnect();
+  std::uint64_t firstExpiry = s.sasTokenExpiry();
+  // Python SDK timing (doc 2): 120 s before expiry.
+  clock_.advance(3480s - 1ms);
+  EXPECT_FALSE(transport_.disconnectRequested);
+  clock_.advance(1ms);
+  EXPECT_TRUE(transport_.disconnectRequested);
+  // A message sent during the swap waits and completes.
+  Outcome sent;
+  s.sendTelemetry(message(), sent.callback());
+  transport_.finishDisconnect();
+  ASSERT_EQ(transport_.connects.size(), 2u);
+  EXPECT_GT(s.sasTokenExpiry(), firstExpiry);
+  transport_.acceptConnect();
+  ASSERT_EQ(transport_.published.size(), 1u);
+  transport_.ack(transport_.published[0].mid);
+  EXPECT_TRUE(sent.ok());
+  // Apps saw one continuous connection.
+  EXPECT_EQ(states_.states, (std::vector{ConnectionState::Connecting, ConnectionState::Connected}));
+  EXPECT_TRUE(s.connected());
+}
+
+TEST_F(HubSessionTest, RenewalWaitsForInFlightPubacksFirst) {
+  auto o = options();
+  o.sasTokenTtl = 10s;
+  auto& s = make(std::move(o));
+  s.start();
+  transport_.acceptConnect();
+  Outcome sent;
+  s.sendTelemetry(message(), sent.callback());
+  clock_.advance(8s);  // renewal due (10 s - 10 s / 5)
+  EXPECT_FALSE(transport_.disconnectRequested) << "renewal would resend an unacknowledged message";
+  transport_.ack(transport_.published[0].mid);
+  EXPECT_TRUE(sent.ok());
+  EXPECT_TRUE(transport_.disconnectRequested);
+}
+
+TEST_F(HubSessionTest, FailedRenewalIsAnOutageAndIsRetried) {
+  auto o = options();
+  o.sasTokenTtl = 10s;
+  auto& s = make(std::move(o));
+  s.start();
+  transport_.acceptConnect();
+  clock_.advance(8s);
+  transport_.finishDisconnect();
+  transport_.failConnect("connection refused");
+  EXPECT_EQ(s.state(), ConnectionState::Reconnecting);
+  clock_.advance(100ms);
+  EXPECT_EQ(transport_.connects.size(), 3u);
+}
+
+TEST_F(HubSessionTest, UserSuppliedTokenAsksForANewOneBeforeExpiry) {
+  struct Recorder : StateRecorder {
+    void onNewSasTokenRequired() override { ++asked; }
+    int asked = 0;
+  } recorder;
+  auto o = options();
+  o.auth = AuthMethod::SasToken;
+  std::uint64_t expiry = clock_.unixSeconds() + 3600;
+  o.sasToken = core::Secret<>("SharedAccessSignature sr=contoso.azure-devices.net%2Fdevices%2Fdev1&sig=abc%3D&se=" +
+                              std::to_string(expiry));
+  auto& s = make(std::move(o));
+  s.setObserver(&recorder);
+  s.start();
+  transport_.acceptConnect();
+  clock_.advance(3480s);
+  EXPECT_EQ(recorder.asked, 1);
+  EXPECT_FALSE(transport_.disconnectRequested) << "a user token cannot be renewed by us";
+}
+
+TEST_F(HubSessionTest, ReconfigureReconnectsOnlyWhenTheConnectionDependsOnTheChange) {
+  auto& s = connected();
+  auto o = options();
+  o.operationTimeout = 30s;
+  EXPECT_FALSE(s.reconfigure(o));
+  EXPECT_FALSE(transport_.disconnectRequested);
+  o.keepAliveSeconds = 120;
+  EXPECT_TRUE(s.reconfigure(o));
+  EXPECT_TRUE(transport_.disconnectRequested);
+  transport_.finishDisconnect();
+  ASSERT_EQ(transport_.connects.size(), 2u);
+  EXPECT_EQ(transport_.connects[1].keepAliveSeconds, 120);
+  transport_.acceptConnect();
+  EXPECT_EQ(states_.states, (std::vector{ConnectionState::Connecting, ConnectionState::Connected}));
+}
+
+TEST_F(HubSessionTest, NewCredentialsAfterARefusalAreTriedAtOnce) {
+  auto& s = make();
+  s.start();
+  transport_.refuseConnect(5);
+  EXPECT_EQ(transport_.connects.size(), 1u);
+  auto o = options();
+  o.sharedAccessKey = core::Secret<>("bmV3LWtleS1uZXcta2V5LW5ldy1rZXktbmV3LWtleSE=");
+  clock_.advance(10min);
+  EXPECT_EQ(transport_.connects.size(), 1u);
+  EXPECT_TRUE(s.reconfigure(o));
+  ASSERT_EQ(transport_.connects.size(), 2u);
+  transport_.acceptConnect();
+  EXPECT_TRUE(s.connected());
 }
 
 }  // namespace
