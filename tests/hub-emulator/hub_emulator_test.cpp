@@ -260,6 +260,15 @@ TEST_F(HubEmulatorTest, ModuleIdentityConnects) {
   FakeDevice module(hub_, "dev1/mod1");
   EXPECT_EQ(module.connectWithToken(), 0);
   EXPECT_TRUE(service_->waitForAuth("dev1/mod1").has_value());
+  ASSERT_TRUE(module.publish("devices/dev1/modules/mod1/messages/events/%24.mid=7", "m"));
+  const auto t = service_->waitForTelemetry();
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->device, "dev1/mod1");
+  EXPECT_EQ(t->property("$.mid"), "7");
+  // The module cannot speak for its device.
+  ASSERT_TRUE(module.publish("devices/dev1/messages/events/", "forged"));
+  EXPECT_EQ(service_->ledger("dev1/mod1").total, 1);
+  EXPECT_EQ(service_->ledger("dev1").total, 0);
   // A module token does not authenticate the device, and vice versa.
   FakeDevice device(hub_, "dev1");
   EXPECT_EQ(device.connectWithKey(hub_.deviceKey("dev1/mod1")), kConnackNotAuthorised);
