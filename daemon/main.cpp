@@ -83,6 +83,7 @@ iothubd::session::SessionOptions sessionOptions(const iothubd::config::Settings&
   o.connectionRetry = s.connectionRetry;
   o.connectionRetryInterval = std::chrono::seconds(s.connectionRetryInterval);
   o.operationTimeout = std::chrono::seconds(s.operationTimeout);
+  o.ensureDesiredProperties = s.ensureDesiredProperties;
   return o;
 }
 
@@ -139,7 +140,8 @@ int run(const Options& opts) {
          e.getName(), ": ", e.getMessage());
     return EX_UNAVAILABLE;
   }
-  auto object = iothubd::dbusapi::createDeviceObject(*bus, session);
+  auto object = iothubd::dbusapi::createDeviceObject(
+      *bus, session, ev, std::chrono::seconds(settings->methodResponseTimeout));
   if (auto r = ev.attachBus(*bus); !r) {
     logf(LogLevel::Error, r.error().message);
     return EXIT_FAILURE;

@@ -15,6 +15,8 @@ IOTHUBD_PACKAGES=(
   dbus systemd
   # helpers used by the harness scripts
   python3 procps util-linux passwd
+  # the README's python example (examples/iothubd_app.py)
+  python3-dbus python3-gi
 )
 
 log() { printf '==> %s\n' "$*"; }

@@ -19,6 +19,7 @@ const char* errcName(Errc code) noexcept {
     case Errc::Service: return "service";
     case Errc::NotSupported: return "not-supported";
     case Errc::AlreadyClaimed: return "already-claimed";
+    case Errc::AccessDenied: return "access-denied";
     case Errc::Io: return "io";
     case Errc::Internal: return "internal";
   }

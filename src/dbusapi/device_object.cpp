@@ -3,10 +3,10 @@
 
 #include <sdbus-c++/sdbus-c++.h>
 
-#include <list>
-
 #include "errors.hpp"
 #include "iothubd/core/log.hpp"
+#include "iothubd/proto/twin.hpp"
+#include "method_router.hpp"
 #include "org_iothubd_device1_adaptor.h"
 
 namespace iothubd::dbusapi {
@@ -15,6 +15,7 @@ namespace {
 using core::Errc;
 using core::LogLevel;
 using core::logf;
+using Adaptor = org::iothubd::Device1_adaptor;
 
 /// Runs a handler body so that nothing but a D-Bus error reply leaves it: sdbus-c++ 1.2 catches
 /// only sdbus::Error in its method trampoline, and anything else would unwind through sd-bus's C
@@ -40,38 +41,115 @@ void replyGuard(ResultT& result, const char* method, Body&& body) noexcept {
   }
 }
 
-class DeviceObjectImpl final
-    : public DeviceObject,
-      public sdbus::AdaptorInterfaces<org::iothubd::Device1_adaptor>,
-      private session::HubSession::Observer {
+/// The same for synchronous handlers, whose errors sdbus-c++ turns into replies when they are
+/// sdbus::Error.
+template <class Body>
+void syncGuard(const char* method, Body&& body) {
+  try {
+    body();
+  } catch (const sdbus::Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    logf(LogLevel::Error, method, " failed: ", e.what());
+    throw sdbus::Error("org.freedesktop.DBus.Error.Failed", std::string("internal error: ") + e.what());
+  }
+}
+
+void throwIfError(const core::Result<void>& r) {
+  if (!r) {
+    throw toDbusError(r.error());
+  }
+}
+
+const char* authenticationName(session::AuthMethod auth) {
+  return auth == session::AuthMethod::SasToken ? "sas-token" : "sas";
+}
+
+class DeviceObjectImpl final : public DeviceObject,
+                               public sdbus::AdaptorInterfaces<Adaptor>,
+                               private session::HubSession::Observer {
  public:
-  DeviceObjectImpl(sdbus::IConnection& connection, session::HubSession& session)
-      : AdaptorInterfaces(connection, kObjectPath), session_(session) {
+  DeviceObjectImpl(sdbus::IConnection& connection, session::HubSession& session,
+                   core::Scheduler& scheduler, std::chrono::seconds methodResponseTimeout)
+      : AdaptorInterfaces(connection, kObjectPath),
+        session_(session),
+        router_(scheduler, methodResponseTimeout, routerHooks()) {
     registerAdaptor();
     session_.setObserver(this);
     connected_ = session_.connected();
+    watchPeers(connection);
   }
 
   ~DeviceObjectImpl() override {
     *alive_ = false;
     session_.setObserver(nullptr);
+    busProxy_.reset();
     unregisterAdaptor();
   }
 
+  void setMethodResponseTimeout(std::chrono::seconds timeout) override {
+    router_.setResponseTimeout(timeout);
+  }
+
+  void identityChanged() override {
+    emitChanged({"DeviceId", "ModuleId", "HostName", "GatewayHostName", "AuthenticationType"});
+  }
+
  private:
+  MethodRouter::Hooks routerHooks() {
+    MethodRouter::Hooks hooks;
+    hooks.deliver = [this](const std::string& peer, const std::string& rid,
+                           const std::string& name, std::string_view payload) {
+      // Unicast: only the claimer sees the payload (dbus-contract-notes "Direct methods").
+      auto signal = getObject().createSignal(Adaptor::INTERFACE_NAME, "MethodRequestReceived");
+      signal.setDestination(peer);
+      signal << rid << name << std::string(payload);
+      getObject().emitSignal(signal);
+    };
+    hooks.answer = [this](const std::string& rid, int status, const std::string& payload) {
+      session_.sendMethodResponse(rid, status, payload, [rid](core::Result<void> r) {
+        if (!r) {
+          logf(LogLevel::Warning, "cannot answer method request ", core::quoted(rid), ": ",
+               r.error().message);
+        }
+      });
+    };
+    return hooks;
+  }
+
+  /// Claims and pending requests of a peer that leaves the bus must go at once, so the daemon
+  /// watches NameOwnerChanged for unique names that lose their owner.
+  void watchPeers(sdbus::IConnection& connection) {
+    busProxy_ = sdbus::createProxy(connection, "org.freedesktop.DBus", "/org/freedesktop/DBus");
+    busProxy_->uponSignal("NameOwnerChanged")
+        .onInterface("org.freedesktop.DBus")
+        .call([this](const std::string& name, const std::string& oldOwner,
+                     const std::string& newOwner) {
+          if (!name.empty() && name[0] == ':' && !oldOwner.empty() && newOwner.empty()) {
+            router_.peerGone(name);
+          }
+        });
+    busProxy_->finishRegistration();
+  }
+
+  std::string caller() {
+    const auto* message = getObject().getCurrentlyProcessedMessage();
+    return message != nullptr ? message->getSender() : std::string();
+  }
+
   /// A reply that is sent at most once, even if the object goes away first.
   template <class ResultT, class OnSuccess>
   auto completion(ResultT result, OnSuccess onSuccess) {
     auto alive = alive_;
     // sdbus::Result is move-only and a session Completion is a std::function: share it.
     auto shared = std::make_shared<ResultT>(std::move(result));
-    return [shared, onSuccess = std::move(onSuccess), alive](core::Result<void> outcome) mutable {
+    return [shared, onSuccess = std::move(onSuccess), alive](auto outcome) mutable {
       if (!*alive) {
         return;
       }
       replyGuard(*shared, "reply", [&] {
         if (outcome) {
-          onSuccess(*shared);
+          onSuccess(*shared, outcome);
         } else {
           shared->returnError(toDbusError(outcome.error()));
         }
@@ -79,64 +157,180 @@ class DeviceObjectImpl final
     };
   }
 
+  static auto replyEmpty() {
+    return [](sdbus::Result<>& r, const auto&) { r.returnResults(); };
+  }
+
+  // --- methods ------------------------------------------------------------------------------
   void Connect(sdbus::Result<>&& result) override {
-    replyGuard(result, "Connect", [&] {
-      session_.connect(completion(std::move(result), [](sdbus::Result<>& r) { r.returnResults(); }));
-    });
+    replyGuard(result, "Connect", [&] { session_.connect(completion(std::move(result), replyEmpty())); });
   }
 
   void Disconnect(sdbus::Result<>&& result) override {
-    replyGuard(result, "Disconnect", [&] {
-      session_.disconnect(
-          completion(std::move(result), [](sdbus::Result<>& r) { r.returnResults(); }));
-    });
+    replyGuard(result, "Disconnect",
+               [&] { session_.disconnect(completion(std::move(result), replyEmpty())); });
+  }
+
+  void send(sdbus::Result<std::string>&& result, std::string body,
+            std::map<std::string, std::string> properties,
+            std::map<std::string, std::string> systemProperties) {
+    auto system = proto::systemPropertiesFromBus(systemProperties);
+    if (!system) {
+      throw toDbusError(system.error());
+    }
+    throwIfError(proto::validateCustomProperties(properties));
+    proto::OutgoingMessage message;
+    message.body = std::move(body);
+    message.properties = std::move(properties);
+    message.system = std::move(*system);
+    if (!message.system.messageId) {
+      message.system.messageId = session_.newMessageId();
+    }
+    std::string id = *message.system.messageId;
+    session_.sendTelemetry(message, completion(std::move(result),
+                                               [id](sdbus::Result<std::string>& r, const auto&) {
+                                                 r.returnResults(id);
+                                               }));
   }
 
   void SendMessage(sdbus::Result<std::string>&& result, std::string body,
                    std::map<std::string, std::string> properties,
                    std::map<std::string, std::string> systemProperties) override {
     replyGuard(result, "SendMessage", [&] {
-      auto system = proto::systemPropertiesFromBus(systemProperties);
-      if (!system) {
-        throw toDbusError(system.error());
-      }
-      if (auto valid = proto::validateCustomProperties(properties); !valid) {
-        throw toDbusError(valid.error());
-      }
-      proto::OutgoingMessage message;
-      message.body = std::move(body);
-      message.properties = std::move(properties);
-      message.system = std::move(*system);
-      if (!message.system.messageId) {
-        message.system.messageId = session_.newMessageId();
-      }
-      std::string id = *message.system.messageId;
-      session_.sendTelemetry(
-          message, completion(std::move(result), [id](sdbus::Result<std::string>& r) {
-            r.returnResults(id);
+      send(std::move(result), std::move(body), std::move(properties), std::move(systemProperties));
+    });
+  }
+
+  void SendBinaryMessage(sdbus::Result<std::string>&& result, std::vector<uint8_t> body,
+                         std::map<std::string, std::string> properties,
+                         std::map<std::string, std::string> systemProperties) override {
+    replyGuard(result, "SendBinaryMessage", [&] {
+      send(std::move(result), std::string(body.begin(), body.end()), std::move(properties),
+           std::move(systemProperties));
+    });
+  }
+
+  void GetTwin(sdbus::Result<std::string>&& result) override {
+    replyGuard(result, "GetTwin", [&] {
+      session_.getTwin(completion(std::move(result), [](sdbus::Result<std::string>& r, const auto& twin) {
+        r.returnResults(*twin);
+      }));
+    });
+  }
+
+  void PatchTwinReportedProperties(sdbus::Result<uint64_t>&& result, std::string patchJson) override {
+    replyGuard(result, "PatchTwinReportedProperties", [&] {
+      throwIfError(proto::validateReportedPatch(patchJson));
+      session_.patchReportedProperties(
+          patchJson, completion(std::move(result), [](sdbus::Result<uint64_t>& r, const auto& version) {
+            r.returnResults(*version);
           }));
     });
   }
 
-  bool Connected() override { return session_.connected(); }
+  void RegisterMethodHandler(const std::string& methodName) override {
+    syncGuard("RegisterMethodHandler", [&] { throwIfError(router_.claim(caller(), methodName)); });
+  }
 
-  // HubSession::Observer
-  void onStateChanged(session::ConnectionState state, const core::Error*) override {
-    bool connected = state == session::ConnectionState::Connected;
-    if (connected == connected_) {
-      return;
-    }
-    connected_ = connected;
+  void UnregisterMethodHandler(const std::string& methodName) override {
+    syncGuard("UnregisterMethodHandler", [&] { throwIfError(router_.release(caller(), methodName)); });
+  }
+
+  void SendMethodResponse(sdbus::Result<>&& result, std::string requestId, int32_t status,
+                          std::string payloadJson) override {
+    replyGuard(result, "SendMethodResponse", [&] {
+      if (status < 100 || status > 599) {
+        throw sdbus::Error("org.freedesktop.DBus.Error.InvalidArgs",
+                           "status " + std::to_string(status) + " is outside 100..599");
+      }
+      if (!payloadJson.empty()) {
+        throwIfError(proto::validateJsonPayload(payloadJson));
+      }
+      throwIfError(router_.takeResponse(caller(), requestId));
+      session_.sendMethodResponse(requestId, status, payloadJson,
+                                  completion(std::move(result), replyEmpty()));
+    });
+  }
+
+  void UpdateSasToken(sdbus::Result<>&& result, std::string sasToken) override {
+    replyGuard(result, "UpdateSasToken", [&] {
+      throwIfError(session_.updateSasToken(sasToken));
+      result.returnResults();
+    });
+  }
+
+  // --- properties ---------------------------------------------------------------------------
+  bool Connected() override { return session_.connected(); }
+  std::string ConnectionState() override { return session::connectionStateName(session_.state()); }
+  std::string LastError() override { return session_.lastError().message; }
+  std::string DeviceId() override { return session_.options().deviceId; }
+  std::string ModuleId() override { return session_.options().moduleId; }
+  std::string HostName() override { return session_.options().hubHostname; }
+  std::string GatewayHostName() override { return session_.options().gatewayHostname; }
+  std::string AuthenticationType() override { return authenticationName(session_.options().auth); }
+  uint64_t SasTokenExpiry() override { return session_.sasTokenExpiry(); }
+
+  void emitChanged(const std::vector<std::string>& names) {
     try {
-      getObject().emitPropertiesChangedSignal(org::iothubd::Device1_adaptor::INTERFACE_NAME,
-                                              {"Connected"});
-      emitConnectionStateChanged(connected);
+      getObject().emitPropertiesChangedSignal(Adaptor::INTERFACE_NAME, names);
     } catch (const std::exception& e) {
-      logf(LogLevel::Warning, "cannot emit connection state change: ", e.what());
+      logf(LogLevel::Warning, "cannot emit PropertiesChanged: ", e.what());
     }
   }
 
+  template <class Fn>
+  void emitSafely(const char* what, Fn&& fn) {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      logf(LogLevel::Warning, "cannot emit ", what, ": ", e.what());
+    }
+  }
+
+  // --- session events -----------------------------------------------------------------------
+  void onStateChanged(session::ConnectionState state, const core::Error*) override {
+    bool connected = state == session::ConnectionState::Connected;
+    if (connected != connected_) {
+      connected_ = connected;
+      emitChanged({"Connected", "ConnectionState", "LastError"});
+      emitSafely("ConnectionStateChanged", [&] { emitConnectionStateChanged(connected); });
+    } else {
+      emitChanged({"ConnectionState", "LastError"});
+    }
+  }
+
+  void onNewSasTokenRequired() override {
+    emitSafely("NewSasTokenRequired", [&] { emitNewSasTokenRequired(); });
+  }
+
+  void onC2dMessage(std::string_view body, const std::map<std::string, std::string>& properties,
+                    const std::map<std::string, std::string>& systemProperties) override {
+    emitSafely("MessageReceived", [&] {
+      emitMessageReceived(std::vector<uint8_t>(body.begin(), body.end()), properties, systemProperties);
+    });
+  }
+
+  void onMethodRequest(const std::string& requestId, const std::string& methodName,
+                       std::string_view payload) override {
+    emitSafely("MethodRequestReceived", [&] { router_.onRequest(requestId, methodName, payload); });
+  }
+
+  void onDesiredPropertiesPatch(const std::string& json) override {
+    emitSafely("TwinDesiredPropertiesPatchReceived", [&] { emitTwinDesiredPropertiesPatchReceived(json); });
+  }
+
+  void onBackgroundError(const core::Error& error) override {
+    emitSafely("BackgroundException", [&] {
+      auto e = toDbusError(error);
+      emitBackgroundException(e.getName(), e.getMessage());
+    });
+  }
+
+  void onSasTokenExpiryChanged(std::uint64_t) override { emitChanged({"SasTokenExpiry"}); }
+
   session::HubSession& session_;
+  MethodRouter router_;
+  std::unique_ptr<sdbus::IProxy> busProxy_;
   bool connected_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
@@ -144,8 +338,10 @@ class DeviceObjectImpl final
 }  // namespace
 
 std::unique_ptr<DeviceObject> createDeviceObject(sdbus::IConnection& connection,
-                                                 session::HubSession& session) {
-  return std::make_unique<DeviceObjectImpl>(connection, session);
+                                                 session::HubSession& session,
+                                                 core::Scheduler& scheduler,
+                                                 std::chrono::seconds methodResponseTimeout) {
+  return std::make_unique<DeviceObjectImpl>(connection, session, scheduler, methodResponseTimeout);
 }
 
 }  // namespace iothubd::dbusapi

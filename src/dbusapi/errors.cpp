@@ -19,6 +19,7 @@ sdbus::Error toDbusError(const core::Error& error) {
     case Errc::Service: name = "org.iothubd.Error.Service"; break;
     case Errc::NotSupported: name = "org.iothubd.Error.NotSupported"; break;
     case Errc::AlreadyClaimed: name = "org.iothubd.Error.AlreadyClaimed"; break;
+    case Errc::AccessDenied: name = "org.freedesktop.DBus.Error.AccessDenied"; break;
     case Errc::Io: name = "org.freedesktop.DBus.Error.IOError"; break;
     case Errc::Config:
     case Errc::Protocol:

@@ -7,6 +7,7 @@
 #include "iothubd/core/log.hpp"
 #include "iothubd/proto/mqtt_identity.hpp"
 #include "iothubd/proto/sas_token.hpp"
+#include "iothubd/proto/twin.hpp"
 
 namespace iothubd::session {
 namespace {
@@ -65,6 +66,8 @@ HubSession::HubSession(core::Scheduler& scheduler, core::Clock& clock,
     reconnectPlanned("SAS token renewal");
   });
   drainTimer_ = scheduler_.createTimer([this] { finishPlannedDrain(); });
+  twinTimer_ = scheduler_.createTimer([this] { onTwinTimer(); });
+  ensureRetryTimer_ = scheduler_.createTimer([this] { ensureDesiredProperties(); });
 }
 
 HubSession::~HubSession() {
@@ -137,14 +140,35 @@ void HubSession::sendTelemetry(const proto::OutgoingMessage& message, Completion
                                          std::to_string(proto::kMaxTelemetryBytes)));
     return;
   }
-  std::string topic = proto::telemetryTopic(options_.deviceId, options_.moduleId, message);
+  publishOrQueue(proto::telemetryTopic(options_.deviceId, options_.moduleId, message), message.body,
+                 std::move(done));
+}
+
+void HubSession::sendMethodResponse(const std::string& requestId, int status,
+                                    const std::string& payload, Completion done) {
+  // Protocol doc 6: the request id is echoed unchanged; QoS 1 so that the caller learns the
+  // hub took the answer.
+  publishOrQueue(proto::methodResponseTopic(status, requestId), payload, std::move(done));
+}
+
+bool HubSession::canReachHub() const {
+  return linkUp_ || attemptActive_ || retryTimer_->armed() || plannedPending_ || plannedActive_ ||
+         options_.autoConnect;
+}
+
+void HubSession::ensureConnecting() {
+  if (!linkUp_ && !attemptActive_ && !retryTimer_->armed() && !plannedPending_ && !plannedActive_) {
+    // auto_connect: the first operation opens the connection (seed: auto_connect=True).
+    start();
+  }
+}
+
+void HubSession::publishOrQueue(std::string topic, std::string payload, Completion done) {
   if (linkUp_ && !plannedPending_) {
-    publishNow(std::move(topic), message.body, std::move(done));
+    publishNow(std::move(topic), std::move(payload), std::move(done));
     return;
   }
-  bool willConnect = attemptActive_ || retryTimer_->armed() || plannedPending_ ||
-                     plannedActive_ || options_.autoConnect;
-  if (!willConnect) {
+  if (!canReachHub()) {
     done(fail(Errc::NotConnected, "not connected to the hub and auto_connect is off"));
     return;
   }
@@ -153,14 +177,11 @@ void HubSession::sendTelemetry(const proto::OutgoingMessage& message, Completion
                                    std::to_string(options_.maxQueuedMessages) + ")"));
     return;
   }
-  queued_.push_back(Queued{std::move(topic), message.body, std::move(done), deadlineFromNow()});
+  queued_.push_back(Queued{std::move(topic), std::move(payload), std::move(done), deadlineFromNow()});
   if (!inFlightTimer_->armed()) {
     armInFlightTimer();
   }
-  if (!attemptActive_ && !retryTimer_->armed() && !plannedPending_ && !plannedActive_) {
-    // auto_connect: the first operation opens the connection (seed: auto_connect=True).
-    start();
-  }
+  ensureConnecting();
 }
 
 void HubSession::publishNow(std::string topic, std::string payload, Completion done) {
@@ -295,6 +316,10 @@ void HubSession::onConnected() {
   dropped_ = false;
   logf(LogLevel::Notice, "connected to ", options_.hubHostname, " as ",
        proto::mqttClientId(options_.deviceId, options_.moduleId));
+  if (observer_ != nullptr) {
+    observer_->onSasTokenExpiryChanged(tokenExpiry_);
+  }
+  subscribeAll();
   setState(ConnectionState::Connected, nullptr);
   auto waiters = std::move(connectWaiters_);
   connectWaiters_.clear();
@@ -310,6 +335,16 @@ void HubSession::onConnected() {
     }
     publishNow(std::move(q.topic), std::move(q.payload), std::move(q.done));
   }
+  // Twin requests whose answer a drop or a planned reconnect swallowed go out again with the
+  // same $rid (twin requests are QoS 0 and the hub keeps no session state for them).
+  for (auto& [rid, request] : twinRequests_) {
+    if (linkUp_ && !request.sent) {
+      sendTwinRequest(rid, request);
+    }
+  }
+  if (linkUp_ && options_.ensureDesiredProperties) {
+    ensureDesiredProperties();
+  }
 }
 
 void HubSession::onDisconnected(const mqtt::Disconnect& reason) {
@@ -318,6 +353,10 @@ void HubSession::onDisconnected(const mqtt::Disconnect& reason) {
   bool wasConnected = state_ == ConnectionState::Connected;
   attemptActive_ = false;
   linkUp_ = false;
+  for (auto& entry : twinRequests_) {
+    entry.second.sent = false;
+  }
+  ensureRetryTimer_->disarm();
   if (plannedActive_ && reason.requested && wantConnected_) {
     // Our own DISCONNECT of a planned reconnect: connect again at once, state unchanged.
     plannedActive_ = false;
@@ -365,7 +404,11 @@ void HubSession::attemptFailed(const core::Error& error, bool wasConnected) {
   } else {
     logf(LogLevel::Warning, "connection attempt failed: ", error.message);
   }
-  // Whoever called Connect() wants this attempt's outcome, not the next one's.
+  // Whoever called Connect() wants this attempt's outcome, not the next one's; with nobody
+  // waiting, apps learn of it as a background error (seed: on_background_exception).
+  if (connectWaiters_.empty() && observer_ != nullptr) {
+    observer_->onBackgroundError(error);
+  }
   failConnectWaiters(error);
 
   // Protocol doc 9: no blind retry when the hub refused our credentials; they must change
@@ -488,14 +531,270 @@ void HubSession::armRenewal() {
   // Renew a fifth of the lifetime before expiry, at most 120 s before it as the Python SDK does
   // (protocol doc 2): with the default hour that is 58 min after the CONNECT.
   auto lifetime = std::chrono::seconds(tokenExpiry_ - now);
-  auto margin = std::min<std::chrono::seconds>(std::chrono::seconds(120), lifetime / 5);
+  // An operator-supplied token needs a person or an app to act: ask about 2 minutes ahead
+  // (Python SDK: on_new_sastoken_required at expiry - 120 s), or halfway for short tokens.
+  auto margin = std::min<std::chrono::seconds>(
+      std::chrono::seconds(120), options_.auth == AuthMethod::SasToken ? lifetime / 2 : lifetime / 5);
   renewTimer_->armAfter(lifetime - margin);
 }
 
 void HubSession::onSubscribed(int) {}
 
-void HubSession::onMessage(std::string_view topic, std::string_view) {
-  logf(LogLevel::Debug, "ignoring message on ", core::quoted(topic));
+void HubSession::onMessage(std::string_view topic, std::string_view payload) {
+  switch (proto::classifyTopic(topic, options_.deviceId)) {
+    case proto::InboundKind::C2d: {
+      auto props = proto::parseC2dTopic(topic, options_.deviceId);
+      if (!props) {
+        backgroundError({Errc::Protocol, "unreadable cloud-to-device message: " + props.error().message});
+        return;
+      }
+      if (observer_ != nullptr) {
+        observer_->onC2dMessage(payload, props->properties, props->systemProperties);
+      }
+      return;
+    }
+    case proto::InboundKind::MethodRequest: {
+      auto request = proto::parseMethodRequestTopic(topic);
+      if (!request) {
+        backgroundError({Errc::Protocol, "unreadable direct method request: " + request.error().message});
+        return;
+      }
+      if (observer_ != nullptr) {
+        observer_->onMethodRequest(request->requestId, request->methodName, payload);
+      }
+      return;
+    }
+    case proto::InboundKind::TwinResponse:
+      onTwinResponse(topic, payload);
+      return;
+    case proto::InboundKind::TwinDesiredPatch:
+      onDesiredPatch(topic, payload);
+      return;
+    case proto::InboundKind::Unknown:
+      logf(LogLevel::Debug, "ignoring message on ", core::quoted(topic));
+      return;
+  }
+}
+
+void HubSession::subscribeAll() {
+  // Protocol doc 13: resubscribe after every CONNACK, even with a persistent session. Modules
+  // have no C2D (doc 10). QoS 1 as the Python SDK subscribes.
+  std::vector<std::string> topics;
+  if (options_.moduleId.empty()) {
+    topics.push_back(proto::c2dSubscribeTopic(options_.deviceId));
+  }
+  topics.emplace_back(proto::kMethodsSubscribeTopic);
+  topics.emplace_back(proto::kTwinResponseSubscribeTopic);
+  topics.emplace_back(proto::kTwinDesiredSubscribeTopic);
+  for (const auto& t : topics) {
+    if (auto r = transport_.subscribe(t, 1); !r) {
+      backgroundError({Errc::Protocol, "cannot subscribe to " + t + ": " + r.error().message});
+    }
+  }
+}
+
+void HubSession::getTwin(TwinCompletion done) {
+  twinRequest(TwinRequest::Kind::Get, " ",
+              [done = std::move(done)](core::Result<proto::TwinResponse> r, std::string body) {
+                if (!r) {
+                  done(fail(r.error()));
+                } else {
+                  done(std::move(body));
+                }
+              });
+}
+
+void HubSession::patchReportedProperties(const std::string& patchJson, VersionCompletion done) {
+  twinRequest(TwinRequest::Kind::PatchReported, patchJson,
+              [done = std::move(done)](core::Result<proto::TwinResponse> r, std::string) {
+                if (!r) {
+                  done(fail(r.error()));
+                } else if (!r->version) {
+                  done(fail(Errc::Protocol, "the hub acknowledged the patch without a $version"));
+                } else {
+                  done(*r->version);
+                }
+              });
+}
+
+void HubSession::twinRequest(TwinRequest::Kind kind, std::string payload,
+                             std::function<void(core::Result<proto::TwinResponse>, std::string)> done) {
+  if (!linkUp_ && !canReachHub()) {
+    done(fail(Errc::NotConnected, "not connected to the hub and auto_connect is off"), {});
+    return;
+  }
+  if (twinRequests_.size() >= options_.maxTwinRequests) {
+    done(fail(Errc::QueueFull, "too many twin requests waiting (" +
+                                   std::to_string(options_.maxTwinRequests) + ")"),
+         {});
+    return;
+  }
+  std::string rid = std::to_string(nextRid_++);
+  auto& request = twinRequests_[rid];
+  request = TwinRequest{kind, std::move(payload), std::move(done), deadlineFromNow(), false};
+  if (linkUp_ && !plannedPending_) {
+    sendTwinRequest(rid, request);
+  } else {
+    ensureConnecting();
+  }
+  armTwinTimer();
+}
+
+void HubSession::sendTwinRequest(const std::string& rid, TwinRequest& request) {
+  // Protocol doc 7: QoS 0 like the C and Node SDKs; the answer is the acknowledgement, and a
+  // lost answer is handled by resending after a reconnect.
+  std::string topic = request.kind == TwinRequest::Kind::PatchReported
+                          ? proto::twinPatchReportedTopic(rid)
+                          : proto::twinGetTopic(rid);
+  if (auto r = transport_.publish(topic, request.payload, 0); r) {
+    request.sent = true;
+  }
+}
+
+void HubSession::armTwinTimer() {
+  std::optional<std::chrono::microseconds> earliest;
+  for (const auto& [rid, request] : twinRequests_) {
+    if (!earliest || request.deadline < *earliest) {
+      earliest = request.deadline;
+    }
+  }
+  if (!earliest) {
+    twinTimer_->disarm();
+    return;
+  }
+  twinTimer_->armAfter(std::max(*earliest - clock_.monotonic(), std::chrono::microseconds(0)));
+}
+
+void HubSession::onTwinTimer() {
+  auto now = clock_.monotonic();
+  std::vector<std::function<void(core::Result<proto::TwinResponse>, std::string)>> expired;
+  for (auto it = twinRequests_.begin(); it != twinRequests_.end();) {
+    if (it->second.deadline <= now) {
+      expired.push_back(std::move(it->second.done));
+      it = twinRequests_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto& done : expired) {
+    done(fail(Errc::Timeout, "no twin response from the hub within " +
+                                 std::to_string(options_.operationTimeout.count()) + " s"),
+         {});
+  }
+  armTwinTimer();
+}
+
+void HubSession::onTwinResponse(std::string_view topic, std::string_view payload) {
+  auto response = proto::parseTwinResponseTopic(topic);
+  if (!response) {
+    backgroundError({Errc::Protocol, "unreadable twin response: " + response.error().message});
+    return;
+  }
+  auto it = twinRequests_.find(response->requestId);
+  if (it == twinRequests_.end()) {
+    return;  // answered already, timed out, or not ours (protocol doc 7: ignore unknown rids)
+  }
+  auto done = std::move(it->second.done);
+  twinRequests_.erase(it);
+  armTwinTimer();
+  if (response->status >= 300) {
+    // Protocol doc 7: 400 malformed, 429 throttled, 5xx; keep the hub's status for the caller.
+    done(fail(Errc::Service,
+              "the hub answered the twin request with status " + std::to_string(response->status) +
+                  (payload.empty() ? std::string() : ": " + std::string(payload.substr(0, 200))),
+              response->status),
+         {});
+    return;
+  }
+  done(std::move(*response), std::string(payload));
+}
+
+void HubSession::ensureDesiredProperties() {
+  if (!linkUp_ || ensureInFlight_) {
+    return;  // never two at once (Python SDK EnsureDesiredPropertiesStage)
+  }
+  ensureInFlight_ = true;
+  twinRequest(TwinRequest::Kind::EnsureDesired, " ",
+              [this, alive = alive_](core::Result<proto::TwinResponse> r, std::string body) {
+                if (!*alive) {
+                  return;
+                }
+                ensureInFlight_ = false;
+                if (!r) {
+                  if (r.error().code == Errc::Cancelled) {
+                    return;
+                  }
+                  backgroundError({r.error().code,
+                                   "cannot fetch the twin after connecting: " + r.error().message,
+                                   r.error().sysErrno});
+                  // Pitfall 15: never a tight loop against a throttling hub.
+                  if (linkUp_) {
+                    ensureRetryTimer_->armAfter(options_.connectionRetryInterval);
+                  }
+                  return;
+                }
+                auto version = proto::desiredVersionOfTwin(body);
+                auto desired = proto::desiredSectionOfTwin(body);
+                if (!version || !desired) {
+                  backgroundError({Errc::Protocol, "the twin has no readable desired section"});
+                  return;
+                }
+                if (lastDesiredVersion_ && *lastDesiredVersion_ == *version) {
+                  return;
+                }
+                // A change made while we were away, or the starting state after the first
+                // connect (dbus-contract-notes "Twin").
+                lastDesiredVersion_ = *version;
+                if (observer_ != nullptr) {
+                  observer_->onDesiredPropertiesPatch(*desired);
+                }
+              });
+}
+
+void HubSession::onDesiredPatch(std::string_view topic, std::string_view payload) {
+  auto version = proto::parseDesiredPatchTopic(topic);
+  if (!version) {
+    version = proto::versionOfDesiredPatch(payload);
+  }
+  if (!version) {
+    backgroundError({Errc::Protocol, "unreadable desired-properties patch: " + version.error().message});
+    return;
+  }
+  if (lastDesiredVersion_ && *version <= *lastDesiredVersion_) {
+    return;  // already delivered by a newer full fetch (versions only increase, doc 7)
+  }
+  lastDesiredVersion_ = *version;
+  if (observer_ != nullptr) {
+    observer_->onDesiredPropertiesPatch(std::string(payload));
+  }
+}
+
+core::Result<void> HubSession::updateSasToken(const std::string& token) {
+  if (options_.auth != AuthMethod::SasToken) {
+    return fail(Errc::NotSupported,
+                "UpdateSasToken needs authentication = sas-token; this device uses its own key");
+  }
+  auto valid = proto::validateSasTokenFor(token, options_.hubHostname, options_.deviceId,
+                                          options_.moduleId, clock_.unixSeconds());
+  if (!valid) {
+    return fail(Errc::InvalidArgument, valid.error().message);
+  }
+  options_.sasToken = core::Secret<>(token);
+  logf(LogLevel::Notice, "new SAS token accepted (expires at ", valid->expiry, "), re-authorising");
+  if (linkUp_ || attemptActive_) {
+    reconnectPlanned("new SAS token");
+  } else if (wantConnected_ || credentialsRefused_) {
+    retryTimer_->disarm();
+    start();
+  }
+  return {};
+}
+
+void HubSession::backgroundError(core::Error error) {
+  logf(LogLevel::Warning, error.message);
+  if (observer_ != nullptr) {
+    observer_->onBackgroundError(error);
+  }
 }
 
 void HubSession::setState(ConnectionState state, const core::Error* error) {
@@ -517,6 +816,14 @@ void HubSession::failConnectWaiters(const core::Error& error) {
 }
 
 void HubSession::failQueued(const core::Error& error) {
+  auto twin = std::move(twinRequests_);
+  twinRequests_.clear();
+  twinTimer_->disarm();
+  for (auto& [rid, request] : twin) {
+    if (request.done) {
+      request.done(fail(error), {});
+    }
+  }
   auto queued = std::move(queued_);
   queued_.clear();
   for (auto& q : queued) {

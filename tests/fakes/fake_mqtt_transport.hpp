@@ -68,6 +68,23 @@ class FakeMqttTransport final : public mqtt::MqttTransport {
     listener_->onDisconnected({core::Error{core::Errc::Cancelled, "bye"}, true, -1});
   }
   void ack(int mid) { listener_->onPublishAcked(mid); }
+  void deliver(const std::string& topic, const std::string& payload) {
+    listener_->onMessage(topic, payload);
+  }
+  /// The last publish whose topic starts with `prefix`, if any.
+  const Published* lastPublished(std::string_view prefix) const {
+    for (auto it = published.rbegin(); it != published.rend(); ++it) {
+      if (it->topic.rfind(prefix, 0) == 0) {
+        return &*it;
+      }
+    }
+    return nullptr;
+  }
+  /// The $rid of a request topic ".../?$rid=X".
+  static std::string ridOf(const std::string& topic) {
+    auto pos = topic.find("$rid=");
+    return pos == std::string::npos ? std::string() : topic.substr(pos + 5);
+  }
 
   std::vector<mqtt::ConnectOptions> connects;
   std::vector<Published> published;

@@ -16,10 +16,57 @@ DeviceClient::DeviceClient(const std::string& busAddress)
 
 DeviceClient::~DeviceClient() { unregisterProxy(); }
 
-void DeviceClient::onConnectionStateChanged(const bool& connected) {
+void DeviceClient::clearSignals() {
   std::lock_guard lock(mutex_);
-  stateSignals_.push_back(connected);
+  signals_.clear();
+  taken_.clear();
+}
+
+std::string DeviceClient::uniqueName() { return getProxy().getConnection().getUniqueName(); }
+
+namespace {
+SignalRecord named(std::string name, std::vector<std::string> args = {}) {
+  SignalRecord r;
+  r.name = std::move(name);
+  r.args = std::move(args);
+  return r;
+}
+}  // namespace
+
+void DeviceClient::record(SignalRecord r) {
+  std::lock_guard lock(mutex_);
+  signals_.push_back(std::move(r));
+  taken_.push_back(false);
   cv_.notify_all();
+}
+
+void DeviceClient::onMessageReceived(const std::vector<uint8_t>& body, const StringMap& properties,
+                                     const StringMap& systemProperties) {
+  SignalRecord r = named("MessageReceived");
+  r.body = body;
+  r.properties = properties;
+  r.systemProperties = systemProperties;
+  record(std::move(r));
+}
+
+void DeviceClient::onMethodRequestReceived(const std::string& requestId,
+                                           const std::string& methodName,
+                                           const std::string& payload) {
+  record(named("MethodRequestReceived", {requestId, methodName, payload}));
+}
+
+void DeviceClient::onTwinDesiredPropertiesPatchReceived(const std::string& patch) {
+  record(named("TwinDesiredPropertiesPatchReceived", {patch}));
+}
+
+void DeviceClient::onConnectionStateChanged(const bool& connected) {
+  record(named("ConnectionStateChanged", {connected ? "true" : "false"}));
+}
+
+void DeviceClient::onNewSasTokenRequired() { record(named("NewSasTokenRequired", {})); }
+
+void DeviceClient::onBackgroundException(const std::string& errorName, const std::string& message) {
+  record(named("BackgroundException", {errorName, message}));
 }
 
 void DeviceClient::onPropertiesChanged(const std::string& interfaceName,
@@ -28,48 +75,57 @@ void DeviceClient::onPropertiesChanged(const std::string& interfaceName,
   if (interfaceName != "org.iothubd.Device1") {
     return;
   }
-  std::lock_guard lock(mutex_);
-  if (auto it = changed.find("Connected"); it != changed.end()) {
-    connectedChanges_.push_back(it->second.get<bool>());
-  }
-  cv_.notify_all();
+  SignalRecord r = named("PropertiesChanged");
+  r.changed = changed;
+  record(std::move(r));
 }
 
-bool DeviceClient::waitFor(const std::function<bool()>& predicate,
-                           std::chrono::milliseconds timeout) {
+std::optional<SignalRecord> DeviceClient::waitForSignal(
+    const std::string& name, const std::function<bool(const SignalRecord&)>& predicate,
+    std::chrono::milliseconds timeout) {
   std::unique_lock lock(mutex_);
-  return cv_.wait_for(lock, timeout, predicate);
+  std::optional<SignalRecord> found;
+  cv_.wait_for(lock, timeout, [&] {
+    for (size_t i = 0; i < signals_.size(); ++i) {
+      if (!taken_[i] && signals_[i].name == name && (!predicate || predicate(signals_[i]))) {
+        taken_[i] = true;
+        found = signals_[i];
+        return true;
+      }
+    }
+    return false;
+  });
+  return found;
 }
 
 bool DeviceClient::waitForConnectionStateChanged(bool connected, std::chrono::milliseconds timeout) {
-  return waitFor(
-      [&] {
-        while (stateSignalsTaken_ < stateSignals_.size()) {
-          if (stateSignals_[stateSignalsTaken_++] == connected) {
-            return true;
-          }
-        }
-        return false;
-      },
-      timeout);
+  return waitForSignal(
+             "ConnectionStateChanged",
+             [&](const SignalRecord& r) { return r.args[0] == (connected ? "true" : "false"); },
+             timeout)
+      .has_value();
 }
 
 bool DeviceClient::waitForConnectedProperty(bool connected, std::chrono::milliseconds timeout) {
-  return waitFor(
-      [&] {
-        while (connectedChangesTaken_ < connectedChanges_.size()) {
-          if (connectedChanges_[connectedChangesTaken_++] == connected) {
-            return true;
-          }
-        }
-        return false;
-      },
-      timeout);
+  return waitForSignal(
+             "PropertiesChanged",
+             [&](const SignalRecord& r) {
+               auto it = r.changed.find("Connected");
+               return it != r.changed.end() && it->second.get<bool>() == connected;
+             },
+             timeout)
+      .has_value();
 }
 
-std::vector<bool> DeviceClient::connectionStateSignals() const {
+std::vector<SignalRecord> DeviceClient::signals(const std::string& name) const {
   std::lock_guard lock(mutex_);
-  return stateSignals_;
+  std::vector<SignalRecord> out;
+  for (const auto& r : signals_) {
+    if (r.name == name) {
+      out.push_back(r);
+    }
+  }
+  return out;
 }
 
 std::string errorNameOf(const std::function<void()>& call, std::string* message) {
@@ -144,6 +200,15 @@ void DaemonTest::startDaemon() {
   daemon_ = std::make_unique<DaemonProcess>(dir_.path(), options);
   daemon_->start();
   ASSERT_TRUE(daemon_->waitReady()) << "iothubd did not report READY=1";
+}
+
+void DaemonTest::awaitOnline() {
+  (void)client().GetTwin();
+  client().clearSignals();
+}
+
+std::unique_ptr<DeviceClient> DaemonTest::newClient() {
+  return std::make_unique<DeviceClient>(bus_->address());
 }
 
 DeviceClient& DaemonTest::client() {

@@ -29,6 +29,16 @@ namespace iothubd::testing {
 using namespace std::chrono_literals;
 using StringMap = std::map<std::string, std::string>;
 
+/// One signal as a client saw it.
+struct SignalRecord {
+  std::string name;
+  std::vector<std::string> args;  ///< string and boolean arguments, in order ("true"/"false")
+  std::vector<uint8_t> body;      ///< MessageReceived
+  StringMap properties;           ///< MessageReceived
+  StringMap systemProperties;     ///< MessageReceived
+  std::map<std::string, sdbus::Variant> changed;  ///< PropertiesChanged
+};
+
 /// What a D-Bus client of iothubd sees: calls through the generated proxy, and every signal
 /// recorded so that tests can wait for one (bounded, no sleeps).
 class DeviceClient final
@@ -37,25 +47,39 @@ class DeviceClient final
   explicit DeviceClient(const std::string& busAddress);
   ~DeviceClient();
 
+  /// The first signal called `name` matching `predicate` that no earlier wait returned.
+  std::optional<SignalRecord> waitForSignal(
+      const std::string& name, const std::function<bool(const SignalRecord&)>& predicate = {},
+      std::chrono::milliseconds timeout = 10s);
   /// Waits until a ConnectionStateChanged(`connected`) arrives that was not yet consumed.
   bool waitForConnectionStateChanged(bool connected, std::chrono::milliseconds timeout = 10s);
   /// Waits until a PropertiesChanged carried Connected == `connected`.
   bool waitForConnectedProperty(bool connected, std::chrono::milliseconds timeout = 10s);
-  std::vector<bool> connectionStateSignals() const;
+  /// Every signal called `name` received so far (consumed or not).
+  std::vector<SignalRecord> signals(const std::string& name) const;
+  /// This client's unique bus name.
+  std::string uniqueName();
+  /// Forgets every signal received so far (a test then waits only for what its action causes).
+  void clearSignals();
 
  private:
+  void record(SignalRecord r);
+  void onMessageReceived(const std::vector<uint8_t>& body, const StringMap& properties,
+                         const StringMap& systemProperties) override;
+  void onMethodRequestReceived(const std::string& requestId, const std::string& methodName,
+                               const std::string& payload) override;
+  void onTwinDesiredPropertiesPatchReceived(const std::string& patch) override;
   void onConnectionStateChanged(const bool& connected) override;
+  void onNewSasTokenRequired() override;
+  void onBackgroundException(const std::string& errorName, const std::string& message) override;
   void onPropertiesChanged(const std::string& interfaceName,
                            const std::map<std::string, sdbus::Variant>& changed,
                            const std::vector<std::string>& invalidated) override;
-  bool waitFor(const std::function<bool()>& predicate, std::chrono::milliseconds timeout);
 
   mutable std::mutex mutex_;
   std::condition_variable cv_;
-  std::vector<bool> stateSignals_;
-  size_t stateSignalsTaken_ = 0;
-  std::vector<bool> connectedChanges_;
-  size_t connectedChangesTaken_ = 0;
+  std::vector<SignalRecord> signals_;
+  std::vector<bool> taken_;
 };
 
 /// The D-Bus error name of a failed call, or "" if it succeeded.
@@ -76,6 +100,12 @@ class DaemonTest : public ::testing::Test {
   /// Starts iothubd and waits for READY=1.
   void startDaemon();
   DeviceClient& client();
+  /// Returns once the daemon is connected and subscribed: a twin GET is answered only after the
+  /// broker processed the subscriptions sent before it on the same connection. Then clears the
+  /// client's signal journal.
+  void awaitOnline();
+  /// Another client on its own connection (another app).
+  std::unique_ptr<DeviceClient> newClient();
 
   TempDir dir_{"iothubd-it", 0711};
   hubemu::HubEmulator hub_;

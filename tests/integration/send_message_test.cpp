@@ -17,7 +17,7 @@ class SendMessageTest : public DaemonTest {};
 TEST_F(SendMessageTest, ReachesTheHubWithTheSdkTopicAndRepliesOnlyAfterThePuback) {
   startDaemon();
   hubemu::ServiceClient service(hub_);
-  ASSERT_TRUE(client().waitForConnectedProperty(true) || client().Connected());
+  awaitOnline();
   // The emulator holds back the PUBACK of the next telemetry message: the reply must wait.
   constexpr auto kPubackDelay = 1500ms;
   service.delayPuback(kDevice, kPubackDelay, 1);
@@ -101,11 +101,8 @@ TEST_F(SendMessageTest, UnknownSystemPropertyIsInvalidArgsNamingIt) {
 TEST_F(SendMessageTest, DisconnectAndConnectAreSignalledAndNoConnectionWithoutAutoConnect) {
   writeConfig("[connection]\nauto_connect = false\n");
   startDaemon();
+  awaitOnline();  // the daemon connects at start
   auto& c = client();
-  // The daemon connects at start; wait until it is up.
-  if (!c.Connected()) {
-    ASSERT_TRUE(c.waitForConnectedProperty(true));
-  }
   c.Disconnect();
   EXPECT_TRUE(c.waitForConnectionStateChanged(false));
   EXPECT_TRUE(c.waitForConnectedProperty(false));

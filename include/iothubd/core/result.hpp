@@ -26,6 +26,7 @@ enum class Errc {
   Service,            ///< the hub answered with a status >= 300
   NotSupported,       ///< valid request, but not available in this configuration
   AlreadyClaimed,     ///< a resource is held by another client
+  AccessDenied,       ///< the caller may not do this (another peer's request, unreadable file)
   Io,                 ///< local I/O failure (sysErrno holds errno)
   Internal,           ///< a bug or an impossible state
 };

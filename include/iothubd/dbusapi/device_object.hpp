@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
+#include "iothubd/core/scheduler.hpp"
 #include "iothubd/session/hub_session.hpp"
 
 namespace sdbus {
@@ -21,9 +23,15 @@ inline constexpr const char* kObjectPath = "/org/iothubd/Device";
 class DeviceObject {
  public:
   virtual ~DeviceObject() = default;
+  /// Configuration reload: the new method_response_timeout applies to later requests.
+  virtual void setMethodResponseTimeout(std::chrono::seconds timeout) = 0;
+  /// Configuration reload: emits PropertiesChanged for the identity properties.
+  virtual void identityChanged() = 0;
 };
 
-[[nodiscard]] std::unique_ptr<DeviceObject> createDeviceObject(sdbus::IConnection& connection,
-                                                               session::HubSession& session);
+/// `scheduler` runs the method-response timeouts.
+[[nodiscard]] std::unique_ptr<DeviceObject> createDeviceObject(
+    sdbus::IConnection& connection, session::HubSession& session, core::Scheduler& scheduler,
+    std::chrono::seconds methodResponseTimeout);
 
 }  // namespace iothubd::dbusapi

@@ -5,6 +5,9 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
+#include <optional>
+#include <string_view>
 #include <memory>
 #include <random>
 #include <string>
@@ -17,6 +20,7 @@
 #include "iothubd/core/secret.hpp"
 #include "iothubd/mqtt/mqtt_transport.hpp"
 #include "iothubd/proto/telemetry.hpp"
+#include "iothubd/proto/topics.hpp"
 
 namespace iothubd::session {
 
@@ -51,6 +55,11 @@ struct SessionOptions {
   std::chrono::seconds operationTimeout{60};
   /// Telemetry accepted while (re)connecting, waiting to be published; over it → QueueFull.
   std::size_t maxQueuedMessages = 10000;
+  /// After every (re)connect fetch the twin and report the desired section if it moved
+  /// (seed: ensure_desired_properties).
+  bool ensureDesiredProperties = true;
+  /// Twin requests waiting for an answer; over it → QueueFull.
+  std::size_t maxTwinRequests = 64;
 };
 
 /// The one device connection to the hub: connects, publishes telemetry and matches PUBACKs,
@@ -69,7 +78,24 @@ class HubSession final : private mqtt::MqttTransport::Listener {
     /// The operator-supplied SAS token expires soon (sas-token authentication): an app should
     /// call updateSasToken() with a new one.
     virtual void onNewSasTokenRequired() {}
+    /// A cloud-to-device message (protocol doc 5); properties keyed by their bus names.
+    virtual void onC2dMessage(std::string_view /*body*/,
+                              const std::map<std::string, std::string>& /*properties*/,
+                              const std::map<std::string, std::string>& /*systemProperties*/) {}
+    /// A direct method request (protocol doc 6); answer with sendMethodResponse().
+    virtual void onMethodRequest(const std::string& /*requestId*/,
+                                 const std::string& /*methodName*/, std::string_view /*payload*/) {}
+    /// A desired-properties patch, or the whole desired section after a (re)connect when its
+    /// $version moved (ensure_desired_properties).
+    virtual void onDesiredPropertiesPatch(const std::string& /*json*/) {}
+    /// A failure no operation was waiting for (seed: on_background_exception).
+    virtual void onBackgroundError(const core::Error& /*error*/) {}
+    /// The token of the connection changed (renewal, UpdateSasToken).
+    virtual void onSasTokenExpiryChanged(std::uint64_t /*expiry*/) {}
   };
+
+  using TwinCompletion = std::function<void(core::Result<std::string>)>;
+  using VersionCompletion = std::function<void(core::Result<std::uint64_t>)>;
 
   HubSession(core::Scheduler& scheduler, core::Clock& clock, mqtt::MqttTransport& transport,
              SessionOptions options);
@@ -97,6 +123,21 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   /// Applies new options (configuration reload). Reconnects, without an outage visible to apps,
   /// only when something the connection depends on changed; returns whether it does.
   bool reconfigure(SessionOptions options);
+
+  /// Twin GET (protocol doc 7): the JSON as the hub returns it. Service (status >= 300),
+  /// Timeout, NotConnected, QueueFull (too many twin requests waiting).
+  void getTwin(TwinCompletion done);
+  /// Reported-properties merge patch (must be a JSON object, checked by the caller); completes
+  /// with the new reported $version.
+  void patchReportedProperties(const std::string& patchJson, VersionCompletion done);
+  /// Publishes a direct-method answer; completes on its PUBACK.
+  void sendMethodResponse(const std::string& requestId, int status, const std::string& payload,
+                          Completion done);
+  /// Replaces the operator-supplied SAS token and re-authorises (protocol doc 2): NotSupported
+  /// unless authentication is sas-token; InvalidArgument if it does not parse, is for another
+  /// hub/device/module, or has expired. Re-authorisation failures are reported as background
+  /// errors and state changes.
+  [[nodiscard]] core::Result<void> updateSasToken(const std::string& token);
 
   [[nodiscard]] ConnectionState state() const noexcept { return state_; }
   [[nodiscard]] bool connected() const noexcept { return state_ == ConnectionState::Connected; }
@@ -128,6 +169,27 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   void onSubscribed(int messageId) override;
   void onMessage(std::string_view topic, std::string_view payload) override;
 
+  struct TwinRequest {
+    enum class Kind { Get, PatchReported, EnsureDesired } kind;
+    std::string payload;
+    std::function<void(core::Result<proto::TwinResponse>, std::string body)> done;
+    std::chrono::microseconds deadline;
+    bool sent = false;
+  };
+
+  void publishOrQueue(std::string topic, std::string payload, Completion done);
+  [[nodiscard]] bool canReachHub() const;
+  void ensureConnecting();
+  void twinRequest(TwinRequest::Kind kind, std::string payload,
+                   std::function<void(core::Result<proto::TwinResponse>, std::string)> done);
+  void sendTwinRequest(const std::string& rid, TwinRequest& request);
+  void armTwinTimer();
+  void onTwinTimer();
+  void onTwinResponse(std::string_view topic, std::string_view payload);
+  void onDesiredPatch(std::string_view topic, std::string_view payload);
+  void ensureDesiredProperties();
+  void backgroundError(core::Error error);
+  void subscribeAll();
   void startAttempt();
   void attemptFailedBeforeStart(const core::Error& error);
   void attemptFailed(const core::Error& error, bool wasConnected);
@@ -174,6 +236,12 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   std::unique_ptr<core::Timer> retryTimer_;
   std::unique_ptr<core::Timer> inFlightTimer_;
   std::unique_ptr<core::Timer> renewTimer_;
+  std::unique_ptr<core::Timer> twinTimer_;
+  std::unique_ptr<core::Timer> ensureRetryTimer_;
+  std::map<std::string, TwinRequest> twinRequests_;  ///< by $rid
+  std::uint64_t nextRid_ = 1;
+  std::optional<std::uint64_t> lastDesiredVersion_;
+  bool ensureInFlight_ = false;
   std::unique_ptr<core::Timer> drainTimer_;
   std::uint64_t tokenExpiry_ = 0;
   std::mt19937_64 random_;

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
+#include <map>
 #include <optional>
 
 #include "fake_mqtt_transport.hpp"
@@ -44,6 +46,7 @@ class HubSessionTest : public ::testing::Test {
     o.userAgent = "iothubd/test";
     o.operationTimeout = 60s;
     o.connectionRetryInterval = 10s;
+    o.ensureDesiredProperties = false;  // twin tests turn it on
     return o;
   }
   HubSession& make(SessionOptions o) {
@@ -429,6 +432,251 @@ TEST_F(HubSessionTest, NewCredentialsAfterARefusalAreTriedAtOnce) {
   ASSERT_EQ(transport_.connects.size(), 2u);
   transport_.acceptConnect();
   EXPECT_TRUE(s.connected());
+}
+
+}  // namespace
+}  // namespace iothubd::session
+
+namespace iothubd::session {
+namespace {
+
+/// Everything the session reports to the D-Bus layer.
+struct EventRecorder : StateRecorder {
+  struct C2d {
+    std::string body;
+    std::map<std::string, std::string> properties, system;
+  };
+  void onC2dMessage(std::string_view body, const std::map<std::string, std::string>& p,
+                    const std::map<std::string, std::string>& sys) override {
+    c2d.push_back({std::string(body), p, sys});
+  }
+  void onMethodRequest(const std::string& rid, const std::string& name, std::string_view payload) override {
+    methods.push_back({rid, name, std::string(payload)});
+  }
+  void onDesiredPropertiesPatch(const std::string& json) override { desired.push_back(json); }
+  void onBackgroundError(const core::Error& e) override { errors.push_back(e); }
+  std::vector<C2d> c2d;
+  std::vector<std::array<std::string, 3>> methods;
+  std::vector<std::string> desired;
+  std::vector<core::Error> errors;
+};
+
+class HubSessionInboundTest : public HubSessionTest {
+ protected:
+  HubSession& connectedWith(SessionOptions o) {
+    auto& s = make(std::move(o));
+    s.setObserver(&events_);
+    s.start();
+    transport_.acceptConnect();
+    return s;
+  }
+  EventRecorder events_;
+};
+
+TEST_F(HubSessionInboundTest, SubscribesToEveryFeatureOnEachConnect) {
+  connectedWith(options());
+  EXPECT_EQ(transport_.subscriptions,
+            (std::vector<std::string>{"devices/dev1/messages/devicebound/#", "$iothub/methods/POST/#",
+                                      "$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#"}));
+  transport_.drop();
+  clock_.advance(100ms);
+  transport_.acceptConnect();
+  EXPECT_EQ(transport_.subscriptions.size(), 8u) << "not resubscribed after the reconnect";
+}
+
+TEST_F(HubSessionInboundTest, ModulesDoNotSubscribeToC2d) {
+  auto o = options();
+  o.moduleId = "mod1";
+  connectedWith(std::move(o));
+  EXPECT_EQ(transport_.subscriptions.front(), "$iothub/methods/POST/#");
+}
+
+TEST_F(HubSessionInboundTest, C2dMessagesArriveWithSystemAndCustomProperties) {
+  connectedWith(options());
+  transport_.deliver("devices/dev1/messages/devicebound/%24.mid=c2d-1&%24.ct=text%2Fplain&iothub-ack=full&colour=dark%20blue",
+                     "hello device");
+  ASSERT_EQ(events_.c2d.size(), 1u);
+  EXPECT_EQ(events_.c2d[0].body, "hello device");
+  EXPECT_EQ(events_.c2d[0].system.at("message-id"), "c2d-1");
+  EXPECT_EQ(events_.c2d[0].system.at("content-type"), "text/plain");
+  EXPECT_EQ(events_.c2d[0].system.at("ack"), "full");
+  EXPECT_EQ(events_.c2d[0].properties, (std::map<std::string, std::string>{{"colour", "dark blue"}}));
+}
+
+TEST_F(HubSessionInboundTest, MethodRequestsAreReportedAndAnsweredWithTheirRid) {
+  auto& s = connectedWith(options());
+  transport_.deliver("$iothub/methods/POST/reboot/?$rid=7", R"({"delay":5})");
+  ASSERT_EQ(events_.methods.size(), 1u);
+  EXPECT_EQ(events_.methods[0], (std::array<std::string, 3>{"7", "reboot", R"({"delay":5})"}));
+  Outcome answered;
+  s.sendMethodResponse("7", 200, R"({"ok":true})", answered.callback());
+  auto* res = transport_.lastPublished("$iothub/methods/res/");
+  ASSERT_NE(res, nullptr);
+  EXPECT_EQ(res->topic, "$iothub/methods/res/200/?$rid=7");
+  EXPECT_EQ(res->payload, R"({"ok":true})");
+  EXPECT_FALSE(answered.done());
+  transport_.ack(res->mid);
+  EXPECT_TRUE(answered.ok());
+}
+
+TEST_F(HubSessionInboundTest, TwinGetAndReportedPatchMatchResponsesByRid) {
+  auto& s = connectedWith(options());
+  std::optional<core::Result<std::string>> twin;
+  std::optional<core::Result<std::uint64_t>> version;
+  s.getTwin([&](core::Result<std::string> r) { twin = std::move(r); });
+  s.patchReportedProperties(R"({"fw":"1.2"})", [&](core::Result<std::uint64_t> r) { version = std::move(r); });
+  auto* get = transport_.lastPublished("$iothub/twin/GET/");
+  auto* patch = transport_.lastPublished("$iothub/twin/PATCH/properties/reported/");
+  ASSERT_TRUE(get && patch);
+  EXPECT_EQ(patch->payload, R"({"fw":"1.2"})");
+  EXPECT_EQ(get->qos, 0);
+  // Answers in the other order, plus one for nobody.
+  transport_.deliver("$iothub/twin/res/204/?$rid=" + FakeMqttTransport::ridOf(patch->topic) + "&$version=7", "");
+  transport_.deliver("$iothub/twin/res/200/?$rid=unknown", "{}");
+  transport_.deliver("$iothub/twin/res/200/?$rid=" + FakeMqttTransport::ridOf(get->topic),
+                     R"({"desired":{"$version":3},"reported":{"$version":7}})");
+  ASSERT_TRUE(twin && *twin);
+  EXPECT_EQ(**twin, R"({"desired":{"$version":3},"reported":{"$version":7}})");
+  ASSERT_TRUE(version && *version);
+  EXPECT_EQ(**version, 7u);
+}
+
+TEST_F(HubSessionInboundTest, TwinErrorStatusBecomesAServiceErrorWithTheStatus) {
+  auto& s = connectedWith(options());
+  std::optional<core::Result<std::string>> twin;
+  s.getTwin([&](core::Result<std::string> r) { twin = std::move(r); });
+  auto* get = transport_.lastPublished("$iothub/twin/GET/");
+  transport_.deliver("$iothub/twin/res/429/?$rid=" + FakeMqttTransport::ridOf(get->topic), "");
+  ASSERT_TRUE(twin && !*twin);
+  EXPECT_EQ(twin->error().code, core::Errc::Service);
+  EXPECT_EQ(twin->error().sysErrno, 429);
+  EXPECT_NE(twin->error().message.find("429"), std::string::npos);
+}
+
+TEST_F(HubSessionInboundTest, UnansweredTwinRequestTimesOut) {
+  auto& s = connectedWith(options());
+  std::optional<core::Result<std::string>> twin;
+  s.getTwin([&](core::Result<std::string> r) { twin = std::move(r); });
+  clock_.advance(59s);
+  EXPECT_FALSE(twin);
+  clock_.advance(1s);
+  ASSERT_TRUE(twin && !*twin);
+  EXPECT_EQ(twin->error().code, core::Errc::Timeout);
+}
+
+TEST_F(HubSessionInboundTest, TwinRequestLostInADropIsResentAfterTheReconnect) {
+  auto& s = connectedWith(options());
+  std::optional<core::Result<std::string>> twin;
+  s.getTwin([&](core::Result<std::string> r) { twin = std::move(r); });
+  std::string rid = FakeMqttTransport::ridOf(transport_.lastPublished("$iothub/twin/GET/")->topic);
+  transport_.drop();
+  clock_.advance(100ms);
+  transport_.acceptConnect();
+  auto* again = transport_.lastPublished("$iothub/twin/GET/");
+  EXPECT_EQ(FakeMqttTransport::ridOf(again->topic), rid);
+  transport_.deliver("$iothub/twin/res/200/?$rid=" + rid, R"({"desired":{},"reported":{}})");
+  EXPECT_TRUE(twin && *twin);
+}
+
+TEST_F(HubSessionInboundTest, EnsureDesiredPropertiesReportsTheDesiredSectionOnlyWhenItMoved) {
+  auto o = options();
+  o.ensureDesiredProperties = true;
+  connectedWith(std::move(o));
+  auto answerGet = [&](const std::string& twin) {
+    auto* get = transport_.lastPublished("$iothub/twin/GET/");
+    ASSERT_NE(get, nullptr);
+    transport_.deliver("$iothub/twin/res/200/?$rid=" + FakeMqttTransport::ridOf(get->topic), twin);
+  };
+  // First connect: the starting state, once.
+  answerGet(R"({"desired":{"mode":"eco","$version":4},"reported":{"$version":1}})");
+  ASSERT_EQ(events_.desired.size(), 1u);
+  EXPECT_EQ(events_.desired[0], R"({"mode":"eco","$version":4})");
+  // A live patch.
+  transport_.deliver("$iothub/twin/PATCH/properties/desired/?$version=5", R"({"mode":"boost","$version":5})");
+  ASSERT_EQ(events_.desired.size(), 2u);
+  // Reconnect without a change: nothing new.
+  transport_.drop();
+  clock_.advance(100ms);
+  transport_.acceptConnect();
+  answerGet(R"({"desired":{"mode":"boost","$version":5},"reported":{"$version":1}})");
+  EXPECT_EQ(events_.desired.size(), 2u);
+  // A change made while we were away arrives after the next reconnect.
+  transport_.drop();
+  clock_.advance(100ms);
+  transport_.acceptConnect();
+  answerGet(R"({"desired":{"mode":"off","$version":6},"reported":{"$version":1}})");
+  ASSERT_EQ(events_.desired.size(), 3u);
+  EXPECT_EQ(events_.desired[2], R"({"mode":"off","$version":6})");
+  // A stale patch (older than what the fetch gave) is dropped.
+  transport_.deliver("$iothub/twin/PATCH/properties/desired/?$version=6", R"({"mode":"off","$version":6})");
+  EXPECT_EQ(events_.desired.size(), 3u);
+}
+
+TEST_F(HubSessionInboundTest, FailedDesiredFetchIsABackgroundErrorRetriedWithoutATightLoop) {
+  auto o = options();
+  o.ensureDesiredProperties = true;
+  connectedWith(std::move(o));
+  auto* get = transport_.lastPublished("$iothub/twin/GET/");
+  transport_.deliver("$iothub/twin/res/429/?$rid=" + FakeMqttTransport::ridOf(get->topic), "");
+  ASSERT_EQ(events_.errors.size(), 1u);
+  EXPECT_EQ(events_.errors[0].sysErrno, 429);
+  size_t gets = 0;
+  for (const auto& p : transport_.published) {
+    gets += p.topic.rfind("$iothub/twin/GET/", 0) == 0;
+  }
+  EXPECT_EQ(gets, 1u);
+  clock_.advance(12s);
+  size_t after = 0;
+  for (const auto& p : transport_.published) {
+    after += p.topic.rfind("$iothub/twin/GET/", 0) == 0;
+  }
+  EXPECT_EQ(after, 2u);
+}
+
+TEST_F(HubSessionInboundTest, UpdateSasTokenValidatesAndReauthorises) {
+  auto o = options();
+  o.auth = AuthMethod::SasToken;
+  auto token = [&](const std::string& device, std::uint64_t expiry) {
+    return "SharedAccessSignature sr=contoso.azure-devices.net%2Fdevices%2F" + device +
+           "&sig=abc%3D&se=" + std::to_string(expiry);
+  };
+  o.sasToken = core::Secret<>(token("dev1", clock_.unixSeconds() + 600));
+  auto& s = connectedWith(std::move(o));
+  auto other = s.updateSasToken(token("dev2", clock_.unixSeconds() + 600));
+  ASSERT_FALSE(other);
+  EXPECT_EQ(other.error().code, core::Errc::InvalidArgument);
+  auto expired = s.updateSasToken(token("dev1", clock_.unixSeconds() - 1));
+  ASSERT_FALSE(expired);
+  EXPECT_EQ(expired.error().code, core::Errc::InvalidArgument);
+  EXPECT_FALSE(s.updateSasToken("garbage"));
+  EXPECT_FALSE(transport_.disconnectRequested);
+
+  std::string fresh = token("dev1", clock_.unixSeconds() + 3600);
+  ASSERT_TRUE(s.updateSasToken(fresh));
+  EXPECT_TRUE(transport_.disconnectRequested);
+  transport_.finishDisconnect();
+  ASSERT_EQ(transport_.connects.size(), 2u);
+  EXPECT_EQ(transport_.connects[1].password.reveal(), fresh);
+  transport_.acceptConnect();
+  EXPECT_EQ(s.sasTokenExpiry(), clock_.unixSeconds() + 3600);
+}
+
+TEST_F(HubSessionInboundTest, UpdateSasTokenIsNotSupportedForKeyAuthentication) {
+  auto& s = connectedWith(options());
+  auto r = s.updateSasToken("SharedAccessSignature sr=x&sig=y&se=1");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, core::Errc::NotSupported);
+}
+
+TEST_F(HubSessionInboundTest, AFailedAutomaticReconnectIsABackgroundError) {
+  connectedWith(options());
+  transport_.drop();
+  ASSERT_EQ(events_.errors.size(), 1u);
+  EXPECT_EQ(events_.errors[0].code, core::Errc::ConnectionDropped);
+  clock_.advance(100ms);
+  transport_.failConnect("no route to host");
+  ASSERT_EQ(events_.errors.size(), 2u);
+  EXPECT_EQ(events_.errors[1].code, core::Errc::ConnectionFailed);
 }
 
 }  // namespace

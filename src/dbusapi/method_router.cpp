@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: MIT
+#include "method_router.hpp"
+
+#include <algorithm>
+
+#include "iothubd/core/log.hpp"
+
+namespace iothubd::dbusapi {
+namespace {
+
+using core::Errc;
+using core::fail;
+
+/// The JSON body of the daemon's own answers: {"error":"..."} (dbus-contract-notes).
+std::string errorBody(const std::string& text) {
+  std::string out = "{\"error\":\"";
+  for (char c : text) {
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(c);
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += ' ';
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out + "\"}";
+}
+
+}  // namespace
+
+MethodRouter::MethodRouter(core::Scheduler& scheduler, std::chrono::seconds responseTimeout,
+                           Hooks hooks)
+    : scheduler_(scheduler), responseTimeout_(responseTimeout), hooks_(std::move(hooks)) {}
+
+core::Result<void> MethodRouter::claim(const std::string& peer, const std::string& name) {
+  if (name.empty() || name.find('/') != std::string::npos) {
+    return fail(Errc::InvalidArgument,
+                "invalid method name " + core::quoted(name) + ": empty or containing '/'");
+  }
+  auto it = claims_.find(name);
+  if (it != claims_.end()) {
+    if (it->second == peer) {
+      return {};  // claiming again is harmless
+    }
+    return fail(Errc::AlreadyClaimed, "method " + core::quoted(name) + " is claimed by " + it->second);
+  }
+  auto held = std::count_if(claims_.begin(), claims_.end(),
+                            [&](const auto& entry) { return entry.second == peer; });
+  if (static_cast<std::size_t>(held) >= kMaxClaimsPerPeer) {
+    return fail(Errc::QueueFull, "a peer may claim at most " + std::to_string(kMaxClaimsPerPeer) +
+                                     " method names");
+  }
+  claims_.emplace(name, peer);
+  return {};
+}
+
+core::Result<void> MethodRouter::release(const std::string& peer, const std::string& name) {
+  auto it = claims_.find(name);
+  if (it == claims_.end() || it->second != peer) {
+    return fail(Errc::InvalidArgument, "method " + core::quoted(name) + " is not claimed by the caller");
+  }
+  claims_.erase(it);
+  return {};
+}
+
+void MethodRouter::peerGone(const std::string& peer) {
+  std::erase_if(claims_, [&](const auto& entry) { return entry.second == peer; });
+  std::vector<std::string> orphaned;
+  for (const auto& [rid, p] : pending_) {
+    if (p.peer == peer) {
+      orphaned.push_back(rid);
+    }
+  }
+  for (const auto& rid : orphaned) {
+    std::string method = pending_[rid].methodName;
+    answerForPeer(rid, 503, "the handler of method '" + method + "' left before answering");
+  }
+}
+
+void MethodRouter::onRequest(const std::string& requestId, const std::string& methodName,
+                             std::string_view payload) {
+  if (pending_.contains(requestId)) {
+    return;  // a duplicate delivery of a request already being handled
+  }
+  auto it = claims_.find(methodName);
+  if (it == claims_.end()) {
+    it = claims_.find("*");
+  }
+  if (it == claims_.end()) {
+    // Answer at once: the cloud caller must not wait for the hub's timeout (issue 3).
+    core::logf(core::LogLevel::Info, "direct method ", core::quoted(methodName),
+               " has no handler, answering 501");
+    hooks_.answer(requestId, 501, errorBody("no handler claimed method '" + methodName + "'"));
+    remember(requestId);
+    return;
+  }
+  if (pending_.size() >= kMaxPendingRequests) {
+    hooks_.answer(requestId, 503, errorBody("too many method requests pending"));
+    remember(requestId);
+    return;
+  }
+  std::string peer = it->second;
+  auto timer = scheduler_.createTimer([this, requestId] {
+    auto found = pending_.find(requestId);
+    if (found == pending_.end()) {
+      return;
+    }
+    std::string method = found->second.methodName;
+    answerForPeer(requestId, 504,
+                  "the handler of method '" + method + "' did not answer within " +
+                      std::to_string(responseTimeout_.count()) + " s");
+  });
+  timer->armAfter(responseTimeout_);
+  pending_.emplace(requestId, Pending{peer, methodName, std::move(timer)});
+  hooks_.deliver(peer, requestId, methodName, payload);
+}
+
+core::Result<void> MethodRouter::takeResponse(const std::string& peer, const std::string& requestId) {
+  auto it = pending_.find(requestId);
+  if (it == pending_.end()) {
+    if (answered_.contains(requestId)) {
+      return fail(Errc::Timeout, "method request " + core::quoted(requestId) +
+                                     " was already answered by the daemon (timeout or handler gone)");
+    }
+    return fail(Errc::InvalidArgument, "no pending method request with id " + core::quoted(requestId));
+  }
+  if (it->second.peer != peer) {
+    return fail(Errc::AccessDenied,
+                "method request " + core::quoted(requestId) + " was delivered to another peer");
+  }
+  // Destroying the timer from outside its own callback is safe.
+  pending_.erase(it);
+  return {};
+}
+
+void MethodRouter::answerForPeer(const std::string& requestId, int status, const std::string& why) {
+  core::logf(core::LogLevel::Info, "answering method request ", core::quoted(requestId), " with ",
+             status, ": ", why);
+  auto it = pending_.find(requestId);
+  if (it != pending_.end()) {
+    // We may be inside this request's own timer callback: let the loop destroy the timer.
+    auto timer = std::make_shared<std::unique_ptr<core::Timer>>(std::move(it->second.timer));
+    scheduler_.post([timer] {});
+    pending_.erase(it);
+  }
+  remember(requestId);
+  hooks_.answer(requestId, status, errorBody(why));
+}
+
+void MethodRouter::remember(const std::string& requestId) {
+  if (answered_.insert(requestId).second) {
+    answeredOrder_.push_back(requestId);
+  }
+  while (answeredOrder_.size() > kRememberedAnswers) {
+    answered_.erase(answeredOrder_.front());
+    answeredOrder_.pop_front();
+  }
+}
+
+}  // namespace iothubd::dbusapi

@@ -1,0 +1,129 @@
+// SPDX-License-Identifier: MIT
+#include "method_router.hpp"
+
+#include <gtest/gtest.h>
+
+#include "manual_scheduler.hpp"
+
+namespace iothubd::dbusapi {
+namespace {
+
+using namespace std::chrono_literals;
+
+class MethodRouterTest : public ::testing::Test {
+ protected:
+  struct Delivered {
+    std::string peer, rid, name, payload;
+  };
+  struct Answered {
+    std::string rid;
+    int status;
+    std::string payload;
+  };
+  MethodRouter::Hooks hooks() {
+    return {[this](const std::string& peer, const std::string& rid, const std::string& name,
+                   std::string_view payload) { delivered_.push_back({peer, rid, name, std::string(payload)}); },
+            [this](const std::string& rid, int status, const std::string& payload) {
+              answered_.push_back({rid, status, payload});
+            }};
+  }
+  fakes::ManualScheduler clock_;
+  std::vector<Delivered> delivered_;
+  std::vector<Answered> answered_;
+  MethodRouter router_{clock_, 30s, hooks()};
+};
+
+TEST_F(MethodRouterTest, DeliversAClaimedMethodToItsClaimerOnly) {
+  ASSERT_TRUE(router_.claim(":1.5", "reboot"));
+  router_.onRequest("7", "reboot", "{}");
+  ASSERT_EQ(delivered_.size(), 1u);
+  EXPECT_EQ(delivered_[0].peer, ":1.5");
+  EXPECT_EQ(delivered_[0].rid, "7");
+  EXPECT_TRUE(answered_.empty());
+  EXPECT_TRUE(router_.takeResponse(":1.5", "7"));
+}
+
+TEST_F(MethodRouterTest, UnclaimedMethodIsAnswered501AtOnceWithAJsonError) {
+  router_.onRequest("1", "reboot", "{}");
+  ASSERT_EQ(answered_.size(), 1u);
+  EXPECT_EQ(answered_[0].status, 501);
+  EXPECT_EQ(answered_[0].payload, R"({"error":"no handler claimed method 'reboot'"})");
+  EXPECT_TRUE(delivered_.empty());
+}
+
+TEST_F(MethodRouterTest, WildcardTakesOnlyNamesNobodyElseClaimed) {
+  ASSERT_TRUE(router_.claim(":1.1", "*"));
+  ASSERT_TRUE(router_.claim(":1.2", "ping"));
+  router_.onRequest("1", "ping", "");
+  router_.onRequest("2", "other", "");
+  ASSERT_EQ(delivered_.size(), 2u);
+  EXPECT_EQ(delivered_[0].peer, ":1.2");
+  EXPECT_EQ(delivered_[1].peer, ":1.1");
+}
+
+TEST_F(MethodRouterTest, ClaimRules) {
+  EXPECT_EQ(router_.claim(":1.1", "").error().code, core::Errc::InvalidArgument);
+  EXPECT_EQ(router_.claim(":1.1", "a/b").error().code, core::Errc::InvalidArgument);
+  ASSERT_TRUE(router_.claim(":1.1", "x"));
+  EXPECT_TRUE(router_.claim(":1.1", "x")) << "claiming again is harmless";
+  EXPECT_EQ(router_.claim(":1.2", "x").error().code, core::Errc::AlreadyClaimed);
+  EXPECT_EQ(router_.release(":1.2", "x").error().code, core::Errc::InvalidArgument);
+  EXPECT_TRUE(router_.release(":1.1", "x"));
+  EXPECT_TRUE(router_.claim(":1.2", "x"));
+}
+
+TEST_F(MethodRouterTest, ClaimsPerPeerAreBounded) {
+  for (std::size_t i = 0; i < MethodRouter::kMaxClaimsPerPeer; ++i) {
+    ASSERT_TRUE(router_.claim(":1.1", "m" + std::to_string(i)));
+  }
+  EXPECT_EQ(router_.claim(":1.1", "one-more").error().code, core::Errc::QueueFull);
+  EXPECT_TRUE(router_.claim(":1.2", "one-more"));
+}
+
+TEST_F(MethodRouterTest, NoAnswerWithinTheTimeoutIsAnswered504AndALateAnswerIsRefused) {
+  ASSERT_TRUE(router_.claim(":1.1", "slow"));
+  router_.onRequest("9", "slow", "{}");
+  clock_.advance(29s);
+  EXPECT_TRUE(answered_.empty());
+  clock_.advance(1s);
+  ASSERT_EQ(answered_.size(), 1u);
+  EXPECT_EQ(answered_[0].status, 504);
+  auto late = router_.takeResponse(":1.1", "9");
+  ASSERT_FALSE(late);
+  EXPECT_EQ(late.error().code, core::Errc::Timeout);
+}
+
+TEST_F(MethodRouterTest, ClaimerLeavingIsAnswered503AndLosesItsClaims) {
+  ASSERT_TRUE(router_.claim(":1.1", "slow"));
+  router_.onRequest("3", "slow", "{}");
+  router_.peerGone(":1.1");
+  ASSERT_EQ(answered_.size(), 1u);
+  EXPECT_EQ(answered_[0].status, 503);
+  router_.onRequest("4", "slow", "{}");
+  EXPECT_EQ(answered_.back().status, 501);
+  clock_.advance(1min);
+  EXPECT_EQ(answered_.size(), 2u) << "the 504 timer outlived the request";
+}
+
+TEST_F(MethodRouterTest, OnlyTheReceiverMayAnswerAndUnknownIdsAreInvalid) {
+  ASSERT_TRUE(router_.claim(":1.1", "m"));
+  router_.onRequest("5", "m", "");
+  EXPECT_EQ(router_.takeResponse(":1.2", "5").error().code, core::Errc::AccessDenied);
+  EXPECT_EQ(router_.takeResponse(":1.1", "nope").error().code, core::Errc::InvalidArgument);
+  EXPECT_TRUE(router_.takeResponse(":1.1", "5"));
+  EXPECT_EQ(router_.takeResponse(":1.1", "5").error().code, core::Errc::InvalidArgument);
+}
+
+TEST_F(MethodRouterTest, PendingRequestsAreBounded) {
+  ASSERT_TRUE(router_.claim(":1.1", "m"));
+  for (std::size_t i = 0; i < MethodRouter::kMaxPendingRequests; ++i) {
+    router_.onRequest(std::to_string(i), "m", "");
+  }
+  EXPECT_TRUE(answered_.empty());
+  router_.onRequest("overflow", "m", "");
+  ASSERT_EQ(answered_.size(), 1u);
+  EXPECT_EQ(answered_[0].status, 503);
+}
+
+}  // namespace
+}  // namespace iothubd::dbusapi
