@@ -302,7 +302,9 @@ TEST_F(DeviceApiTest, ShortLivedTokensAreRenewedWithoutAnOutageOverAMinuteOfTraf
   std::cout << "sent " << sent << " messages, " << renewals << " token renewals\n";
   EXPECT_GE(renewals, 5u);
   EXPECT_TRUE(c.Connected());
-  EXPECT_TRUE(c.signals("ConnectionStateChanged").empty()) << "a planned renewal looked like an outage";
+  for (const auto& r : c.signals("ConnectionStateChanged")) {
+    EXPECT_NE(r.args[0], "false") << "a planned renewal looked like an outage";
+  }
   for (const auto& r : c.signals("PropertiesChanged")) {
     auto it = r.changed.find("Connected");
     EXPECT_FALSE(it != r.changed.end() && !it->second.get<bool>()) << "Connected went false";
@@ -390,7 +392,9 @@ TEST_F(SasTokenAuthTest, ConnectsAsksForANewTokenAndRenewsThroughUpdateSasToken)
   EXPECT_GT(latest.se, static_cast<int64_t>(std::time(nullptr)) + 3000);
   ASSERT_FALSE(c.SendMessage("with the new token", {}, {}).empty());
   EXPECT_EQ(c.SasTokenExpiry(), static_cast<uint64_t>(latest.se));
-  EXPECT_TRUE(c.signals("ConnectionStateChanged").empty());
+  for (const auto& r : c.signals("ConnectionStateChanged")) {
+    EXPECT_NE(r.args[0], "false") << "re-authorising looked like an outage";
+  }
 }
 
 }  // namespace
