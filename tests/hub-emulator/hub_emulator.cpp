@@ -998,8 +998,12 @@ void ServiceClient::dropConnection(const std::string& device) {
   request("drop", JsonArgs().str("device", device).done());
 }
 
-void ServiceClient::refuseConnects(const std::string& device, int count) {
-  request("refuse-connects", JsonArgs().str("device", device).num("count", count).done());
+void ServiceClient::refuseConnects(const std::string& device, int count, bool closeWithoutConnack) {
+  request("refuse-connects", JsonArgs()
+                                 .str("device", device)
+                                 .num("count", count)
+                                 .num("close", closeWithoutConnack ? 1 : 0)
+                                 .done());
 }
 
 void ServiceClient::twinFault(const std::string& device, const TwinFault& fault) {

@@ -193,7 +193,9 @@ class ServiceClient {
   // Faults.
   void delayPuback(const std::string& device, Ms delay, int count = -1);
   void dropConnection(const std::string& device);
-  void refuseConnects(const std::string& device, int count = -1);  // 0 clears
+  // 0 clears. By default CONNACK "not authorised"; `closeWithoutConnack` closes the connection
+  // instead, as an unavailable or throttling hub does.
+  void refuseConnects(const std::string& device, int count = -1, bool closeWithoutConnack = false);
   void twinFault(const std::string& device, const TwinFault& fault);
   void capTokenLifetime(const std::string& device, std::chrono::seconds lifetime);  // 0 clears
   void clearFaults(const std::string& device = "");

@@ -20,6 +20,7 @@ void DeviceClient::clearSignals() {
   std::lock_guard lock(mutex_);
   signals_.clear();
   taken_.clear();
+  lastTaken_.clear();
 }
 
 std::string DeviceClient::uniqueName() { return getProxy().getConnection().getUniqueName(); }
@@ -86,9 +87,16 @@ std::optional<SignalRecord> DeviceClient::waitForSignal(
   std::unique_lock lock(mutex_);
   std::optional<SignalRecord> found;
   cv_.wait_for(lock, timeout, [&] {
-    for (size_t i = 0; i < signals_.size(); ++i) {
+    // Signals of one name are consumed in order: a wait never returns one older than the last
+    // it returned for that name (so a late-dispatched stale signal cannot satisfy it).
+    size_t from = 0;
+    if (auto it = lastTaken_.find(name); it != lastTaken_.end()) {
+      from = it->second + 1;
+    }
+    for (size_t i = from; i < signals_.size(); ++i) {
       if (!taken_[i] && signals_[i].name == name && (!predicate || predicate(signals_[i]))) {
         taken_[i] = true;
+        lastTaken_[name] = i;
         found = signals_[i];
         return true;
       }

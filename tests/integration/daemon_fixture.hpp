@@ -47,7 +47,8 @@ class DeviceClient final
   explicit DeviceClient(const std::string& busAddress);
   ~DeviceClient();
 
-  /// The first signal called `name` matching `predicate` that no earlier wait returned.
+  /// The first signal called `name` matching `predicate` that came after the last one a wait
+  /// returned for that name.
   std::optional<SignalRecord> waitForSignal(
       const std::string& name, const std::function<bool(const SignalRecord&)>& predicate = {},
       std::chrono::milliseconds timeout = 10s);
@@ -80,6 +81,7 @@ class DeviceClient final
   std::condition_variable cv_;
   std::vector<SignalRecord> signals_;
   std::vector<bool> taken_;
+  std::map<std::string, size_t> lastTaken_;  ///< per signal name, index of the last one returned
 };
 
 /// The D-Bus error name of a failed call, or "" if it succeeded.

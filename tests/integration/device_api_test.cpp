@@ -284,6 +284,51 @@ TEST_F(DeviceApiTest, DroppedConnectionReconnectsResubscribesAndKeepsDelivering)
   EXPECT_EQ(std::string(m->body.begin(), m->body.end()), "after the reconnect");
 }
 
+TEST_F(DeviceApiTest, TwinErrorsFromTheHubCarryTheirStatus) {
+  startDaemon();
+  hubemu::ServiceClient service(hub_);
+  awaitOnline();
+  service.twinFault(kDevice, hubemu::TwinFault{0ms, 500, 1});
+  std::string message;
+  EXPECT_EQ(errorNameOf([&] { client().GetTwin(); }, &message), "org.iothubd.Error.Service");
+  EXPECT_NE(message.find("500"), std::string::npos) << message;
+  service.twinFault(kDevice, hubemu::TwinFault{0ms, 429, 1});
+  EXPECT_EQ(errorNameOf([&] { client().PatchTwinReportedProperties(R"({"a":1})"); }, &message),
+            "org.iothubd.Error.Service");
+  EXPECT_NE(message.find("429"), std::string::npos) << message;
+  EXPECT_GT(client().PatchTwinReportedProperties(R"({"a":2})"), 0u);
+}
+
+TEST_F(DeviceApiTest, RefusedReconnectsAreRetriedUntilTheHubTakesUsBack) {
+  writeConfig("[connection]\nconnection_retry_interval = 1\n");
+  startDaemon();
+  hubemu::ServiceClient service(hub_);
+  awaitOnline();
+  auto& c = client();
+  service.refuseConnects(kDevice, 2, true);  // unavailable twice, then accepted again
+  service.dropConnection(kDevice);
+  ASSERT_TRUE(c.waitForConnectionStateChanged(false));
+  ASSERT_TRUE(c.waitForConnectionStateChanged(true, 20s));
+  EXPECT_GE(service.events("auth-refused", kDevice).size(), 1u);
+  EXPECT_FALSE(c.SendMessage("back", {}, {}).empty());
+}
+
+TEST_F(DeviceApiTest, AHubThatEndsTheTokenEarlyIsReconnectedWithAFreshOne) {
+  startDaemon();
+  hubemu::ServiceClient service(hub_);
+  awaitOnline();
+  auto& c = client();
+  size_t auths = service.authCount(kDevice);
+  service.capTokenLifetime(kDevice, 2s);  // the hub now considers tokens expired after 2 s
+  service.dropConnection(kDevice);
+  ASSERT_TRUE(service.waitForAuthCount(kDevice, auths + 1, 10s));
+  // The capped connection is kicked when its token "expires"; the daemon comes back each time.
+  ASSERT_TRUE(service.waitForEvent("kick", kDevice, 10s).has_value());
+  ASSERT_TRUE(service.waitForAuthCount(kDevice, auths + 2, 15s));
+  service.capTokenLifetime(kDevice, 0s);
+  EXPECT_FALSE(c.SendMessage("still here", {}, {}).empty());
+}
+
 TEST_F(DeviceApiTest, ShortLivedTokensAreRenewedWithoutAnOutageOverAMinuteOfTraffic) {
   writeConfig("[connection]\nsastoken_ttl = 10\n");
   startDaemon();

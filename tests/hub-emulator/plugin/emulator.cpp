@@ -167,7 +167,10 @@ int Emulator::onBasicAuth(const mosquitto_evt_basic_auth& event) {
   if (faults.refuseConnects != 0) {
     if (faults.refuseConnects > 0)
       --faults.refuseConnects;
-    return refuse(clientId, "fault injection: refuse-connects");
+    const int rc = refuse(clientId, "fault injection: refuse-connects");
+    // Any error other than MOSQ_ERR_AUTH makes mosquitto 2.0.11 close the connection without a
+    // CONNACK (handle_connect.c), which is how an unavailable or throttling hub looks.
+    return faults.refuseByClosing ? MOSQ_ERR_UNKNOWN : rc;
   }
 
   const auto key = registry_.find(clientId);
@@ -570,7 +573,9 @@ void Emulator::cmdDrop(const Request& req, JsonOut& out) {
 }
 
 void Emulator::cmdRefuseConnects(const Request& req, JsonOut&) {
-  faults_[requireDevice(req)].refuseConnects = intOr(req.args, "count", -1);
+  Faults& faults = faults_[requireDevice(req)];
+  faults.refuseConnects = intOr(req.args, "count", -1);
+  faults.refuseByClosing = intOr(req.args, "close", 0) != 0;
 }
 
 void Emulator::cmdCapTokenLifetime(const Request& req, JsonOut&) {

@@ -71,6 +71,7 @@ class Emulator {
     int64_t pubackDelayMs = 0;
     int64_t pubackDelayCount = -1;  // messages still to delay; -1 = until cleared
     int64_t refuseConnects = 0;     // connects still to refuse; -1 = until cleared
+    bool refuseByClosing = false;   // close without CONNACK (hub unavailable) instead of rc 5
     int64_t tokenCapSeconds = 0;    // 0 = no cap
     int64_t twinDelayMs = 0;
     int64_t twinStatus = 0;       // 0 = answer normally
