@@ -138,7 +138,8 @@ class BlobUploader::Upload {
       });
       return;
     }
-    notify(false, storageStatus, error.message, std::move(error));
+    std::string description = error.message;
+    notify(false, storageStatus, std::move(description), std::move(error));
   }
 
  private:
@@ -306,6 +307,9 @@ class BlobUploader::Upload {
     core::Error error = r ? core::Error{Errc::Service, "storage answered " + describeStatus(*r) + " to " + what,
                                         static_cast<int>(r->status)}
                           : r.error();
+    if (!r) {
+      error.message = what + " failed: " + error.message;
+    }
     const long status = r ? r->status : 0;
     if (transient && attempts_ < owner_.options_.maxAttempts) {
       auto delay = owner_.options_.retryDelay * (1 << std::min(attempts_ - 1, 10));
