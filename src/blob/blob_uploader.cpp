@@ -37,20 +37,34 @@ class ViewBody final : public http::BodySource {
 
 const char* reasonPhrase(long status) {
   switch (status) {
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 412: return "Precondition Failed";
-    case 413: return "Request Entity Too Large";
-    case 429: return "Too Many Requests";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 408:
+      return "Request Timeout";
+    case 409:
+      return "Conflict";
+    case 412:
+      return "Precondition Failed";
+    case 413:
+      return "Request Entity Too Large";
+    case 429:
+      return "Too Many Requests";
+    case 500:
+      return "Internal Server Error";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    default:
+      return "";
   }
 }
 
@@ -88,8 +102,8 @@ bool transientError(const core::Error& e) {
 /// memory stays at about two blocks); then the block list, then the notification.
 class BlobUploader::Upload {
  public:
-  Upload(BlobUploader& owner, UploadId id, std::string name, std::unique_ptr<http::AsyncReader> reader,
-         ProgressFn progress, UploadDone done)
+  Upload(BlobUploader& owner, UploadId id, std::string name,
+         std::unique_ptr<http::AsyncReader> reader, ProgressFn progress, UploadDone done)
       : owner_(owner),
         id_(id),
         name_(std::move(name)),
@@ -100,20 +114,24 @@ class BlobUploader::Upload {
         blockSize_(owner.options_.blockSize) {}
 
   ~Upload() {
-    if (request_) owner_.http_.cancel(*request_);
+    if (request_)
+      owner_.http_.cancel(*request_);
   }
 
   core::Result<void> start() {
     auto body = proto::storageInfoRequestBody(name_);
-    if (!body) return fail(body.error());
-    auto id = owner_.hubRequest(proto::storageInfoPath(owner_.hub_.deviceId, owner_.hub_.apiVersion),
-                                std::move(*body),
-                                [this](core::Result<http::Response> r) { onStorageInfo(std::move(r)); });
-    if (!id) return fail(id.error());
+    if (!body)
+      return fail(body.error());
+    auto id = owner_.hubRequest(
+        proto::storageInfoPath(owner_.hub_.deviceId, owner_.hub_.apiVersion), std::move(*body),
+        [this](core::Result<http::Response> r) { onStorageInfo(std::move(r)); });
+    if (!id)
+      return fail(id.error());
     request_ = *id;
     overall_ = owner_.scheduler_.createTimer([this] {
-      abort(core::Error{Errc::Timeout, "the upload of " + core::quoted(name_) + " did not finish within " +
-                                           std::to_string(owner_.options_.uploadTimeout.count() / 1000) + " s"},
+      abort(core::Error{Errc::Timeout,
+                        "the upload of " + core::quoted(name_) + " did not finish within " +
+                            std::to_string(owner_.options_.uploadTimeout.count() / 1000) + " s"},
             0);
     });
     overall_->armAfter(owner_.options_.uploadTimeout);
@@ -123,7 +141,8 @@ class BlobUploader::Upload {
 
   /// Ends the upload with `error`; storage's HTTP status (0 if none) goes to the hub.
   void abort(core::Error error, long storageStatus) {
-    if (phase_ == Phase::Notifying || phase_ == Phase::Done) return;
+    if (phase_ == Phase::Notifying || phase_ == Phase::Done)
+      return;
     if (request_) {
       owner_.http_.cancel(*request_);
       request_.reset();
@@ -134,7 +153,8 @@ class BlobUploader::Upload {
       phase_ = Phase::Done;
       auto alive = owner_.alive_;
       owner_.scheduler_.post([this, alive, error = std::move(error)]() mutable {
-        if (*alive) finish(fail(std::move(error)));
+        if (*alive)
+          finish(fail(std::move(error)));
       });
       return;
     }
@@ -150,7 +170,12 @@ class BlobUploader::Upload {
   /// Fills `filling_` up to one block plus one byte: the extra byte tells a content of exactly
   /// one block (one Put Blob) from a longer one without waiting for a separate EOF read.
   core::Result<void> readMore() {
-    if (!reader_ || reading_ || eof_ || filling_.size() > blockSize_) return {};
+    if (!reader_ || reading_ || eof_ || filling_.size() > blockSize_)
+      return {};
+    if (!filling_.empty() && filling_.capacity() <= blockSize_ &&
+        (total_ == 0 || total_ > blockSize_)) {
+      filling_.reserve(blockSize_ + 1);  // one allocation per block instead of doublings
+    }
     reading_ = true;
     auto started = reader_->read(blockSize_ + 1 - filling_.size(),
                                  [this](core::Result<std::string> r) { onRead(std::move(r)); });
@@ -209,9 +234,11 @@ class BlobUploader::Upload {
 
   /// Starts the next storage request if one is due and none is in flight.
   void dispatch() {
-    if (phase_ != Phase::Uploading || request_ || retryTimer_) return;
+    if (phase_ != Phase::Uploading || request_ || retryTimer_)
+      return;
     const bool full = filling_.size() > blockSize_;
-    if (!full && !eof_) return;  // wait for more data
+    if (!full && !eof_)
+      return;  // wait for more data
     if (blockIds_.empty() && eof_ && filling_.size() <= blockSize_) {
       current_ = std::move(filling_);
       filling_.clear();
@@ -260,7 +287,8 @@ class BlobUploader::Upload {
     phase_ = Phase::Committing;
     current_ = proto::blockListBody(blockIds_);
     step_ = "Put Block List";
-    send(proto::putBlockListUrl(blobUrl_.reveal()), {{"Content-Type", "application/xml"}}, current_);
+    send(proto::putBlockListUrl(blobUrl_.reveal()), {{"Content-Type", "application/xml"}},
+         current_);
   }
 
   void send(const std::string& url, std::vector<http::Header> headers, const std::string& body) {
@@ -273,8 +301,9 @@ class BlobUploader::Upload {
     request.timeout = owner_.options_.requestTimeout;
     request.maxResponseBody = kMaxResponseBody;
     ++attempts_;
-    auto id = owner_.http_.send(std::move(request),
-                                [this](core::Result<http::Response> r) { onStorageAnswer(std::move(r)); });
+    auto id = owner_.http_.send(std::move(request), [this](core::Result<http::Response> r) {
+      onStorageAnswer(std::move(r));
+    });
     if (!id) {
       abort(id.error(), 0);
       return;
@@ -304,9 +333,10 @@ class BlobUploader::Upload {
       return;
     }
     const bool transient = r ? transientStatus(r->status) : transientError(r.error());
-    core::Error error = r ? core::Error{Errc::Service, "storage answered " + describeStatus(*r) + " to " + what,
-                                        static_cast<int>(r->status)}
-                          : r.error();
+    core::Error error =
+        r ? core::Error{Errc::Service, "storage answered " + describeStatus(*r) + " to " + what,
+                        static_cast<int>(r->status)}
+          : r.error();
     if (!r) {
       error.message = what + " failed: " + error.message;
     }
@@ -331,16 +361,19 @@ class BlobUploader::Upload {
     if (step_ == "Put Blob") {
       sendPutBlob();
     } else if (phase_ == Phase::Committing) {
-      send(proto::putBlockListUrl(blobUrl_.reveal()), {{"Content-Type", "application/xml"}}, current_);
+      send(proto::putBlockListUrl(blobUrl_.reveal()), {{"Content-Type", "application/xml"}},
+           current_);
     } else {
       send(proto::putBlockUrl(blobUrl_.reveal(), blockId_), {}, current_);
     }
   }
 
   void reportProgress(bool final) {
-    if (!progress_) return;
+    if (!progress_)
+      return;
     const auto now = owner_.clock_.monotonic();
-    if (!final && now - lastProgress_ < owner_.options_.progressInterval) return;
+    if (!final && now - lastProgress_ < owner_.options_.progressInterval)
+      return;
     lastProgress_ = now;
     progress_(UploadProgress{name_, done_bytes_, final ? done_bytes_ : total_});
   }
@@ -365,19 +398,22 @@ class BlobUploader::Upload {
 
   /// Step 3, always, also on failure (otherwise the hub holds the upload slot until the SAS
   /// token expires; protocol doc 8).
-  void notify(bool success, long status, std::string description, std::optional<core::Error> failure) {
+  void notify(bool success, long status, std::string description,
+              std::optional<core::Error> failure) {
     releaseData();
     phase_ = Phase::Notifying;
     failure_ = std::move(failure);
     proto::UploadNotification n{info_->correlationId, success, static_cast<int>(status),
                                 std::move(description)};
-    auto id = owner_.hubRequest(proto::notificationPath(owner_.hub_.deviceId, owner_.hub_.apiVersion),
-                                proto::notificationBody(n),
-                                [this](core::Result<http::Response> r) { onNotified(std::move(r)); });
+    auto id =
+        owner_.hubRequest(proto::notificationPath(owner_.hub_.deviceId, owner_.hub_.apiVersion),
+                          proto::notificationBody(n),
+                          [this](core::Result<http::Response> r) { onNotified(std::move(r)); });
     if (!id) {
       auto alive = owner_.alive_;
       owner_.scheduler_.post([this, alive, error = id.error()] {
-        if (*alive) onNotifyFailed(error);
+        if (*alive)
+          onNotifyFailed(error);
       });
       return;
     }
@@ -391,7 +427,8 @@ class BlobUploader::Upload {
       return;
     }
     if (r->status < 200 || r->status >= 300) {
-      onNotifyFailed(hubStatusError(*r, "the upload notification for " + core::quoted(info_->blobName)));
+      onNotifyFailed(
+          hubStatusError(*r, "the upload notification for " + core::quoted(info_->blobName)));
       return;
     }
     if (failure_) {
@@ -405,8 +442,8 @@ class BlobUploader::Upload {
     if (failure_) {
       // The upload's own failure is what the caller needs; the hub frees the slot when the SAS
       // token expires.
-      core::logf(core::LogLevel::Warning, "cannot tell the hub that the upload of ", core::quoted(name_),
-                 " failed: ", error.message);
+      core::logf(core::LogLevel::Warning, "cannot tell the hub that the upload of ",
+                 core::quoted(name_), " failed: ", error.message);
       finish(fail(std::move(*failure_)));
     } else {
       finish(fail(std::move(error)));
@@ -417,7 +454,8 @@ class BlobUploader::Upload {
     phase_ = Phase::Done;
     auto done = std::move(done_);
     owner_.finished(id_);  // destroys this object later, outside its own callback
-    if (done) done(std::move(result));
+    if (done)
+      done(std::move(result));
   }
 
   BlobUploader& owner_;
@@ -448,9 +486,9 @@ class BlobUploader::Upload {
   std::optional<core::Error> failure_;
 };
 
-BlobUploader::BlobUploader(http::HttpClient& http, core::Scheduler& scheduler, const core::Clock& clock,
-                           HubEndpoint hub, TokenProvider token, ReaderFactory readers,
-                           UploaderOptions options)
+BlobUploader::BlobUploader(http::HttpClient& http, core::Scheduler& scheduler,
+                           const core::Clock& clock, HubEndpoint hub, TokenProvider token,
+                           ReaderFactory readers, UploaderOptions options)
     : http_(http),
       scheduler_(scheduler),
       clock_(clock),
@@ -513,14 +551,16 @@ void BlobUploader::cancel(UploadId id) {
 
 void BlobUploader::finished(UploadId id) {
   auto it = uploads_.find(id);
-  if (it == uploads_.end()) return;
+  if (it == uploads_.end())
+    return;
   // Called from inside the upload's own callback: hand the object to the loop to destroy.
   std::shared_ptr<Upload> doomed(std::move(it->second));
   uploads_.erase(it);
   scheduler_.post([doomed] {});
 }
 
-core::Result<http::HttpClient::RequestId> BlobUploader::hubRequest(std::string path, std::string body,
+core::Result<http::HttpClient::RequestId> BlobUploader::hubRequest(std::string path,
+                                                                   std::string body,
                                                                    http::Completion done) {
   auto token = token_();
   if (!token) {
@@ -544,18 +584,19 @@ core::Result<void> BlobUploader::getStorageInfo(std::string blobName, StorageInf
     return fail(body.error());
   }
   auto requestId = std::make_shared<http::HttpClient::RequestId>(0);
-  auto id = hubRequest(proto::storageInfoPath(hub_.deviceId, hub_.apiVersion), std::move(*body),
-                       [this, requestId, name = std::move(blobName), done = std::move(done)](
-                           core::Result<http::Response> r) {
-                         stepRequests_.erase(*requestId);
-                         if (!r) {
-                           done(fail(r.error()));
-                         } else if (r->status != 200) {
-                           done(fail(hubStatusError(*r, "the storage-info request for " + core::quoted(name))));
-                         } else {
-                           done(proto::parseStorageInfo(r->body));
-                         }
-                       });
+  auto id = hubRequest(
+      proto::storageInfoPath(hub_.deviceId, hub_.apiVersion), std::move(*body),
+      [this, requestId, name = std::move(blobName),
+       done = std::move(done)](core::Result<http::Response> r) {
+        stepRequests_.erase(*requestId);
+        if (!r) {
+          done(fail(r.error()));
+        } else if (r->status != 200) {
+          done(fail(hubStatusError(*r, "the storage-info request for " + core::quoted(name))));
+        } else {
+          done(proto::parseStorageInfo(r->body));
+        }
+      });
   if (!id) {
     return fail(id.error());
   }
@@ -564,7 +605,8 @@ core::Result<void> BlobUploader::getStorageInfo(std::string blobName, StorageInf
   return {};
 }
 
-core::Result<void> BlobUploader::notifyStatus(proto::UploadNotification notification, NotifyDone done) {
+core::Result<void> BlobUploader::notifyStatus(proto::UploadNotification notification,
+                                              NotifyDone done) {
   if (notification.correlationId.empty()) {
     return fail(Errc::InvalidArgument, "the correlation id is empty");
   }

@@ -9,9 +9,9 @@
 #include <cctype>
 #include <cerrno>
 #include <cstring>
-#include <optional>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include <curl/curl.h>
 #include <openssl/crypto.h>
@@ -74,11 +74,16 @@ std::string urlForLog(std::string_view url) {
 
 const char* methodName(Method m) {
   switch (m) {
-    case Method::Get: return "GET";
-    case Method::Head: return "HEAD";
-    case Method::Post: return "POST";
-    case Method::Put: return "PUT";
-    case Method::Delete: return "DELETE";
+    case Method::Get:
+      return "GET";
+    case Method::Head:
+      return "HEAD";
+    case Method::Post:
+      return "POST";
+    case Method::Put:
+      return "PUT";
+    case Method::Delete:
+      return "DELETE";
   }
   return "GET";
 }
@@ -160,7 +165,8 @@ class CurlMultiClient final : public HttpClient {
     set(curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                          static_cast<long>(options_.connectTimeout.count())));
     set(curl_easy_setopt(e, CURLOPT_USERAGENT, options_.userAgent.c_str()));
-    set(curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, options_.allowPlainHttp ? "http,https" : "https"));
+    set(curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR,
+                         options_.allowPlainHttp ? "http,https" : "https"));
     set(curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L));
     set(curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, kUploadBufferSize));
     // Protocol doc 1.5: TLS 1.2 or newer, server certificate and host name always verified.
@@ -243,8 +249,7 @@ class CurlMultiClient final : public HttpClient {
       });
     }
     if (CURLMcode rc = curl_multi_add_handle(multi_.get(), e); rc != CURLM_OK) {
-      return fail(Errc::Internal,
-                  "cannot start " + t->what + ": " + curl_multi_strerror(rc));
+      return fail(Errc::Internal, "cannot start " + t->what + ": " + curl_multi_strerror(rc));
     }
     const RequestId id = t->id;
     transfers_.emplace(id, std::move(t));
@@ -268,9 +273,12 @@ class CurlMultiClient final : public HttpClient {
 
   void onSocketReady(curl_socket_t s, std::uint32_t revents) {
     int mask = 0;
-    if (revents & EPOLLIN) mask |= CURL_CSELECT_IN;
-    if (revents & EPOLLOUT) mask |= CURL_CSELECT_OUT;
-    if (revents & (EPOLLERR | EPOLLHUP)) mask |= CURL_CSELECT_ERR;
+    if (revents & EPOLLIN)
+      mask |= CURL_CSELECT_IN;
+    if (revents & EPOLLOUT)
+      mask |= CURL_CSELECT_OUT;
+    if (revents & (EPOLLERR | EPOLLHUP))
+      mask |= CURL_CSELECT_ERR;
     int running = 0;
     curl_multi_socket_action(multi_.get(), s, mask, &running);
     processDone();
@@ -340,8 +348,8 @@ class CurlMultiClient final : public HttpClient {
       return fail(*t.bodyError);
     }
     if (t.bodyTooLarge) {
-      return fail(Errc::Protocol, t.what + ": response body exceeds " + std::to_string(t.maxBody) +
-                                      " bytes");
+      return fail(Errc::Protocol,
+                  t.what + ": response body exceeds " + std::to_string(t.maxBody) + " bytes");
     }
     const std::string why =
         t.errorBuffer[0] != '\0' ? std::string(t.errorBuffer.data()) : curl_easy_strerror(code);
@@ -388,15 +396,16 @@ class CurlMultiClient final : public HttpClient {
         return 0;
       }
       std::uint32_t events = 0;
-      if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) events |= EPOLLIN;
-      if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) events |= EPOLLOUT;
+      if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
+        events |= EPOLLIN;
+      if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
+        events |= EPOLLOUT;
       if (auto it = self->watches_.find(s); it != self->watches_.end()) {
         it->second->setEvents(events);
         return 0;
       }
-      auto watch = self->loop_.watchIo(s, events, [self, s](std::uint32_t revents) {
-        self->onSocketReady(s, revents);
-      });
+      auto watch = self->loop_.watchIo(
+          s, events, [self, s](std::uint32_t revents) { self->onSocketReady(s, revents); });
       if (!watch) {
         core::logf(core::LogLevel::Error, "cannot watch an HTTP socket: ", watch.error().message);
         return -1;  // libcurl fails the transfer that owns the socket
@@ -425,7 +434,8 @@ class CurlMultiClient final : public HttpClient {
     }
   }
 
-  static std::size_t readCb(char* buffer, std::size_t size, std::size_t nitems, void* userp) noexcept {
+  static std::size_t readCb(char* buffer, std::size_t size, std::size_t nitems,
+                            void* userp) noexcept {
     auto* t = static_cast<Transfer*>(userp);
     if (!t->body) {
       return 0;
@@ -450,7 +460,8 @@ class CurlMultiClient final : public HttpClient {
     }
   }
 
-  static std::size_t writeCb(char* data, std::size_t size, std::size_t nmemb, void* userp) noexcept {
+  static std::size_t writeCb(char* data, std::size_t size, std::size_t nmemb,
+                             void* userp) noexcept {
     auto* t = static_cast<Transfer*>(userp);
     const std::size_t n = size * nmemb;
     if (t->response.body.size() + n > t->maxBody) {
@@ -465,7 +476,8 @@ class CurlMultiClient final : public HttpClient {
     }
   }
 
-  static std::size_t headerCb(char* data, std::size_t size, std::size_t nitems, void* userp) noexcept {
+  static std::size_t headerCb(char* data, std::size_t size, std::size_t nitems,
+                              void* userp) noexcept {
     auto* t = static_cast<Transfer*>(userp);
     const std::size_t n = size * nitems;
     try {
@@ -512,8 +524,9 @@ class CurlMultiClient final : public HttpClient {
 core::Result<void> checkReadable(const std::string& path, const char* what) {
   if (!path.empty() && ::access(path.c_str(), R_OK) != 0) {
     const int err = errno;
-    return fail(Errc::Config, std::string("cannot read the TLS ") + what + " " + core::quoted(path) +
-                                  ": " + std::strerror(err),
+    return fail(Errc::Config,
+                std::string("cannot read the TLS ") + what + " " + core::quoted(path) + ": " +
+                    std::strerror(err),
                 err);
   }
   return {};
@@ -522,7 +535,7 @@ core::Result<void> checkReadable(const std::string& path, const char* what) {
 }  // namespace
 
 core::Result<std::unique_ptr<HttpClient>> createCurlMultiClient(loop::EventLoop& loop,
-                                                                 CurlOptions options) {
+                                                                CurlOptions options) {
   if (!initLibrary()) {
     return fail(Errc::Internal, "cannot initialise libcurl");
   }

@@ -32,7 +32,10 @@ class FdReader final : public AsyncReader {
   enum class Mode { Poll, File };
 
   FdReader(loop::EventLoop& loop, core::UniqueFd fd, Mode mode, std::optional<std::uint64_t> size)
-      : loop_(loop), fd_(std::make_shared<core::UniqueFd>(std::move(fd))), mode_(mode), size_(size) {}
+      : loop_(loop),
+        fd_(std::make_shared<core::UniqueFd>(std::move(fd))),
+        mode_(mode),
+        size_(size) {}
 
   ~FdReader() override {
     *alive_ = false;
@@ -209,7 +212,8 @@ class ReaderBody final : public BodySource {
       return;
     }
     reading_ = true;
-    auto started = reader_->read(chunkSize_, [this](core::Result<std::string> r) { onChunk(std::move(r)); });
+    auto started =
+        reader_->read(chunkSize_, [this](core::Result<std::string> r) { onChunk(std::move(r)); });
     if (!started) {
       reading_ = false;
       error_ = started.error();
@@ -250,14 +254,16 @@ class ReaderBody final : public BodySource {
 
 }  // namespace
 
-core::Result<std::unique_ptr<AsyncReader>> createFdReader(loop::EventLoop& loop, core::UniqueFd fd) {
+core::Result<std::unique_ptr<AsyncReader>> createFdReader(loop::EventLoop& loop,
+                                                          core::UniqueFd fd) {
   if (!fd.valid()) {
     return fail(Errc::Io, "invalid file descriptor", EBADF);
   }
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd.get(), &st) != 0) {
     const int err = errno;
-    return fail(Errc::Io, std::string("cannot inspect the upload source: ") + std::strerror(err), err);
+    return fail(Errc::Io, std::string("cannot inspect the upload source: ") + std::strerror(err),
+                err);
   }
   if (S_ISDIR(st.st_mode)) {
     return fail(Errc::Io, "the upload source is a directory", EISDIR);
@@ -274,8 +280,9 @@ core::Result<std::unique_ptr<AsyncReader>> createFdReader(loop::EventLoop& loop,
   const int flags = ::fcntl(fd.get(), F_GETFL);
   if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) < 0) {
     const int err = errno;
-    return fail(Errc::Io, std::string("cannot make the upload source non-blocking: ") +
-                              std::strerror(err), err);
+    return fail(Errc::Io,
+                std::string("cannot make the upload source non-blocking: ") + std::strerror(err),
+                err);
   }
   auto reader = std::make_unique<FdReader>(loop, std::move(fd), FdReader::Mode::Poll, std::nullopt);
   if (auto watched = reader->startWatching(); !watched) {

@@ -24,7 +24,8 @@ std::string encodePathSegments(std::string_view path) {
   std::size_t start = 0;
   while (true) {
     const std::size_t slash = path.find('/', start);
-    out += percentEncode(path.substr(start, slash == std::string_view::npos ? slash : slash - start));
+    out +=
+        percentEncode(path.substr(start, slash == std::string_view::npos ? slash : slash - start));
     if (slash == std::string_view::npos) {
       return out;
     }
@@ -167,7 +168,9 @@ std::string blobUrlForLog(const StorageInfo& info) {
          encodePathSegments(info.blobName);
 }
 
-std::string blobUrl(const StorageInfo& info) { return blobUrlForLog(info) + info.sasToken; }
+std::string blobUrl(const StorageInfo& info) {
+  return blobUrlForLog(info) + info.sasToken;
+}
 
 std::string blockId(std::uint32_t index) {
   std::array<char, 16> digits{};

@@ -61,7 +61,7 @@ struct UploaderOptions {
 };
 
 struct UploadProgress {
-  std::string blobName;       ///< as the caller named it
+  std::string blobName;         ///< as the caller named it
   std::uint64_t bytesDone = 0;  ///< acknowledged by storage
   /// The regular file's size when known up front; 0 for a pipe until its end, when the final
   /// report has bytesDone == bytesTotal.
@@ -105,9 +105,9 @@ class BlobUploader {
   /// - Errc::Io when reading the descriptor failed; Errc::Cancelled after cancel();
   /// - Errc::InvalidArgument when the content needs more than 50 000 blocks.
   /// On every outcome the descriptor is closed and the buffers are freed before `done` runs.
-  /// Fails at once (and closes `fd`) with Errc::InvalidArgument for a bad blob name, Errc::QueueFull
-  /// when maxConcurrentUploads are running, Errc::Io for an unusable descriptor, or the token
-  /// provider's error.
+  /// Fails at once (and closes `fd`) with Errc::InvalidArgument for a bad blob name,
+  /// Errc::QueueFull when maxConcurrentUploads are running, Errc::Io for an unusable descriptor, or
+  /// the token provider's error.
   [[nodiscard]] core::Result<UploadId> upload(std::string blobName, core::UniqueFd fd,
                                               ProgressFn progress, UploadDone done);
   /// The same with a reader the caller made.
@@ -132,8 +132,9 @@ class BlobUploader {
   class Upload;
   friend class Upload;
 
-  [[nodiscard]] core::Result<http::HttpClient::RequestId> hubRequest(
-      std::string path, std::string body, http::Completion done);
+  [[nodiscard]] core::Result<http::HttpClient::RequestId> hubRequest(std::string path,
+                                                                     std::string body,
+                                                                     http::Completion done);
   void finished(UploadId id);
 
   http::HttpClient& http_;

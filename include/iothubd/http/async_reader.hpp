@@ -46,7 +46,7 @@ class AsyncReader {
 ///   (EventLoop::runOffLoop), so a slow disk never stalls the loop.
 /// Errors: Errc::Io (with errno) if the descriptor is invalid or cannot be inspected.
 [[nodiscard]] core::Result<std::unique_ptr<AsyncReader>> createFdReader(loop::EventLoop& loop,
-                                                                         core::UniqueFd fd);
+                                                                        core::UniqueFd fd);
 
 /// A request body that streams `reader` to its end with chunked transfer encoding (or with
 /// Content-Length when `size` is given; a source that then ends early or runs long fails the

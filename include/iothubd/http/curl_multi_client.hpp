@@ -34,6 +34,6 @@ struct CurlOptions {
 /// Errors: Errc::Internal if libcurl cannot be initialised, Errc::Config if a TLS file named in
 /// the options cannot be read.
 [[nodiscard]] core::Result<std::unique_ptr<HttpClient>> createCurlMultiClient(loop::EventLoop& loop,
-                                                                               CurlOptions options);
+                                                                              CurlOptions options);
 
 }  // namespace iothubd::http

@@ -27,17 +27,17 @@ inline constexpr std::size_t kMaxBlobNameLength = 1024;
 /// `sasToken` is a secret: callers wrap it before it can reach a log.
 struct StorageInfo {
   std::string correlationId;
-  std::string hostName;       ///< storage host, e.g. `{acct}.blob.core.windows.net`
+  std::string hostName;  ///< storage host, e.g. `{acct}.blob.core.windows.net`
   std::string containerName;
-  std::string blobName;       ///< `{deviceId}/{name}` as the hub chose it
-  std::string sasToken;       ///< query string starting with `?`
+  std::string blobName;  ///< `{deviceId}/{name}` as the hub chose it
+  std::string sasToken;  ///< query string starting with `?`
 };
 
 /// What the device reports after the upload (section 8, step 3).
 struct UploadNotification {
   std::string correlationId;
   bool isSuccess = false;
-  int statusCode = 0;          ///< storage's HTTP status; 0 when storage never answered
+  int statusCode = 0;  ///< storage's HTTP status; 0 when storage never answered
   std::string statusDescription;
 };
 

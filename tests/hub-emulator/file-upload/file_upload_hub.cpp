@@ -53,7 +53,8 @@ class Fd {
  public:
   explicit Fd(int fd = -1) : fd_(fd) {}
   ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
+    if (fd_ >= 0)
+      ::close(fd_);
   }
   Fd(const Fd&) = delete;
   Fd& operator=(const Fd&) = delete;
@@ -79,7 +80,8 @@ int freePort() {
 std::string makeTempDir(const char* prefix) {
   const char* base = std::getenv("TMPDIR");
   std::string tmpl = std::string(base && *base ? base : "/tmp") + "/" + prefix + "-XXXXXX";
-  if (!::mkdtemp(tmpl.data())) fail("mkdtemp " + tmpl + ": " + std::strerror(errno));
+  if (!::mkdtemp(tmpl.data()))
+    fail("mkdtemp " + tmpl + ": " + std::strerror(errno));
   return tmpl;
 }
 
@@ -107,7 +109,8 @@ std::string readAll(const std::string& path) {
 rapidjson::Document parse(const std::string& text) {
   rapidjson::Document doc;
   doc.Parse(text.c_str(), text.size());
-  if (doc.HasParseError() || !doc.IsObject()) fail("unexpected control answer: " + text);
+  if (doc.HasParseError() || !doc.IsObject())
+    fail("unexpected control answer: " + text);
   return doc;
 }
 
@@ -155,13 +158,17 @@ std::string urlEncode(const std::string& text) {
 ChildProcess::ChildProcess(std::vector<std::string> argv, std::string logPath)
     : argv_(std::move(argv)), logPath_(std::move(logPath)) {}
 
-ChildProcess::~ChildProcess() { stop(); }
+ChildProcess::~ChildProcess() {
+  stop();
+}
 
 void ChildProcess::start() {
   const int log = ::open(logPath_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-  if (log < 0) fail("cannot open " + logPath_ + ": " + std::strerror(errno));
+  if (log < 0)
+    fail("cannot open " + logPath_ + ": " + std::strerror(errno));
   std::vector<char*> args;
-  for (auto& a : argv_) args.push_back(a.data());
+  for (auto& a : argv_)
+    args.push_back(a.data());
   args.push_back(nullptr);
   const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
@@ -172,7 +179,8 @@ void ChildProcess::start() {
   if (pid == 0) {
     // The child dies with the test process, so a crashed test leaves nothing running.
     ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (::getppid() != parent) ::_exit(127);
+    if (::getppid() != parent)
+      ::_exit(127);
     const int null = ::open("/dev/null", O_RDONLY);
     ::dup2(null, 0);
     ::dup2(log, 1);
@@ -198,16 +206,19 @@ std::optional<std::string> ChildProcess::waitForLine(const std::string& needle,
       const std::size_t begin = text.rfind('\n', at);
       const std::size_t end = text.find('\n', at);
       return text.substr(begin == std::string::npos ? 0 : begin + 1,
-                         end == std::string::npos ? std::string::npos
-                                                  : end - (begin == std::string::npos ? 0 : begin + 1));
+                         end == std::string::npos
+                             ? std::string::npos
+                             : end - (begin == std::string::npos ? 0 : begin + 1));
     }
     int status = 0;
     if (pid_ <= 0 || ::waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;
       return std::nullopt;
     }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - SteadyClock::now());
-    if (left.count() <= 0) return std::nullopt;
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - SteadyClock::now());
+    if (left.count() <= 0)
+      return std::nullopt;
     pollfd fds[2] = {{inotify.get(), POLLIN, 0}, {pidfd.get(), POLLIN, 0}};
     ::poll(fds, 2, static_cast<int>(left.count()));
     char drain[4096];
@@ -217,7 +228,8 @@ std::optional<std::string> ChildProcess::waitForLine(const std::string& needle,
 }
 
 void ChildProcess::stop() {
-  if (pid_ <= 0) return;
+  if (pid_ <= 0)
+    return;
   Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
   ::kill(-pid_, SIGTERM);  // the whole group: npm's node wrapper and the server
   ::kill(pid_, SIGTERM);
@@ -232,12 +244,15 @@ void ChildProcess::stop() {
   pid_ = -1;
 }
 
-std::string ChildProcess::log() const { return readAll(logPath_); }
+std::string ChildProcess::log() const {
+  return readAll(logPath_);
+}
 
 // ---- Azurite ------------------------------------------------------------------------------------
 
 std::string defaultAzuritePath() {
-  if (const char* env = std::getenv("IOTHUBD_AZURITE"); env && *env) return env;
+  if (const char* env = std::getenv("IOTHUBD_AZURITE"); env && *env)
+    return env;
   return IOTHUBD_AZURITE_DEFAULT;
 }
 
@@ -271,18 +286,24 @@ void Azurite::start() {
     }
     const std::string log = process_->log();
     process_->stop();
-    if (log.find("EADDRINUSE") == std::string::npos) fail("Azurite did not start:\n" + log);
+    if (log.find("EADDRINUSE") == std::string::npos)
+      fail("Azurite did not start:\n" + log);
   }
   fail("Azurite found no free port");
 }
 
 void Azurite::stop() {
-  if (process_) process_->stop();
+  if (process_)
+    process_->stop();
 }
 
-bool Azurite::running() const { return process_ && process_->running(); }
+bool Azurite::running() const {
+  return process_ && process_->running();
+}
 
-std::string Azurite::log() const { return process_ ? process_->log() : std::string(); }
+std::string Azurite::log() const {
+  return process_ ? process_->log() : std::string();
+}
 
 // ---- FileUploadHub ------------------------------------------------------------------------------
 
@@ -306,33 +327,46 @@ FileUploadHub::~FileUploadHub() {
 }
 
 void FileUploadHub::start() {
-  std::vector<std::string> argv{"/usr/bin/python3", IOTHUBD_FILE_UPLOAD_HUB_SCRIPT,
-                                "--cert", pkiDir_ + "/server.crt", "--key", pkiDir_ + "/server.key",
-                                "--ca", pkiDir_ + "/ca.crt", "--control-password", password_};
+  std::vector<std::string> argv{"/usr/bin/python3",
+                                IOTHUBD_FILE_UPLOAD_HUB_SCRIPT,
+                                "--cert",
+                                pkiDir_ + "/server.crt",
+                                "--key",
+                                pkiDir_ + "/server.key",
+                                "--ca",
+                                pkiDir_ + "/ca.crt",
+                                "--control-password",
+                                password_};
   if (!registryPath_.empty()) {
     argv.insert(argv.end(), {"--registry", registryPath_});
   }
   if (azurite_ != nullptr) {
-    argv.insert(argv.end(), {"--storage", "localhost:" + std::to_string(azurite_->port()),
-                             "--account", Azurite::kAccount, "--account-key", Azurite::kAccountKey});
+    argv.insert(argv.end(),
+                {"--storage", "localhost:" + std::to_string(azurite_->port()), "--account",
+                 Azurite::kAccount, "--account-key", Azurite::kAccountKey});
   }
   process_ = std::make_unique<ChildProcess>(argv, dir_ + "/hub.log");
   process_->start();
   auto line = process_->waitForLine("file-upload-hub listening on port ", kStartTimeout);
-  if (!line) fail("the file-upload hub did not start:\n" + process_->log());
+  if (!line)
+    fail("the file-upload hub did not start:\n" + process_->log());
   port_ = std::stoi(line->substr(line->rfind(' ') + 1));
 }
 
 void FileUploadHub::stop() {
-  if (process_) process_->stop();
+  if (process_)
+    process_->stop();
 }
 
-std::string FileUploadHub::log() const { return process_ ? process_->log() : std::string(); }
+std::string FileUploadHub::log() const {
+  return process_ ? process_->log() : std::string();
+}
 
 std::string FileUploadHub::control(const std::string& method, const std::string& path,
                                    const std::string& body, long* status) {
   std::unique_ptr<CURL, void (*)(CURL*)> curl(curl_easy_init(), curl_easy_cleanup);
-  if (!curl) fail("curl_easy_init");
+  if (!curl)
+    fail("curl_easy_init");
   std::string url = baseUrl() + path;
   std::string response;
   curl_slist* headers = nullptr;
@@ -352,7 +386,8 @@ std::string FileUploadHub::control(const std::string& method, const std::string&
   curl_easy_setopt(curl.get(), CURLOPT_WRITEFUNCTION, &collect);
   curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &response);
   const CURLcode rc = curl_easy_perform(curl.get());
-  if (rc != CURLE_OK) fail(method + " " + path + ": " + curl_easy_strerror(rc));
+  if (rc != CURLE_OK)
+    fail(method + " " + path + ": " + curl_easy_strerror(rc));
   long code = 0;
   curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &code);
   if (status != nullptr) {
@@ -363,7 +398,9 @@ std::string FileUploadHub::control(const std::string& method, const std::string&
   return response;
 }
 
-void FileUploadHub::setFaults(const std::string& json) { control("POST", "/_emu/faults", json); }
+void FileUploadHub::setFaults(const std::string& json) {
+  control("POST", "/_emu/faults", json);
+}
 
 std::vector<UploadNotificationRecord> FileUploadHub::notifications() {
   auto doc = parse(control("GET", "/_emu/notifications"));
@@ -380,8 +417,8 @@ std::vector<HubRequestRecord> FileUploadHub::hubRequests() {
   auto doc = parse(control("GET", "/_emu/hub-requests"));
   std::vector<HubRequestRecord> out;
   for (const auto& r : doc["requests"].GetArray()) {
-    out.push_back({str(r, "kind"), str(r, "device"), static_cast<int>(num(r, "status")),
-                   str(r, "reason")});
+    out.push_back(
+        {str(r, "kind"), str(r, "device"), static_cast<int>(num(r, "status")), str(r, "reason")});
   }
   return out;
 }

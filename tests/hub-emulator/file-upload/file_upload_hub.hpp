@@ -32,7 +32,8 @@ class ChildProcess {
 
   void start();
   /// The first log line containing `needle`, or nullopt if the process exited or `timeout` passed.
-  std::optional<std::string> waitForLine(const std::string& needle, std::chrono::milliseconds timeout);
+  std::optional<std::string> waitForLine(const std::string& needle,
+                                         std::chrono::milliseconds timeout);
   /// SIGTERM, wait up to 5 s, then SIGKILL; reaps the child. Idempotent.
   void stop();
   [[nodiscard]] bool running() const { return pid_ > 0; }

@@ -57,7 +57,8 @@ std::string writeRandomFile(const std::string& path, std::size_t size) {
 
 std::string fdTarget(int fd) {
   char buf[256] = {};
-  const ssize_t n = ::readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), buf, sizeof buf - 1);
+  const ssize_t n =
+      ::readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), buf, sizeof buf - 1);
   return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
 }
 
@@ -103,7 +104,8 @@ class BlobUploadTest : public ::testing::Test {
     if (HasFailure()) {
       // Azurite logs request lines with their SAS signatures: redact them.
       static const std::regex kSig("sig=[^&\\s]*");
-      std::cerr << "--- file-upload hub log ---\n" << files_->log() << "--- azurite log ---\n"
+      std::cerr << "--- file-upload hub log ---\n"
+                << files_->log() << "--- azurite log ---\n"
                 << std::regex_replace(azurite_->log(), kSig, "sig=REDACTED");
     }
   }
@@ -114,8 +116,8 @@ class BlobUploadTest : public ::testing::Test {
     uploader_ = std::make_unique<BlobUploader>(
         *client_, *loop_, *loop_, HubEndpoint{files_->host(), kDevice},
         [this, deviceKey]() -> core::Result<core::Secret<>> {
-          return core::Secret<>(hubemu::makeSasToken(hub_->hubHost(), kDevice, deviceKey,
-                                                     std::time(nullptr) + 3600));
+          return core::Secret<>(
+              hubemu::makeSasToken(hub_->hubHost(), kDevice, deviceKey, std::time(nullptr) + 3600));
         },
         [this](core::UniqueFd fd) { return http::createFdReader(*loop_, std::move(fd)); }, options);
   }
@@ -132,18 +134,22 @@ class BlobUploadTest : public ::testing::Test {
           f->result = std::move(r);
         });
     EXPECT_TRUE(id) << id.error().message;
-    if (!id) f->result = core::fail(id.error());
+    if (!id)
+      f->result = core::fail(id.error());
     return f;
   }
 
   std::shared_ptr<Finished> uploadAndWait(const std::string& name, core::UniqueFd fd,
                                           std::chrono::milliseconds timeout = 120s) {
     auto f = start(name, std::move(fd));
-    EXPECT_TRUE(runUntil(*loop_, [&] { return f->result.has_value(); }, timeout));
-    if (!f->result) f->result = core::fail(Errc::Internal, "no completion");
+    EXPECT_TRUE(runUntil(
+        *loop_, [&] { return f->result.has_value(); }, timeout));
+    if (!f->result)
+      f->result = core::fail(Errc::Internal, "no completion");
     EXPECT_FALSE(f->sourceOpenAtDone) << "the source descriptor was still open when done ran";
     // The upload object goes away on the next loop iteration.
-    EXPECT_TRUE(runUntil(*loop_, [&] { return uploader_->activeUploads() == 0; }, 5s));
+    EXPECT_TRUE(runUntil(
+        *loop_, [&] { return uploader_->activeUploads() == 0; }, 5s));
     return f;
   }
 
@@ -151,16 +157,19 @@ class BlobUploadTest : public ::testing::Test {
     return core::UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   }
 
-  std::optional<hubemu::UploadNotificationRecord> notificationFor(const std::string& correlationId) {
+  std::optional<hubemu::UploadNotificationRecord> notificationFor(
+      const std::string& correlationId) {
     for (auto& n : files_->notifications()) {
-      if (n.correlationId == correlationId) return n;
+      if (n.correlationId == correlationId)
+        return n;
     }
     return std::nullopt;
   }
 
   std::optional<hubemu::UploadNotificationRecord> lastNotification() {
     auto all = files_->notifications();
-    if (all.empty()) return std::nullopt;
+    if (all.empty())
+      return std::nullopt;
     return all.back();
   }
 
@@ -201,7 +210,8 @@ class BlobUploadTest : public ::testing::Test {
   std::unique_ptr<BlobUploader> uploader_;
 };
 
-class BlobUploadSizeTest : public BlobUploadTest, public ::testing::WithParamInterface<std::size_t> {};
+class BlobUploadSizeTest : public BlobUploadTest,
+                           public ::testing::WithParamInterface<std::size_t> {};
 
 TEST_P(BlobUploadSizeTest, StoresTheFileAndNotifiesTheHub) {
   iothubd::testing::TempDir dir("blob-test");
@@ -210,14 +220,14 @@ TEST_P(BlobUploadSizeTest, StoresTheFileAndNotifiesTheHub) {
   const std::string name = "sizes/file-" + std::to_string(size) + ".bin";
   const auto start = std::chrono::steady_clock::now();
   auto f = uploadAndWait(name, openFile(dir / "src"));
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   expectStored(*f, name, size, sha, size);
   std::cout << "uploaded " << size << " bytes in " << seconds << " s, " << f->progress.size()
             << " progress reports\n";
 }
 
-INSTANTIATE_TEST_SUITE_P(Sizes, BlobUploadSizeTest,
-                         ::testing::Values(0, 1024, 9 * 1024 * 1024),
+INSTANTIATE_TEST_SUITE_P(Sizes, BlobUploadSizeTest, ::testing::Values(0, 1024, 9 * 1024 * 1024),
                          [](const auto& info) { return std::to_string(info.param) + "B"; });
 
 TEST_F(BlobUploadTest, ContentOfExactlyOneBlockAndOneByteMoreBothArrive) {
@@ -225,7 +235,8 @@ TEST_F(BlobUploadTest, ContentOfExactlyOneBlockAndOneByteMoreBothArrive) {
   options.blockSize = 64 * 1024;
   makeUploader(options);
   iothubd::testing::TempDir dir("blob-test");
-  for (std::size_t size : {std::size_t{64 * 1024}, std::size_t{64 * 1024 + 1}, std::size_t{3 * 64 * 1024}}) {
+  for (std::size_t size :
+       {std::size_t{64 * 1024}, std::size_t{64 * 1024 + 1}, std::size_t{3 * 64 * 1024}}) {
     const std::string sha = writeRandomFile(dir / "src", size);
     const std::string name = "edges/" + std::to_string(size);
     auto f = uploadAndWait(name, openFile(dir / "src"));
@@ -243,8 +254,10 @@ TEST_F(BlobUploadTest, UploadsAPipeWhoseSizeIsKnownOnlyAtItsEnd) {
   std::size_t written = 0;
   // The producer writes whatever the pipe takes, every millisecond, on the same loop.
   std::unique_ptr<core::Timer> producer = loop_->createTimer([&] {
-    const ssize_t n = ::write(writeEnd.get(), data.data() + written, std::min<std::size_t>(256 * 1024, data.size() - written));
-    if (n > 0) written += static_cast<std::size_t>(n);
+    const ssize_t n = ::write(writeEnd.get(), data.data() + written,
+                              std::min<std::size_t>(256 * 1024, data.size() - written));
+    if (n > 0)
+      written += static_cast<std::size_t>(n);
     if (written == data.size()) {
       writeEnd.reset();
     } else {
@@ -273,7 +286,8 @@ TEST_F(BlobUploadTest, A100MiBUploadLeavesTheLoopServingOtherWork) {
     void onDisconnected(const mqtt::Disconnect&) override { connected = false; }
     void onPublishAcked(int mid) override {
       auto it = sent.find(mid);
-      if (it == sent.end()) return;
+      if (it == sent.end())
+        return;
       worstAck = std::max(worstAck, std::chrono::duration_cast<std::chrono::microseconds>(
                                         std::chrono::steady_clock::now() - it->second));
       sent.erase(it);
@@ -288,10 +302,12 @@ TEST_F(BlobUploadTest, A100MiBUploadLeavesTheLoopServingOtherWork) {
   connect.port = hub_->port();
   connect.clientId = kDevice;
   connect.username = hubemu::makeUsername(hub_->hubHost(), kDevice);
-  connect.password = core::Secret<>(hubemu::makeSasToken(hub_->hubHost(), kDevice, *key_, std::time(nullptr) + 3600));
+  connect.password = core::Secret<>(
+      hubemu::makeSasToken(hub_->hubHost(), kDevice, *key_, std::time(nullptr) + 3600));
   connect.tls.caFile = hub_->caFile();
   ASSERT_TRUE(mqtt->connect(connect));
-  ASSERT_TRUE(runUntil(*loop_, [&] { return listener.connected; }, 10s));
+  ASSERT_TRUE(runUntil(
+      *loop_, [&] { return listener.connected; }, 10s));
 
   std::chrono::microseconds worstTick{0};
   std::vector<double> lateness;  // ms
@@ -306,7 +322,8 @@ TEST_F(BlobUploadTest, A100MiBUploadLeavesTheLoopServingOtherWork) {
     ++ticks;
     if (ticks % 5 == 0) {
       auto mid = mqtt->publish("devices/dev1/messages/events/", "ping", 1);
-      if (mid) listener.sent[*mid] = now;
+      if (mid)
+        listener.sent[*mid] = now;
     }
     expected = now + 10ms;
     ticker->armAfter(10ms);
@@ -315,10 +332,12 @@ TEST_F(BlobUploadTest, A100MiBUploadLeavesTheLoopServingOtherWork) {
 
   const auto start = std::chrono::steady_clock::now();
   auto f = uploadAndWait("big/100MiB.bin", openFile(dir / "big"), 300s);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ticker.reset();
   mqtt->disconnect();
-  runUntil(*loop_, [&] { return !listener.connected; }, 5s);
+  runUntil(
+      *loop_, [&] { return !listener.connected; }, 5s);
   mqtt.reset();
 
   expectStored(*f, "big/100MiB.bin", kSize, sha, kSize);
@@ -332,8 +351,9 @@ TEST_F(BlobUploadTest, A100MiBUploadLeavesTheLoopServingOtherWork) {
             << percentile(0.99) << " ms\n";
   std::cout << "100 MiB in " << seconds << " s (" << (kSize / 1048576.0) / seconds << " MiB/s); "
             << ticks << " ticks of 10 ms, worst lateness " << worstTick.count() / 1000.0 << " ms; "
-            << listener.acks << " MQTT PUBACKs, worst round trip " << listener.worstAck.count() / 1000.0
-            << " ms; " << f->progress.size() << " progress reports\n";
+            << listener.acks << " MQTT PUBACKs, worst round trip "
+            << listener.worstAck.count() / 1000.0 << " ms; " << f->progress.size()
+            << " progress reports\n";
   EXPECT_GT(ticks, 0);
   EXPECT_GT(listener.acks, 0) << "no MQTT round trip completed during the upload";
   // Rate limit: at most one report per second plus the final one (and one spare for rounding).
@@ -383,7 +403,8 @@ TEST_F(BlobUploadTest, RetriesATransientBlockFailureWithBackoff) {
   options.retryDelay = 20ms;
   makeUploader(options);
   // Block 1 fails twice with 503, through the emulator's storage proxy.
-  files_->setFaults(R"({"sas":{"proxy":true},"storage":[{"match":"blockid=MDAwMDAx","status":503,"count":2}]})");
+  files_->setFaults(
+      R"({"sas":{"proxy":true},"storage":[{"match":"blockid=MDAwMDAx","status":503,"count":2}]})");
   iothubd::testing::TempDir dir("blob-test");
   const std::string sha = writeRandomFile(dir / "src", 1024 * 1024);
   auto f = uploadAndWait("retry/a.bin", openFile(dir / "src"));
@@ -396,13 +417,15 @@ TEST_F(BlobUploadTest, GivesUpAfterTheLastAttemptAndReportsTheStatus) {
   options.retryDelay = 10ms;
   options.maxAttempts = 3;
   makeUploader(options);
-  files_->setFaults(R"({"sas":{"proxy":true},"storage":[{"match":"blockid=MDAwMDAx","status":500,"count":-1}]})");
+  files_->setFaults(
+      R"({"sas":{"proxy":true},"storage":[{"match":"blockid=MDAwMDAx","status":500,"count":-1}]})");
   iothubd::testing::TempDir dir("blob-test");
   writeRandomFile(dir / "src", 1024 * 1024);
   auto f = uploadAndWait("retry/b.bin", openFile(dir / "src"));
   ASSERT_TRUE(f->result && !*f->result);
   EXPECT_EQ(f->result->error().sysErrno, 500);
-  EXPECT_NE(f->result->error().message.find("Put Block 1"), std::string::npos) << f->result->error().message;
+  EXPECT_NE(f->result->error().message.find("Put Block 1"), std::string::npos)
+      << f->result->error().message;
   auto n = lastNotification();
   ASSERT_TRUE(n);
   EXPECT_FALSE(n->isSuccess);
@@ -459,19 +482,22 @@ TEST_F(BlobUploadTest, BoundsConcurrencyAndCancels) {
   auto first = start("many/1", core::UniqueFd(a[0]));
   auto second = start("many/2", core::UniqueFd(b[0]));
   const std::string third = fdTarget(c[0]);
-  auto refused = uploader_->upload("many/3", core::UniqueFd(c[0]), nullptr, [](auto) { ADD_FAILURE(); });
+  auto refused =
+      uploader_->upload("many/3", core::UniqueFd(c[0]), nullptr, [](auto) { ADD_FAILURE(); });
   ASSERT_FALSE(refused);
   EXPECT_EQ(refused.error().code, Errc::QueueFull);
   EXPECT_NE(fdTarget(c[0]), third) << "a refused upload must close its descriptor";
   EXPECT_EQ(uploader_->activeUploads(), 2u);
   // Cancel both once they have their storage info (the hub then gets a failure notification).
-  ASSERT_TRUE(runUntil(*loop_, [&] { return files_->hubRequests().size() >= 2; }, 10s));
+  ASSERT_TRUE(runUntil(
+      *loop_, [&] { return files_->hubRequests().size() >= 2; }, 10s));
   uploader_->cancel(1);
   uploader_->cancel(2);
   ASSERT_TRUE(runUntil(*loop_, [&] { return first->result && second->result; }));
   EXPECT_EQ(first->result->error().code, Errc::Cancelled);
   EXPECT_EQ(second->result->error().code, Errc::Cancelled);
-  EXPECT_TRUE(runUntil(*loop_, [&] { return uploader_->activeUploads() == 0; }, 5s));
+  EXPECT_TRUE(runUntil(
+      *loop_, [&] { return uploader_->activeUploads() == 0; }, 5s));
 }
 
 TEST_F(BlobUploadTest, SingleStepsGiveAUsableSasUrlAndForwardTheNotificationExactly) {
@@ -486,8 +512,8 @@ TEST_F(BlobUploadTest, SingleStepsGiveAUsableSasUrlAndForwardTheNotificationExac
   iothubd::testing::TempDir dir("blob-test");
   const std::string sha = writeRandomFile(dir / "src", 4096);
   const std::string cmd = "curl -sS -o /dev/null -w '%{http_code}' --cacert '" + hub_->caFile() +
-                          "' -X PUT -H 'x-ms-blob-type: BlockBlob' --data-binary @'" + (dir / "src") +
-                          "' '" + proto::blobUrl(**info) + "'";
+                          "' -X PUT -H 'x-ms-blob-type: BlockBlob' --data-binary @'" +
+                          (dir / "src") + "' '" + proto::blobUrl(**info) + "'";
   std::FILE* p = ::popen(cmd.c_str(), "r");
   ASSERT_NE(p, nullptr);
   char code[8] = {};
@@ -509,7 +535,8 @@ TEST_F(BlobUploadTest, SingleStepsGiveAUsableSasUrlAndForwardTheNotificationExac
   EXPECT_EQ(n->statusDescription, "exactly this");
 
   std::optional<core::Result<void>> unknown;
-  ASSERT_TRUE(uploader_->notifyStatus({"no-such-id", true, 201, ""}, [&](auto r) { unknown = std::move(r); }));
+  ASSERT_TRUE(uploader_->notifyStatus({"no-such-id", true, 201, ""},
+                                      [&](auto r) { unknown = std::move(r); }));
   ASSERT_TRUE(runUntil(*loop_, [&] { return unknown.has_value(); }));
   ASSERT_FALSE(*unknown);
   EXPECT_EQ(unknown->error().sysErrno, 400);

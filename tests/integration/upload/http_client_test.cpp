@@ -49,7 +49,8 @@ class CountingBody final : public BodySource {
   std::optional<std::uint64_t> size() const override { return inner_->size(); }
   core::Result<std::size_t> read(std::span<char> buffer) override {
     auto n = inner_->read(buffer);
-    if (n && *n == kPause) ++*pauses_;
+    if (n && *n == kPause)
+      ++*pauses_;
     return n;
   }
   void setWakeup(std::function<void()> wake) override { inner_->setWakeup(std::move(wake)); }
@@ -85,17 +86,21 @@ class CurlMultiClientTest : public ::testing::Test {
     client_.reset();
     loop_.reset();
     EXPECT_EQ(openFdCount(), fdsBefore_) << "descriptor leak";
-    if (HasFailure()) std::cerr << "--- server log ---\n" << server_->log();
+    if (HasFailure())
+      std::cerr << "--- server log ---\n" << server_->log();
   }
 
   /// Sends and steps the loop until the completion ran.
   core::Result<Response> perform(Request request) {
     std::optional<core::Result<Response>> result;
-    auto id = client_->send(std::move(request), [&](core::Result<Response> r) { result = std::move(r); });
-    if (!id) return core::fail(id.error());
+    auto id =
+        client_->send(std::move(request), [&](core::Result<Response> r) { result = std::move(r); });
+    if (!id)
+      return core::fail(id.error());
     EXPECT_FALSE(result.has_value()) << "completion ran inside send()";
     EXPECT_TRUE(runUntil(*loop_, [&] { return result.has_value(); }));
-    if (!result) return core::fail(Errc::Internal, "no completion");
+    if (!result)
+      return core::fail(Errc::Internal, "no completion");
     return std::move(*result);
   }
 
@@ -134,7 +139,8 @@ TEST_F(CurlMultiClientTest, PostsAStringBodyWithHeadersAndAuthorization) {
   EXPECT_STREQ(echo["method"].GetString(), "POST");
   EXPECT_EQ(echo["length"].GetInt(), 16);
   EXPECT_FALSE(echo["chunked"].GetBool());
-  EXPECT_STREQ(echo["headers"]["authorization"].GetString(), "SharedAccessSignature sr=a&sig=b&se=1");
+  EXPECT_STREQ(echo["headers"]["authorization"].GetString(),
+               "SharedAccessSignature sr=a&sig=b&se=1");
   EXPECT_STREQ(echo["headers"]["x-extra"].GetString(), "1");
   EXPECT_STREQ(echo["headers"]["content-type"].GetString(), "application/json");
 }
@@ -169,7 +175,8 @@ TEST_F(CurlMultiClientTest, StreamsAPipeThatHasNoDataYetPausingUntilItIsReadable
   producer = loop_->createTimer([&] {
     const std::size_t end = std::min(data.size(), (written / 25'000 + 1) * 25'000);
     const ssize_t n = ::write(writeEnd.get(), data.data() + written, end - written);
-    if (n > 0) written += static_cast<std::size_t>(n);
+    if (n > 0)
+      written += static_cast<std::size_t>(n);
     if (written == data.size()) {
       writeEnd.reset();  // EOF for the reader
     } else {
@@ -283,7 +290,8 @@ TEST_F(CurlMultiClientTest, RefusesPlainHttpAndBadTlsFiles) {
 
 TEST_F(CurlMultiClientTest, CancelledRequestsNeverComplete) {
   bool cancelledRan = false;
-  auto slow = client_->send(get("/_test/delay/500"), [&](core::Result<Response>) { cancelledRan = true; });
+  auto slow =
+      client_->send(get("/_test/delay/500"), [&](core::Result<Response>) { cancelledRan = true; });
   ASSERT_TRUE(slow);
   bool otherDone = false;
   std::optional<HttpClient::RequestId> other;
@@ -297,7 +305,8 @@ TEST_F(CurlMultiClientTest, CancelledRequestsNeverComplete) {
   EXPECT_EQ(client_->activeRequests(), 0u);
   // Let the server's late answer arrive, if it were still wanted.
   bool later = false;
-  ASSERT_TRUE(client_->send(get("/_test/delay/600"), [&](core::Result<Response>) { later = true; }));
+  ASSERT_TRUE(
+      client_->send(get("/_test/delay/600"), [&](core::Result<Response>) { later = true; }));
   ASSERT_TRUE(runUntil(*loop_, [&] { return later; }));
   EXPECT_FALSE(cancelledRan);
 }

@@ -40,8 +40,10 @@ TEST(FileUpload, RefusesBadBlobNames) {
                          "blob name contains a control character at offset 1"));
   EXPECT_TRUE(failedWith(validateBlobName("a\\b"), Errc::InvalidArgument,
                          "blob name contains '\\' at offset 1"));
-  EXPECT_TRUE(failedWith(validateBlobName("dir/"), Errc::InvalidArgument, "blob name ends with '/'"));
-  EXPECT_TRUE(failedWith(validateBlobName("name."), Errc::InvalidArgument, "blob name ends with '.'"));
+  EXPECT_TRUE(
+      failedWith(validateBlobName("dir/"), Errc::InvalidArgument, "blob name ends with '/'"));
+  EXPECT_TRUE(
+      failedWith(validateBlobName("name."), Errc::InvalidArgument, "blob name ends with '.'"));
 }
 
 TEST(FileUpload, ParsesStorageInfo) {
@@ -64,7 +66,8 @@ TEST(FileUpload, AddsTheQuestionMarkTheHubLeftOut) {
 TEST(FileUpload, StorageInfoErrorsArePreciseAndNeverShowTheToken) {
   EXPECT_TRUE(failedWith(parseStorageInfo("{\"a\":"), Errc::Protocol,
                          "storage info is not valid JSON at offset 5: Invalid value."));
-  EXPECT_TRUE(failedWith(parseStorageInfo("[]"), Errc::Protocol, "storage info is not a JSON object"));
+  EXPECT_TRUE(
+      failedWith(parseStorageInfo("[]"), Errc::Protocol, "storage info is not a JSON object"));
   EXPECT_TRUE(failedWith(parseStorageInfo(std::string_view("{}\0x", 4)), Errc::Protocol,
                          "storage info is not valid JSON at offset 2: NUL byte"));
   EXPECT_TRUE(failedWith(
@@ -80,16 +83,19 @@ TEST(FileUpload, StorageInfoErrorsArePreciseAndNeverShowTheToken) {
       Errc::Protocol, "storage info field 'containerName' is empty"));
   auto evil = parseStorageInfo(
       R"({"correlationId":"c","hostName":"evil@h","containerName":"c","blobName":"b","sasToken":"?secret"})");
-  EXPECT_TRUE(failedWith(evil, Errc::Protocol,
-                         "storage info field 'hostName' contains an invalid character at offset 4"));
+  EXPECT_TRUE(
+      failedWith(evil, Errc::Protocol,
+                 "storage info field 'hostName' contains an invalid character at offset 4"));
   EXPECT_EQ(errorOf(evil).find("secret"), std::string::npos);
 }
 
 TEST(FileUpload, BuildsNotificationBody) {
-  EXPECT_EQ(notificationBody({"c\"1", true, 201, "Created"}),
-            R"({"correlationId":"c\"1","isSuccess":true,"statusCode":201,"statusDescription":"Created"})");
-  EXPECT_EQ(notificationBody({"c", false, 403, "AuthorizationFailure"}),
-            R"({"correlationId":"c","isSuccess":false,"statusCode":403,"statusDescription":"AuthorizationFailure"})");
+  EXPECT_EQ(
+      notificationBody({"c\"1", true, 201, "Created"}),
+      R"({"correlationId":"c\"1","isSuccess":true,"statusCode":201,"statusDescription":"Created"})");
+  EXPECT_EQ(
+      notificationBody({"c", false, 403, "AuthorizationFailure"}),
+      R"({"correlationId":"c","isSuccess":false,"statusCode":403,"statusDescription":"AuthorizationFailure"})");
 }
 
 TEST(FileUpload, BuildsBlobUrlEncodingEachSegment) {
@@ -98,7 +104,8 @@ TEST(FileUpload, BuildsBlobUrlEncodingEachSegment) {
   EXPECT_EQ(blobUrlForLog(*info), "https://acct.blob.core.windows.net/uploads/dev1/logs/a%20b.txt");
   EXPECT_EQ(blobUrl(*info), blobUrlForLog(*info) + info->sasToken);
   info->blobName = "dev1/100%+?#.bin";
-  EXPECT_EQ(blobUrlForLog(*info), "https://acct.blob.core.windows.net/uploads/dev1/100%25%2B%3F%23.bin");
+  EXPECT_EQ(blobUrlForLog(*info),
+            "https://acct.blob.core.windows.net/uploads/dev1/100%25%2B%3F%23.bin");
 }
 
 TEST(FileUpload, BlockIdsHaveFixedWidth) {
