@@ -17,24 +17,6 @@ constexpr std::chrono::milliseconds kMaxRetryDelay{std::chrono::seconds(30)};
 /// Hub answers are small JSON; storage answers to block calls are empty or a short XML error.
 constexpr std::size_t kMaxResponseBody = 64 * 1024;
 
-/// A request body over bytes the upload keeps (so a retry can send them again).
-class ViewBody final : public http::BodySource {
- public:
-  explicit ViewBody(const std::string& data) : data_(data) {}
-  std::optional<std::uint64_t> size() const override { return data_.size(); }
-  core::Result<std::size_t> read(std::span<char> buffer) override {
-    const std::size_t n = std::min(buffer.size(), data_.size() - offset_);
-    std::memcpy(buffer.data(), data_.data() + offset_, n);
-    offset_ += n;
-    return n;
-  }
-  void setWakeup(std::function<void()>) override {}
-
- private:
-  const std::string& data_;
-  std::size_t offset_ = 0;
-};
-
 const char* reasonPhrase(long status) {
   switch (status) {
     case 400:
@@ -297,7 +279,7 @@ class BlobUploader::Upload {
     request.url = url;
     request.headers = std::move(headers);
     request.headers.emplace_back("x-ms-version", std::string(proto::kStorageApiVersion));
-    request.body = std::make_unique<ViewBody>(body);
+    request.body = std::make_unique<http::ViewBody>(body);
     request.timeout = owner_.options_.requestTimeout;
     request.maxResponseBody = kMaxResponseBody;
     ++attempts_;

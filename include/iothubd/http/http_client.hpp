@@ -3,6 +3,7 @@
 // libcurl's multi socket interface on the daemon's loop (technology).
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -53,10 +54,11 @@ class BodySource {
   virtual void setWakeup(std::function<void()> wake) = 0;
 };
 
-/// A body that is already in memory (JSON, XML, a buffered block).
-class StringBody final : public BodySource {
+/// A body over bytes someone else keeps alive until the request ends (a buffered block the
+/// caller may need again for a retry).
+class ViewBody final : public BodySource {
  public:
-  explicit StringBody(std::string data) : data_(std::move(data)) {}
+  explicit ViewBody(std::string_view data) : data_(data) {}
   [[nodiscard]] std::optional<std::uint64_t> size() const override { return data_.size(); }
   [[nodiscard]] core::Result<std::size_t> read(std::span<char> buffer) override {
     const std::size_t n = std::min(buffer.size(), data_.size() - offset_);
@@ -67,8 +69,25 @@ class StringBody final : public BodySource {
   void setWakeup(std::function<void()>) override {}
 
  private:
-  std::string data_;
+  std::string_view data_;
   std::size_t offset_ = 0;
+};
+
+/// A body that owns its bytes (JSON, XML).
+class StringBody final : public BodySource {
+ public:
+  explicit StringBody(std::string data) : data_(std::move(data)), view_(data_) {}
+  StringBody(const StringBody&) = delete;
+  StringBody& operator=(const StringBody&) = delete;
+  [[nodiscard]] std::optional<std::uint64_t> size() const override { return view_.size(); }
+  [[nodiscard]] core::Result<std::size_t> read(std::span<char> buffer) override {
+    return view_.read(buffer);
+  }
+  void setWakeup(std::function<void()>) override {}
+
+ private:
+  std::string data_;
+  ViewBody view_;
 };
 
 using Header = std::pair<std::string, std::string>;

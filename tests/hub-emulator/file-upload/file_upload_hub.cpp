@@ -1,14 +1,11 @@
 // SPDX-License-Identifier: MIT
 #include "file_upload_hub.hpp"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/inotify.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -27,6 +24,7 @@
 #include <stdexcept>
 
 #include "hub_emulator.hpp"
+#include "iothubd/core/unique_fd.hpp"
 
 #ifndef IOTHUBD_FILE_UPLOAD_HUB_SCRIPT
 #define IOTHUBD_FILE_UPLOAD_HUB_SCRIPT ""
@@ -49,41 +47,7 @@ constexpr int kStartAttempts = 5;
   throw std::runtime_error("file-upload emulator: " + what);
 }
 
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0)
-      ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
-int freePort() {
-  Fd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  if (s.get() < 0 || ::bind(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      ::getsockname(s.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    fail(std::string("cannot pick a port: ") + std::strerror(errno));
-  }
-  return ntohs(addr.sin_port);
-}
-
-std::string makeTempDir(const char* prefix) {
-  const char* base = std::getenv("TMPDIR");
-  std::string tmpl = std::string(base && *base ? base : "/tmp") + "/" + prefix + "-XXXXXX";
-  if (!::mkdtemp(tmpl.data()))
-    fail("mkdtemp " + tmpl + ": " + std::strerror(errno));
-  return tmpl;
-}
+using Fd = core::UniqueFd;
 
 std::string randomHex(std::size_t n) {
   std::string bytes(n, '\0');
@@ -257,7 +221,7 @@ std::string defaultAzuritePath() {
 }
 
 Azurite::Azurite(std::string pkiDir, std::string binary)
-    : pkiDir_(std::move(pkiDir)), binary_(std::move(binary)), dir_(makeTempDir("azurite")) {
+    : pkiDir_(std::move(pkiDir)), binary_(std::move(binary)), dir_(makeTestDirectory("azurite")) {
   if (binary_.empty() || ::access(binary_.c_str(), X_OK) != 0) {
     fail("azurite not found at '" + binary_ +
          "': run `npm ci` in tests/ (scripts/test does) or set IOTHUBD_AZURITE");
@@ -272,7 +236,7 @@ Azurite::~Azurite() {
 
 void Azurite::start() {
   for (int attempt = 0; attempt < kStartAttempts; ++attempt) {
-    port_ = freePort();
+    port_ = freeLoopbackPort();
     process_ = std::make_unique<ChildProcess>(
         std::vector<std::string>{binary_, "--blobHost", "127.0.0.1", "--blobPort",
                                  std::to_string(port_), "--inMemoryPersistence", "--loose",
@@ -315,7 +279,7 @@ FileUploadHub::FileUploadHub(const HubEmulator& hub, const Azurite* azurite)
 FileUploadHub::FileUploadHub(std::string pkiDir, const Azurite* azurite)
     : pkiDir_(std::move(pkiDir)),
       azurite_(azurite),
-      dir_(makeTempDir("file-upload-hub")),
+      dir_(makeTestDirectory("file-upload-hub")),
       password_(randomHex(16)) {
   curl_global_init(CURL_GLOBAL_DEFAULT);
 }
