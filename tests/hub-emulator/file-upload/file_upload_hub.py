@@ -299,7 +299,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         blob_path = "%s/%s" % (device, name)
         fault = state.take_fault("sas") or {}
         host = fault.get("storageHost")
-        if fault.get("proxy") or (host is None and state.faults.get("proxyStorage")):
+        if fault.get("proxy"):
             host = "localhost:%d/_storage" % state.port
         if host is None:
             host = "localhost:%s" % state.args.storage.rsplit(":", 1)[1]
