@@ -8,11 +8,14 @@ IOTHUBD_PACKAGES=(
   g++ pkg-config meson ninja-build
   # libraries (see meson.build)
   libsdbus-c++-dev libsdbus-c++-bin libmosquitto-dev libssl-dev rapidjson-dev libsystemd-dev
-  libexpected-dev libinih-dev libgtest-dev libgmock-dev
+  libexpected-dev libinih-dev libgtest-dev libgmock-dev libcurl4-openssl-dev
   # hub emulator: broker, plugin headers, clients, PKI
   mosquitto mosquitto-dev mosquitto-clients openssl
   # private system bus and busctl
   dbus systemd
+  # file-upload emulator (Azurite itself comes from npm: ensure_test_node_modules) and the curl
+  # CLI for the upload benchmark
+  curl
   # helpers used by the harness scripts
   python3 procps util-linux passwd
   # the README's python example (examples/iothubd_app.py)
@@ -60,6 +63,23 @@ ensure_service_user() {
   if ! getent passwd iothubd >/dev/null; then
     as_root useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin iothubd
   fi
+}
+
+# Azurite for the file-upload tests, pinned in tests/package.json + package-lock.json. `npm ci`
+# runs when node_modules is missing or was installed from another lock file.
+ensure_test_node_modules() {
+  local lock_sum stamp=tests/node_modules/.iothubd-lock.sha256
+  lock_sum=$(sha256sum tests/package-lock.json | cut -d' ' -f1)
+  if [[ -x tests/node_modules/.bin/azurite-blob && -f $stamp && $(cat "$stamp") == "$lock_sum" ]]; then
+    return 0
+  fi
+  # Debian's nodejs + npm, unless a node that brings its own npm is already there.
+  command -v npm >/dev/null || ensure_packages nodejs npm
+  log "installing test tools from tests/package-lock.json (npm ci)"
+  # --ignore-scripts: nothing but the locked packages' files; Azurite needs no install step.
+  (cd tests && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) ||
+    die "npm ci in tests/ failed"
+  printf '%s\n' "$lock_sum" >"$stamp"
 }
 
 # build DIR [meson options...]

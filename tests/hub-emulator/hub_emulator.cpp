@@ -441,6 +441,14 @@ std::string makeUsername(const std::string& hubHost, const std::string& clientId
   return hubHost + "/" + clientId + "/?api-version=" + pctEncode(apiVersion);
 }
 
+int freeLoopbackPort() {
+  return freePort();
+}
+
+std::string makeTestDirectory(const char* prefix) {
+  return makeTempDir(prefix);
+}
+
 std::string randomKey() {
   return b64Encode(randomBytes(32));
 }

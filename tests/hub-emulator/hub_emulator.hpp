@@ -43,6 +43,11 @@ std::string makeUsername(const std::string& hubHost, const std::string& clientId
                          const std::string& apiVersion = "2021-04-12");
 // A fresh random 32-byte key, base64-encoded.
 std::string randomKey();
+// A TCP port on 127.0.0.1 that was free a moment ago (bind it soon; retry if it was taken).
+int freeLoopbackPort();
+// A fresh directory (mkdtemp under $TMPDIR, mode 0755 so an unprivileged daemon can reach a CA
+// inside it); throws on failure.
+std::string makeTestDirectory(const char* prefix);
 // Percent-decodes a topic property bag "k=v&k2=v2" (RFC 3986, '+' stays '+').
 Properties decodePropertyBag(std::string_view bag);
 
