@@ -2,6 +2,10 @@
 #include "iothubd/outbox/outbox.hpp"
 
 #include <algorithm>
+#include <condition_variable>
+#include <cstdint>
+#include <iterator>
+#include <mutex>
 
 #include "iothubd/core/log.hpp"
 #include "outbox_store.hpp"
@@ -10,6 +14,11 @@
 namespace iothubd::outbox {
 
 using core::Errc;
+
+namespace {
+/// A transaction holds at most this many commit batches of stores (and as many of deletes).
+constexpr std::size_t kMaxBatchesPerTransaction = 4;
+}  // namespace
 
 core::Result<FullPolicy> parseFullPolicy(std::string_view text) {
   if (text == "reject") {
@@ -23,7 +32,7 @@ core::Result<FullPolicy> parseFullPolicy(std::string_view text) {
 }
 
 core::Result<Outbox::Opened> Outbox::open(OutboxOptions options, core::Scheduler& scheduler,
-                                          core::Clock& clock) {
+                                          core::Clock& clock, OffLoopRunner offLoop) {
   if (options.maxInflight == 0 || options.commitBatch == 0 || options.maxMessages == 0) {
     return core::fail(Errc::Config,
                       "outbox: max_inflight, the commit batch and outbox_max_messages must be > 0");
@@ -35,8 +44,12 @@ core::Result<Outbox::Opened> Outbox::open(OutboxOptions options, core::Scheduler
   Opened opened;
   opened.movedAside = std::move(store->movedAside);
   opened.readOnly = store->readOnly;
-  std::unique_ptr<Outbox> outbox(
-      new Outbox(std::move(options), scheduler, clock, std::move(store->store), store->readOnly));
+  if (!OutboxStore::threadSafe()) {
+    offLoop = nullptr;  // a single-threaded SQLite build must stay on the loop
+  }
+  std::unique_ptr<Outbox> outbox(new Outbox(std::move(options), scheduler, clock,
+                                            std::move(store->store), store->readOnly,
+                                            std::move(offLoop)));
   for (const IndexRow& row : store->index) {
     outbox->index_.emplace_hint(outbox->index_.end(), row.seq,
                                 Meta{row.bytes, row.expiresAt, State::Stored});
@@ -52,18 +65,20 @@ core::Result<Outbox::Opened> Outbox::open(OutboxOptions options, core::Scheduler
 }
 
 Outbox::Outbox(OutboxOptions options, core::Scheduler& scheduler, core::Clock& clock,
-               std::unique_ptr<OutboxStore> store, bool readOnly)
+               std::unique_ptr<OutboxStore> store, bool readOnly, OffLoopRunner offLoop)
     : options_(std::move(options)),
       scheduler_(scheduler),
       clock_(clock),
       store_(std::move(store)),
-      readOnly_(readOnly) {
+      readOnly_(readOnly),
+      offLoop_(std::move(offLoop)) {
   commitTimer_ = scheduler_.createTimer([this] { onCommitTimer(); });
 }
 
 Outbox::~Outbox() {
-  // What was accepted is stored even if nobody is left to be told.
-  (void)commit();
+  // What was accepted is stored even if nobody is left to be told (waiting for a running
+  // commit first: the worker uses the store).
+  (void)commit(true);
 }
 
 core::Result<Outbox::Accepted> Outbox::enqueue(std::string app, proto::OutgoingMessage message,
@@ -176,13 +191,7 @@ void Outbox::remove(std::map<std::uint64_t, Meta>::iterator it) {
     --inFlight_;
   }
   if (meta.expiresAt != 0) {
-    auto [first, last] = expiries_.equal_range(meta.expiresAt);
-    for (auto e = first; e != last; ++e) {
-      if (e->second == it->first) {
-        expiries_.erase(e);
-        break;
-      }
-    }
+    expiries_.erase({meta.expiresAt, it->first});
   }
   index_.erase(it);
 }
@@ -193,10 +202,16 @@ void Outbox::writesAdded(std::chrono::microseconds delay) {
     pendingDeletes_.clear();
     return;
   }
+  if (writeError_ && pendingInserts_.empty()) {
+    // The last commit failed (disk full?): deletes wait for the retry timer instead of failing
+    // again on every PUBACK.
+    scheduleCommit(options_.retryDelay);
+    return;
+  }
   if (pendingInserts_.size() + pendingDeletes_.size() >= options_.commitBatch) {
-    // Committed now so the batch stays bounded, but callbacks never run inside the caller's
-    // enqueue()/markDelivered(): they are posted to the loop.
-    auto completions = commit();
+    // Committed now so the batch stays bounded (with a worker: as soon as the running commit
+    // ends), but callbacks never run inside the caller's enqueue()/markDelivered().
+    auto completions = commit(false);
     if (!completions.empty()) {
       scheduler_.post(
           [completions = std::move(completions)]() mutable { runCompletions(completions); });
@@ -217,9 +232,8 @@ void Outbox::scheduleCommit(std::chrono::microseconds delay) {
 
 void Outbox::onCommitTimer() {
   commitDue_.reset();
-  // `this` may be destroyed by a callback; runCompletions touches only its argument.
-  auto completions = commit();
-  runCompletions(completions);
+  auto completions = commit(false);
+  runCompletions(completions);  // may destroy *this: only locals from here on
 }
 
 void Outbox::runCompletions(Completions& completions) {
@@ -230,27 +244,101 @@ void Outbox::runCompletions(Completions& completions) {
   }
 }
 
-Outbox::Completions Outbox::commit() {
+/// One transaction's writes, handed to the worker thread when there is one.
+struct Outbox::CommitJob {
+  std::vector<PendingInsert> inserts;
+  std::vector<std::uint64_t> deletes;
+  core::Result<void> result;
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool finished = false;
+
+  /// Runs on the worker (or the loop without one); touches only the job and the store's
+  /// writing connection.
+  void run(OutboxStore& store) {
+    std::vector<const OutboxMessage*> rows;
+    rows.reserve(inserts.size());
+    for (const auto& pending : inserts) {
+      rows.push_back(&pending.row);
+    }
+    auto written = store.write(rows, deletes);
+    std::lock_guard lock(mutex);
+    result = std::move(written);
+    finished = true;
+    cv.notify_all();
+  }
+  void wait() {
+    std::unique_lock lock(mutex);
+    cv.wait(lock, [this] { return finished; });
+  }
+};
+
+Outbox::Completions Outbox::commit(bool wait) {
   Completions completions;
+  if (job_) {
+    if (!wait) {
+      return completions;  // the running commit starts the next one when it ends
+    }
+    job_->wait();  // shutdown or flush(): at most one fsync
+    completions = finishCommit();
+  }
   if (pendingInserts_.empty() && pendingDeletes_.empty()) {
     return completions;
   }
   commitTimer_->disarm();
   commitDue_.reset();
-  std::vector<const OutboxMessage*> rows;
-  rows.reserve(pendingInserts_.size());
-  for (const auto& pending : pendingInserts_) {
-    rows.push_back(&pending.row);
+  auto job = std::make_shared<CommitJob>();
+  // With a worker, writes pile up while an fsync runs; one transaction takes a bounded share so
+  // that finishing it (its callbacks: D-Bus replies) never holds the loop for long. Shutdown and
+  // flush() take everything.
+  const std::size_t cap = wait ? SIZE_MAX : kMaxBatchesPerTransaction * options_.commitBatch;
+  const auto take = [cap](auto& from, auto& to) {
+    const auto n = static_cast<std::ptrdiff_t>(std::min(from.size(), cap));
+    to.assign(std::make_move_iterator(from.begin()), std::make_move_iterator(from.begin() + n));
+    from.erase(from.begin(), from.begin() + n);
+  };
+  take(pendingInserts_, job->inserts);
+  take(pendingDeletes_, job->deletes);
+  job_ = job;
+  if (offLoop_ && !wait) {
+    // The fsync runs on a worker; the loop keeps accepting (into the next batch), reading and
+    // delivering through the store's reading connection until done() runs on the loop.
+    offLoop_([store = store_, job] { job->run(*store); },
+             [this, alive = std::weak_ptr<bool>(alive_), job] {
+               if (alive.expired() || job_ != job) {
+                 return;  // destroyed, or flush() already finished this job
+               }
+               auto finished = finishCommit();
+               // After a failure, deletes alone wait for the retry timer, not the next PUBACK.
+               if (!pendingInserts_.empty() ||
+                   (!writeError_ && pendingDeletes_.size() >= options_.commitBatch)) {
+                 // What arrived during the fsync has waited long enough: the next group.
+                 auto more = commit(false);
+                 finished.insert(finished.end(), std::make_move_iterator(more.begin()),
+                                 std::make_move_iterator(more.end()));
+               } else if (!pendingDeletes_.empty()) {
+                 scheduleCommit(writeError_ ? options_.retryDelay : options_.deleteDelay);
+               }
+               runCompletions(finished);  // may destroy *this: only locals from here on
+             });
+    return completions;
   }
-  auto written = store_->write(rows, pendingDeletes_);
-  auto inserts = std::move(pendingInserts_);
-  pendingInserts_.clear();
-  completions.reserve(inserts.size());
-  if (written) {
+  job->run(*store_);
+  auto finished = finishCommit();
+  completions.insert(completions.end(), std::make_move_iterator(finished.begin()),
+                     std::make_move_iterator(finished.end()));
+  return completions;
+}
+
+Outbox::Completions Outbox::finishCommit() {
+  auto job = std::move(job_);
+  job_.reset();
+  Completions completions;
+  completions.reserve(job->inserts.size());
+  if (job->result) {
     ++transactions_;
     writeError_.reset();
-    pendingDeletes_.clear();
-    for (auto& pending : inserts) {
+    for (auto& pending : job->inserts) {
       if (auto it = index_.find(pending.row.seq); it != index_.end()) {
         it->second.state = State::Stored;
       }
@@ -259,14 +347,15 @@ Outbox::Completions Outbox::commit() {
     return completions;
   }
   // The messages of a failed transaction were never stored: they leave the outbox and their
-  // senders get the error. Deletes stay pending and are tried again later.
-  writeError_ = written.error();
-  for (auto& pending : inserts) {
+  // senders get the error. Deletes are tried again later.
+  writeError_ = job->result.error();
+  for (auto& pending : job->inserts) {
     if (auto it = index_.find(pending.row.seq); it != index_.end()) {
       remove(it);
     }
-    completions.emplace_back(std::move(pending.done), core::fail(written.error()));
+    completions.emplace_back(std::move(pending.done), core::fail(job->result.error()));
   }
+  pendingDeletes_.insert(pendingDeletes_.end(), job->deletes.begin(), job->deletes.end());
   if (!pendingDeletes_.empty()) {
     scheduleCommit(options_.retryDelay);
   }
@@ -274,11 +363,11 @@ Outbox::Completions Outbox::commit() {
 }
 
 core::Result<void> Outbox::flush() {
-  const bool pending = !pendingInserts_.empty() || !pendingDeletes_.empty();
   const std::uint64_t before = transactions_;
-  auto completions = commit();
+  const bool pending = job_ || !pendingInserts_.empty() || !pendingDeletes_.empty();
+  auto completions = commit(true);
   std::optional<core::Error> error;
-  if (pending && transactions_ == before) {
+  if (pending && (transactions_ == before || writeError_)) {
     error = writeError_;
   }
   runCompletions(completions);  // may destroy *this: only locals from here on

@@ -273,7 +273,10 @@ core::Result<OutboxStore::Opened> OutboxStore::open(const std::string& path,
         return b;
       }
     }
-    if (!existed) {
+    if (!a.error && !a.readOnly) {
+      // Reading a WAL database created its -wal file if it was missing. fsync of the WAL on each
+      // commit does not make the file's directory entry durable; without this a power cut soon
+      // after start could lose the whole WAL, acknowledged messages included.
       syncDirectory(path);
     }
     return a;
@@ -321,9 +324,24 @@ core::Result<OutboxStore::Opened> OutboxStore::open(const std::string& path,
 }
 
 core::Result<void> OutboxStore::prepareStatements() {
-  const auto prepare = [this](sqlite::Statement& stmt,
+  if (!readOnly_) {
+    // Reads go through their own connection so that the loop can read committed rows while a
+    // commit runs on a worker thread with the writing one (WAL: readers never wait for writers).
+    sqlite3* raw = nullptr;
+    const int rc =
+        sqlite3_open_v2(path_.c_str(), &raw, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
+    reader_.reset(raw);
+    if (rc != SQLITE_OK) {
+      return core::fail(
+          sqlite::error(reader_.get(), rc, "cannot open a reading connection", path_));
+    }
+    (void)sqlite3_extended_result_codes(reader_.get(), 1);
+    (void)sqlite3_busy_timeout(reader_.get(), 20);
+  }
+  sqlite3* readDb = readOnly_ ? db_.get() : reader_.get();
+  const auto prepare = [this](sqlite3* db, sqlite::Statement& stmt,
                               const std::string& sql) -> core::Result<void> {
-    auto s = sqlite::Statement::prepare(db_.get(), sql, path_);
+    auto s = sqlite::Statement::prepare(db, sql, path_);
     if (!s) {
       return core::fail(s.error());
     }
@@ -331,13 +349,11 @@ core::Result<void> OutboxStore::prepareStatements() {
     return {};
   };
   const std::string select = std::string("SELECT ") + kColumns + " FROM outbox WHERE seq = ?1";
-  if (auto r = prepare(select_, select); !r) {
-    // A read-only database without our table (never written) has nothing to select.
-    if (!readOnly_) {
-      return r;
-    }
+  // A read-only database without our table (never written) has nothing to select.
+  if (auto r = prepare(readDb, select_, select); !r && !readOnly_) {
+    return r;
   }
-  if (auto r = prepare(selectRef_, "SELECT message_id, app FROM outbox WHERE seq = ?1");
+  if (auto r = prepare(readDb, selectRef_, "SELECT message_id, app FROM outbox WHERE seq = ?1");
       !r && !readOnly_) {
     return r;
   }
@@ -352,7 +368,7 @@ core::Result<void> OutboxStore::prepareStatements() {
                            {&begin_, std::string("BEGIN IMMEDIATE")},
                            {&commit_, std::string("COMMIT")},
                            {&rollback_, std::string("ROLLBACK")}}) {
-    if (auto r = prepare(*stmt, sql); !r) {
+    if (auto r = prepare(db_.get(), *stmt, sql); !r) {
       return r;
     }
   }
@@ -433,7 +449,8 @@ core::Result<OutboxMessage> OutboxStore::read(std::uint64_t seq) {
     return core::fail(Errc::Protocol, "outbox " + path_ + ": no message " + std::to_string(seq));
   }
   if (rc != SQLITE_ROW) {
-    return core::fail(sqlite::error(db_.get(), rc, "cannot read a message", path_));
+    return core::fail(
+        sqlite::error(readOnly_ ? db_.get() : reader_.get(), rc, "cannot read a message", path_));
   }
   OutboxMessage row;
   row.seq = static_cast<std::uint64_t>(select_.columnInt(0));

@@ -43,7 +43,9 @@ class OutboxStore {
   OutboxStore& operator=(const OutboxStore&) = delete;
 
   /// One transaction: inserts `rows`, deletes `seqs` (missing ones are fine), commits. On error
-  /// the transaction is rolled back and nothing of it is stored.
+  /// the transaction is rolled back and nothing of it is stored. Uses only the writing
+  /// connection, so it may run on a worker thread while the loop calls read() and ref(), which
+  /// use their own connection and see committed rows only.
   [[nodiscard]] core::Result<void> write(std::span<const OutboxMessage* const> rows,
                                          std::span<const std::uint64_t> seqs);
 
@@ -54,6 +56,8 @@ class OutboxStore {
   [[nodiscard]] EntryRef ref(std::uint64_t seq);
 
   [[nodiscard]] const std::string& path() const noexcept { return path_; }
+  /// Whether this SQLite build allows write() on another thread than read().
+  [[nodiscard]] static bool threadSafe() noexcept { return sqlite3_threadsafe() != 0; }
 
  private:
   struct Attempt;
@@ -61,8 +65,10 @@ class OutboxStore {
   [[nodiscard]] core::Result<void> prepareStatements();
 
   std::string path_;
-  sqlite::Database db_;
+  sqlite::Database db_;      ///< writes (and reads too when read-only)
+  sqlite::Database reader_;  ///< reads of a writable database
   bool readOnly_;
+  // Declared after the connections: destroyed first (sqlite3_close_v2 would wait for them anyway).
   sqlite::Statement insert_;
   sqlite::Statement delete_;
   sqlite::Statement select_;

@@ -8,9 +8,11 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "iothubd/core/clock.hpp"
@@ -97,6 +99,9 @@ class Outbox {
   /// never inside enqueue().
   using Committed = std::function<void(core::Result<void>)>;
 
+  /// Runs `work` on a worker thread, then `done` on the loop thread: loop::EventLoop::runOffLoop.
+  using OffLoopRunner = std::function<void(std::function<void()> work, std::function<void()> done)>;
+
   struct Opened {
     std::unique_ptr<Outbox> outbox;
     /// Set when the database was corrupt: where it was moved (`<path>.corrupt-<UTC time>`, with
@@ -111,10 +116,15 @@ class Outbox {
   /// naming the path when no database can be opened or created there (missing directory,
   /// read-only file system without a database, moving a corrupt file failed), Errc::Config for a
   /// database written by a newer schema.
+  ///
+  /// With `offLoop`, each commit (its fsync) runs on a worker thread: the loop keeps accepting,
+  /// reading and delivering meanwhile (through a second, reading connection), and what arrives
+  /// during one commit forms the next. Without it, commits run on the loop (tests, tools).
   [[nodiscard]] static core::Result<Opened> open(OutboxOptions options, core::Scheduler& scheduler,
-                                                 core::Clock& clock);
+                                                 core::Clock& clock, OffLoopRunner offLoop = {});
 
-  /// Commits what is pending without running callbacks (call flush() first to answer them).
+  /// Commits what is pending without running callbacks (call flush() first to answer them);
+  /// waits for a commit running on a worker.
   ~Outbox();
   Outbox(const Outbox&) = delete;
   Outbox& operator=(const Outbox&) = delete;
@@ -135,8 +145,9 @@ class Outbox {
   [[nodiscard]] core::Result<Accepted> enqueue(std::string app, proto::OutgoingMessage message,
                                                Committed onCommitted);
 
-  /// Commits whatever is pending now and runs the callbacks of that transaction before returning
-  /// (shutdown). Returns the commit's error, if any.
+  /// Commits whatever is pending now, on the loop, and runs the callbacks of those transactions
+  /// before returning (shutdown); waits for a commit running on a worker first. Returns the
+  /// commit's error, if any.
   core::Result<void> flush();
 
   /// The oldest stored messages that are neither in flight nor expired, up to maxInflight minus
@@ -195,8 +206,10 @@ class Outbox {
   };
   using Completions = std::vector<std::pair<Committed, core::Result<void>>>;
 
+  struct CommitJob;
+
   Outbox(OutboxOptions options, core::Scheduler& scheduler, core::Clock& clock,
-         std::unique_ptr<OutboxStore> store, bool readOnly);
+         std::unique_ptr<OutboxStore> store, bool readOnly, OffLoopRunner offLoop);
 
   [[nodiscard]] core::Result<std::vector<EntryRef>> makeRoom(std::uint64_t newBytes);
   void remove(std::map<std::uint64_t, Meta>::iterator it);
@@ -205,19 +218,26 @@ class Outbox {
   void writesAdded(std::chrono::microseconds delay);
   void scheduleCommit(std::chrono::microseconds delay);
   void onCommitTimer();
-  /// One transaction with everything pending; returns the callbacks to run with their results.
-  [[nodiscard]] Completions commit();
+  /// Starts one transaction with everything pending (none while one runs, unless `wait`).
+  /// Returns the callbacks to run with their results: of this transaction when it ran on the
+  /// loop (no worker, or `wait`), of the running one when `wait` had to finish it.
+  [[nodiscard]] Completions commit(bool wait);
+  /// Applies the result of job_ to the index and counters; returns its callbacks.
+  [[nodiscard]] Completions finishCommit();
   static void runCompletions(Completions& completions);
   [[nodiscard]] bool expiredAt(const Meta& meta, std::uint64_t now) const noexcept;
 
   OutboxOptions options_;
   core::Scheduler& scheduler_;
   core::Clock& clock_;
-  std::unique_ptr<OutboxStore> store_;
+  std::shared_ptr<OutboxStore> store_;  ///< shared with a running worker
   bool readOnly_;
+  OffLoopRunner offLoop_;
+  std::shared_ptr<CommitJob> job_;  ///< the transaction being committed, if any
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 
   std::map<std::uint64_t, Meta> index_;  ///< every live entry, by seq (arrival order)
-  std::multimap<std::uint64_t, std::uint64_t> expiries_;  ///< expiresAt -> seq
+  std::set<std::pair<std::uint64_t, std::uint64_t>> expiries_;  ///< (expiresAt, seq)
   std::vector<PendingInsert> pendingInserts_;
   std::vector<std::uint64_t> pendingDeletes_;
   std::unique_ptr<core::Timer> commitTimer_;

@@ -66,12 +66,13 @@ OutboxOptions optionsAt(const std::string& path) {
 
 /// The child side of the crash test: enqueue forever, and report every acknowledged id on `fd`
 /// (one line each, well under PIPE_BUF so each write is atomic). Never returns.
-[[noreturn]] void enqueueUntilKilled(const std::string& path, int fd) {
+[[noreturn]] void enqueueUntilKilled(const std::string& path, int fd, bool offLoop) {
   try {
     fakes::ManualScheduler sched;
+    testsupport::ThreadedOffLoop worker;
     auto opts = optionsAt(path);
     opts.commitBatch = 64;
-    auto box = openOrThrow(opts, sched);
+    auto box = openOrThrow(opts, sched, offLoop ? worker.runner() : nullptr);
     for (long i = 0;; ++i) {
       std::string id = "crash-" + std::to_string(i);
       auto accepted = box->enqueue("app", telemetry(id), [fd, id](core::Result<void> r) {
@@ -90,13 +91,17 @@ OutboxOptions optionsAt(const std::string& path) {
         sched.advance(opts.commitDelay);  // the delay timer commits the part of a batch
       }
       sched.runPosted();
+      worker.collectFinished();
     }
   } catch (...) {
     _exit(2);
   }
 }
 
-TEST(OutboxDurability, EveryAcknowledgedMessageSurvivesASigkillMidBurst) {
+/// Parameter: commits on a worker thread (true) or on the loop.
+class OutboxDurability : public ::testing::TestWithParam<bool> {};
+
+TEST_P(OutboxDurability, EveryAcknowledgedMessageSurvivesASigkillMidBurst) {
   iothubd::testing::TempDir dir("iothubd-outbox-crash");
   const std::string path = dir / "outbox.db";
   int fds[2];
@@ -105,7 +110,7 @@ TEST(OutboxDurability, EveryAcknowledgedMessageSurvivesASigkillMidBurst) {
   ASSERT_GE(child, 0);
   if (child == 0) {
     ::close(fds[0]);
-    enqueueUntilKilled(path, fds[1]);
+    enqueueUntilKilled(path, fds[1], GetParam());
   }
   ::close(fds[1]);
 
@@ -158,6 +163,8 @@ TEST(OutboxDurability, EveryAcknowledgedMessageSurvivesASigkillMidBurst) {
   std::printf("crash test: %zu acknowledged, %zu stored, %zu lost\n", acked.size(), ids.size(),
               lost);
 }
+
+INSTANTIATE_TEST_SUITE_P(CommitOnLoopOrWorker, OutboxDurability, ::testing::Bool());
 
 // ---------------------------------------------------------------------------------------------
 // Corruption

@@ -408,6 +408,69 @@ TEST_F(OutboxTest, FlushCommitsAndAnswersAtOnce) {
   EXPECT_EQ(box.transactions(), 1u);
 }
 
+TEST_F(OutboxTest, WithAWorkerTheLoopAcceptsAndDeliversWhileACommitRuns) {
+  testsupport::ThreadedOffLoop worker;
+  auto opened = Outbox::open(options(), sched_, sched_, worker.runner());
+  ASSERT_TRUE(opened) << opened.error().message;
+  outbox_ = std::move(opened->outbox);
+  auto& box = *outbox_;
+  std::vector<std::string> committed;
+  const auto record = [&committed](std::string id) -> Outbox::Committed {
+    return [&committed, id](core::Result<void> r) {
+      EXPECT_TRUE(r);
+      committed.push_back(id);
+    };
+  };
+  put("m1", "app1", record("m1"));
+  put("m2", "app1", record("m2"));
+  sched_.advance(box.options().commitDelay);
+  ASSERT_EQ(worker.running(), 1u);
+  put("m3", "app1", record("m3"));  // accepted while the first group is being written
+  EXPECT_TRUE(committed.empty());
+  EXPECT_TRUE(box.nextToSend()->empty());
+
+  worker.finishRunning();
+  EXPECT_EQ(committed, (std::vector<std::string>{"m1", "m2"}));
+  EXPECT_EQ(worker.running(), 1u);  // m3 forms the next group at once
+  auto batch = box.nextToSend();    // read on the loop while the worker writes m3
+  ASSERT_TRUE(batch) << batch.error().message;
+  ASSERT_EQ(idsOf(*batch), (std::vector<std::string>{"m1", "m2"}));
+  for (const auto& m : *batch) {
+    EXPECT_TRUE(box.markDelivered(m.seq));
+  }
+  worker.finishAll();
+  EXPECT_EQ(committed, (std::vector<std::string>{"m1", "m2", "m3"}));
+  EXPECT_EQ(box.transactions(), 2u);
+  ASSERT_TRUE(box.flush());  // the deletes
+
+  open();
+  EXPECT_EQ(idsOf(*outbox_->nextToSend()), (std::vector<std::string>{"m3"}));
+}
+
+TEST_F(OutboxTest, FlushAndCloseWaitForACommitRunningOnAWorker) {
+  testsupport::ThreadedOffLoop worker;
+  auto opened = Outbox::open(options(), sched_, sched_, worker.runner());
+  ASSERT_TRUE(opened) << opened.error().message;
+  outbox_ = std::move(opened->outbox);
+  int calls = 0;
+  put("m1", "app1", [&calls](core::Result<void> r) {
+    EXPECT_TRUE(r);
+    ++calls;
+  });
+  sched_.advance(outbox_->options().commitDelay);
+  ASSERT_EQ(worker.running(), 1u);
+  ASSERT_TRUE(outbox_->flush());
+  EXPECT_EQ(calls, 1);
+
+  put("m2");
+  sched_.advance(outbox_->options().commitDelay);
+  outbox_.reset();     // waits for m2's commit
+  worker.finishAll();  // the late completions find nothing left to do
+  EXPECT_EQ(calls, 1);
+  open();
+  EXPECT_EQ(idsOf(*outbox_->nextToSend()), (std::vector<std::string>{"m1", "m2"}));
+}
+
 TEST_F(OutboxTest, DeletesWaitLongerThanStoresButAreGrouped) {
   auto opts = options();
   opts.commitDelay = 2ms;
