@@ -92,7 +92,7 @@ struct OutboxMessage {
 /// messages of that transaction fail with Errc::Io naming the path and reason, and everything
 /// already stored can still be read and delivered. A database found read-only at open() is used
 /// for reading and delivering only. Loop thread only; every SQLite call is a short statement or
-/// one grouped commit.
+/// one grouped commit, and the commit runs on a worker when open() was given an OffLoopRunner.
 class Outbox {
  public:
   /// Runs once the message's transaction committed (ok) or failed (Errc::Io). Always on the loop,
@@ -168,8 +168,9 @@ class Outbox {
   /// Removes stored messages whose expiry (own `expiry-time-utc` or the default TTL) has passed
   /// and that are not in flight; returns them oldest first for MessagesExpired.
   [[nodiscard]] std::vector<EntryRef> sweepExpired();
-  /// When sweepExpired() next has something to do (Unix seconds), if any message expires; a
-  /// caller arms a timer for it after each sweep and enqueue.
+  /// The earliest expiry (Unix seconds) of a message not in flight, if any: a caller re-arms its
+  /// sweep timer after each sweep, enqueue and requeue. Expiry has whole-second resolution and a
+  /// message still waiting for its commit is swept only after it, so arm for at least 1 s.
   [[nodiscard]] std::optional<std::uint64_t> nextExpiry() const;
 
   /// Messages accepted and not yet delivered, dropped or expired (OutboxLength); includes those
