@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -239,8 +240,9 @@ class Outbox {
 
   std::map<std::uint64_t, Meta> index_;  ///< every live entry, by seq (arrival order)
   std::set<std::pair<std::uint64_t, std::uint64_t>> expiries_;  ///< (expiresAt, seq)
-  std::vector<PendingInsert> pendingInserts_;
-  std::vector<std::uint64_t> pendingDeletes_;
+  // Deques: with a worker, a commit takes its share from the front while more arrive at the back.
+  std::deque<PendingInsert> pendingInserts_;
+  std::deque<std::uint64_t> pendingDeletes_;
   std::unique_ptr<core::Timer> commitTimer_;
   std::optional<std::chrono::microseconds> commitDue_;  ///< monotonic deadline of commitTimer_
   std::uint64_t nextSeq_ = 1;
