@@ -359,6 +359,7 @@ TEST_F(OutboxFileSystem, AFullFileSystemFailsNewMessagesClearlyAndRecoversWhenTh
   EXPECT_EQ(failure->code, core::Errc::Io);
   EXPECT_NE(failure->message.find(path), std::string::npos) << failure->message;
   EXPECT_NE(failure->message.find("full"), std::string::npos) << failure->message;
+  EXPECT_EQ(failure->sysErrno, ENOSPC);
   ASSERT_TRUE(box->writeError());
   EXPECT_FALSE(acked.empty());
   EXPECT_EQ(box->length(), acked.size());  // the failed message is not counted
