@@ -8,7 +8,7 @@ IOTHUBD_PACKAGES=(
   g++ pkg-config meson ninja-build
   # libraries (see meson.build)
   libsdbus-c++-dev libsdbus-c++-bin libmosquitto-dev libssl-dev rapidjson-dev libsystemd-dev
-  libexpected-dev libinih-dev libgtest-dev libgmock-dev libcurl4-openssl-dev
+  libexpected-dev libinih-dev libgtest-dev libgmock-dev libcurl4-openssl-dev libsqlite3-dev
   # hub emulator: broker, plugin headers, clients, PKI
   mosquitto mosquitto-dev mosquitto-clients openssl
   # private system bus and busctl

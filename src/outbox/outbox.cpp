@@ -1,0 +1,503 @@
+// SPDX-License-Identifier: MIT
+#include "iothubd/outbox/outbox.hpp"
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdint>
+#include <iterator>
+#include <mutex>
+
+#include "iothubd/core/log.hpp"
+#include "outbox_store.hpp"
+#include "utc_time.hpp"
+
+namespace iothubd::outbox {
+
+using core::Errc;
+
+namespace {
+/// A transaction holds at most this many commit batches of stores (and as many of deletes).
+constexpr std::size_t kMaxBatchesPerTransaction = 4;
+}  // namespace
+
+core::Result<FullPolicy> parseFullPolicy(std::string_view text) {
+  if (text == "reject") {
+    return FullPolicy::Reject;
+  }
+  if (text == "drop-oldest") {
+    return FullPolicy::DropOldest;
+  }
+  return core::fail(Errc::Config, "outbox full policy must be 'reject' or 'drop-oldest', not '" +
+                                      std::string(text) + "'");
+}
+
+core::Result<Outbox::Opened> Outbox::open(OutboxOptions options, core::Scheduler& scheduler,
+                                          core::Clock& clock, OffLoopRunner offLoop) {
+  if (options.maxInflight == 0 || options.commitBatch == 0 || options.maxMessages == 0) {
+    return core::fail(Errc::Config,
+                      "outbox: max_inflight, the commit batch and outbox_max_messages must be > 0");
+  }
+  auto store = OutboxStore::open(options.path, clock.unixSeconds());
+  if (!store) {
+    return core::fail(store.error());
+  }
+  Opened opened;
+  opened.movedAside = std::move(store->movedAside);
+  opened.readOnly = store->readOnly;
+  if (!OutboxStore::threadSafe()) {
+    offLoop = nullptr;  // a single-threaded SQLite build must stay on the loop
+  }
+  std::unique_ptr<Outbox> outbox(new Outbox(std::move(options), scheduler, clock,
+                                            std::move(store->store), store->readOnly,
+                                            std::move(offLoop)));
+  for (const IndexRow& row : store->index) {
+    outbox->index_.emplace_hint(outbox->index_.end(), row.seq,
+                                Meta{row.bytes, row.expiresAt, State::Stored});
+    if (row.expiresAt != 0) {
+      outbox->expiries_.emplace(row.expiresAt, row.seq);
+    }
+    ++outbox->length_;
+    outbox->bytes_ += row.bytes;
+    outbox->nextSeq_ = row.seq + 1;
+  }
+  opened.outbox = std::move(outbox);
+  return opened;
+}
+
+Outbox::Outbox(OutboxOptions options, core::Scheduler& scheduler, core::Clock& clock,
+               std::unique_ptr<OutboxStore> store, bool readOnly, OffLoopRunner offLoop)
+    : options_(std::move(options)),
+      scheduler_(scheduler),
+      clock_(clock),
+      store_(std::move(store)),
+      readOnly_(readOnly),
+      offLoop_(std::move(offLoop)) {
+  commitTimer_ = scheduler_.createTimer([this] { onCommitTimer(); });
+}
+
+Outbox::~Outbox() {
+  // What was accepted is stored even if nobody is left to be told (waiting for a running
+  // commit first: the worker uses the store).
+  (void)commit(true);
+}
+
+core::Result<Outbox::Accepted> Outbox::enqueue(std::string app, proto::OutgoingMessage message,
+                                               Committed onCommitted) {
+  if (readOnly_) {
+    return core::fail(Errc::Io,
+                      "outbox " + store_->path() + " is read-only: new messages cannot be stored");
+  }
+  if (!message.system.messageId || message.system.messageId->empty()) {
+    return core::fail(Errc::InvalidArgument, "a message for the outbox needs a message id");
+  }
+  if (auto valid = proto::validateCustomProperties(message.properties); !valid) {
+    return core::fail(valid.error());
+  }
+  const std::uint64_t size = proto::hubMessageSize(message);
+  if (size > proto::kMaxTelemetryBytes) {
+    return core::fail(Errc::MessageTooLarge, "message of " + std::to_string(size) +
+                                                 " bytes is over the hub's limit of " +
+                                                 std::to_string(proto::kMaxTelemetryBytes));
+  }
+  const std::uint64_t now = clock_.unixSeconds();
+  std::optional<std::uint64_t> expiresAt;
+  if (const auto& own = message.system.expiryTimeUtc) {
+    // The sender's own expiry wins over the default TTL, earlier or later.
+    expiresAt = parseUtcTime(*own);
+    if (!expiresAt) {
+      return core::fail(Errc::InvalidArgument, "system property 'expiry-time-utc' ('" + *own +
+                                                   "') is not an ISO 8601 UTC time");
+    }
+    // 0 means "never" in the index; 1970-01-01T00:00:00Z is as expired as any past time.
+    expiresAt = std::max<std::uint64_t>(*expiresAt, 1);
+  } else if (options_.defaultTtl.count() > 0) {
+    expiresAt = now + static_cast<std::uint64_t>(options_.defaultTtl.count());
+  }
+  auto dropped = makeRoom(size);
+  if (!dropped) {
+    return core::fail(dropped.error());
+  }
+
+  const std::uint64_t seq = nextSeq_++;
+  index_.emplace_hint(index_.end(), seq, Meta{size, expiresAt.value_or(0), State::Pending});
+  if (expiresAt) {
+    expiries_.emplace(*expiresAt, seq);
+  }
+  ++length_;
+  bytes_ += size;
+  PendingInsert pending;
+  pending.row.seq = seq;
+  pending.row.app = std::move(app);
+  pending.row.message = std::move(message);
+  pending.row.enqueuedAt = now;
+  pending.row.expiresAt = expiresAt;
+  pending.row.bytes = size;
+  pending.done = std::move(onCommitted);
+  pendingInserts_.push_back(std::move(pending));
+  writesAdded(options_.commitDelay);
+  return Accepted{seq, std::move(*dropped)};
+}
+
+core::Result<std::vector<EntryRef>> Outbox::makeRoom(std::uint64_t newBytes) {
+  const auto fits = [&](std::uint64_t count, std::uint64_t bytes) {
+    return count + 1 <= options_.maxMessages && bytes + newBytes <= options_.maxBytes;
+  };
+  if (fits(length_, bytes_)) {
+    return std::vector<EntryRef>{};
+  }
+  const std::string usage = std::to_string(length_) + " messages, " + std::to_string(bytes_) +
+                            " bytes (limits " + std::to_string(options_.maxMessages) + ", " +
+                            std::to_string(options_.maxBytes) + ")";
+  if (newBytes > options_.maxBytes) {
+    return core::fail(Errc::QueueFull, "message of " + std::to_string(newBytes) +
+                                           " bytes is larger than outbox_max_bytes (" +
+                                           std::to_string(options_.maxBytes) + ")");
+  }
+  if (options_.fullPolicy == FullPolicy::Reject) {
+    return core::fail(Errc::QueueFull, "outbox is full: " + usage);
+  }
+  // Oldest first; messages in flight may be acknowledged any moment and those waiting for their
+  // commit have not been answered yet, so only stored, idle ones are dropped.
+  std::vector<std::map<std::uint64_t, Meta>::iterator> victims;
+  std::uint64_t count = length_;
+  std::uint64_t bytes = bytes_;
+  for (auto it = index_.begin(); it != index_.end() && !fits(count, bytes); ++it) {
+    if (it->second.state == State::Stored) {
+      victims.push_back(it);
+      --count;
+      bytes -= it->second.bytes;
+    }
+  }
+  if (!fits(count, bytes)) {
+    return core::fail(Errc::QueueFull,
+                      "outbox is full and what it holds is in flight or not yet stored: " + usage);
+  }
+  std::vector<EntryRef> dropped;
+  dropped.reserve(victims.size());
+  for (auto it : victims) {
+    dropped.push_back(store_->ref(it->first));
+    pendingDeletes_.push_back(it->first);
+    remove(it);
+    ++dropped_;
+  }
+  return dropped;
+}
+
+void Outbox::remove(std::map<std::uint64_t, Meta>::iterator it) {
+  const Meta& meta = it->second;
+  --length_;
+  bytes_ -= meta.bytes;
+  if (meta.state == State::InFlight) {
+    --inFlight_;
+  }
+  if (meta.expiresAt != 0) {
+    expiries_.erase({meta.expiresAt, it->first});
+  }
+  index_.erase(it);
+}
+
+void Outbox::writesAdded(std::chrono::microseconds delay) {
+  if (readOnly_) {
+    // Nothing can be persisted; deletes stay in memory (a restart redelivers those messages).
+    pendingDeletes_.clear();
+    return;
+  }
+  if (writeError_ && pendingInserts_.empty()) {
+    // The last commit failed (disk full?): deletes wait for the retry timer instead of failing
+    // again on every PUBACK.
+    scheduleCommit(options_.retryDelay);
+    return;
+  }
+  if (pendingInserts_.size() + pendingDeletes_.size() >= options_.commitBatch) {
+    // Committed now so the batch stays bounded (with a worker: as soon as the running commit
+    // ends), but callbacks never run inside the caller's enqueue()/markDelivered().
+    auto completions = commit(false);
+    if (!completions.empty()) {
+      scheduler_.post(
+          [completions = std::move(completions)]() mutable { runCompletions(completions); });
+    }
+    return;
+  }
+  scheduleCommit(delay);
+}
+
+void Outbox::scheduleCommit(std::chrono::microseconds delay) {
+  const auto due = clock_.monotonic() + delay;
+  if (commitDue_ && *commitDue_ <= due && commitTimer_->armed()) {
+    return;
+  }
+  commitDue_ = due;
+  commitTimer_->armAfter(delay);
+}
+
+void Outbox::onCommitTimer() {
+  commitDue_.reset();
+  auto completions = commit(false);
+  runCompletions(completions);  // may destroy *this: only locals from here on
+}
+
+void Outbox::runCompletions(Completions& completions) {
+  for (auto& [done, result] : completions) {
+    if (done) {
+      done(std::move(result));
+    }
+  }
+}
+
+/// One transaction's writes, handed to the worker thread when there is one.
+struct Outbox::CommitJob {
+  std::vector<PendingInsert> inserts;
+  std::vector<std::uint64_t> deletes;
+  core::Result<void> result;
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool finished = false;
+
+  /// Runs on the worker (or the loop without one); touches only the job and the store's
+  /// writing connection.
+  void run(OutboxStore& store) {
+    std::vector<const OutboxMessage*> rows;
+    rows.reserve(inserts.size());
+    for (const auto& pending : inserts) {
+      rows.push_back(&pending.row);
+    }
+    auto written = store.write(rows, deletes);
+    std::lock_guard lock(mutex);
+    result = std::move(written);
+    finished = true;
+    cv.notify_all();
+  }
+  void wait() {
+    std::unique_lock lock(mutex);
+    cv.wait(lock, [this] { return finished; });
+  }
+};
+
+Outbox::Completions Outbox::commit(bool wait) {
+  Completions completions;
+  if (job_) {
+    if (!wait) {
+      return completions;  // the running commit starts the next one when it ends
+    }
+    job_->wait();  // shutdown or flush(): at most one fsync
+    completions = finishCommit();
+  }
+  if (pendingInserts_.empty() && pendingDeletes_.empty()) {
+    return completions;
+  }
+  commitTimer_->disarm();
+  commitDue_.reset();
+  auto job = std::make_shared<CommitJob>();
+  // With a worker, writes pile up while an fsync runs; one transaction takes a bounded share so
+  // that finishing it (its callbacks: D-Bus replies) never holds the loop for long. Shutdown and
+  // flush() take everything.
+  const std::size_t cap = wait ? SIZE_MAX : kMaxBatchesPerTransaction * options_.commitBatch;
+  const auto take = [cap](auto& from, auto& to) {
+    const auto n = static_cast<std::ptrdiff_t>(std::min(from.size(), cap));
+    to.assign(std::make_move_iterator(from.begin()), std::make_move_iterator(from.begin() + n));
+    from.erase(from.begin(), from.begin() + n);
+  };
+  take(pendingInserts_, job->inserts);
+  take(pendingDeletes_, job->deletes);
+  job_ = job;
+  if (offLoop_ && !wait) {
+    // The fsync runs on a worker; the loop keeps accepting (into the next batch), reading and
+    // delivering through the store's reading connection until done() runs on the loop.
+    offLoop_([store = store_, job] { job->run(*store); },
+             [this, alive = std::weak_ptr<bool>(alive_), job] {
+               if (alive.expired() || job_ != job) {
+                 return;  // destroyed, or flush() already finished this job
+               }
+               auto finished = finishCommit();
+               // After a failure, deletes alone wait for the retry timer, not the next PUBACK.
+               if (!pendingInserts_.empty() ||
+                   (!writeError_ && pendingDeletes_.size() >= options_.commitBatch)) {
+                 // What arrived during the fsync has waited long enough: the next group.
+                 auto more = commit(false);
+                 finished.insert(finished.end(), std::make_move_iterator(more.begin()),
+                                 std::make_move_iterator(more.end()));
+               } else if (!pendingDeletes_.empty()) {
+                 scheduleCommit(writeError_ ? options_.retryDelay : options_.deleteDelay);
+               }
+               runCompletions(finished);  // may destroy *this: only locals from here on
+             });
+    return completions;
+  }
+  job->run(*store_);
+  auto finished = finishCommit();
+  completions.insert(completions.end(), std::make_move_iterator(finished.begin()),
+                     std::make_move_iterator(finished.end()));
+  return completions;
+}
+
+Outbox::Completions Outbox::finishCommit() {
+  auto job = std::move(job_);
+  job_.reset();
+  Completions completions;
+  completions.reserve(job->inserts.size());
+  if (job->result) {
+    ++transactions_;
+    writeError_.reset();
+    for (auto& pending : job->inserts) {
+      if (auto it = index_.find(pending.row.seq); it != index_.end()) {
+        it->second.state = State::Stored;
+      }
+      completions.emplace_back(std::move(pending.done), core::Result<void>{});
+    }
+    return completions;
+  }
+  // The messages of a failed transaction were never stored: they leave the outbox and their
+  // senders get the error. Deletes are tried again later.
+  writeError_ = job->result.error();
+  for (auto& pending : job->inserts) {
+    if (auto it = index_.find(pending.row.seq); it != index_.end()) {
+      remove(it);
+    }
+    completions.emplace_back(std::move(pending.done), core::fail(job->result.error()));
+  }
+  pendingDeletes_.insert(pendingDeletes_.end(), job->deletes.begin(), job->deletes.end());
+  if (!pendingDeletes_.empty()) {
+    scheduleCommit(options_.retryDelay);
+  }
+  return completions;
+}
+
+core::Result<void> Outbox::flush() {
+  const std::uint64_t before = transactions_;
+  const bool pending = job_ || !pendingInserts_.empty() || !pendingDeletes_.empty();
+  auto completions = commit(true);
+  std::optional<core::Error> error;
+  if (pending && (transactions_ == before || writeError_)) {
+    error = writeError_;
+  }
+  runCompletions(completions);  // may destroy *this: only locals from here on
+  if (error) {
+    return core::fail(std::move(*error));
+  }
+  return {};
+}
+
+bool Outbox::expiredAt(const Meta& meta, std::uint64_t now) const noexcept {
+  return meta.expiresAt != 0 && meta.expiresAt <= now;
+}
+
+core::Result<std::vector<OutboxMessage>> Outbox::nextToSend() {
+  std::vector<OutboxMessage> batch;
+  if (inFlight_ >= options_.maxInflight) {
+    return batch;
+  }
+  const std::size_t room = options_.maxInflight - inFlight_;
+  const std::uint64_t now = clock_.unixSeconds();
+  std::vector<std::map<std::uint64_t, Meta>::iterator> picked;
+  for (auto it = index_.begin(); it != index_.end() && picked.size() < room; ++it) {
+    if (it->second.state == State::Pending) {
+      break;  // commits happen in seq order, so everything after is pending too
+    }
+    if (it->second.state == State::Stored && !expiredAt(it->second, now)) {
+      picked.push_back(it);
+    }
+  }
+  batch.reserve(picked.size());
+  std::vector<std::map<std::uint64_t, Meta>::iterator> unreadable;
+  for (auto it : picked) {
+    auto row = store_->read(it->first);
+    if (row) {
+      batch.push_back(std::move(*row));
+    } else if (row.error().code == Errc::Protocol) {
+      unreadable.push_back(it);
+      core::logf(core::LogLevel::Warning, row.error().message, ", discarding it");
+    } else {
+      return core::fail(row.error());  // nothing marked: the caller may try again
+    }
+  }
+  for (auto it : unreadable) {
+    pendingDeletes_.push_back(it->first);
+    remove(it);
+    ++dropped_;
+  }
+  for (const auto& row : batch) {
+    index_.find(row.seq)->second.state = State::InFlight;
+  }
+  inFlight_ += batch.size();
+  if (!unreadable.empty()) {
+    writesAdded(options_.deleteDelay);
+  }
+  return batch;
+}
+
+bool Outbox::markDelivered(std::uint64_t seq) {
+  if (!markOneDelivered(seq)) {
+    return false;
+  }
+  writesAdded(options_.deleteDelay);
+  return true;
+}
+
+std::size_t Outbox::markDelivered(std::span<const std::uint64_t> seqs) {
+  std::size_t count = 0;
+  for (std::uint64_t seq : seqs) {
+    count += markOneDelivered(seq) ? 1 : 0;
+  }
+  if (count > 0) {
+    writesAdded(options_.deleteDelay);
+  }
+  return count;
+}
+
+bool Outbox::markOneDelivered(std::uint64_t seq) {
+  auto it = index_.find(seq);
+  if (it == index_.end() || it->second.state != State::InFlight) {
+    return false;
+  }
+  remove(it);
+  pendingDeletes_.push_back(seq);
+  ++delivered_;
+  return true;
+}
+
+std::size_t Outbox::requeueInFlight() {
+  const std::size_t count = inFlight_;
+  // In-flight entries are the oldest ones, so the walk stops early.
+  for (auto it = index_.begin(); it != index_.end() && inFlight_ > 0; ++it) {
+    if (it->second.state == State::InFlight) {
+      it->second.state = State::Stored;
+      --inFlight_;
+    }
+  }
+  return count;
+}
+
+std::vector<EntryRef> Outbox::sweepExpired() {
+  const std::uint64_t now = clock_.unixSeconds();
+  std::vector<std::uint64_t> seqs;
+  for (auto e = expiries_.begin(); e != expiries_.end() && e->first <= now; ++e) {
+    // One in flight may still be acknowledged; one not yet committed is swept once it is.
+    if (index_.at(e->second).state == State::Stored) {
+      seqs.push_back(e->second);
+    }
+  }
+  std::sort(seqs.begin(), seqs.end());
+  std::vector<EntryRef> expired;
+  expired.reserve(seqs.size());
+  for (std::uint64_t seq : seqs) {
+    expired.push_back(store_->ref(seq));
+    pendingDeletes_.push_back(seq);
+    remove(index_.find(seq));
+    ++expired_;
+  }
+  if (!seqs.empty()) {
+    writesAdded(options_.deleteDelay);
+  }
+  return expired;
+}
+
+std::optional<std::uint64_t> Outbox::nextExpiry() const {
+  for (const auto& [expiresAt, seq] : expiries_) {
+    if (index_.at(seq).state != State::InFlight) {
+      return expiresAt;
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace iothubd::outbox
