@@ -13,10 +13,13 @@
 #include <sdbus-c++/sdbus-c++.h>
 #include <systemd/sd-daemon.h>
 
+#include "iothubd/blob/blob_uploader.hpp"
 #include "iothubd/config/credentials.hpp"
 #include "iothubd/config/settings.hpp"
 #include "iothubd/core/log.hpp"
 #include "iothubd/dbusapi/device_object.hpp"
+#include "iothubd/http/async_reader.hpp"
+#include "iothubd/http/curl_multi_client.hpp"
 #include "iothubd/loop/event_loop.hpp"
 #include "iothubd/mqtt/mosquitto_transport.hpp"
 #include "iothubd/session/hub_session.hpp"
@@ -140,8 +143,38 @@ int run(const Options& opts) {
          e.getName(), ": ", e.getMessage());
     return EX_UNAVAILABLE;
   }
+  // File upload (protocol doc 8): HTTPS to the hub itself, never the gateway; the same trust
+  // settings as MQTT (libcurl keeps the system CA path besides server_verification_cert).
+  iothubd::http::CurlOptions curlOptions;
+  curlOptions.tls.caFile = settings->serverVerificationCert;
+  curlOptions.tls.ciphers = settings->cipher;
+  curlOptions.userAgent = userAgent();
+  auto http = iothubd::http::createCurlMultiClient(ev, curlOptions);
+  if (!http) {
+    logf(LogLevel::Error, "file upload: ", http.error().message);
+    return EXIT_FAILURE;
+  }
+  std::unique_ptr<iothubd::blob::BlobUploader> uploads;
+  if (session.options().moduleId.empty()) {
+    iothubd::blob::HubEndpoint endpoint;
+    endpoint.host = session.options().hubHostname;
+    if (settings->fileUploadPort != 443) {
+      endpoint.host += ":" + std::to_string(settings->fileUploadPort);
+    }
+    endpoint.deviceId = session.options().deviceId;
+    iothubd::blob::UploaderOptions uploadOptions;
+    uploadOptions.blockSize = settings->blockSize;
+    uploadOptions.maxConcurrentUploads = static_cast<std::size_t>(settings->maxConcurrentUploads);
+    uploadOptions.uploadTimeout = std::chrono::seconds(settings->uploadTimeout);
+    uploadOptions.requestTimeout = std::chrono::seconds(settings->operationTimeout);
+    uploads = std::make_unique<iothubd::blob::BlobUploader>(
+        **http, ev, ev, endpoint, [&session] { return session.httpAuthorization(); },
+        [&ev](iothubd::core::UniqueFd fd) { return iothubd::http::createFdReader(ev, std::move(fd)); },
+        uploadOptions);
+  }
+
   auto object = iothubd::dbusapi::createDeviceObject(
-      *bus, session, ev, std::chrono::seconds(settings->methodResponseTimeout));
+      *bus, {session, ev, std::chrono::seconds(settings->methodResponseTimeout), uploads.get()});
   if (auto r = ev.attachBus(*bus); !r) {
     logf(LogLevel::Error, r.error().message);
     return EXIT_FAILURE;
@@ -180,6 +213,7 @@ int run(const Options& opts) {
   auto code = ev.run();
   ev.detachBus();
   object.reset();
+  uploads.reset();
   if (!code) {
     logf(LogLevel::Error, code.error().message);
     return EXIT_FAILURE;

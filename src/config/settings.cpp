@@ -151,6 +151,23 @@ const std::map<std::string, Handler, std::less<>>& keyTable() {
          return std::string();
        }},
       {"methods.method_response_timeout", number(&Settings::methodResponseTimeout, 1, 3600)},
+      {"file_upload.https_port", number(&Settings::fileUploadPort, 1, 65535)},
+      {"file_upload.block_size",
+       [](Settings& s, std::string_view v) -> std::string {
+         // Azure Storage takes blocks of up to 4000 MiB (x-ms-version 2019-12-12); keep them
+         // between 64 KiB and 100 MiB so that memory stays bounded (one block is buffered).
+         constexpr std::uint64_t kMin = 64 * 1024, kMax = 100 * 1024 * 1024;
+         std::uint64_t n = 0;
+         const char* end = v.data() + v.size();
+         auto [ptr, ec] = std::from_chars(v.data(), end, n);
+         if (ec != std::errc() || ptr != end || v.empty() || n < kMin || n > kMax) {
+           return "expected a byte count between 65536 and 104857600, got \"" + std::string(v) + "\"";
+         }
+         s.blockSize = n;
+         return {};
+       }},
+      {"file_upload.max_concurrent_uploads", number(&Settings::maxConcurrentUploads, 1, 10)},
+      {"file_upload.upload_timeout", number(&Settings::uploadTimeout, 10, 7 * 24 * 3600)},
       {"daemon.log_level",
        [](Settings& s, std::string_view v) -> std::string {
          static constexpr std::string_view kLevels[] = {"error", "warning", "notice", "info",

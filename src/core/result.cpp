@@ -20,6 +20,7 @@ const char* errcName(Errc code) noexcept {
     case Errc::NotSupported: return "not-supported";
     case Errc::AlreadyClaimed: return "already-claimed";
     case Errc::AccessDenied: return "access-denied";
+    case Errc::NotFound: return "not-found";
     case Errc::Io: return "io";
     case Errc::Internal: return "internal";
   }

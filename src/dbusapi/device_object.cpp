@@ -1,6 +1,12 @@
 // SPDX-License-Identifier: MIT
 #include "iothubd/dbusapi/device_object.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+
 #include <sdbus-c++/sdbus-c++.h>
 
 #include "errors.hpp"
@@ -69,11 +75,11 @@ class DeviceObjectImpl final : public DeviceObject,
                                public sdbus::AdaptorInterfaces<Adaptor>,
                                private session::HubSession::Observer {
  public:
-  DeviceObjectImpl(sdbus::IConnection& connection, session::HubSession& session,
-                   core::Scheduler& scheduler, std::chrono::seconds methodResponseTimeout)
+  DeviceObjectImpl(sdbus::IConnection& connection, DeviceServices services)
       : AdaptorInterfaces(connection, kObjectPath),
-        session_(session),
-        router_(scheduler, methodResponseTimeout, routerHooks()) {
+        session_(services.session),
+        uploads_(services.uploads),
+        router_(services.scheduler, services.methodResponseTimeout, routerHooks()) {
     registerAdaptor();
     session_.setObserver(this);
     connected_ = session_.connected();
@@ -259,6 +265,92 @@ class DeviceObjectImpl final : public DeviceObject,
     });
   }
 
+  // --- file upload (protocol doc 8) ---------------------------------------------------------
+  blob::BlobUploader& uploads() {
+    if (uploads_ == nullptr) {
+      throw sdbus::Error("org.iothubd.Error.NotSupported",
+                         "file upload is for device identities; modules cannot upload files");
+    }
+    return *uploads_;
+  }
+
+  void GetStorageInfoForBlob(sdbus::Result<std::map<std::string, std::string>>&& result,
+                             std::string blobName) override {
+    replyGuard(result, "GetStorageInfoForBlob", [&] {
+      throwIfError(uploads().getStorageInfo(
+          blobName, completion(std::move(result), [](sdbus::Result<std::map<std::string, std::string>>& r,
+                                                     const auto& info) {
+            r.returnResults(std::map<std::string, std::string>{{"correlationId", info->correlationId},
+                                                               {"hostName", info->hostName},
+                                                               {"containerName", info->containerName},
+                                                               {"blobName", info->blobName},
+                                                               {"sasToken", info->sasToken}});
+          })));
+    });
+  }
+
+  void NotifyBlobUploadStatus(sdbus::Result<>&& result, std::string correlationId, bool isSuccess,
+                              int32_t statusCode, std::string statusDescription) override {
+    replyGuard(result, "NotifyBlobUploadStatus", [&] {
+      throwIfError(uploads().notifyStatus(
+          proto::UploadNotification{std::move(correlationId), isSuccess, statusCode,
+                                    std::move(statusDescription)},
+          completion(std::move(result), replyEmpty())));
+    });
+  }
+
+  void startUpload(sdbus::Result<std::string>&& result, std::string blobName, core::UniqueFd fd) {
+    auto alive = alive_;
+    auto progress = [this, alive](const blob::UploadProgress& p) {
+      if (*alive) {
+        emitSafely("UploadProgress", [&] { emitUploadProgress(p.blobName, p.bytesDone, p.bytesTotal); });
+      }
+    };
+    auto id = uploads().upload(
+        std::move(blobName), std::move(fd), std::move(progress),
+        completion(std::move(result), [](sdbus::Result<std::string>& r, const auto& outcome) {
+          r.returnResults(outcome->correlationId);
+        }));
+    if (!id) {
+      throw toDbusError(id.error());
+    }
+  }
+
+  void UploadFile(sdbus::Result<std::string>&& result, std::string blobName, sdbus::UnixFd fd) override {
+    replyGuard(result, "UploadFile", [&] {
+      // sdbus::UnixFd closes its descriptor when it goes; the upload owns a duplicate.
+      int own = ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 3);
+      if (own < 0) {
+        throw sdbus::Error("org.freedesktop.DBus.Error.InvalidArgs",
+                           std::string("unusable file descriptor: ") + std::strerror(errno));
+      }
+      startUpload(std::move(result), std::move(blobName), core::UniqueFd(own));
+    });
+  }
+
+  void UploadFileFromPath(sdbus::Result<std::string>&& result, std::string blobName,
+                          std::string path) override {
+    replyGuard(result, "UploadFileFromPath", [&] {
+      // The daemon's own rights decide (issue 4); O_NONBLOCK so that a FIFO cannot block the loop
+      // in open().
+      int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+      if (fd < 0) {
+        int err = errno;
+        const char* name = err == ENOENT ? "org.freedesktop.DBus.Error.FileNotFound"
+                           : (err == EACCES || err == EPERM) ? "org.freedesktop.DBus.Error.AccessDenied"
+                                                               : "org.freedesktop.DBus.Error.IOError";
+        throw sdbus::Error(name, "cannot read " + core::quoted(path) + ": " + std::strerror(err));
+      }
+      core::UniqueFd owned(fd);
+      struct stat st {};
+      if (::fstat(fd, &st) != 0 || !(S_ISREG(st.st_mode) || S_ISFIFO(st.st_mode))) {
+        throw sdbus::Error("org.freedesktop.DBus.Error.InvalidArgs",
+                           core::quoted(path) + " is neither a regular file nor a pipe");
+      }
+      startUpload(std::move(result), std::move(blobName), std::move(owned));
+    });
+  }
+
   // --- properties ---------------------------------------------------------------------------
   bool Connected() override { return session_.connected(); }
   std::string ConnectionState() override { return session::connectionStateName(session_.state()); }
@@ -329,6 +421,7 @@ class DeviceObjectImpl final : public DeviceObject,
   void onSasTokenExpiryChanged(std::uint64_t) override { emitChanged({"SasTokenExpiry"}); }
 
   session::HubSession& session_;
+  blob::BlobUploader* uploads_;
   MethodRouter router_;
   std::unique_ptr<sdbus::IProxy> busProxy_;
   bool connected_ = false;
@@ -338,10 +431,8 @@ class DeviceObjectImpl final : public DeviceObject,
 }  // namespace
 
 std::unique_ptr<DeviceObject> createDeviceObject(sdbus::IConnection& connection,
-                                                 session::HubSession& session,
-                                                 core::Scheduler& scheduler,
-                                                 std::chrono::seconds methodResponseTimeout) {
-  return std::make_unique<DeviceObjectImpl>(connection, session, scheduler, methodResponseTimeout);
+                                                 DeviceServices services) {
+  return std::make_unique<DeviceObjectImpl>(connection, services);
 }
 
 }  // namespace iothubd::dbusapi

@@ -20,6 +20,7 @@ sdbus::Error toDbusError(const core::Error& error) {
     case Errc::NotSupported: name = "org.iothubd.Error.NotSupported"; break;
     case Errc::AlreadyClaimed: name = "org.iothubd.Error.AlreadyClaimed"; break;
     case Errc::AccessDenied: name = "org.freedesktop.DBus.Error.AccessDenied"; break;
+    case Errc::NotFound: name = "org.freedesktop.DBus.Error.FileNotFound"; break;
     case Errc::Io: name = "org.freedesktop.DBus.Error.IOError"; break;
     case Errc::Config:
     case Errc::Protocol:

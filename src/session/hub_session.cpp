@@ -790,6 +790,15 @@ core::Result<void> HubSession::updateSasToken(const std::string& token) {
   return {};
 }
 
+core::Result<core::Secret<>> HubSession::httpAuthorization() const {
+  if (options_.auth == AuthMethod::SasToken) {
+    return options_.sasToken;
+  }
+  std::uint64_t expiry = clock_.unixSeconds() + static_cast<std::uint64_t>(options_.sasTokenTtl.count());
+  return proto::makeSasToken(proto::sasResourceUri(options_.hubHostname, options_.deviceId, options_.moduleId),
+                             options_.sharedAccessKey, expiry);
+}
+
 void HubSession::backgroundError(core::Error error) {
   logf(LogLevel::Warning, error.message);
   if (observer_ != nullptr) {

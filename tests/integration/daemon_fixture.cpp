@@ -70,6 +70,11 @@ void DeviceClient::onBackgroundException(const std::string& errorName, const std
   record(named("BackgroundException", {errorName, message}));
 }
 
+void DeviceClient::onUploadProgress(const std::string& blobName, const uint64_t& done,
+                                    const uint64_t& total) {
+  record(named("UploadProgress", {blobName, std::to_string(done), std::to_string(total)}));
+}
+
 void DeviceClient::onPropertiesChanged(const std::string& interfaceName,
                                        const std::map<std::string, sdbus::Variant>& changed,
                                        const std::vector<std::string>&) {

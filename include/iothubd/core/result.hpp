@@ -27,6 +27,7 @@ enum class Errc {
   NotSupported,       ///< valid request, but not available in this configuration
   AlreadyClaimed,     ///< a resource is held by another client
   AccessDenied,       ///< the caller may not do this (another peer's request, unreadable file)
+  NotFound,           ///< a named file or object does not exist
   Io,                 ///< local I/O failure (sysErrno holds errno)
   Internal,           ///< a bug or an impossible state
 };

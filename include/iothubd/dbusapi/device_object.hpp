@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "iothubd/blob/blob_uploader.hpp"
 #include "iothubd/core/scheduler.hpp"
 #include "iothubd/session/hub_session.hpp"
 
@@ -29,9 +30,15 @@ class DeviceObject {
   virtual void identityChanged() = 0;
 };
 
-/// `scheduler` runs the method-response timeouts.
-[[nodiscard]] std::unique_ptr<DeviceObject> createDeviceObject(
-    sdbus::IConnection& connection, session::HubSession& session, core::Scheduler& scheduler,
-    std::chrono::seconds methodResponseTimeout);
+/// What the object serves the bus with.
+struct DeviceServices {
+  session::HubSession& session;
+  core::Scheduler& scheduler;  ///< runs the method-response timeouts
+  std::chrono::seconds methodResponseTimeout;
+  blob::BlobUploader* uploads = nullptr;  ///< null: file upload not available (module identity)
+};
+
+[[nodiscard]] std::unique_ptr<DeviceObject> createDeviceObject(sdbus::IConnection& connection,
+                                                               DeviceServices services);
 
 }  // namespace iothubd::dbusapi

@@ -139,6 +139,10 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   /// errors and state changes.
   [[nodiscard]] core::Result<void> updateSasToken(const std::string& token);
 
+  /// The Authorization value for the hub's HTTPS calls (file upload, protocol doc 8): a fresh
+  /// token made from the key, or the operator's token; never cached.
+  [[nodiscard]] core::Result<core::Secret<>> httpAuthorization() const;
+
   [[nodiscard]] ConnectionState state() const noexcept { return state_; }
   [[nodiscard]] bool connected() const noexcept { return state_ == ConnectionState::Connected; }
   [[nodiscard]] const SessionOptions& options() const noexcept { return options_; }
