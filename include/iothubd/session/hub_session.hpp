@@ -78,6 +78,8 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   HubSession& operator=(const HubSession&) = delete;
 
   void setObserver(Observer* observer) { observer_ = observer; }
+  /// The observer set last, so that another one can be chained in front of it.
+  [[nodiscard]] Observer* observer() const noexcept { return observer_; }
 
   /// Opens the connection and keeps it up from now on (the daemon calls this at start-up):
   /// failed attempts are retried every connection_retry_interval unless the hub refused the
