@@ -15,6 +15,8 @@ IOTHUBD_PACKAGES=(
   dbus systemd
   # helpers used by the harness scripts
   python3 procps util-linux passwd
+  # packaging suite: build and check the .deb, boot it in a Debian 12 container
+  build-essential fakeroot dpkg-dev debhelper lintian debootstrap systemd-container git
 )
 
 log() { printf '==> %s\n' "$*"; }
