@@ -139,7 +139,10 @@ fi
 # --- 2. a Debian 12 tree, cached -------------------------------------------------------------
 cache=${IOTHUBD_TEST_CACHE:-/var/cache/iothubd-test}
 mkdir -p "$cache"
-key="$kSuite-minbase-$(date -u +%G-W%V)-$(printf '%s %s' "$kInclude" "$kMirror" | sha256sum | cut -c1-8)"
+# The key changes every ISO week (fresh security updates) and with what goes into the tree.
+readonly kCacheLayout=2 # bump when the tree is prepared differently
+key="$kSuite-minbase-$(date -u +%G-W%V)-$(printf '%s %s %s' "$kInclude" "$kMirror" "$kCacheLayout" |
+  sha256sum | cut -c1-8)"
 tarball=$cache/$key.tar
 debs=$cache/$key.debs
 (
@@ -156,6 +159,8 @@ debs=$cache/$key.debs
       [[ $attempt == 2 ]] && { tail -n 30 "$work/debootstrap.log"; exit 1; }
       echo "    debootstrap failed; one more try (the mirror may have been updating)"
     done
+    # The base system's own .debs are not needed again (apt-get clean).
+    find "$work/bootstrap/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -delete
     tar --numeric-owner -C "$work/bootstrap" -cf "$tarball.partial" .
     mv "$tarball.partial" "$tarball"
     rm -rf "$work/bootstrap"
