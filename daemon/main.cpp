@@ -3,8 +3,10 @@
 // modules together on one sd-event loop and maps failures to exit codes. No logic of its own.
 #include <sys/utsname.h>
 #include <sysexits.h>
+#include <time.h>
 
 #include <csignal>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -28,6 +30,8 @@ namespace {
 
 using iothubd::core::LogLevel;
 using iothubd::core::logf;
+using iothubd::session::ConnectionState;
+using iothubd::session::HubSession;
 
 constexpr const char* kDefaultConfig = "/etc/iothubd/iothubd.conf";
 /// How long a SIGTERM waits for the DISCONNECT to go out before the loop ends regardless.
@@ -48,6 +52,9 @@ void usage(std::ostream& os) {
         "                    drop-ins are read from PATH.d/*.conf\n"
         "  --check-config    load configuration and credentials, report problems, exit\n"
         "  --version         print the version and exit\n"
+        "\n"
+        "SIGHUP reloads the configuration and credentials; if they do not load, the running\n"
+        "configuration stays in force.\n"
         "\n"
         "Exit status: 0 clean stop, 64 usage error, 69 D-Bus unavailable or name not granted,\n"
         "78 bad configuration or credentials, 1 other failure.\n";
@@ -90,32 +97,121 @@ iothubd::session::SessionOptions sessionOptions(const iothubd::config::Settings&
   return o;
 }
 
-int run(const Options& opts) {
-  auto sources = iothubd::config::readConfigFiles(opts.configPath);
+/// Configuration and credentials as read at start or at a reload, validated.
+struct Loaded {
+  iothubd::config::Settings settings;
+  iothubd::config::DeviceIdentity identity;
+};
+
+/// Reads the configuration files and the secrets they call for. The error is one line naming
+/// file, key and problem; it never contains a secret.
+iothubd::core::Result<Loaded> loadConfiguration(const std::string& configPath,
+                                                std::uint64_t nowUnix) {
+  using iothubd::core::Errc;
+  using iothubd::core::fail;
+  auto sources = iothubd::config::readConfigFiles(configPath);
   if (!sources) {
-    logf(LogLevel::Error, "configuration: ", sources.error().message);
-    return EX_CONFIG;
+    return fail(Errc::Config, "configuration: " + sources.error().message);
   }
   auto settings = iothubd::config::parseSettings(*sources);
   if (!settings) {
-    logf(LogLevel::Error, "configuration: ", settings.error().message);
-    return EX_CONFIG;
+    return fail(Errc::Config, "configuration: " + settings.error().message);
   }
+  // systemd sets $CREDENTIALS_DIRECTORY once per start: a reload re-reads the same copies (a
+  // changed credential needs a restart); files named in [credentials] are read afresh.
+  const char* credDir = std::getenv("CREDENTIALS_DIRECTORY");
+  auto identity = iothubd::config::loadIdentity(*settings, credDir ? credDir : "", nowUnix);
+  if (!identity) {
+    return fail(Errc::Config, "credentials: " + identity.error().message);
+  }
+  return Loaded{std::move(*settings), std::move(*identity)};
+}
+
+void applyLogLevel(const iothubd::config::Settings& settings) {
   LogLevel level = LogLevel::Info;
-  if (iothubd::core::parseLogLevel(settings->logLevel, level)) {
+  if (iothubd::core::parseLogLevel(settings.logLevel, level)) {
     iothubd::core::setLogLevel(level);
   }
-  const char* credDir = std::getenv("CREDENTIALS_DIRECTORY");
+}
+
+/// Mirrors the session's state into the service manager's STATUS= (`systemctl status`).
+class StatusReporter final : public HubSession::Observer {
+ public:
+  explicit StatusReporter(HubSession& session) : session_(session) { session_.addObserver(this); }
+  ~StatusReporter() override { session_.removeObserver(this); }
+  StatusReporter(const StatusReporter&) = delete;
+  StatusReporter& operator=(const StatusReporter&) = delete;
+
+  /// "connected to contoso.azure-devices.net as dev1", "reconnecting to ...: <why>", ...
+  [[nodiscard]] std::string text() const {
+    const auto& o = session_.options();
+    std::string who = o.moduleId.empty() ? o.deviceId : o.deviceId + "/" + o.moduleId;
+    std::string where = o.hubHostname;
+    if (!o.gatewayHostname.empty()) {
+      where += " via " + o.gatewayHostname;
+    }
+    const auto& error = session_.lastError();
+    std::string why = error.message.empty() ? "" : ": " + error.message;
+    switch (session_.state()) {
+      case ConnectionState::Connecting:
+        return "connecting to " + where + " as " + who;
+      case ConnectionState::Connected:
+        return "connected to " + where + " as " + who;
+      case ConnectionState::Reconnecting:
+        return "reconnecting to " + where + " as " + who + why;
+      case ConnectionState::Disconnected:
+        return "disconnected from " + where + why;
+    }
+    return "";
+  }
+
+ private:
+  void onStateChanged(ConnectionState, const iothubd::core::Error*) override {
+    sd_notifyf(0, "STATUS=%s", text().c_str());
+  }
+
+  HubSession& session_;
+};
+
+/// SIGHUP (ExecReload=): applies a changed configuration without a restart. A configuration or
+/// credential that does not load leaves the running one in place; the log line says why.
+void reload(const std::string& configPath, HubSession& session, iothubd::dbusapi::DeviceObject& object,
+            const StatusReporter& status, const iothubd::core::Clock& clock) {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+             static_cast<unsigned long long>(ts.tv_sec) * 1000000ULL +
+                 static_cast<unsigned long long>(ts.tv_nsec) / 1000ULL);
+  auto loaded = loadConfiguration(configPath, clock.unixSeconds());
+  if (!loaded) {
+    logf(LogLevel::Warning,
+         "reload failed, keeping the running configuration: ", loaded.error().message);
+  } else {
+    applyLogLevel(loaded->settings);
+    object.setMethodResponseTimeout(std::chrono::seconds(loaded->settings.methodResponseTimeout));
+    bool reconnects =
+        session.reconfigure(sessionOptions(loaded->settings, std::move(loaded->identity)));
+    if (reconnects) {
+      object.identityChanged();
+    }
+    logf(LogLevel::Notice, "configuration reloaded from ", configPath,
+         reconnects ? "; reconnecting to apply it" : "; the connection is unaffected");
+  }
+  sd_notifyf(0, "READY=1\nSTATUS=%s", status.text().c_str());
+}
+
+int run(const Options& opts) {
   iothubd::core::SystemClock clock;
-  auto identity = iothubd::config::loadIdentity(*settings, credDir ? credDir : "", clock.unixSeconds());
-  if (!identity) {
-    logf(LogLevel::Error, "credentials: ", identity.error().message);
+  auto loaded = loadConfiguration(opts.configPath, clock.unixSeconds());
+  if (!loaded) {
+    logf(LogLevel::Error, loaded.error().message);
     return EX_CONFIG;
   }
+  applyLogLevel(loaded->settings);
+  auto& identity = loaded->identity;
   if (opts.checkOnly) {
-    std::cout << "configuration OK: device " << identity->deviceId << " on "
-              << identity->hubHostname << " (" << iothubd::config::authKindName(identity->authentication)
-              << ")\n";
+    std::cout << "configuration OK: device " << identity.deviceId << " on " << identity.hubHostname
+              << " (" << iothubd::config::authKindName(identity.authentication) << ")\n";
     return EXIT_SUCCESS;
   }
 
@@ -130,9 +226,9 @@ int run(const Options& opts) {
     logf(LogLevel::Error, transport.error().message);
     return EXIT_FAILURE;
   }
-  std::string hub = identity->hubHostname;
-  std::string device = identity->deviceId;
-  iothubd::session::HubSession session(ev, ev, **transport, sessionOptions(*settings, std::move(*identity)));
+  std::string hub = identity.hubHostname;
+  std::string device = identity.deviceId;
+  HubSession session(ev, ev, **transport, sessionOptions(loaded->settings, std::move(identity)));
 
   std::unique_ptr<sdbus::IConnection> bus;
   try {
@@ -143,11 +239,12 @@ int run(const Options& opts) {
          e.getName(), ": ", e.getMessage());
     return EX_UNAVAILABLE;
   }
+  const auto& settings = loaded->settings;
   // File upload (protocol doc 8): HTTPS to the hub itself, never the gateway; the same trust
   // settings as MQTT (libcurl keeps the system CA path besides server_verification_cert).
   iothubd::http::CurlOptions curlOptions;
-  curlOptions.tls.caFile = settings->serverVerificationCert;
-  curlOptions.tls.ciphers = settings->cipher;
+  curlOptions.tls.caFile = settings.serverVerificationCert;
+  curlOptions.tls.ciphers = settings.cipher;
   curlOptions.userAgent = userAgent();
   auto http = iothubd::http::createCurlMultiClient(ev, curlOptions);
   if (!http) {
@@ -158,15 +255,15 @@ int run(const Options& opts) {
   if (session.options().moduleId.empty()) {
     iothubd::blob::HubEndpoint endpoint;
     endpoint.host = session.options().hubHostname;
-    if (settings->fileUploadPort != 443) {
-      endpoint.host += ":" + std::to_string(settings->fileUploadPort);
+    if (settings.fileUploadPort != 443) {
+      endpoint.host += ":" + std::to_string(settings.fileUploadPort);
     }
     endpoint.deviceId = session.options().deviceId;
     iothubd::blob::UploaderOptions uploadOptions;
-    uploadOptions.blockSize = settings->blockSize;
-    uploadOptions.maxConcurrentUploads = static_cast<std::size_t>(settings->maxConcurrentUploads);
-    uploadOptions.uploadTimeout = std::chrono::seconds(settings->uploadTimeout);
-    uploadOptions.requestTimeout = std::chrono::seconds(settings->operationTimeout);
+    uploadOptions.blockSize = settings.blockSize;
+    uploadOptions.maxConcurrentUploads = static_cast<std::size_t>(settings.maxConcurrentUploads);
+    uploadOptions.uploadTimeout = std::chrono::seconds(settings.uploadTimeout);
+    uploadOptions.requestTimeout = std::chrono::seconds(settings.operationTimeout);
     uploads = std::make_unique<iothubd::blob::BlobUploader>(
         **http, ev, ev, endpoint, [&session] { return session.httpAuthorization(); },
         [&ev](iothubd::core::UniqueFd fd) { return iothubd::http::createFdReader(ev, std::move(fd)); },
@@ -174,7 +271,8 @@ int run(const Options& opts) {
   }
 
   auto object = iothubd::dbusapi::createDeviceObject(
-      *bus, {session, ev, std::chrono::seconds(settings->methodResponseTimeout), uploads.get()});
+      *bus, {session, ev, std::chrono::seconds(settings.methodResponseTimeout), uploads.get()});
+  StatusReporter status(session);
   if (auto r = ev.attachBus(*bus); !r) {
     logf(LogLevel::Error, r.error().message);
     return EXIT_FAILURE;
@@ -183,11 +281,11 @@ int run(const Options& opts) {
   std::unique_ptr<iothubd::core::Timer> shutdownTimer = ev.createTimer([&ev] { ev.exit(EXIT_SUCCESS); });
   bool stopping = false;
   auto signals = ev.handleSignals({SIGTERM, SIGINT, SIGHUP}, [&](int sig) {
-    if (sig == SIGHUP) {
-      logf(LogLevel::Notice, "SIGHUP: reloading is not supported by this version; restart iothubd to apply changes");
+    if (stopping) {
       return;
     }
-    if (stopping) {
+    if (sig == SIGHUP) {
+      reload(opts.configPath, session, *object, status, clock);
       return;
     }
     stopping = true;
@@ -208,7 +306,7 @@ int run(const Options& opts) {
   session.start();
   logf(LogLevel::Notice, "iothubd ", IOTHUBD_VERSION, " serving device ", device, " of ", hub,
        " as ", iothubd::dbusapi::kBusName);
-  sd_notifyf(0, "READY=1\nSTATUS=connecting to %s as %s", hub.c_str(), device.c_str());
+  sd_notifyf(0, "READY=1\nSTATUS=%s", status.text().c_str());
 
   auto code = ev.run();
   ev.detachBus();
@@ -245,10 +343,12 @@ int main(int argc, char** argv) {
       return EX_USAGE;
     }
   }
+  int code = EXIT_FAILURE;
   try {
-    return run(opts);
+    code = run(opts);
   } catch (const std::exception& e) {
     logf(LogLevel::Error, "fatal: ", e.what());
-    return EXIT_FAILURE;
   }
+  iothubd::core::flushLogRateLimit();
+  return code;
 }

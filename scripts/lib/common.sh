@@ -20,6 +20,8 @@ IOTHUBD_PACKAGES=(
   python3 procps util-linux passwd
   # the README's python example (examples/iothubd_app.py)
   python3-dbus python3-gi
+  # packaging suite: build and check the .deb, boot it in a Debian 12 container
+  build-essential fakeroot dpkg-dev debhelper lintian debootstrap systemd-container git
 )
 
 log() { printf '==> %s\n' "$*"; }

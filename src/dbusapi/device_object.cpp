@@ -81,14 +81,14 @@ class DeviceObjectImpl final : public DeviceObject,
         uploads_(services.uploads),
         router_(services.scheduler, services.methodResponseTimeout, routerHooks()) {
     registerAdaptor();
-    session_.setObserver(this);
+    session_.addObserver(this);
     connected_ = session_.connected();
     watchPeers(connection);
   }
 
   ~DeviceObjectImpl() override {
     *alive_ = false;
-    session_.setObserver(nullptr);
+    session_.removeObserver(this);
     busProxy_.reset();
     unregisterAdaptor();
   }

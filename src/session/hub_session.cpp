@@ -58,9 +58,7 @@ HubSession::HubSession(core::Scheduler& scheduler, core::Clock& clock,
     if (options_.auth == AuthMethod::SasToken) {
       logf(LogLevel::Notice, "the SAS token expires at ", tokenExpiry_,
            "; waiting for a new one (UpdateSasToken)");
-      if (observer_ != nullptr) {
-        observer_->onNewSasTokenRequired();
-      }
+      notify([&](Observer& o) { o.onNewSasTokenRequired(); });
       return;
     }
     reconnectPlanned("SAS token renewal");
@@ -316,9 +314,7 @@ void HubSession::onConnected() {
   dropped_ = false;
   logf(LogLevel::Notice, "connected to ", options_.hubHostname, " as ",
        proto::mqttClientId(options_.deviceId, options_.moduleId));
-  if (observer_ != nullptr) {
-    observer_->onSasTokenExpiryChanged(tokenExpiry_);
-  }
+  notify([&](Observer& o) { o.onSasTokenExpiryChanged(tokenExpiry_); });
   subscribeAll();
   setState(ConnectionState::Connected, nullptr);
   auto waiters = std::move(connectWaiters_);
@@ -406,8 +402,8 @@ void HubSession::attemptFailed(const core::Error& error, bool wasConnected) {
   }
   // Whoever called Connect() wants this attempt's outcome, not the next one's; with nobody
   // waiting, apps learn of it as a background error (seed: on_background_exception).
-  if (connectWaiters_.empty() && observer_ != nullptr) {
-    observer_->onBackgroundError(error);
+  if (connectWaiters_.empty()) {
+    notify([&](Observer& o) { o.onBackgroundError(error); });
   }
   failConnectWaiters(error);
 
@@ -548,9 +544,7 @@ void HubSession::onMessage(std::string_view topic, std::string_view payload) {
         backgroundError({Errc::Protocol, "unreadable cloud-to-device message: " + props.error().message});
         return;
       }
-      if (observer_ != nullptr) {
-        observer_->onC2dMessage(payload, props->properties, props->systemProperties);
-      }
+      notify([&](Observer& o) { o.onC2dMessage(payload, props->properties, props->systemProperties); });
       return;
     }
     case proto::InboundKind::MethodRequest: {
@@ -559,9 +553,7 @@ void HubSession::onMessage(std::string_view topic, std::string_view payload) {
         backgroundError({Errc::Protocol, "unreadable direct method request: " + request.error().message});
         return;
       }
-      if (observer_ != nullptr) {
-        observer_->onMethodRequest(request->requestId, request->methodName, payload);
-      }
+      notify([&](Observer& o) { o.onMethodRequest(request->requestId, request->methodName, payload); });
       return;
     }
     case proto::InboundKind::TwinResponse:
@@ -745,9 +737,7 @@ void HubSession::ensureDesiredProperties() {
                 // A change made while we were away, or the starting state after the first
                 // connect (dbus-contract-notes "Twin").
                 lastDesiredVersion_ = *version;
-                if (observer_ != nullptr) {
-                  observer_->onDesiredPropertiesPatch(*desired);
-                }
+                notify([&](Observer& o) { o.onDesiredPropertiesPatch(*desired); });
               });
 }
 
@@ -764,9 +754,7 @@ void HubSession::onDesiredPatch(std::string_view topic, std::string_view payload
     return;  // already delivered by a newer full fetch (versions only increase, doc 7)
   }
   lastDesiredVersion_ = *version;
-  if (observer_ != nullptr) {
-    observer_->onDesiredPropertiesPatch(std::string(payload));
-  }
+  notify([&](Observer& o) { o.onDesiredPropertiesPatch(std::string(payload)); });
 }
 
 core::Result<void> HubSession::updateSasToken(const std::string& token) {
@@ -801,9 +789,7 @@ core::Result<core::Secret<>> HubSession::httpAuthorization() const {
 
 void HubSession::backgroundError(core::Error error) {
   logf(LogLevel::Warning, error.message);
-  if (observer_ != nullptr) {
-    observer_->onBackgroundError(error);
-  }
+  notify([&](Observer& o) { o.onBackgroundError(error); });
 }
 
 void HubSession::setState(ConnectionState state, const core::Error* error) {
@@ -811,9 +797,7 @@ void HubSession::setState(ConnectionState state, const core::Error* error) {
     return;
   }
   state_ = state;
-  if (observer_ != nullptr) {
-    observer_->onStateChanged(state, error);
-  }
+  notify([&](Observer& o) { o.onStateChanged(state, error); });
 }
 
 void HubSession::failConnectWaiters(const core::Error& error) {

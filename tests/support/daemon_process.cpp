@@ -169,6 +169,12 @@ void DaemonProcess::readNotifications(int timeoutMs) {
       std::string line = msg.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
       if (line == "READY=1") {
         ready_ = true;
+        if (reloading_) {
+          reloading_ = false;
+          ++reloadsDone_;
+        }
+      } else if (line == "RELOADING=1") {
+        reloading_ = true;
       } else if (line.rfind("STATUS=", 0) == 0) {
         status_ = line.substr(7);
       }
@@ -181,22 +187,38 @@ void DaemonProcess::readNotifications(int timeoutMs) {
 }
 
 bool DaemonProcess::waitReady(std::chrono::milliseconds timeout) {
+  return waitFor([this] { return ready_; }, timeout);
+}
+
+bool DaemonProcess::waitStatus(const std::string& status, std::chrono::milliseconds timeout) {
+  return waitFor([this, &status] { return status_ == status; }, timeout);
+}
+
+bool DaemonProcess::reload(std::chrono::milliseconds timeout) {
+  if (pid_ <= 0 || ::kill(pid_, SIGHUP) != 0) {
+    return false;
+  }
+  int before = reloadsDone_;
+  return waitFor([this, before] { return reloadsDone_ > before; }, timeout);
+}
+
+bool DaemonProcess::waitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
   auto deadline = Clock::now() + timeout;
-  while (!ready_ && pid_ > 0) {
+  while (!done() && pid_ > 0) {
     int left = remainingMs(deadline);
     if (left == 0) {
       return false;
     }
     readNotifications(left);
-    if (!ready_) {
-      // A process that exited will never be ready.
+    if (!done()) {
+      // A process that exited will not send anything more.
       pollfd p{pidFd_, POLLIN, 0};
       if (::poll(&p, 1, 0) > 0) {
         return false;
       }
     }
   }
-  return ready_;
+  return done();
 }
 
 std::optional<int> DaemonProcess::waitExit(std::chrono::milliseconds timeout) {

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <iosfwd>
 #include <map>
 #include <optional>
@@ -49,14 +50,20 @@ class DaemonProcess {
   [[nodiscard]] std::optional<int> waitExit(std::chrono::milliseconds timeout = std::chrono::seconds(10));
   [[nodiscard]] bool running() const { return pid_ > 0; }
   [[nodiscard]] pid_t pid() const { return pid_; }
-  /// Every STATUS= line received so far, newest last.
+  /// The last STATUS= text received so far.
   [[nodiscard]] const std::string& lastStatus() const { return status_; }
+  /// Waits until the last STATUS= text is `status`.
+  [[nodiscard]] bool waitStatus(const std::string& status,
+                                std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  /// Sends SIGHUP and waits until the daemon reported the reload done (RELOADING=1 then READY=1).
+  [[nodiscard]] bool reload(std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
   [[nodiscard]] std::string log() const;
   void printLogIf(bool failed) const;
 
  private:
   void readNotifications(int timeoutMs);
+  [[nodiscard]] bool waitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout);
 
   std::string workDir_;
   DaemonOptions options_;
@@ -64,6 +71,8 @@ class DaemonProcess {
   int pidFd_ = -1;
   int notifyFd_ = -1;
   bool ready_ = false;
+  bool reloading_ = false;
+  int reloadsDone_ = 0;
   std::string status_;
   std::string logPath_;
 };

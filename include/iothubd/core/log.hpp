@@ -18,7 +18,12 @@ void setLogLevel(LogLevel level) noexcept;
 
 /// Writes one line `<N>message` to stderr (journald keeps the priority). Never throws. Callers
 /// must not pass secrets: wrap them in Secret<>, which prints as "***".
+/// Similar lines are rate limited (LogRateLimiter's defaults: 10 per key and minute); what was
+/// dropped is reported as "suppressed N similar messages like: ..." once the minute is over.
 void logLine(LogLevel level, std::string_view message) noexcept;
+
+/// Writes the reports of rate-limit windows that still hold suppressed lines (call at exit).
+void flushLogRateLimit() noexcept;
 
 namespace detail {
 template <class... Args>

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <algorithm>
 #include <deque>
 #include <functional>
 #include <map>
@@ -103,7 +104,16 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   HubSession(const HubSession&) = delete;
   HubSession& operator=(const HubSession&) = delete;
 
-  void setObserver(Observer* observer) { observer_ = observer; }
+  /// Observers are told of every event, in the order they were added. Not owned.
+  void addObserver(Observer* observer) { observers_.push_back(observer); }
+  void removeObserver(Observer* observer) { std::erase(observers_, observer); }
+  /// Replaces all observers with `observer` (none if null).
+  void setObserver(Observer* observer) {
+    observers_.clear();
+    if (observer != nullptr) {
+      observers_.push_back(observer);
+    }
+  }
 
   /// Opens the connection and keeps it up from now on (the daemon calls this at start-up):
   /// failed attempts are retried every connection_retry_interval unless the hub refused the
@@ -194,6 +204,16 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   void ensureDesiredProperties();
   void backgroundError(core::Error error);
   void subscribeAll();
+  /// Calls `fn` for each observer; an observer may remove itself meanwhile.
+  template <class Fn>
+  void notify(Fn&& fn) {
+    auto observers = observers_;
+    for (Observer* o : observers) {
+      if (std::find(observers_.begin(), observers_.end(), o) != observers_.end()) {
+        fn(*o);
+      }
+    }
+  }
   void startAttempt();
   void attemptFailedBeforeStart(const core::Error& error);
   void attemptFailed(const core::Error& error, bool wasConnected);
@@ -218,7 +238,7 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   core::Clock& clock_;
   mqtt::MqttTransport& transport_;
   SessionOptions options_;
-  Observer* observer_ = nullptr;
+  std::vector<Observer*> observers_;
 
   ConnectionState state_ = ConnectionState::Disconnected;
   bool wantConnected_ = false;  ///< reconnect after a drop (cleared by disconnect())

@@ -1,0 +1,280 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+# Runs as a oneshot unit inside the booted Debian 12 container (see packaging_test.sh), as root:
+# installs the .deb and sets it up the way README's "Install on a gateway" says, then checks
+# iothubd.service on the container's real systemd and system bus. One "ok"/"FAIL" line per
+# check on stdout; exit status 1 if any failed (the host gets it as nspawn's exit status).
+# Facts for the host's own checks (message ids, product info) go to results.env.
+# Most checks are small functions handed to check(), which shellcheck cannot follow.
+# shellcheck disable=SC2317
+# pipefail: a pipeline into `grep -q` would fail whenever grep exits before the writer (SIGPIPE);
+# pipelines below end in a grep that reads all its input instead.
+set -uo pipefail
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
+
+readonly share=/iothubd-test
+# shellcheck disable=SC1091 # written by packaging_test.sh: DEB HUB_CA HUB_PORT DEVICE_KEY RUN_ID
+source "$share/env"
+readonly results=$share/results.env
+readonly unit=iothubd.service
+readonly bus_call=(busctl call org.iothubd /org/iothubd/Device org.iothubd.Device1)
+: >"$results"
+failures=0
+
+ok() { echo "ok   $*"; }
+bad() {
+  echo "FAIL $*"
+  failures=$((failures + 1))
+}
+check() {
+  local name=$1
+  shift
+  if "$@"; then ok "$name"; else bad "$name"; fi
+}
+finish() {
+  journalctl -b --no-pager -o short-precise >"$share/journal.txt" 2>&1
+  echo "failures=$failures" >>"$results"
+  exit $((failures > 0 ? 1 : 0))
+}
+# A failed prerequisite makes the later checks meaningless.
+require() {
+  local name=$1
+  shift
+  if "$@"; then
+    ok "$name"
+  else
+    bad "$name"
+    finish
+  fi
+}
+result() { echo "$1=$2" >>"$results"; }
+prop() { systemctl show -p "$1" --value "$unit"; }
+
+# Bounded polling (100 x 0.1 s) for what systemd exposes only as a unit property, with no event
+# this script could wait on.
+await() {
+  local i
+  for ((i = 0; i < 100; i++)); do
+    "$@" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+journal_cursor() { journalctl -u "$unit" -n 1 --show-cursor -o cat | sed -n 's/^-- cursor: //p'; }
+# Waits (at most 20 s) for a line of iothubd's containing TEXT after CURSOR: follows the journal,
+# so it returns as soon as the line is written.
+await_journal() {
+  local cursor=$1 text=$2 rc=0 pid
+  coproc follow { exec timeout 20 journalctl -u "$unit" --after-cursor="$cursor" -f -o cat; }
+  # bash unsets follow_PID as soon as the coprocess ends: keep it.
+  # shellcheck disable=SC2154 # set by coproc
+  pid=$follow_PID
+  grep -m1 -qF -- "$text" <&"${follow[0]}" || rc=1
+  kill "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  return "$rc"
+}
+
+as_user() {
+  local user=$1
+  shift
+  setpriv --reuid="$user" --regid="$user" --init-groups -- "$@"
+}
+# send_as USER MESSAGE-ID BODY: SendMessage with a message id the host looks up in the ledger.
+send_as() { as_user "$1" "${bus_call[@]}" SendMessage 'sa{ss}a{ss}' "$3" 1 check packaging 1 message-id "$2"; }
+sends_as() {
+  local out
+  if out=$(send_as "$@" 2>&1) && [[ $out == "s \"$2\"" ]]; then
+    return 0
+  fi
+  echo "    busctl: $out"
+  return 1
+}
+
+# --- installation, as in the README ------------------------------------------------------------
+install_package() {
+  # The tree's package lists come from debootstrap; if a point release replaced a version since,
+  # the download fails once and fresh lists fix it.
+  apt-get install -y -q "$DEB" >"$share/apt.log" 2>&1 ||
+    { apt-get update -q >>"$share/apt.log" 2>&1 && apt-get install -y -q "$DEB" >>"$share/apt.log" 2>&1; }
+}
+require "apt-get install ./$(basename "$DEB") (dependencies from the mirror)" install_package
+
+has_account() { getent "$1" "$2" >/dev/null; }
+check "sysusers created user iothubd" has_account passwd iothubd
+check "... and group iothub" has_account group iothub
+check "the unit is installed disabled (it needs a credential first)" \
+  test "$(systemctl is-enabled "$unit")" = disabled
+check "the unit did not start at installation" test "$(systemctl is-active "$unit")" = inactive
+is_conffile() { dpkg-query -W -f='${Conffiles}\n' iothubd | grep '^ /etc/iothubd/iothubd.conf ' >/dev/null; }
+check "/etc/iothubd/iothubd.conf is a conffile" is_conffile
+check "D-Bus policy installed" test -f /usr/share/dbus-1/system.d/org.iothubd.conf
+check "D-Bus activation file installed" test -f /usr/share/dbus-1/system-services/org.iothubd.service
+has_man_pages() { man -w 8 iothubd >/dev/null && man -w 5 iothubd.conf >/dev/null; }
+check "man pages iothubd(8) and iothubd.conf(5)" has_man_pages
+
+verify_unit() {
+  systemd-analyze verify "$unit" >/dev/null 2>"$share/verify.err" && [[ ! -s $share/verify.err ]]
+}
+check "systemd-analyze verify $unit: status 0 and nothing on stderr" verify_unit
+security() {
+  # --threshold is on a 0-100 scale: 20 means an exposure of 2.0.
+  systemd-analyze security --offline=yes --threshold=20 /lib/systemd/system/$unit \
+    >"$share/security.txt" 2>&1
+}
+security
+security_rc=$?
+exposure=$(sed -n 's/.*Overall exposure level for iothubd.service: \([0-9.]*\).*/\1/p' "$share/security.txt")
+result security_exposure "$exposure"
+check "systemd-analyze security --offline=yes: exposure $exposure <= 2.0" test "$security_rc" -eq 0
+
+install -d -m 0700 /etc/credstore
+install -m 0600 "$share/connection-string" /etc/credstore/connection-string
+install -m 0644 "$HUB_CA" /etc/iothubd/hub-ca.pem
+mkdir -p /etc/iothubd/iothubd.conf.d
+cat >/etc/iothubd/iothubd.conf.d/50-gateway.conf <<EOF
+[hub]
+port = $HUB_PORT
+[connection]
+server_verification_cert = /etc/iothubd/hub-ca.pem
+EOF
+check "iothubd --check-config accepts the configuration and the credential store" \
+  env CREDENTIALS_DIRECTORY=/etc/credstore /usr/libexec/iothubd --check-config
+
+# Type=notify: this returns only after READY=1 (or fails).
+require "systemctl enable --now $unit" systemctl enable --now "$unit"
+
+# --- 1. active, as iothubd, READY came -------------------------------------------------------
+main_pid=$(prop MainPID)
+check "ActiveState=active SubState=running (READY=1 came)" \
+  test "$(prop ActiveState)/$(prop SubState)" = active/running
+check "User=iothubd" test "$(prop User)" = iothubd
+uid=$(id -u iothubd)
+runs_as_iothubd() { [[ $(awk '/^Uid:/ { print $2, $3, $4, $5 }' "/proc/$main_pid/status") == "$uid $uid $uid $uid" ]]; }
+check "main process $main_pid runs with the uid of iothubd (/proc/PID/status)" runs_as_iothubd
+status_connected() { [[ $(prop StatusText) == "connected to localhost as dev1" ]]; }
+check "StatusText becomes \"connected to localhost as dev1\"" await status_connected
+check "the credential came from /etc/credstore through LoadCredential=" \
+  test -f /run/credentials/$unit/connection-string
+
+# --- 2. a member of iothub can send ------------------------------------------------------------
+useradd --system --no-create-home --groups iothub pkgtest-app
+useradd --system --no-create-home pkgtest-outsider
+member_id=pkgtest-member-$RUN_ID
+result member_id "$member_id"
+check "SendMessage as a member of group iothub returns the message id" \
+  sends_as pkgtest-app "$member_id" '{"check":"member"}'
+connected_prop() { [[ $(as_user pkgtest-app busctl get-property org.iothubd /org/iothubd/Device org.iothubd.Device1 Connected) == "b true" ]]; }
+check "a member reads Connected = true" connected_prop
+
+# --- 3. anyone else is refused by the bus ------------------------------------------------------
+outsider_id=pkgtest-outsider-$RUN_ID
+result outsider_id "$outsider_id"
+refused_by_bus() {
+  local out
+  if out=$(send_as pkgtest-outsider "$outsider_id" '{"check":"outsider"}' 2>&1); then
+    echo "    busctl succeeded: $out"
+    return 1
+  fi
+  grep -q 'Access denied' <<<"$out" || { echo "    busctl: $out"; return 1; }
+}
+check "SendMessage as a user outside iothub is refused" refused_by_bus
+# busctl shows only "Access denied"; dbus-send names the error and quotes the bus's policy check.
+access_denied() {
+  local out
+  out=$(as_user pkgtest-outsider dbus-send --system --print-reply --dest=org.iothubd \
+    /org/iothubd/Device org.iothubd.Device1.SendMessage 'string:{"check":"outsider"}' \
+    dict:string:string:check,packaging dict:string:string:message-id,"$outsider_id" 2>&1)
+  grep -q '^Error org.freedesktop.DBus.Error.AccessDenied: Rejected send message' <<<"$out" ||
+    { echo "    dbus-send: $out"; return 1; }
+}
+check "... by the bus policy: org.freedesktop.DBus.Error.AccessDenied, Rejected send message" access_denied
+property_denied() { ! as_user pkgtest-outsider busctl get-property org.iothubd /org/iothubd/Device org.iothubd.Device1 Connected >/dev/null 2>&1; }
+check "... and may not read properties" property_denied
+introspectable() {
+  as_user pkgtest-outsider busctl call org.iothubd /org/iothubd/Device \
+    org.freedesktop.DBus.Introspectable Introspect | grep 'method name=\\"SendMessage\\"' >/dev/null
+}
+check "introspection stays open to everyone" introspectable
+
+# --- 4. reload ----------------------------------------------------------------------------------
+reload_product=pkgtest-reload-$RUN_ID
+result reload_product "$reload_product"
+cursor=$(journal_cursor)
+printf '[connection]\nkeep_alive = 45\nproduct_info = %s\n' "$reload_product" \
+  >/etc/iothubd/iothubd.conf.d/60-reload.conf
+check "systemctl reload $unit after a change" systemctl reload "$unit"
+check "iothubd applies it and reconnects" \
+  await_journal "$cursor" "configuration reloaded from /etc/iothubd/iothubd.conf; reconnecting to apply it"
+check "... and is connected again" await_journal "$cursor" "connected to localhost as dev1"
+check "... in the same process (MainPID $main_pid, no restart)" \
+  test "$(prop MainPID)/$(prop NRestarts)" = "$main_pid/0"
+reload_id=pkgtest-after-reload-$RUN_ID
+result reload_id "$reload_id"
+check "SendMessage works after the reload" sends_as pkgtest-app "$reload_id" '{"check":"reload"}'
+
+cursor=$(journal_cursor)
+printf '[connection]\nkeep_alive = banana\n' >/etc/iothubd/iothubd.conf.d/70-broken.conf
+check "systemctl reload $unit with a broken drop-in" systemctl reload "$unit"
+check "the log says why and that the running configuration stays" \
+  await_journal "$cursor" "reload failed, keeping the running configuration: configuration: /etc/iothubd/iothubd.conf.d/70-broken.conf:2: [connection] keep_alive: expected an integer"
+# --cursor, not --after-cursor: with -p the cursor's own entry (priority info) is filtered out and
+# --after-cursor would skip the first match instead.
+at_warning() { journalctl -u "$unit" --cursor="$cursor" -p warning..warning -o cat | grep '^reload failed' >/dev/null; }
+check "... at priority warning" at_warning
+check "the unit stays active in the same process" \
+  test "$(prop ActiveState)/$(prop MainPID)/$(prop NRestarts)" = "active/$main_pid/0"
+broken_id=pkgtest-broken-$RUN_ID
+result broken_id "$broken_id"
+check "SendMessage still works with the old configuration" sends_as pkgtest-app "$broken_id" '{"check":"broken"}'
+rm /etc/iothubd/iothubd.conf.d/70-broken.conf
+
+# --- 5. clean stop ------------------------------------------------------------------------------
+started=$(date +%s%N)
+check "systemctl stop $unit" systemctl stop "$unit"
+elapsed_ms=$((($(date +%s%N) - started) / 1000000))
+check "... returned within 5 s (${elapsed_ms} ms)" test "$elapsed_ms" -lt 5000
+check "... Result=success, status=0/exited" \
+  test "$(prop Result) $(prop ExecMainCode) $(prop ExecMainStatus)" = "success 1 0"
+
+# D-Bus activation: a call while the daemon is stopped starts it through SystemdService=.
+activated_id=pkgtest-activated-$RUN_ID
+result activated_id "$activated_id"
+check "a call while stopped bus-activates $unit and succeeds" \
+  sends_as pkgtest-app "$activated_id" '{"check":"activation"}'
+check "... leaving the unit active" test "$(systemctl is-active "$unit")" = active
+
+# The README's encrypted alternative: systemd-creds encrypt + LoadCredentialEncrypted= drop-in.
+encrypt_credential() {
+  install -d -m 0700 /etc/credstore.encrypted &&
+    systemd-creds encrypt --name=connection-string - /etc/credstore.encrypted/connection-string \
+      </etc/credstore/connection-string &&
+    rm /etc/credstore/connection-string &&
+    mkdir -p "/etc/systemd/system/$unit.d" &&
+    printf '[Service]\nLoadCredentialEncrypted=connection-string\n' \
+      >"/etc/systemd/system/$unit.d/50-encrypted-credential.conf" &&
+    systemctl daemon-reload
+}
+check "connection string encrypted with systemd-creds, plain copy removed" encrypt_credential
+check "systemd-analyze verify with the drop-in: nothing on stderr" verify_unit
+check "systemctl restart $unit with LoadCredentialEncrypted=" systemctl restart "$unit"
+check "... connects with the decrypted credential" await status_connected
+encrypted_id=pkgtest-encrypted-$RUN_ID
+result encrypted_id "$encrypted_id"
+check "SendMessage works with the encrypted credential" \
+  sends_as pkgtest-app "$encrypted_id" '{"check":"encrypted"}'
+check "final systemctl stop" systemctl stop "$unit"
+
+# --- logs: priorities kept, no secret anywhere --------------------------------------------------
+at_notice() { journalctl -u "$unit" -p notice..notice -o cat | grep '^iothubd .* serving device dev1 of localhost' >/dev/null; }
+check "<N> prefixes become journal priorities (start-up line at notice)" at_notice
+no_raw_prefix() { [[ $(journalctl -u "$unit" -o cat | grep -c '^<[0-7]>') == 0 ]]; }
+check "... and never show in the message text" no_raw_prefix
+journalctl -b -o cat >"$share/messages.txt" 2>&1 || bad "journalctl -b failed"
+journal_lacks() { ! grep -qF -- "$1" "$share/messages.txt"; }
+check "the device key appears nowhere in the journal" journal_lacks "$DEVICE_KEY"
+check "no SAS token in the journal" journal_lacks "SharedAccessSignature sr="
+check "no connection string in the journal" journal_lacks "SharedAccessKey="
+
+finish
