@@ -20,10 +20,12 @@
 #include "iothubd/config/settings.hpp"
 #include "iothubd/core/log.hpp"
 #include "iothubd/dbusapi/device_object.hpp"
+#include "iothubd/delivery/telemetry_pipeline.hpp"
 #include "iothubd/http/async_reader.hpp"
 #include "iothubd/http/curl_multi_client.hpp"
 #include "iothubd/loop/event_loop.hpp"
 #include "iothubd/mqtt/mosquitto_transport.hpp"
+#include "iothubd/outbox/outbox.hpp"
 #include "iothubd/session/hub_session.hpp"
 
 namespace {
@@ -132,6 +134,48 @@ void applyLogLevel(const iothubd::config::Settings& settings) {
   if (iothubd::core::parseLogLevel(settings.logLevel, level)) {
     iothubd::core::setLogLevel(level);
   }
+}
+
+/// The durable outbox at its configured place. If it cannot be opened the daemon still runs:
+/// the pipeline sends directly and QueueMessage explains why it cannot store.
+std::unique_ptr<iothubd::outbox::Outbox> openOutbox(const iothubd::config::Settings& s,
+                                                    iothubd::loop::EventLoop& ev,
+                                                    std::string& unavailable) {
+  iothubd::outbox::OutboxOptions o;
+  o.path = s.outboxPath;
+  if (o.path.empty()) {
+    // systemd's StateDirectory= (a ':'-separated list; ours is the first).
+    const char* state = std::getenv("STATE_DIRECTORY");
+    std::string dir = state != nullptr && *state != '\0' ? state : "/var/lib/iothubd";
+    o.path = dir.substr(0, dir.find(':')) + "/outbox.db";
+  }
+  o.maxMessages = static_cast<std::size_t>(s.outboxMaxMessages);
+  o.maxBytes = s.outboxMaxBytes;
+  o.fullPolicy = s.outboxFullPolicy == "drop-oldest" ? iothubd::outbox::FullPolicy::DropOldest
+                                                     : iothubd::outbox::FullPolicy::Reject;
+  o.defaultTtl = std::chrono::seconds(s.outboxDefaultTtl);
+  o.maxInflight = static_cast<std::size_t>(s.maxInflight);
+  // fsync on a worker: a commit may take tens of milliseconds and must not stall the loop.
+  auto opened = iothubd::outbox::Outbox::open(o, ev, ev, [&ev](auto work, auto done) {
+    ev.runOffLoop(std::move(work), std::move(done));
+  });
+  if (!opened) {
+    unavailable = opened.error().message;
+    logf(LogLevel::Error, "outbox unavailable, telemetry is not durable: ", unavailable);
+    return nullptr;
+  }
+  if (opened->movedAside) {
+    logf(LogLevel::Warning, "the outbox ", o.path, " was corrupted; moved aside to ",
+         *opened->movedAside, " and started afresh");
+  }
+  if (opened->readOnly) {
+    logf(LogLevel::Warning, "the outbox ", o.path,
+         " is on a read-only file system: stored messages are delivered, new ones refused");
+  }
+  if (opened->outbox->length() > 0) {
+    logf(LogLevel::Notice, opened->outbox->length(), " messages from an earlier run wait in the outbox");
+  }
+  return std::move(opened->outbox);
 }
 
 /// Mirrors the session's state into the service manager's STATUS= (`systemctl status`).
@@ -270,8 +314,14 @@ int run(const Options& opts) {
         uploadOptions);
   }
 
+  std::string outboxUnavailable;
+  auto outbox = openOutbox(settings, ev, outboxUnavailable);
+  iothubd::delivery::TelemetryPipeline telemetry(ev, ev, session, std::move(outbox),
+                                                 outboxUnavailable);
+
   auto object = iothubd::dbusapi::createDeviceObject(
-      *bus, {session, ev, std::chrono::seconds(settings.methodResponseTimeout), uploads.get()});
+      *bus, {session, ev, std::chrono::seconds(settings.methodResponseTimeout), telemetry,
+             uploads.get()});
   StatusReporter status(session);
   if (auto r = ev.attachBus(*bus); !r) {
     logf(LogLevel::Error, r.error().message);
@@ -291,7 +341,9 @@ int run(const Options& opts) {
     stopping = true;
     logf(LogLevel::Notice, "stopping on ", strsignal(sig));
     sd_notify(0, "STOPPING=1");
-    // Callers still waiting get OperationCancelled; the hub gets a DISCONNECT.
+    // Callers still waiting get OperationCancelled (queued messages stay stored); the hub gets
+    // a DISCONNECT.
+    telemetry.shutdown();
     session.disconnect([&ev](iothubd::core::Result<void>) { ev.exit(EXIT_SUCCESS); });
     shutdownTimer->armAfter(kShutdownGrace);
   });

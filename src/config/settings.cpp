@@ -75,6 +75,23 @@ Handler number(int Settings::*field, int min, int max) {
   };
 }
 
+Handler count(std::uint64_t Settings::*field, std::uint64_t min, std::uint64_t max) {
+  return [field, min, max](Settings& s, std::string_view v) -> std::string {
+    std::uint64_t n = 0;
+    const char* end = v.data() + v.size();
+    auto [ptr, ec] = std::from_chars(v.data(), end, n);
+    if (ec != std::errc() || ptr != end || v.empty()) {
+      return "expected a non-negative integer, got \"" + std::string(v) + "\"";
+    }
+    if (n < min || n > max) {
+      return "must be between " + std::to_string(min) + " and " + std::to_string(max) + ", got " +
+             std::to_string(n);
+    }
+    s.*field = n;
+    return {};
+  };
+}
+
 /// The key table: "section.key" → handler. The one place that says which keys exist.
 const std::map<std::string, Handler, std::less<>>& keyTable() {
   static const std::map<std::string, Handler, std::less<>> table = {
@@ -151,21 +168,23 @@ const std::map<std::string, Handler, std::less<>>& keyTable() {
          return std::string();
        }},
       {"methods.method_response_timeout", number(&Settings::methodResponseTimeout, 1, 3600)},
-      {"file_upload.https_port", number(&Settings::fileUploadPort, 1, 65535)},
-      {"file_upload.block_size",
+      {"outbox.outbox_path", text(&Settings::outboxPath)},
+      {"outbox.outbox_max_messages", count(&Settings::outboxMaxMessages, 1, 100000000)},
+      {"outbox.outbox_max_bytes", count(&Settings::outboxMaxBytes, 4096, 1ull << 40)},
+      {"outbox.outbox_full_policy",
        [](Settings& s, std::string_view v) -> std::string {
-         // Azure Storage takes blocks of up to 4000 MiB (x-ms-version 2019-12-12); keep them
-         // between 64 KiB and 100 MiB so that memory stays bounded (one block is buffered).
-         constexpr std::uint64_t kMin = 64 * 1024, kMax = 100 * 1024 * 1024;
-         std::uint64_t n = 0;
-         const char* end = v.data() + v.size();
-         auto [ptr, ec] = std::from_chars(v.data(), end, n);
-         if (ec != std::errc() || ptr != end || v.empty() || n < kMin || n > kMax) {
-           return "expected a byte count between 65536 and 104857600, got \"" + std::string(v) + "\"";
+         if (v != "reject" && v != "drop-oldest") {
+           return "expected reject or drop-oldest, got \"" + std::string(v) + "\"";
          }
-         s.blockSize = n;
+         s.outboxFullPolicy = std::string(v);
          return {};
        }},
+      {"outbox.outbox_default_ttl", number(&Settings::outboxDefaultTtl, 0, 365 * 24 * 3600)},
+      {"outbox.max_inflight", number(&Settings::maxInflight, 1, 65535)},
+      {"file_upload.https_port", number(&Settings::fileUploadPort, 1, 65535)},
+      // Azure Storage takes blocks of up to 4000 MiB (x-ms-version 2019-12-12); keep them between
+      // 64 KiB and 100 MiB so that memory stays bounded (one block is buffered).
+      {"file_upload.block_size", count(&Settings::blockSize, 64 * 1024, 100 * 1024 * 1024)},
       {"file_upload.max_concurrent_uploads", number(&Settings::maxConcurrentUploads, 1, 10)},
       {"file_upload.upload_timeout", number(&Settings::uploadTimeout, 10, 7 * 24 * 3600)},
       {"daemon.log_level",

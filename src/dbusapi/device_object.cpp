@@ -73,15 +73,18 @@ const char* authenticationName(session::AuthMethod auth) {
 
 class DeviceObjectImpl final : public DeviceObject,
                                public sdbus::AdaptorInterfaces<Adaptor>,
-                               private session::HubSession::Observer {
+                               private session::HubSession::Observer,
+                               private delivery::TelemetryPipeline::Listener {
  public:
   DeviceObjectImpl(sdbus::IConnection& connection, DeviceServices services)
       : AdaptorInterfaces(connection, kObjectPath),
         session_(services.session),
+        telemetry_(services.telemetry),
         uploads_(services.uploads),
         router_(services.scheduler, services.methodResponseTimeout, routerHooks()) {
     registerAdaptor();
     session_.addObserver(this);
+    telemetry_.setListener(this);
     connected_ = session_.connected();
     watchPeers(connection);
   }
@@ -89,6 +92,7 @@ class DeviceObjectImpl final : public DeviceObject,
   ~DeviceObjectImpl() override {
     *alive_ = false;
     session_.removeObserver(this);
+    telemetry_.setListener(nullptr);
     busProxy_.reset();
     unregisterAdaptor();
   }
@@ -177,26 +181,60 @@ class DeviceObjectImpl final : public DeviceObject,
                [&] { session_.disconnect(completion(std::move(result), replyEmpty())); });
   }
 
-  void send(sdbus::Result<std::string>&& result, std::string body,
-            std::map<std::string, std::string> properties,
-            std::map<std::string, std::string> systemProperties) {
+  /// Validates a message from the bus (system property names, reserved custom names) and
+  /// gives it an id if it has none.
+  proto::OutgoingMessage message(std::string body, std::map<std::string, std::string> properties,
+                                 const std::map<std::string, std::string>& systemProperties) {
     auto system = proto::systemPropertiesFromBus(systemProperties);
     if (!system) {
       throw toDbusError(system.error());
     }
     throwIfError(proto::validateCustomProperties(properties));
-    proto::OutgoingMessage message;
-    message.body = std::move(body);
-    message.properties = std::move(properties);
-    message.system = std::move(*system);
-    if (!message.system.messageId) {
-      message.system.messageId = session_.newMessageId();
+    proto::OutgoingMessage m;
+    m.body = std::move(body);
+    m.properties = std::move(properties);
+    m.system = std::move(*system);
+    if (!m.system.messageId) {
+      m.system.messageId = session_.newMessageId();
     }
-    std::string id = *message.system.messageId;
-    session_.sendTelemetry(message, completion(std::move(result),
-                                               [id](sdbus::Result<std::string>& r, const auto&) {
-                                                 r.returnResults(id);
-                                               }));
+    return m;
+  }
+
+  static auto replyId() {
+    return [](sdbus::Result<std::string>& r, const auto& id) { r.returnResults(*id); };
+  }
+
+  void send(sdbus::Result<std::string>&& result, std::string body,
+            std::map<std::string, std::string> properties,
+            std::map<std::string, std::string> systemProperties) {
+    // Validate first, as its own statement: an exception must leave `result` unmoved so that
+    // replyGuard can still answer with the error.
+    auto m = message(std::move(body), std::move(properties), systemProperties);
+    telemetry_.send(caller(), std::move(m), completion(std::move(result), replyId()));
+  }
+
+  void queue(sdbus::Result<std::string>&& result, std::string body,
+             std::map<std::string, std::string> properties,
+             std::map<std::string, std::string> systemProperties) {
+    auto m = message(std::move(body), std::move(properties), systemProperties);
+    telemetry_.queue(caller(), std::move(m), completion(std::move(result), replyId()));
+  }
+
+  void QueueMessage(sdbus::Result<std::string>&& result, std::string body,
+                    std::map<std::string, std::string> properties,
+                    std::map<std::string, std::string> systemProperties) override {
+    replyGuard(result, "QueueMessage", [&] {
+      queue(std::move(result), std::move(body), std::move(properties), std::move(systemProperties));
+    });
+  }
+
+  void QueueBinaryMessage(sdbus::Result<std::string>&& result, std::vector<uint8_t> body,
+                          std::map<std::string, std::string> properties,
+                          std::map<std::string, std::string> systemProperties) override {
+    replyGuard(result, "QueueBinaryMessage", [&] {
+      queue(std::move(result), std::string(body.begin(), body.end()), std::move(properties),
+            std::move(systemProperties));
+    });
   }
 
   void SendMessage(sdbus::Result<std::string>&& result, std::string body,
@@ -361,6 +399,21 @@ class DeviceObjectImpl final : public DeviceObject,
   std::string GatewayHostName() override { return session_.options().gatewayHostname; }
   std::string AuthenticationType() override { return authenticationName(session_.options().auth); }
   uint64_t SasTokenExpiry() override { return session_.sasTokenExpiry(); }
+  uint64_t OutboxLength() override { return telemetry_.length(); }
+  uint64_t OutboxBytes() override { return telemetry_.bytes(); }
+  uint64_t MessagesDropped() override { return telemetry_.dropped(); }
+  uint64_t MessagesDelivered() override { return telemetry_.delivered(); }
+
+  // --- TelemetryPipeline::Listener ----------------------------------------------------------
+  void onDelivered(const std::vector<std::string>& ids) override {
+    emitSafely("MessagesDelivered", [&] { emitMessagesDelivered(ids); });
+  }
+  void onExpired(const std::vector<std::string>& ids) override {
+    emitSafely("MessagesExpired", [&] { emitMessagesExpired(ids); });
+  }
+  void onCountersChanged() override {
+    emitChanged({"OutboxLength", "OutboxBytes", "MessagesDropped", "MessagesDelivered"});
+  }
 
   void emitChanged(const std::vector<std::string>& names) {
     try {
@@ -421,6 +474,7 @@ class DeviceObjectImpl final : public DeviceObject,
   void onSasTokenExpiryChanged(std::uint64_t) override { emitChanged({"SasTokenExpiry"}); }
 
   session::HubSession& session_;
+  delivery::TelemetryPipeline& telemetry_;
   blob::BlobUploader* uploads_;
   MethodRouter router_;
   std::unique_ptr<sdbus::IProxy> busProxy_;

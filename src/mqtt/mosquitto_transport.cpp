@@ -74,11 +74,12 @@ class MosquittoTransport final : public MqttTransport {
     if (options.keepAliveSeconds != 0 && (options.keepAliveSeconds < 5 || options.keepAliveSeconds > 65535)) {
       return fail(Errc::InvalidArgument, "keep_alive must be 0 or between 5 and 65535 seconds");
     }
-    if (!handle_ || options.clientId != clientId_ || !sameTransportSettings(options)) {
-      auto created = createHandle(options);
-      if (!created) {
-        return fail(created.error());
-      }
+    // A fresh handle for every connection: libmosquitto would otherwise resend the previous
+    // connection's unacknowledged QoS 1 publishes on its own, beside the session's and the
+    // outbox's resends, and deliver every such message twice. Publishes are tracked per
+    // connection above this layer; the hub keeps the MQTT session (CleanSession 0) by client id.
+    if (auto created = createHandle(options); !created) {
+      return fail(created.error());
     }
     const char* password = options.password.empty() ? nullptr : options.password.reveal().c_str();
     if (int rc = mosquitto_username_pw_set(handle_.get(), options.username.c_str(), password);
@@ -184,18 +185,12 @@ class MosquittoTransport final : public MqttTransport {
     bool prev_;
   };
 
-  bool sameTransportSettings(const ConnectOptions& o) const {
-    return o.tls.caFile == options_.tls.caFile && o.tls.ciphers == options_.tls.ciphers &&
-           o.tls.certFile == options_.tls.certFile && o.tls.keyFile == options_.tls.keyFile &&
-           o.tls.keyPassphrase == passphrase_;
-  }
-
   core::Result<void> createHandle(const ConnectOptions& o) {
     initLibrary();
     watch_.reset();
+    retireHandle();
     // CleanSession 0 as in every SDK (protocol doc 1.2): the hub keeps subscriptions and queued
-    // C2D across reconnects; libmosquitto keeps unacknowledged QoS 1 publishes on this handle and
-    // resends them after a reconnect.
+    // C2D across reconnects.
     MosquittoPtr handle(mosquitto_new(o.clientId.c_str(), false, this));
     if (!handle) {
       return fail(Errc::Internal, std::string("cannot create MQTT client: ") + std::strerror(errno));
@@ -236,6 +231,17 @@ class MosquittoTransport final : public MqttTransport {
     clientId_ = o.clientId;
     passphrase_ = o.tls.keyPassphrase;
     return {};
+  }
+
+  /// The old handle may be the one whose callback we are in (a reconnect started from
+  /// on_disconnect): destroy it only after the current callback returned.
+  void retireHandle() {
+    if (!handle_) {
+      return;
+    }
+    std::shared_ptr<mosquitto> old(handle_.release(), MosquittoDeleter{});
+    mosquitto_user_data_set(old.get(), nullptr);
+    loop_.post([old] {});
   }
 
   void onConnectStarted(int rc, int err) {
@@ -396,6 +402,9 @@ class MosquittoTransport final : public MqttTransport {
   static MosquittoTransport* self(void* obj) { return static_cast<MosquittoTransport*>(obj); }
 
   static void onConnectCb(mosquitto*, void* obj, int rc) noexcept {
+    if (obj == nullptr) {
+      return;  // a retired handle (retireHandle)
+    }
     auto* t = self(obj);
     t->sawConnack_ = true;
     if (rc != 0) {
@@ -412,6 +421,9 @@ class MosquittoTransport final : public MqttTransport {
   }
 
   static void onDisconnectCb(mosquitto*, void* obj, int rc) noexcept {
+    if (obj == nullptr) {
+      return;  // a retired handle (retireHandle)
+    }
     auto* t = self(obj);
     try {
       t->watch_.reset();
@@ -422,6 +434,9 @@ class MosquittoTransport final : public MqttTransport {
   }
 
   static void onPublishCb(mosquitto*, void* obj, int mid) noexcept {
+    if (obj == nullptr) {
+      return;  // a retired handle (retireHandle)
+    }
     try {
       self(obj)->deliver([mid](Listener& l) { l.onPublishAcked(mid); });
     } catch (...) {
@@ -430,6 +445,9 @@ class MosquittoTransport final : public MqttTransport {
   }
 
   static void onSubscribeCb(mosquitto*, void* obj, int mid, int, const int*) noexcept {
+    if (obj == nullptr) {
+      return;  // a retired handle (retireHandle)
+    }
     try {
       self(obj)->deliver([mid](Listener& l) { l.onSubscribed(mid); });
     } catch (...) {
@@ -438,6 +456,9 @@ class MosquittoTransport final : public MqttTransport {
   }
 
   static void onMessageCb(mosquitto*, void* obj, const mosquitto_message* msg) noexcept {
+    if (obj == nullptr) {
+      return;  // a retired handle (retireHandle)
+    }
     auto* t = self(obj);
     if (t->listener_ == nullptr || msg == nullptr || msg->topic == nullptr) {
       return;
@@ -453,6 +474,9 @@ class MosquittoTransport final : public MqttTransport {
   }
 
   static void onLogCb(mosquitto*, void* obj, int level, const char* str) noexcept {
+    if (obj == nullptr) {
+      return;  // a retired handle (retireHandle)
+    }
     if (str == nullptr) {
       return;
     }

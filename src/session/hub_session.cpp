@@ -149,6 +149,23 @@ void HubSession::sendMethodResponse(const std::string& requestId, int status,
   publishOrQueue(proto::methodResponseTopic(status, requestId), payload, std::move(done));
 }
 
+core::Result<void> HubSession::publishPrepared(std::string topic, std::string payload,
+                                               Completion done) {
+  if (!readyToPublish()) {
+    return fail(Errc::NotConnected, "not connected to the hub");
+  }
+  publishNow(std::move(topic), std::move(payload), std::move(done));
+  return {};
+}
+
+bool HubSession::requestConnection() {
+  if (!canReachHub()) {
+    return false;
+  }
+  ensureConnecting();
+  return true;
+}
+
 bool HubSession::canReachHub() const {
   return linkUp_ || attemptActive_ || retryTimer_->armed() || plannedPending_ || plannedActive_ ||
          options_.autoConnect;
@@ -162,7 +179,7 @@ void HubSession::ensureConnecting() {
 }
 
 void HubSession::publishOrQueue(std::string topic, std::string payload, Completion done) {
-  if (linkUp_ && !plannedPending_) {
+  if (readyToPublish()) {
     publishNow(std::move(topic), std::move(payload), std::move(done));
     return;
   }
@@ -341,6 +358,9 @@ void HubSession::onConnected() {
   if (linkUp_ && options_.ensureDesiredProperties) {
     ensureDesiredProperties();
   }
+  if (linkUp_) {
+    notify([](Observer& o) { o.onLinkUp(); });
+  }
 }
 
 void HubSession::onDisconnected(const mqtt::Disconnect& reason) {
@@ -348,9 +368,18 @@ void HubSession::onDisconnected(const mqtt::Disconnect& reason) {
   renewTimer_->disarm();
   bool wasConnected = state_ == ConnectionState::Connected;
   attemptActive_ = false;
+  bool linkWasUp = linkUp_;
   linkUp_ = false;
   for (auto& entry : twinRequests_) {
     entry.second.sent = false;
+  }
+  if (linkWasUp) {
+    // Publishes are tracked per connection (the transport starts every connection afresh):
+    // whatever the hub did not acknowledge on this one is the owner's to resend. A planned
+    // reconnect drained them first.
+    failInFlight(core::Error{Errc::ConnectionDropped,
+                             "the connection closed before the hub acknowledged the message"});
+    notify([](Observer& o) { o.onLinkDown(); });
   }
   ensureRetryTimer_->disarm();
   if (plannedActive_ && reason.requested && wantConnected_) {
@@ -624,7 +653,7 @@ void HubSession::twinRequest(TwinRequest::Kind kind, std::string payload,
   std::string rid = std::to_string(nextRid_++);
   auto& request = twinRequests_[rid];
   request = TwinRequest{kind, std::move(payload), std::move(done), deadlineFromNow(), false};
-  if (linkUp_ && !plannedPending_) {
+  if (readyToPublish()) {
     sendTwinRequest(rid, request);
   } else {
     ensureConnecting();

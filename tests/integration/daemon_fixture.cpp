@@ -75,6 +75,14 @@ void DeviceClient::onUploadProgress(const std::string& blobName, const uint64_t&
   record(named("UploadProgress", {blobName, std::to_string(done), std::to_string(total)}));
 }
 
+void DeviceClient::onMessagesDelivered(const std::vector<std::string>& ids) {
+  record(named("MessagesDelivered", ids));
+}
+
+void DeviceClient::onMessagesExpired(const std::vector<std::string>& ids) {
+  record(named("MessagesExpired", ids));
+}
+
 void DeviceClient::onPropertiesChanged(const std::string& interfaceName,
                                        const std::map<std::string, sdbus::Variant>& changed,
                                        const std::vector<std::string>&) {
@@ -192,6 +200,8 @@ void DaemonTest::writeConfig(const std::string& extra) {
             "port = " + std::to_string(hub_.port()) + "\n"
             "[connection]\n"
             "server_verification_cert = " + daemonDir_ + "/ca.pem\n"
+            "[outbox]\n"
+            "outbox_path = " + daemonDir_ + "/outbox.db\n"
             "[daemon]\n"
             "log_level = debug\n" + extra,
             0644);

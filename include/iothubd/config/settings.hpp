@@ -70,6 +70,14 @@ struct Settings {
   int maxConcurrentUploads = 4;           ///< the hub allows 10 per device
   int uploadTimeout = 1800;               ///< seconds one whole upload may take
 
+  // [outbox]: the durable telemetry queue (QueueMessage; SendMessage goes through it too)
+  std::string outboxPath;  ///< empty: $STATE_DIRECTORY/outbox.db, else /var/lib/iothubd/outbox.db
+  std::uint64_t outboxMaxMessages = 100000;
+  std::uint64_t outboxMaxBytes = 64ull * 1024 * 1024;
+  std::string outboxFullPolicy = "reject";  ///< reject | drop-oldest
+  int outboxDefaultTtl = 0;                 ///< seconds; 0 = kept until delivered
+  int maxInflight = 64;                     ///< telemetry messages awaiting PUBACK at once
+
   // [daemon]
   std::string logLevel = "info";
 };

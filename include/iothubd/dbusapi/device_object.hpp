@@ -7,6 +7,7 @@
 
 #include "iothubd/blob/blob_uploader.hpp"
 #include "iothubd/core/scheduler.hpp"
+#include "iothubd/delivery/telemetry_pipeline.hpp"
 #include "iothubd/session/hub_session.hpp"
 
 namespace sdbus {
@@ -35,6 +36,7 @@ struct DeviceServices {
   session::HubSession& session;
   core::Scheduler& scheduler;  ///< runs the method-response timeouts
   std::chrono::seconds methodResponseTimeout;
+  delivery::TelemetryPipeline& telemetry;
   blob::BlobUploader* uploads = nullptr;  ///< null: file upload not available (module identity)
 };
 

@@ -75,7 +75,7 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   class Observer {
    public:
     virtual ~Observer() = default;
-    virtual void onStateChanged(ConnectionState state, const core::Error* lastError) = 0;
+    virtual void onStateChanged(ConnectionState /*state*/, const core::Error* /*lastError*/) {}
     /// The operator-supplied SAS token expires soon (sas-token authentication): an app should
     /// call updateSasToken() with a new one.
     virtual void onNewSasTokenRequired() {}
@@ -93,6 +93,11 @@ class HubSession final : private mqtt::MqttTransport::Listener {
     virtual void onBackgroundError(const core::Error& /*error*/) {}
     /// The token of the connection changed (renewal, UpdateSasToken).
     virtual void onSasTokenExpiryChanged(std::uint64_t /*expiry*/) {}
+    /// The MQTT link came up (also after a planned reconnect apps do not see): publishing is
+    /// possible again.
+    virtual void onLinkUp() {}
+    /// The MQTT link went down; publishes in flight on it were failed with ConnectionDropped.
+    virtual void onLinkDown() {}
   };
 
   using TwinCompletion = std::function<void(core::Result<std::string>)>;
@@ -140,6 +145,19 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   /// Reported-properties merge patch (must be a JSON object, checked by the caller); completes
   /// with the new reported $version.
   void patchReportedProperties(const std::string& patchJson, VersionCompletion done);
+  /// True while a publish goes out at once (link up, no planned reconnect draining).
+  [[nodiscard]] bool readyToPublish() const noexcept {
+    return linkUp_ && !plannedPending_ && !plannedActive_;
+  }
+  /// Publishes a prepared QoS 1 message now, for a caller that does its own queueing (the
+  /// outbox): NotConnected unless readyToPublish(). `done` runs on the PUBACK, or with
+  /// ConnectionDropped when the link goes first, or Timeout after operation_timeout.
+  [[nodiscard]] core::Result<void> publishPrepared(std::string topic, std::string payload,
+                                                   Completion done);
+  /// Opens the connection if it is not open and auto_connect allows it (an operation needs
+  /// it); false if the hub cannot be reached that way (disconnected and auto_connect off).
+  bool requestConnection();
+
   /// Publishes a direct-method answer; completes on its PUBACK.
   void sendMethodResponse(const std::string& requestId, int status, const std::string& payload,
                           Completion done);

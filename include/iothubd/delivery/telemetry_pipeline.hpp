@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "iothubd/core/clock.hpp"
+#include "iothubd/core/result.hpp"
+#include "iothubd/core/scheduler.hpp"
+#include "iothubd/outbox/outbox.hpp"
+#include "iothubd/proto/telemetry.hpp"
+#include "iothubd/session/hub_session.hpp"
+
+namespace iothubd::delivery {
+
+/// Telemetry from apps to the hub through the durable outbox (issue 5): a message is stored
+/// (grouped commits) before anything else, then published with up to max_inflight awaiting
+/// PUBACK, deleted on its PUBACK and resent with the same message id after a reconnect or a
+/// restart. Loop thread only.
+///
+/// Without an outbox (it could not be opened) SendMessage still works, directly and not
+/// durably, and QueueMessage fails with the reason: the daemon keeps serving everything else.
+class TelemetryPipeline final : private session::HubSession::Observer {
+ public:
+  using Done = std::function<void(core::Result<std::string>)>;  ///< the message id
+
+  /// Told about delivery in batches (at most every kBatchInterval), so that a fast drain does
+  /// not flood the bus.
+  class Listener {
+   public:
+    virtual ~Listener() = default;
+    virtual void onDelivered(const std::vector<std::string>& messageIds) = 0;
+    virtual void onExpired(const std::vector<std::string>& messageIds) = 0;
+    /// length / bytes / dropped / delivered changed.
+    virtual void onCountersChanged() = 0;
+  };
+
+  static constexpr std::chrono::milliseconds kBatchInterval{100};
+  static constexpr std::size_t kMaxBatch = 1000;
+
+  /// `outbox` may be null; `unavailable` then says why (for QueueMessage's error).
+  TelemetryPipeline(core::Scheduler& scheduler, core::Clock& clock, session::HubSession& session,
+                    std::unique_ptr<outbox::Outbox> outbox, std::string unavailable);
+  ~TelemetryPipeline() override;
+  TelemetryPipeline(const TelemetryPipeline&) = delete;
+  TelemetryPipeline& operator=(const TelemetryPipeline&) = delete;
+
+  void setListener(Listener* listener) { listener_ = listener; }
+
+  /// QueueMessage: completes once the message is durably stored. The message id must be set.
+  void queue(std::string app, proto::OutgoingMessage message, Done done);
+  /// SendMessage: completes on the hub's PUBACK. If that takes longer than operation_timeout the
+  /// caller gets OperationTimeout and the message stays queued (it is still delivered). Without
+  /// auto_connect and without a connection: NoConnection, nothing stored.
+  void send(std::string app, proto::OutgoingMessage message, Done done);
+
+  /// Shutdown: stores what is pending and answers every waiting SendMessage with Cancelled (the
+  /// message stays queued for the next start).
+  void shutdown();
+
+  [[nodiscard]] bool durable() const noexcept { return outbox_ != nullptr; }
+  [[nodiscard]] std::uint64_t length() const;
+  [[nodiscard]] std::uint64_t bytes() const;
+  [[nodiscard]] std::uint64_t dropped() const;
+  [[nodiscard]] std::uint64_t delivered() const;
+
+ private:
+  struct Waiter {
+    std::string messageId;
+    Done done;
+    std::unique_ptr<core::Timer> timer;
+  };
+
+  void enqueue(std::string app, proto::OutgoingMessage message, bool waitForDelivery, Done done);
+  void pump();
+  void onAck(std::uint64_t seq, const std::string& messageId, const core::Result<void>& result);
+  void completeWaiter(std::uint64_t seq, core::Result<std::string> result);
+  void noteDropped(const std::vector<outbox::EntryRef>& dropped);
+  void armExpiry();
+  void onExpiryTimer();
+  void scheduleFlush();
+  void flushBatches();
+
+  // HubSession::Observer
+  void onLinkUp() override { pump(); }
+  void onStateChanged(session::ConnectionState state, const core::Error* error) override;
+  void onLinkDown() override;
+
+  core::Scheduler& scheduler_;
+  core::Clock& clock_;
+  session::HubSession& session_;
+  std::unique_ptr<outbox::Outbox> outbox_;
+  std::string unavailable_;
+  Listener* listener_ = nullptr;
+  std::unordered_map<std::uint64_t, Waiter> waiters_;  ///< SendMessage calls, by outbox seq
+  std::vector<std::string> deliveredBatch_;
+  std::vector<std::string> expiredBatch_;
+  bool countersChanged_ = false;
+  std::unique_ptr<core::Timer> flushTimer_;
+  std::unique_ptr<core::Timer> expiryTimer_;
+  std::uint64_t directDelivered_ = 0;  ///< without an outbox
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+}  // namespace iothubd::delivery
