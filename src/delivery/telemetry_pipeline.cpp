@@ -168,6 +168,7 @@ void TelemetryPipeline::onAck(std::uint64_t seq, const std::string& messageId,
   }
   switch (result.error().code) {
     case Errc::ConnectionDropped:
+    case Errc::NotConnected:
     case Errc::Cancelled:
       return;  // onLinkDown requeues whatever was in flight
     default:

@@ -150,7 +150,10 @@ class MosquittoTransport final : public MqttTransport {
     int rc = mosquitto_publish(handle_.get(), &mid, topicStr.c_str(), static_cast<int>(payload.size()),
                                payload.data(), qos, false);
     if (rc != MOSQ_ERR_SUCCESS) {
-      return fail(rc == MOSQ_ERR_NO_CONN ? Errc::NotConnected : Errc::Protocol,
+      // A socket that just broke shows up here first (MOSQ_ERR_ERRNO from the write); the
+      // disconnect callback follows from the loop. That is a link problem, not a bad message.
+      bool link = rc == MOSQ_ERR_NO_CONN || rc == MOSQ_ERR_CONN_LOST || rc == MOSQ_ERR_ERRNO;
+      return fail(link ? Errc::NotConnected : Errc::Protocol,
                   std::string("publish failed: ") + mosquitto_strerror(rc));
     }
     updateEvents();

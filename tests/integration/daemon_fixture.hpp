@@ -58,6 +58,8 @@ class DeviceClient final
   bool waitForConnectedProperty(bool connected, std::chrono::milliseconds timeout = 10s);
   /// Every signal called `name` received so far (consumed or not).
   std::vector<SignalRecord> signals(const std::string& name) const;
+  /// The underlying proxy, for asynchronous calls the generated class does not offer.
+  sdbus::IProxy& getProxyForTest() { return getProxy(); }
   /// This client's unique bus name.
   std::string uniqueName();
   /// Forgets every signal received so far (a test then waits only for what its action causes).

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <sys/eventfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -75,6 +76,7 @@ DaemonProcess::~DaemonProcess() {
     ::kill(pid_, SIGKILL);
     ::waitpid(pid_, nullptr, 0);
   }
+  stopReader();
   if (pidFd_ >= 0) {
     ::close(pidFd_);
   }
@@ -149,41 +151,71 @@ void DaemonProcess::start() {
   if (pidFd_ < 0) {
     throw std::runtime_error("pidfd_open failed: " + std::string(std::strerror(errno)));
   }
+  stopFd_ = ::eventfd(0, EFD_CLOEXEC);
+  reader_ = std::thread([this] { readNotifications(); });
 }
 
-void DaemonProcess::readNotifications(int timeoutMs) {
-  pollfd fds[2] = {{notifyFd_, POLLIN, 0}, {pidFd_, POLLIN, 0}};
-  if (::poll(fds, 2, timeoutMs) <= 0) {
-    return;
-  }
+void DaemonProcess::readNotifications() {
+  pollfd fds[2] = {{notifyFd_, POLLIN, 0}, {stopFd_, POLLIN, 0}};
   char buf[4096];
   for (;;) {
-    ssize_t n = ::recv(notifyFd_, buf, sizeof buf - 1, 0);
-    if (n <= 0) {
-      break;
+    if (::poll(fds, 2, -1) < 0 && errno != EINTR) {
+      return;
     }
-    std::string msg(buf, static_cast<size_t>(n));
-    size_t pos = 0;
-    while (pos < msg.size()) {
-      size_t end = msg.find('\n', pos);
-      std::string line = msg.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
-      if (line == "READY=1") {
-        ready_ = true;
-        if (reloading_) {
-          reloading_ = false;
-          ++reloadsDone_;
-        }
-      } else if (line == "RELOADING=1") {
-        reloading_ = true;
-      } else if (line.rfind("STATUS=", 0) == 0) {
-        status_ = line.substr(7);
-      }
-      if (end == std::string::npos) {
+    if (fds[1].revents != 0) {
+      return;
+    }
+    for (;;) {
+      ssize_t n = ::recv(notifyFd_, buf, sizeof buf - 1, 0);
+      if (n <= 0) {
         break;
       }
-      pos = end + 1;
+      handleNotification(std::string(buf, static_cast<size_t>(n)));
     }
   }
+}
+
+void DaemonProcess::handleNotification(const std::string& msg) {
+  std::lock_guard lock(mutex_);
+  size_t pos = 0;
+  while (pos < msg.size()) {
+    size_t end = msg.find('\n', pos);
+    std::string line = msg.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+    if (line == "READY=1") {
+      ready_ = true;
+      if (reloading_) {
+        reloading_ = false;
+        ++reloadsDone_;
+      }
+    } else if (line == "RELOADING=1") {
+      reloading_ = true;
+    } else if (line.rfind("STATUS=", 0) == 0) {
+      status_ = line.substr(7);
+    }
+    if (end == std::string::npos) {
+      break;
+    }
+    pos = end + 1;
+  }
+  cv_.notify_all();
+}
+
+void DaemonProcess::stopReader() {
+  if (reader_.joinable()) {
+    std::uint64_t one = 1;
+    ssize_t n = ::write(stopFd_, &one, sizeof one);
+    (void)n;
+    reader_.join();
+  }
+  if (stopFd_ >= 0) {
+    ::close(stopFd_);
+    stopFd_ = -1;
+  }
+}
+
+std::string DaemonProcess::lastStatus() const {
+  std::lock_guard lock(mutex_);
+  return status_;
 }
 
 bool DaemonProcess::waitReady(std::chrono::milliseconds timeout) {
@@ -204,21 +236,23 @@ bool DaemonProcess::reload(std::chrono::milliseconds timeout) {
 
 bool DaemonProcess::waitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
   auto deadline = Clock::now() + timeout;
-  while (!done() && pid_ > 0) {
+  std::unique_lock lock(mutex_);
+  while (!done()) {
     int left = remainingMs(deadline);
     if (left == 0) {
       return false;
     }
-    readNotifications(left);
+    // Notifications wake us; a process that exited sends nothing more, so look at that too
+    // (at most every 100 ms).
+    cv_.wait_for(lock, std::chrono::milliseconds(std::min(left, 100)));
     if (!done()) {
-      // A process that exited will not send anything more.
       pollfd p{pidFd_, POLLIN, 0};
-      if (::poll(&p, 1, 0) > 0) {
+      if (pidFd_ < 0 || ::poll(&p, 1, 0) > 0) {
         return false;
       }
     }
   }
-  return done();
+  return true;
 }
 
 std::optional<int> DaemonProcess::waitExit(std::chrono::milliseconds timeout) {

@@ -6,7 +6,10 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <functional>
+#include <mutex>
+#include <thread>
 #include <iosfwd>
 #include <map>
 #include <optional>
@@ -51,7 +54,7 @@ class DaemonProcess {
   [[nodiscard]] bool running() const { return pid_ > 0; }
   [[nodiscard]] pid_t pid() const { return pid_; }
   /// The last STATUS= text received so far.
-  [[nodiscard]] const std::string& lastStatus() const { return status_; }
+  [[nodiscard]] std::string lastStatus() const;
   /// Waits until the last STATUS= text is `status`.
   [[nodiscard]] bool waitStatus(const std::string& status,
                                 std::chrono::milliseconds timeout = std::chrono::seconds(10));
@@ -62,7 +65,11 @@ class DaemonProcess {
   void printLogIf(bool failed) const;
 
  private:
-  void readNotifications(int timeoutMs);
+  /// Reads the notify socket for the whole life of the process, as the service manager does: a
+  /// socket nobody reads fills up and then blocks the daemon's sd_notify() and its event loop.
+  void readNotifications();
+  void stopReader();
+  void handleNotification(const std::string& message);
   [[nodiscard]] bool waitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout);
 
   std::string workDir_;
@@ -70,6 +77,10 @@ class DaemonProcess {
   pid_t pid_ = -1;
   int pidFd_ = -1;
   int notifyFd_ = -1;
+  int stopFd_ = -1;  ///< eventfd that ends the reader thread
+  std::thread reader_;
+  mutable std::mutex mutex_;  ///< guards what the reader thread records below
+  std::condition_variable cv_;
   bool ready_ = false;
   bool reloading_ = false;
   int reloadsDone_ = 0;
