@@ -61,7 +61,8 @@ std::string userAgent() {
 }
 
 iothubd::session::SessionOptions sessionOptions(const iothubd::config::Settings& s,
-                                                iothubd::config::DeviceIdentity id) {
+                                                iothubd::config::DeviceIdentity id,
+                                                iothubd::core::ProxySettings proxy) {
   using iothubd::config::AuthKind;
   iothubd::session::SessionOptions o;
   o.hubHostname = id.hubHostname;
@@ -69,12 +70,20 @@ iothubd::session::SessionOptions sessionOptions(const iothubd::config::Settings&
   o.moduleId = id.moduleId;
   o.gatewayHostname = id.gatewayHostname;
   o.port = s.port;
-  o.auth = id.authentication == AuthKind::SasToken ? iothubd::session::AuthMethod::SasToken
-                                                   : iothubd::session::AuthMethod::SymmetricKey;
+  switch (id.authentication) {
+    case AuthKind::SasToken: o.auth = iothubd::session::AuthMethod::SasToken; break;
+    case AuthKind::X509: o.auth = iothubd::session::AuthMethod::X509; break;
+    default: o.auth = iothubd::session::AuthMethod::SymmetricKey; break;
+  }
   o.sharedAccessKey = std::move(id.sharedAccessKey);
   o.sasToken = std::move(id.sasToken);
   o.tls.caFile = s.serverVerificationCert;
   o.tls.ciphers = s.cipher;
+  o.tls.certFile = id.x509CertFile;
+  o.tls.keyFile = id.x509KeyFile;
+  o.tls.keyPassphrase = std::move(id.x509PassPhrase);
+  o.websockets = s.websockets;
+  o.proxy = std::move(proxy);
   o.userAgent = userAgent();
   o.productInfo = s.productInfo;
   o.keepAliveSeconds = s.keepAlive;
@@ -109,6 +118,11 @@ int run(const Options& opts) {
     logf(LogLevel::Error, "credentials: ", identity.error().message);
     return EX_CONFIG;
   }
+  auto proxy = iothubd::config::loadProxy(*settings, credDir ? credDir : "");
+  if (!proxy) {
+    logf(LogLevel::Error, "credentials: ", proxy.error().message);
+    return EX_CONFIG;
+  }
   if (opts.checkOnly) {
     std::cout << "configuration OK: device " << identity->deviceId << " on "
               << identity->hubHostname << " (" << iothubd::config::authKindName(identity->authentication)
@@ -129,7 +143,7 @@ int run(const Options& opts) {
   }
   std::string hub = identity->hubHostname;
   std::string device = identity->deviceId;
-  iothubd::session::HubSession session(ev, ev, **transport, sessionOptions(*settings, std::move(*identity)));
+  iothubd::session::HubSession session(ev, ev, **transport, sessionOptions(*settings, std::move(*identity), std::move(*proxy)));
 
   std::unique_ptr<sdbus::IConnection> bus;
   try {

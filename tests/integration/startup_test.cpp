@@ -52,10 +52,10 @@ TEST_F(StartupTest, MalformedConnectionStringExits78WithoutEchoingIt) {
   EXPECT_EQ(log.find(deviceKey_), std::string::npos) << "the key leaked into the log";
 }
 
-TEST_F(StartupTest, UnsupportedOptionIsRefusedNotIgnored) {
-  writeConfig("[connection]\nwebsockets = true\n");
+TEST_F(StartupTest, HalfConfiguredProxyIsRefusedNotBypassed) {
+  writeConfig("[proxy]\nproxy_type = HTTP\n");
   EXPECT_EQ(runUntilExit(), EX_CONFIG);
-  EXPECT_NE(daemon_->log().find("websockets"), std::string::npos) << daemon_->log();
+  EXPECT_NE(daemon_->log().find("proxy_address"), std::string::npos) << daemon_->log();
 }
 
 }  // namespace
