@@ -200,6 +200,12 @@ void DaemonTest::writeConnectionString(const std::string& key) {
             0600, static_cast<int>(user.uid), static_cast<int>(user.gid));
 }
 
+void DaemonTest::writeCredential(const std::string& name, const std::string& content) {
+  auto user = serviceUser();
+  writeFile(credentialsDir_ + "/" + name, content, 0600, static_cast<int>(user.uid),
+            static_cast<int>(user.gid));
+}
+
 void DaemonTest::startDaemon() {
   DaemonOptions options;
   options.configPath = configPath_;

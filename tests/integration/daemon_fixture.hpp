@@ -91,6 +91,10 @@ class DaemonTest : public ::testing::Test {
  protected:
   static constexpr const char* kDevice = "dev1";
 
+  DaemonTest() = default;
+  /// For fixtures that need extra emulator listeners (X.509, gateway, WebSockets).
+  explicit DaemonTest(hubemu::HubEmulator::Options hubOptions) : hub_(std::move(hubOptions)) {}
+
   void SetUp() override;
   void TearDown() override;
 
@@ -99,6 +103,8 @@ class DaemonTest : public ::testing::Test {
   void writeConfig(const std::string& extra = "");
   /// Writes the connection string credential; by default the emulator's key for kDevice.
   void writeConnectionString(const std::string& key = "");
+  /// Writes a secret file the daemon's user owns (mode 0600) into its credentials directory.
+  void writeCredential(const std::string& name, const std::string& content);
   /// Starts iothubd and waits for READY=1.
   void startDaemon();
   DeviceClient& client();
