@@ -2,6 +2,7 @@
 #include "iothubd/mqtt/mosquitto_transport.hpp"
 
 #include <sys/epoll.h>
+#include <sys/socket.h>
 
 #include <cerrno>
 #include <cstring>
@@ -135,6 +136,7 @@ class MosquittoTransport final : public MqttTransport {
     sawConnack_ = false;
     connackCode_ = -1;
     lastLibError_.clear();
+    socketFailure_.clear();
     disconnectRequested_ = false;
     // mosquitto_connect_async resolves the host with a blocking getaddrinfo() (architecture doc
     // 6.1): it runs on a worker while the loop leaves the handle alone.
@@ -343,6 +345,20 @@ class MosquittoTransport final : public MqttTransport {
 
   void onSocketReady(std::uint32_t revents) {
     int rc = MOSQ_ERR_SUCCESS;
+    if (state_ == State::Connecting && (revents & (EPOLLERR | EPOLLHUP)) != 0) {
+      // libmosquitto 2.0.11 treats a failed TCP connect under TLS as SSL_ERROR_SYSCALL and
+      // keeps "continuing" the handshake (lib/net_mosq.c net__socket_connect_tls): a refused or
+      // reset connection would never be reported. Ask the socket ourselves; its SO_ERROR may
+      // already have been consumed by SSL_connect, but a hang-up before CONNACK is final too.
+      int err = 0;
+      socklen_t len = sizeof err;
+      ::getsockopt(mosquitto_socket(handle_.get()), SOL_SOCKET, SO_ERROR, &err, &len);
+      if (err != 0 || (revents & EPOLLHUP) != 0) {
+        socketFailure_ = err != 0 ? std::strerror(err) : "connection refused or closed by the peer";
+        closeAndReport(MOSQ_ERR_ERRNO);
+        return;
+      }
+    }
     if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
       rc = mosquitto_loop_read(handle_.get(), 1);
       if (checkClosed(rc)) {
@@ -422,7 +438,7 @@ class MosquittoTransport final : public MqttTransport {
     } else if (disconnectRequested_) {
       d.error = core::Error{Errc::Cancelled, "disconnected on request"};
     } else {
-      std::string why = mosquitto_strerror(rc);
+      std::string why = !socketFailure_.empty() ? socketFailure_ : std::string(mosquitto_strerror(rc));
       if (rc == MOSQ_ERR_KEEPALIVE) {
         why = "no answer to keep-alive ping";
       }
@@ -565,6 +581,7 @@ class MosquittoTransport final : public MqttTransport {
   ConnectOptions options_;
   std::unique_ptr<loop::IoWatch> watch_;
   std::unique_ptr<core::Timer> miscTimer_;
+  std::string socketFailure_;  ///< why the TCP connection failed (see onSocketReady)
   bool handleTunnelled_ = false;  ///< handle_ was set up for a tunnel (no TLS of its own)
   std::unique_ptr<relay::Tunnel> tunnel_;  ///< the current attempt's tunnel, if any
   std::vector<std::unique_ptr<relay::Tunnel>> retiredTunnels_;  ///< finishing an orderly close

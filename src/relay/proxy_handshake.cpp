@@ -58,7 +58,9 @@ class HttpConnect final : public ProxyHandshake {
     }
     const HttpResponseHead& head = reader_.head();
     const std::string status = std::to_string(head.status) + " " + head.reason;
-    if (head.status == 407) {
+    // 407 is the standard answer (RFC 9110 15.5.8); tinyproxy answers 401 to a CONNECT with
+    // wrong credentials.
+    if (head.status == 407 || head.status == 401) {
       return fail(Errc::Unauthorized,
                   withCredentials_ ? "the HTTP proxy refused the credentials (" + status + ")"
                                    : "the HTTP proxy requires credentials (" + status +

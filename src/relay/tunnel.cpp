@@ -280,6 +280,8 @@ class TunnelImpl final : public Tunnel {
     std::vector<sockaddr_storage> addresses;
     std::vector<socklen_t> lengths;
     int error = 0;
+    std::string targetIpv4;  ///< SOCKS4: the hub's IPv4 address
+    int targetError = 0;
   };
 
   void resolve() {
@@ -290,9 +292,32 @@ class TunnelImpl final : public Tunnel {
     auto alive = alive_;
     std::string host = hopHost_;
     std::string port = std::to_string(hopPort_);
+    // SOCKS4 carries an IPv4 address. SOCKS4a would let the proxy resolve the name, but common
+    // servers (Dante) do not implement it, so the name is resolved here, as curl's SOCKS4 does.
+    std::string socks4Target;
+    unsigned char v4[4];
+    if (options_.proxy.type == core::ProxySettings::Type::Socks4 &&
+        inet_pton(AF_INET, options_.host.c_str(), v4) != 1) {
+      socks4Target = options_.host;
+    }
     // getaddrinfo blocks (architecture doc 6.1): it runs off the loop.
     loop_.runOffLoop(
-        [result, host, port] {
+        [result, host, port, socks4Target] {
+          if (!socks4Target.empty()) {
+            addrinfo hints{};
+            hints.ai_family = AF_INET;
+            hints.ai_socktype = SOCK_STREAM;
+            addrinfo* list = nullptr;
+            result->targetError = ::getaddrinfo(socks4Target.c_str(), nullptr, &hints, &list);
+            if (result->targetError == 0 && list != nullptr) {
+              char text[INET_ADDRSTRLEN];
+              inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(list->ai_addr)->sin_addr, text, sizeof text);
+              result->targetIpv4 = text;
+            }
+            if (list != nullptr) {
+              ::freeaddrinfo(list);
+            }
+          }
           addrinfo hints{};
           hints.ai_socktype = SOCK_STREAM;
           hints.ai_flags = AI_ADDRCONFIG;
@@ -315,6 +340,7 @@ class TunnelImpl final : public Tunnel {
         });
   }
 
+  /// "HTTP proxy host:port", or "host:port" without a proxy.
   std::string hopName() const {
     return options_.proxy.enabled()
                ? std::string(core::proxyTypeName(options_.proxy.type)) + " proxy " + hostPort(hopHost_, hopPort_)
@@ -329,6 +355,19 @@ class TunnelImpl final : public Tunnel {
       giveUp(Errc::ConnectionFailed, "cannot resolve " + hopName() + ": " +
                                        (r.error != 0 ? gai_strerror(r.error) : "no address"));
       return;
+    }
+    if (options_.proxy.type == core::ProxySettings::Type::Socks4) {
+      proxyTarget_ = options_.host;
+      if (r.targetError != 0) {
+        giveUp(Errc::ConnectionFailed, "cannot resolve " + options_.host + " for the SOCKS4 proxy: " +
+                                           gai_strerror(r.targetError));
+        return;
+      }
+      if (!r.targetIpv4.empty()) {
+        proxyTarget_ = r.targetIpv4;
+      }
+    } else {
+      proxyTarget_ = options_.host;
     }
     addresses_ = r.addresses;
     lengths_ = r.lengths;
@@ -385,7 +424,7 @@ class TunnelImpl final : public Tunnel {
 
   void onTcpConnected() {
     if (options_.proxy.enabled()) {
-      proxy_ = ProxyHandshake::create(options_.proxy, options_.host, options_.port);
+      proxy_ = ProxyHandshake::create(options_.proxy, proxyTarget_, options_.port);
       phase_ = Phase::Proxy;
       rawOut_ = proxy_->takeOutput();
     } else {
@@ -428,8 +467,7 @@ class TunnelImpl final : public Tunnel {
       }
       auto done = proxy_->feed(std::string_view(buf, static_cast<std::size_t>(n)));
       if (!done) {
-        giveUp(done.error().code, "cannot connect to " + hostPort(options_.host, options_.port) +
-                                    " through the " + hopName() + ": " + done.error().message);
+        giveUp(done.error().code, done.error().message);
         return;
       }
       rawOut_ += proxy_->takeOutput();
@@ -862,6 +900,7 @@ class TunnelImpl final : public Tunnel {
   std::size_t nextAddress_ = 0;
   int lastConnectErrno_ = 0;
   std::unique_ptr<ProxyHandshake> proxy_;
+  std::string proxyTarget_;  ///< host named in the proxy request (SOCKS4: an IPv4 literal)
   std::string rawOut_;  ///< proxy handshake bytes (may hold credentials)
   SslCtxPtr ctx_;
   SslPtr ssl_;

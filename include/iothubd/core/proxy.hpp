@@ -14,9 +14,10 @@ namespace iothubd::core {
 /// and MQTT over WebSockets through it) and the HTTPS calls of file upload, which map it onto
 /// libcurl as
 ///   CURLOPT_PROXY         = host            CURLOPT_PROXYPORT     = port
-///   CURLOPT_PROXYTYPE     = CURLPROXY_HTTP | CURLPROXY_SOCKS4A | CURLPROXY_SOCKS5_HOSTNAME
+///   CURLOPT_PROXYTYPE     = CURLPROXY_HTTP | CURLPROXY_SOCKS4 | CURLPROXY_SOCKS5_HOSTNAME
 ///   CURLOPT_PROXYUSERNAME = username        CURLOPT_PROXYPASSWORD = password.reveal()
-///   (HTTP: CURLOPT_PROXYAUTH = CURLAUTH_BASIC; the proxy resolves the hub name, as here).
+///   (HTTP: CURLOPT_PROXYAUTH = CURLAUTH_BASIC. As in the MQTT tunnel, HTTP and SOCKS5 proxies
+///   resolve the hub name; for SOCKS4 it is resolved locally, since SOCKS4a is rarely served.)
 struct ProxySettings {
   enum class Type { None, Http, Socks4, Socks5 };
   Type type = Type::None;
