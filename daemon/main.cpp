@@ -71,9 +71,15 @@ iothubd::session::SessionOptions sessionOptions(const iothubd::config::Settings&
   o.gatewayHostname = id.gatewayHostname;
   o.port = s.port;
   switch (id.authentication) {
-    case AuthKind::SasToken: o.auth = iothubd::session::AuthMethod::SasToken; break;
-    case AuthKind::X509: o.auth = iothubd::session::AuthMethod::X509; break;
-    default: o.auth = iothubd::session::AuthMethod::SymmetricKey; break;
+    case AuthKind::SasToken:
+      o.auth = iothubd::session::AuthMethod::SasToken;
+      break;
+    case AuthKind::X509:
+      o.auth = iothubd::session::AuthMethod::X509;
+      break;
+    default:
+      o.auth = iothubd::session::AuthMethod::SymmetricKey;
+      break;
   }
   o.sharedAccessKey = std::move(id.sharedAccessKey);
   o.sasToken = std::move(id.sasToken);
@@ -143,7 +149,8 @@ int run(const Options& opts) {
   }
   std::string hub = identity->hubHostname;
   std::string device = identity->deviceId;
-  iothubd::session::HubSession session(ev, ev, **transport, sessionOptions(*settings, std::move(*identity), std::move(*proxy)));
+  iothubd::session::HubSession session(
+      ev, ev, **transport, sessionOptions(*settings, std::move(*identity), std::move(*proxy)));
 
   std::unique_ptr<sdbus::IConnection> bus;
   try {

@@ -17,6 +17,9 @@ IOTHUBD_PACKAGES=(
   python3 procps util-linux passwd
   # the README's python example (examples/iothubd_app.py)
   python3-dbus python3-gi
+  # connectivity tests (tests/integration/netns_test.cpp): HTTP and SOCKS proxies, and the
+  # firewall rules that keep the hub reachable only through them
+  tinyproxy-bin dante-server iptables
 )
 
 log() { printf '==> %s\n' "$*"; }

@@ -96,8 +96,8 @@ core::Result<void> loadX509(const Settings& s, const std::string& credentialsDir
   if (auto keyText = readSecretFile(*key); !keyText) {
     return fail(keyText.error());
   }
-  auto passPhrase = readOptionalCredential(s.x509PassPhraseFile, "x509-pass-phrase",
-                                           credentialsDirectory);
+  auto passPhrase =
+      readOptionalCredential(s.x509PassPhraseFile, "x509-pass-phrase", credentialsDirectory);
   if (!passPhrase) {
     return fail(passPhrase.error());
   }
@@ -124,8 +124,8 @@ core::Result<core::ProxySettings> loadProxy(const Settings& s,
   if (p.type == core::ProxySettings::Type::Socks4) {
     return p;
   }
-  auto password = readOptionalCredential(s.proxy.passwordFile, "proxy-password",
-                                         credentialsDirectory);
+  auto password =
+      readOptionalCredential(s.proxy.passwordFile, "proxy-password", credentialsDirectory);
   if (!password) {
     return fail(password.error());
   }

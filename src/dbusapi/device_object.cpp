@@ -63,9 +63,12 @@ void throwIfError(const core::Result<void>& r) {
 
 const char* authenticationName(session::AuthMethod auth) {
   switch (auth) {
-    case session::AuthMethod::SasToken: return "sas-token";
-    case session::AuthMethod::X509: return "x509";
-    case session::AuthMethod::SymmetricKey: break;
+    case session::AuthMethod::SasToken:
+      return "sas-token";
+    case session::AuthMethod::X509:
+      return "x509";
+    case session::AuthMethod::SymmetricKey:
+      break;
   }
   return "sas";
 }

@@ -30,13 +30,16 @@ constexpr const char* kSystemCaPath = "/etc/ssl/certs";
 /// libmosquitto 2.0.11 speaks neither WebSockets nor HTTP CONNECT/SOCKS4 (protocol doc 1.6):
 /// those connections go through a relay::Tunnel, libmosquitto itself then speaks plain MQTT to
 /// the tunnel's local socket.
-bool needsTunnel(const ConnectOptions& o) { return o.websockets || o.proxy.enabled(); }
+bool needsTunnel(const ConnectOptions& o) {
+  return o.websockets || o.proxy.enabled();
+}
 
 /// A clearer text for the TLS failures libmosquitto reports only through its log.
 std::string explainLibError(const std::string& line, const ConnectOptions& o) {
   if (line.find("certificate verify failed") != std::string::npos) {
     return "TLS: certificate verification failed for " + o.host + ":" + std::to_string(o.port) +
-           (o.tls.caFile.empty() ? " (system CA store)" : " (CA file " + o.tls.caFile + ")") + ": " + line;
+           (o.tls.caFile.empty() ? " (system CA store)" : " (CA file " + o.tls.caFile + ")") +
+           ": " + line;
   }
   return line;
 }
@@ -229,9 +232,9 @@ class MosquittoTransport final : public MqttTransport {
   };
 
   bool sameTransportSettings(const ConnectOptions& o) const {
-    return needsTunnel(o) == handleTunnelled_ && o.tls.caFile == options_.tls.caFile && o.tls.ciphers == options_.tls.ciphers &&
-           o.tls.certFile == options_.tls.certFile && o.tls.keyFile == options_.tls.keyFile &&
-           o.tls.keyPassphrase == passphrase_;
+    return needsTunnel(o) == handleTunnelled_ && o.tls.caFile == options_.tls.caFile &&
+           o.tls.ciphers == options_.tls.ciphers && o.tls.certFile == options_.tls.certFile &&
+           o.tls.keyFile == options_.tls.keyFile && o.tls.keyPassphrase == passphrase_;
   }
 
   core::Result<void> createHandle(const ConnectOptions& o) {
@@ -283,7 +286,8 @@ class MosquittoTransport final : public MqttTransport {
     }
     // Verify the server certificate and its host name; "tlsv1.2" is libmosquitto's minimum
     // version setting, so TLS 1.3 is still negotiated where the server offers it (doc 1.5).
-    rc = mosquitto_tls_opts_set(m, 1, "tlsv1.2", tls.ciphers.empty() ? nullptr : tls.ciphers.c_str());
+    rc = mosquitto_tls_opts_set(m, 1, "tlsv1.2",
+                                tls.ciphers.empty() ? nullptr : tls.ciphers.c_str());
     if (rc != MOSQ_ERR_SUCCESS) {
       return fail(Errc::Config, std::string("invalid TLS options: ") + mosquitto_strerror(rc));
     }
@@ -323,9 +327,10 @@ class MosquittoTransport final : public MqttTransport {
       } else if (rc == MOSQ_ERR_EAI) {
         why = "cannot resolve host name " + core::quoted(options_.host);
       }
-      finish(Disconnect{core::Error{Errc::ConnectionFailed,
-                                    "cannot connect to " + peerName() + ": " + failureDetail(why), err},
-                        disconnectRequested_, -1});
+      finish(Disconnect{
+          core::Error{Errc::ConnectionFailed,
+                      "cannot connect to " + peerName() + ": " + failureDetail(why), err},
+          disconnectRequested_, -1});
       return;
     }
     state_ = State::Connecting;
@@ -438,16 +443,20 @@ class MosquittoTransport final : public MqttTransport {
     } else if (disconnectRequested_) {
       d.error = core::Error{Errc::Cancelled, "disconnected on request"};
     } else {
-      std::string why = !socketFailure_.empty() ? socketFailure_ : std::string(mosquitto_strerror(rc));
+      std::string why =
+          !socketFailure_.empty() ? socketFailure_ : std::string(mosquitto_strerror(rc));
       if (rc == MOSQ_ERR_KEEPALIVE) {
         why = "no answer to keep-alive ping";
       }
       why = failureDetail(why);
-      d.error = wasConnected ? core::Error{Errc::ConnectionDropped, "connection to " + peerName() + " lost: " + why}
-                             : core::Error{Errc::ConnectionFailed, "cannot connect to " + peerName() + ": " + why};
+      d.error = wasConnected ? core::Error{Errc::ConnectionDropped,
+                                           "connection to " + peerName() + " lost: " + why}
+                             : core::Error{Errc::ConnectionFailed,
+                                           "cannot connect to " + peerName() + ": " + why};
       // A proxy that refused our credentials is a credential problem like CONNACK 5: retrying
       // the same ones cannot help (protocol doc 9).
-      if (!wasConnected && tunnel_ && tunnel_->failure() && tunnel_->failure()->code == Errc::Unauthorized) {
+      if (!wasConnected && tunnel_ && tunnel_->failure() &&
+          tunnel_->failure()->code == Errc::Unauthorized) {
         d.error.code = Errc::Unauthorized;
       }
     }
@@ -581,8 +590,8 @@ class MosquittoTransport final : public MqttTransport {
   ConnectOptions options_;
   std::unique_ptr<loop::IoWatch> watch_;
   std::unique_ptr<core::Timer> miscTimer_;
-  std::string socketFailure_;  ///< why the TCP connection failed (see onSocketReady)
-  bool handleTunnelled_ = false;  ///< handle_ was set up for a tunnel (no TLS of its own)
+  std::string socketFailure_;              ///< why the TCP connection failed (see onSocketReady)
+  bool handleTunnelled_ = false;           ///< handle_ was set up for a tunnel (no TLS of its own)
   std::unique_ptr<relay::Tunnel> tunnel_;  ///< the current attempt's tunnel, if any
   std::vector<std::unique_ptr<relay::Tunnel>> retiredTunnels_;  ///< finishing an orderly close
   State state_ = State::Idle;

@@ -84,15 +84,24 @@ class HttpConnect final : public ProxyHandshake {
 /// RFC 1928 6: REP field meanings.
 std::string socks5ReplyText(std::uint8_t rep) {
   switch (rep) {
-    case 1: return "general SOCKS server failure";
-    case 2: return "connection not allowed by ruleset";
-    case 3: return "network unreachable";
-    case 4: return "host unreachable";
-    case 5: return "connection refused";
-    case 6: return "TTL expired";
-    case 7: return "command not supported";
-    case 8: return "address type not supported";
-    default: return "reply code " + std::to_string(rep);
+    case 1:
+      return "general SOCKS server failure";
+    case 2:
+      return "connection not allowed by ruleset";
+    case 3:
+      return "network unreachable";
+    case 4:
+      return "host unreachable";
+    case 5:
+      return "connection refused";
+    case 6:
+      return "TTL expired";
+    case 7:
+      return "command not supported";
+    case 8:
+      return "address type not supported";
+    default:
+      return "reply code " + std::to_string(rep);
   }
 }
 
@@ -128,8 +137,8 @@ class Socks5 final : public ProxyHandshake {
           auto method = static_cast<std::uint8_t>(input_[1]);
           input_.erase(0, 2);
           if (ver != 5) {
-            return fail(Errc::Protocol, "SOCKS5 proxy: not a SOCKS5 answer (version " +
-                                            std::to_string(ver) + ")");
+            return fail(Errc::Protocol,
+                        "SOCKS5 proxy: not a SOCKS5 answer (version " + std::to_string(ver) + ")");
           }
           if (method == 0xFF) {
             return fail(username_.empty() ? Errc::ConnectionFailed : Errc::Unauthorized,
@@ -181,15 +190,21 @@ class Socks5 final : public ProxyHandshake {
           }
           auto rep = static_cast<std::uint8_t>(input_[1]);
           if (rep != 0) {
-            return fail(Errc::ConnectionFailed,
-                        "the SOCKS5 proxy could not connect to " + authority(host_, port_) +
-                            ": " + socks5ReplyText(rep));
+            return fail(Errc::ConnectionFailed, "the SOCKS5 proxy could not connect to " +
+                                                    authority(host_, port_) + ": " +
+                                                    socks5ReplyText(rep));
           }
           std::size_t addressLength = 0;
           switch (static_cast<std::uint8_t>(input_[3])) {
-            case 1: addressLength = 4; break;
-            case 4: addressLength = 16; break;
-            case 3: addressLength = 1 + static_cast<std::uint8_t>(input_[4]); break;
+            case 1:
+              addressLength = 4;
+              break;
+            case 4:
+              addressLength = 16;
+              break;
+            case 3:
+              addressLength = 1 + static_cast<std::uint8_t>(input_[4]);
+              break;
             default:
               return fail(Errc::Protocol, "SOCKS5 proxy: unknown address type in reply");
           }
@@ -290,13 +305,14 @@ class Socks4 final : public ProxyHandshake {
     }
     auto cd = static_cast<std::uint8_t>(input_[1]);
     switch (cd) {
-      case 90: break;
+      case 90:
+        break;
       case 91:
         return fail(Errc::ConnectionFailed, "the SOCKS4 proxy rejected or failed the request (91)");
       case 92:
       case 93:
-        return fail(Errc::Unauthorized, "the SOCKS4 proxy could not confirm the user id (" +
-                                            std::to_string(cd) + ")");
+        return fail(Errc::Unauthorized,
+                    "the SOCKS4 proxy could not confirm the user id (" + std::to_string(cd) + ")");
       default:
         return fail(Errc::Protocol, "SOCKS4 proxy: unknown reply code " + std::to_string(cd));
     }

@@ -31,8 +31,8 @@ namespace {
 
 using core::Errc;
 using core::fail;
-using core::LogLevel;
 using core::logf;
+using core::LogLevel;
 
 /// Bytes buffered per direction before the tunnel stops reading the other side (backpressure).
 constexpr std::size_t kMaxBuffered = 1024 * 1024;
@@ -126,20 +126,25 @@ core::Result<SslCtxPtr> makeContext(const TlsClientConfig& tls) {
       return fail(Errc::Config, "cannot load the system CA store: " + opensslErrors());
     }
   } else if (SSL_CTX_load_verify_file(ctx.get(), tls.caFile.c_str()) != 1) {
-    return fail(Errc::Config, "cannot load CA certificates from " + tls.caFile + ": " + opensslErrors());
+    return fail(Errc::Config,
+                "cannot load CA certificates from " + tls.caFile + ": " + opensslErrors());
   }
   SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
   if (!tls.ciphers.empty() && SSL_CTX_set_cipher_list(ctx.get(), tls.ciphers.c_str()) != 1) {
-    return fail(Errc::Config, "invalid cipher list " + core::quoted(tls.ciphers) + ": " + opensslErrors());
+    return fail(Errc::Config,
+                "invalid cipher list " + core::quoted(tls.ciphers) + ": " + opensslErrors());
   }
   if (!tls.certFile.empty()) {
     SSL_CTX_set_default_passwd_cb(ctx.get(), &passphraseCallback);
-    SSL_CTX_set_default_passwd_cb_userdata(ctx.get(), const_cast<core::Secret<>*>(&tls.keyPassphrase));
+    SSL_CTX_set_default_passwd_cb_userdata(ctx.get(),
+                                           const_cast<core::Secret<>*>(&tls.keyPassphrase));
     bool ok = SSL_CTX_use_certificate_chain_file(ctx.get(), tls.certFile.c_str()) == 1;
-    std::string why = ok ? "" : "cannot load the client certificate " + tls.certFile + ": " + opensslErrors();
+    std::string why =
+        ok ? "" : "cannot load the client certificate " + tls.certFile + ": " + opensslErrors();
     if (ok && SSL_CTX_use_PrivateKey_file(ctx.get(), tls.keyFile.c_str(), SSL_FILETYPE_PEM) != 1) {
       ok = false;
-      why = "cannot load the client key " + tls.keyFile + " (wrong pass phrase?): " + opensslErrors();
+      why =
+          "cannot load the client key " + tls.keyFile + " (wrong pass phrase?): " + opensslErrors();
     }
     if (ok && SSL_CTX_check_private_key(ctx.get()) != 1) {
       ok = false;
@@ -161,14 +166,16 @@ bool isIpLiteral(const std::string& host) {
 }
 
 std::string hostPort(const std::string& host, int port) {
-  return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+  return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" +
+         std::to_string(port);
 }
 
 /// A fresh private directory for the local socket: $RUNTIME_DIRECTORY (systemd), else $TMPDIR,
 /// else /tmp.
 core::Result<std::string> makeSocketDirectory() {
   std::string base = "/tmp";
-  if (const char* runtime = std::getenv("RUNTIME_DIRECTORY"); runtime != nullptr && *runtime != '\0') {
+  if (const char* runtime = std::getenv("RUNTIME_DIRECTORY");
+      runtime != nullptr && *runtime != '\0') {
     base = runtime;
     base = base.substr(0, base.find(':'));  // several directories are colon-separated
   } else if (const char* tmp = std::getenv("TMPDIR"); tmp != nullptr && *tmp != '\0') {
@@ -177,8 +184,10 @@ core::Result<std::string> makeSocketDirectory() {
   std::string tmpl = base + "/iothubd-relay-XXXXXX";
   if (::mkdtemp(tmpl.data()) == nullptr) {
     int err = errno;
-    return fail(Errc::Io, "cannot create a directory for the MQTT relay under " + base + ": " +
-                              std::strerror(err), err);
+    return fail(
+        Errc::Io,
+        "cannot create a directory for the MQTT relay under " + base + ": " + std::strerror(err),
+        err);
   }
   return tmpl;
 }
@@ -218,10 +227,12 @@ class TunnelImpl final : public Tunnel {
     }
     std::memcpy(addr.sun_path, socketPath_.c_str(), socketPath_.size() + 1);
     listener_ = Fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (!listener_.valid() || ::bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+    if (!listener_.valid() ||
+        ::bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
         ::listen(listener_.get(), 4) != 0) {
       int err = errno;
-      return core::fail(Errc::Io, "cannot listen on " + socketPath_ + ": " + std::strerror(err), err);
+      return core::fail(Errc::Io, "cannot listen on " + socketPath_ + ": " + std::strerror(err),
+                        err);
     }
     auto watch = loop_.watchIo(listener_.get(), EPOLLIN, [this](std::uint32_t) { onAccept(); });
     if (!watch) {
@@ -253,8 +264,8 @@ class TunnelImpl final : public Tunnel {
       // identity and proxy credentials.
       ucred cred{};
       socklen_t len = sizeof cred;
-      if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid != ::getpid() ||
-          down_.valid()) {
+      if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
+          cred.pid != ::getpid() || down_.valid()) {
         logf(LogLevel::Warning, "MQTT relay: refused a local connection from pid ", cred.pid);
         continue;
       }
@@ -311,7 +322,8 @@ class TunnelImpl final : public Tunnel {
             result->targetError = ::getaddrinfo(socks4Target.c_str(), nullptr, &hints, &list);
             if (result->targetError == 0 && list != nullptr) {
               char text[INET_ADDRSTRLEN];
-              inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(list->ai_addr)->sin_addr, text, sizeof text);
+              inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(list->ai_addr)->sin_addr, text,
+                        sizeof text);
               result->targetIpv4 = text;
             }
             if (list != nullptr) {
@@ -342,9 +354,9 @@ class TunnelImpl final : public Tunnel {
 
   /// "HTTP proxy host:port", or "host:port" without a proxy.
   std::string hopName() const {
-    return options_.proxy.enabled()
-               ? std::string(core::proxyTypeName(options_.proxy.type)) + " proxy " + hostPort(hopHost_, hopPort_)
-               : hostPort(hopHost_, hopPort_);
+    return options_.proxy.enabled() ? std::string(core::proxyTypeName(options_.proxy.type)) +
+                                          " proxy " + hostPort(hopHost_, hopPort_)
+                                    : hostPort(hopHost_, hopPort_);
   }
 
   void onResolved(const Resolved& r) {
@@ -353,14 +365,14 @@ class TunnelImpl final : public Tunnel {
     }
     if (r.error != 0 || r.addresses.empty()) {
       giveUp(Errc::ConnectionFailed, "cannot resolve " + hopName() + ": " +
-                                       (r.error != 0 ? gai_strerror(r.error) : "no address"));
+                                         (r.error != 0 ? gai_strerror(r.error) : "no address"));
       return;
     }
     if (options_.proxy.type == core::ProxySettings::Type::Socks4) {
       proxyTarget_ = options_.host;
       if (r.targetError != 0) {
-        giveUp(Errc::ConnectionFailed, "cannot resolve " + options_.host + " for the SOCKS4 proxy: " +
-                                           gai_strerror(r.targetError));
+        giveUp(Errc::ConnectionFailed, "cannot resolve " + options_.host +
+                                           " for the SOCKS4 proxy: " + gai_strerror(r.targetError));
         return;
       }
       if (!r.targetIpv4.empty()) {
@@ -386,7 +398,8 @@ class TunnelImpl final : public Tunnel {
       }
       int one = 1;
       ::setsockopt(up_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-      if (::connect(up_.get(), reinterpret_cast<const sockaddr*>(&addresses_[i]), lengths_[i]) != 0 &&
+      if (::connect(up_.get(), reinterpret_cast<const sockaddr*>(&addresses_[i]), lengths_[i]) !=
+              0 &&
           errno != EINPROGRESS) {
         lastConnectErrno_ = errno;
         up_.reset();
@@ -400,8 +413,9 @@ class TunnelImpl final : public Tunnel {
       upWatch_ = std::move(*watch);
       return;
     }
-    giveUp(Errc::ConnectionFailed, "cannot connect to " + hopName() + ": " +
-                                     std::strerror(lastConnectErrno_ != 0 ? lastConnectErrno_ : ECONNREFUSED));
+    giveUp(Errc::ConnectionFailed,
+           "cannot connect to " + hopName() + ": " +
+               std::strerror(lastConnectErrno_ != 0 ? lastConnectErrno_ : ECONNREFUSED));
   }
 
   void onUpstream(std::uint32_t revents) {
@@ -444,7 +458,8 @@ class TunnelImpl final : public Tunnel {
           setUpEvents(EPOLLOUT);
           return;
         }
-        giveUp(Errc::ConnectionFailed, "the " + hopName() + " closed the connection: " + std::strerror(errno));
+        giveUp(Errc::ConnectionFailed,
+               "the " + hopName() + " closed the connection: " + std::strerror(errno));
         return;
       }
       rawOut_.erase(0, static_cast<std::size_t>(n));
@@ -458,11 +473,13 @@ class TunnelImpl final : public Tunnel {
           setUpEvents(EPOLLIN);
           return;
         }
-        giveUp(Errc::ConnectionFailed, "the " + hopName() + " closed the connection: " + std::strerror(errno));
+        giveUp(Errc::ConnectionFailed,
+               "the " + hopName() + " closed the connection: " + std::strerror(errno));
         return;
       }
       if (n == 0) {
-        giveUp(Errc::ConnectionFailed, "the " + hopName() + " closed the connection during the handshake");
+        giveUp(Errc::ConnectionFailed,
+               "the " + hopName() + " closed the connection during the handshake");
         return;
       }
       auto done = proxy_->feed(std::string_view(buf, static_cast<std::size_t>(n)));
@@ -528,9 +545,10 @@ class TunnelImpl final : public Tunnel {
     long verify = SSL_get_verify_result(ssl_.get());
     if (phase_ == Phase::Tls && verify != X509_V_OK) {
       giveUp(Errc::ConnectionFailed,
-           "TLS: certificate verification failed for " + hostPort(options_.host, options_.port) +
-               ": " + X509_verify_cert_error_string(verify) +
-               (options_.tls.caFile.empty() ? " (system CA store)" : " (CA file " + options_.tls.caFile + ")"));
+             "TLS: certificate verification failed for " + hostPort(options_.host, options_.port) +
+                 ": " + X509_verify_cert_error_string(verify) +
+                 (options_.tls.caFile.empty() ? " (system CA store)"
+                                              : " (CA file " + options_.tls.caFile + ")"));
       return;
     }
     std::string detail;
@@ -542,7 +560,7 @@ class TunnelImpl final : public Tunnel {
       detail = opensslErrors();
     }
     giveUp(phase_ == Phase::Open ? Errc::ConnectionDropped : Errc::ConnectionFailed,
-         std::string(what) + " " + hostPort(options_.host, options_.port) + ": " + detail);
+           std::string(what) + " " + hostPort(options_.host, options_.port) + ": " + detail);
   }
 
   void stepTls() {
@@ -559,8 +577,9 @@ class TunnelImpl final : public Tunnel {
     if (options_.websockets) {
       std::array<std::uint8_t, 16> nonce{};
       RAND_bytes(nonce.data(), static_cast<int>(nonce.size()));
-      upgrade_ = std::make_unique<WebSocketHandshake>(options_.host, options_.port, options_.websocketPath,
-                                                      options_.websocketSubprotocol, nonce, options_.userAgent);
+      upgrade_ = std::make_unique<WebSocketHandshake>(
+          options_.host, options_.port, options_.websocketPath, options_.websocketSubprotocol,
+          nonce, options_.userAgent);
       upOut_ = upgrade_->request();
       phase_ = Phase::Upgrade;
       step();
@@ -592,8 +611,10 @@ class TunnelImpl final : public Tunnel {
       }
       auto done = upgrade_->feed(std::string_view(buf, static_cast<std::size_t>(n)));
       if (!done) {
-        giveUp(done.error().code == Errc::ConnectionFailed ? Errc::ConnectionFailed : Errc::Protocol,
-             hostPort(options_.host, options_.port) + options_.websocketPath + ": " + done.error().message);
+        giveUp(
+            done.error().code == Errc::ConnectionFailed ? Errc::ConnectionFailed : Errc::Protocol,
+            hostPort(options_.host, options_.port) + options_.websocketPath + ": " +
+                done.error().message);
         return;
       }
       if (*done) {
@@ -608,8 +629,8 @@ class TunnelImpl final : public Tunnel {
   void becomeOpen(const std::string& firstBytes) {
     phase_ = Phase::Open;
     logf(LogLevel::Debug, "MQTT relay: ", options_.websockets ? "WebSocket " : "TLS ", "tunnel to ",
-         hostPort(options_.host, options_.port), options_.proxy.enabled() ? " through the " + hopName() : "",
-         " is open");
+         hostPort(options_.host, options_.port),
+         options_.proxy.enabled() ? " through the " + hopName() : "", " is open");
     if (!firstBytes.empty() && !fromHub(firstBytes)) {
       return;
     }
@@ -625,12 +646,21 @@ class TunnelImpl final : public Tunnel {
 
   void step() {
     switch (phase_) {
-      case Phase::Proxy: stepProxy(); break;
-      case Phase::Tls: stepTls(); break;
-      case Phase::Upgrade: stepUpgrade(); break;
+      case Phase::Proxy:
+        stepProxy();
+        break;
+      case Phase::Tls:
+        stepTls();
+        break;
+      case Phase::Upgrade:
+        stepUpgrade();
+        break;
       case Phase::Open:
-      case Phase::Closing: pump(); break;
-      default: break;
+      case Phase::Closing:
+        pump();
+        break;
+      default:
+        break;
     }
   }
 
@@ -674,8 +704,9 @@ class TunnelImpl final : public Tunnel {
                        (e.closeReason.empty() ? "" : " " + e.closeReason) + ")";
           WsMask mask{};
           RAND_bytes(mask.data(), static_cast<int>(mask.size()));
-          upOut_ += encodeClientFrame(WsOpcode::Close,
-                                      e.closeCode == 1005 ? std::string() : closePayload(e.closeCode), mask);
+          upOut_ += encodeClientFrame(
+              WsOpcode::Close, e.closeCode == 1005 ? std::string() : closePayload(e.closeCode),
+              mask);
           break;
         }
       }
@@ -686,7 +717,8 @@ class TunnelImpl final : public Tunnel {
       RAND_bytes(mask.data(), static_cast<int>(mask.size()));
       upOut_ += encodeClientFrame(WsOpcode::Close, closePayload(1002), mask);
       flushUp();
-      giveUp(Errc::Protocol, "WebSocket from " + hostPort(options_.host, options_.port) + ": " + r.error().message);
+      giveUp(Errc::Protocol,
+             "WebSocket from " + hostPort(options_.host, options_.port) + ": " + r.error().message);
       return false;
     }
     return true;
@@ -699,7 +731,8 @@ class TunnelImpl final : public Tunnel {
     while (!upOut_.empty()) {
       ERR_clear_error();
       errno = 0;
-      int n = SSL_write(ssl_.get(), upOut_.data(), static_cast<int>(std::min<std::size_t>(upOut_.size(), 1 << 30)));
+      int n = SSL_write(ssl_.get(), upOut_.data(),
+                        static_cast<int>(std::min<std::size_t>(upOut_.size(), 1 << 30)));
       if (n <= 0) {
         return sslRetry(n, "sending to", writeWants_);
       }
@@ -760,7 +793,8 @@ class TunnelImpl final : public Tunnel {
           }
         } else {
           int err = SSL_get_error(ssl_.get(), n);
-          if (err == SSL_ERROR_ZERO_RETURN || (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0)) {
+          if (err == SSL_ERROR_ZERO_RETURN ||
+              (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0)) {
             hubClosed_ = true;
             progress = true;
             if (closeInfo_.empty()) {
@@ -901,7 +935,7 @@ class TunnelImpl final : public Tunnel {
   int lastConnectErrno_ = 0;
   std::unique_ptr<ProxyHandshake> proxy_;
   std::string proxyTarget_;  ///< host named in the proxy request (SOCKS4: an IPv4 literal)
-  std::string rawOut_;  ///< proxy handshake bytes (may hold credentials)
+  std::string rawOut_;       ///< proxy handshake bytes (may hold credentials)
   SslCtxPtr ctx_;
   SslPtr ssl_;
   std::uint32_t writeWants_ = 0;  ///< what the last blocked SSL_write waits for

@@ -14,7 +14,8 @@ constexpr std::size_t kMaxControlPayload = 125;  // RFC 6455 5.5
 
 std::string base64(const unsigned char* data, std::size_t size) {
   std::string out(4 * ((size + 2) / 3) + 1, '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data, static_cast<int>(size));
+  int n =
+      EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data, static_cast<int>(size));
   out.resize(static_cast<std::size_t>(n));
   return out;
 }
@@ -23,7 +24,9 @@ bool knownOpcode(std::uint8_t op) {
   return op <= 0x2 || (op >= 0x8 && op <= 0xA);
 }
 
-bool isControl(WsOpcode op) { return static_cast<std::uint8_t>(op) >= 0x8; }
+bool isControl(WsOpcode op) {
+  return static_cast<std::uint8_t>(op) >= 0x8;
+}
 
 /// RFC 6455 7.4.1/7.4.2: codes a peer may send in a Close frame.
 bool validCloseCode(std::uint16_t code) {
@@ -259,9 +262,11 @@ WebSocketHandshake::WebSocketHandshake(std::string host, int port, std::string p
   request_ = "GET " + path + " HTTP/1.1\r\n" + "Host: " + authority + "\r\n" +
              "Upgrade: websocket\r\n"
              "Connection: Upgrade\r\n"
-             "Sec-WebSocket-Key: " + key + "\r\n" +
+             "Sec-WebSocket-Key: " +
+             key + "\r\n" +
              "Sec-WebSocket-Version: 13\r\n"
-             "Sec-WebSocket-Protocol: " + subprotocol_ + "\r\n";
+             "Sec-WebSocket-Protocol: " +
+             subprotocol_ + "\r\n";
   if (!userAgent.empty()) {
     request_ += "User-Agent: " + userAgent + "\r\n";
   }
@@ -278,8 +283,8 @@ core::Result<bool> WebSocketHandshake::feed(std::string_view bytes) {
   }
   const HttpResponseHead& head = reader_.head();
   if (head.status != 101) {
-    return fail(Errc::ConnectionFailed, "WebSocket upgrade refused: " +
-                                            std::to_string(head.status) + " " + head.reason);
+    return fail(Errc::ConnectionFailed,
+                "WebSocket upgrade refused: " + std::to_string(head.status) + " " + head.reason);
   }
   // RFC 6455 4.1, the client's checks of the server's handshake.
   auto upgrade = head.header("Upgrade");
@@ -297,7 +302,8 @@ core::Result<bool> WebSocketHandshake::feed(std::string_view bytes) {
     return fail(Errc::Protocol, "WebSocket upgrade: server chose an extension we did not offer");
   }
   // A server may choose no subprotocol; it may not choose one we did not offer.
-  if (auto protocol = head.header("Sec-WebSocket-Protocol"); protocol && *protocol != subprotocol_) {
+  if (auto protocol = head.header("Sec-WebSocket-Protocol");
+      protocol && *protocol != subprotocol_) {
     return fail(Errc::Protocol, "WebSocket upgrade: server chose subprotocol \"" +
                                     protocol->substr(0, 40) + "\", not \"" + subprotocol_ + "\"");
   }

@@ -41,7 +41,7 @@ using WsMask = std::array<std::uint8_t, 4>;
 struct WsEvent {
   enum class Kind { Data, Ping, Pong, Close };
   Kind kind = Kind::Data;
-  std::string payload;        ///< Data bytes, or a control frame's payload
+  std::string payload;          ///< Data bytes, or a control frame's payload
   std::uint16_t closeCode = 0;  ///< Close: the code, 1005 when the frame had none
   std::string closeReason;      ///< Close: the reason text
 };
@@ -74,7 +74,7 @@ class WebSocketDecoder {
   WsOpcode opcode_ = WsOpcode::Binary;
   bool fin_ = true;
   std::uint64_t remaining_ = 0;
-  std::string control_;  ///< payload of the control frame being read (<= 125 bytes)
+  std::string control_;     ///< payload of the control frame being read (<= 125 bytes)
   bool inMessage_ = false;  ///< a fragmented binary message is under way
   bool closed_ = false;
 };

@@ -479,8 +479,9 @@ bool HubSession::reconfigure(SessionOptions o) {
       !(o.tls.keyPassphrase == c.tls.keyPassphrase) || o.userAgent != c.userAgent ||
       o.productInfo != c.productInfo || o.keepAliveSeconds != c.keepAliveSeconds ||
       o.sasTokenTtl != c.sasTokenTtl || o.websockets != c.websockets ||
-      o.proxy.type != c.proxy.type || o.proxy.host != c.proxy.host || o.proxy.port != c.proxy.port ||
-      o.proxy.username != c.proxy.username || !(o.proxy.password == c.proxy.password);
+      o.proxy.type != c.proxy.type || o.proxy.host != c.proxy.host ||
+      o.proxy.port != c.proxy.port || o.proxy.username != c.proxy.username ||
+      !(o.proxy.password == c.proxy.password);
   options_ = std::move(o);
   if (!connectionChanged) {
     return false;

@@ -302,9 +302,9 @@ class ProcessPki {
     PkeyPtr key(EVP_EC_gen("P-256"));
     if (!key)
       fail("EC key generation failed");
-    X509Ptr cert = makeCertificate(key.get(), commonName.c_str(), selfSigned ? nullptr : ca_.get(),
-                                   selfSigned ? key.get() : caKey_.get(), serial_++,
-                                   CertKind::Client);
+    X509Ptr cert =
+        makeCertificate(key.get(), commonName.c_str(), selfSigned ? nullptr : ca_.get(),
+                        selfSigned ? key.get() : caKey_.get(), serial_++, CertKind::Client);
     writePem(certPath, cert.get(), nullptr);
     writePem(keyPath, nullptr, key.get(), passPhrase);
   }
@@ -568,10 +568,9 @@ std::string HubEmulator::gatewayCaFile() const {
   return dir_ + "/gateway-ca.crt";
 }
 
-void HubEmulator::issueClientCertificate(const std::string& commonName,
-                                         const std::string& certPath, const std::string& keyPath,
-                                         const std::string& passPhrase, bool selfSigned, int uid,
-                                         int gid) const {
+void HubEmulator::issueClientCertificate(const std::string& commonName, const std::string& certPath,
+                                         const std::string& keyPath, const std::string& passPhrase,
+                                         bool selfSigned, int uid, int gid) const {
   processPki().issueClient(commonName, certPath, keyPath, passPhrase, selfSigned);
   for (const std::string& path : {certPath, keyPath}) {
     ::chmod(path.c_str(), 0600);

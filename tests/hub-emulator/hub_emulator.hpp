@@ -141,8 +141,8 @@ struct HubEvent {
 
 struct AuthEvent {
   std::string device;
-  std::string method;    // "sas" or "x509"
-  std::string username;  // the MQTT user name as the device sent it
+  std::string method;       // "sas" or "x509"
+  std::string username;     // the MQTT user name as the device sent it
   int64_t se = 0;           // token expiry the device sent
   int64_t authTimeMs = 0;   // Unix ms
   int64_t expiresAtMs = 0;  // when the emulator will kick (after a lifetime cap)

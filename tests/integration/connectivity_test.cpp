@@ -19,31 +19,35 @@ class X509Test : public DaemonTest {
   X509Test() : DaemonTest(withListeners(true, false)) {}
 
   /// A certificate + key for `commonName` in the daemon's credentials directory.
-  void issue(const std::string& commonName, const std::string& passPhrase = "", bool selfSigned = false) {
+  void issue(const std::string& commonName, const std::string& passPhrase = "",
+             bool selfSigned = false) {
     auto user = serviceUser();
-    hub_.issueClientCertificate(commonName, credentialsDir_ + "/x509-cert", credentialsDir_ + "/x509-key",
-                                passPhrase, selfSigned, static_cast<int>(user.uid), static_cast<int>(user.gid));
+    hub_.issueClientCertificate(commonName, credentialsDir_ + "/x509-cert",
+                                credentialsDir_ + "/x509-key", passPhrase, selfSigned,
+                                static_cast<int>(user.uid), static_cast<int>(user.gid));
     if (!passPhrase.empty()) {
       writeCredential("x509-pass-phrase", passPhrase + "\n");
     }
   }
   void useX509() {
-    writeConfig("[hub]\nauthentication = x509\nhostname = " + hub_.hubHost() + "\ndevice_id = " + kDevice +
-                "\nport = " + std::to_string(hub_.x509Port()) + "\n");
+    writeConfig("[hub]\nauthentication = x509\nhostname = " + hub_.hubHost() +
+                "\ndevice_id = " + kDevice + "\nport = " + std::to_string(hub_.x509Port()) + "\n");
   }
 };
 
 TEST_F(X509Test, DeviceWithACaSignedCertificateConnectsAndSendsWithoutAPassword) {
   issue(kDevice, "pass phrase of the key");
   useX509();
-  startDaemon();
+  // Subscribed before the daemon starts: it connects at once, and the auth event must not be missed.
   hubemu::ServiceClient service(hub_);
+  startDaemon();
   client().Connect();
   auto auth = service.waitForAuth(kDevice);
   ASSERT_TRUE(auth.has_value());
   EXPECT_EQ(auth->method, "x509");
   // Protocol doc 1.2: the user name is sent as with SAS, only the password is left out.
-  EXPECT_EQ(auth->username.rfind(hub_.hubHost() + "/" + kDevice + "/?api-version=", 0), 0u) << auth->username;
+  EXPECT_EQ(auth->username.rfind(hub_.hubHost() + "/" + kDevice + "/?api-version=", 0), 0u)
+      << auth->username;
   std::string id = client().SendMessage("from an X.509 device", {}, {});
   auto received = service.waitForTelemetry();
   ASSERT_TRUE(received.has_value());
@@ -51,15 +55,18 @@ TEST_F(X509Test, DeviceWithACaSignedCertificateConnectsAndSendsWithoutAPassword)
   EXPECT_EQ(received->property("$.mid"), id);
   EXPECT_EQ(client().AuthenticationType(), "x509");
   EXPECT_EQ(client().SasTokenExpiry(), 0u);
-  EXPECT_EQ(daemon_->log().find("pass phrase of the key"), std::string::npos) << "the pass phrase was logged";
+  EXPECT_EQ(daemon_->log().find("pass phrase of the key"), std::string::npos)
+      << "the pass phrase was logged";
 }
 
 TEST_F(X509Test, ConnectionStringWithX509TrueUsesTheCertificateCredentials) {
   issue(kDevice);
-  writeCredential("connection-string", "HostName=" + hub_.hubHost() + ";DeviceId=" + kDevice + ";x509=true\n");
+  writeCredential("connection-string",
+                  "HostName=" + hub_.hubHost() + ";DeviceId=" + kDevice + ";x509=true\n");
   writeConfig("[hub]\nport = " + std::to_string(hub_.x509Port()) + "\n");
-  startDaemon();
+  // Subscribed before the daemon starts: it connects at once, and the auth event must not be missed.
   hubemu::ServiceClient service(hub_);
+  startDaemon();
   ASSERT_FALSE(client().SendMessage("x509=true", {}, {}).empty());
   auto auth = service.waitForAuth(kDevice);
   ASSERT_TRUE(auth.has_value());
@@ -70,23 +77,27 @@ TEST_F(X509Test, ConnectionStringWithX509TrueUsesTheCertificateCredentials) {
 TEST_F(X509Test, CertificateForAnotherDeviceIsRefusedWithCredential) {
   issue("dev2");
   useX509();
-  startDaemon();
+  // Subscribed before the daemon starts: it connects at once, and the auth event must not be missed.
   hubemu::ServiceClient service(hub_);
+  startDaemon();
   std::string message;
   EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message), "org.iothubd.Error.Credential");
   EXPECT_NE(message.find("not authorised"), std::string::npos) << message;
   auto refused = service.waitForEvent("auth-refused", kDevice);
   ASSERT_TRUE(refused.has_value());
-  EXPECT_NE(refused->json.find("client certificate is for 'dev2'"), std::string::npos) << refused->json;
+  EXPECT_NE(refused->json.find("client certificate is for 'dev2'"), std::string::npos)
+      << refused->json;
 }
 
 TEST_F(X509Test, SelfSignedCertificateNeverGetsPastTheTlsHandshake) {
   issue(kDevice, "", true);
   useX509();
-  startDaemon();
+  // Subscribed before the daemon starts: it connects at once, and the auth event must not be missed.
   hubemu::ServiceClient service(hub_);
+  startDaemon();
   std::string message;
-  EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message), "org.iothubd.Error.ConnectionFailed");
+  EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message),
+            "org.iothubd.Error.ConnectionFailed");
   EXPECT_EQ(service.authCount(kDevice), 0u);
 }
 
@@ -97,16 +108,18 @@ class GatewayTest : public DaemonTest {
   void useGateway(const std::string& caFile) {
     writeCredential("shared-access-key", deviceKey_ + "\n");
     writeFile(daemonDir_ + "/trust.pem", readFile(caFile), 0644);
-    writeConfig("[hub]\nauthentication = symmetric-key\nhostname = " + hub_.hubHost() + "\ndevice_id = " +
-                kDevice + "\ngateway_hostname = 127.0.0.1\nport = " + std::to_string(hub_.gatewayPort()) +
+    writeConfig("[hub]\nauthentication = symmetric-key\nhostname = " + hub_.hubHost() +
+                "\ndevice_id = " + kDevice +
+                "\ngateway_hostname = 127.0.0.1\nport = " + std::to_string(hub_.gatewayPort()) +
                 "\n[connection]\nserver_verification_cert = " + daemonDir_ + "/trust.pem\n");
   }
 };
 
 TEST_F(GatewayTest, TlsGoesToTheGatewayVerifiedByItsOwnCaWhileTheUserNameNamesTheHub) {
   useGateway(hub_.gatewayCaFile());
-  startDaemon();
+  // Subscribed before the daemon starts: it connects at once, and the auth event must not be missed.
   hubemu::ServiceClient service(hub_);
+  startDaemon();
   ASSERT_FALSE(client().SendMessage("via the gateway", {}, {}).empty());
   auto auth = service.waitForAuth(kDevice);
   ASSERT_TRUE(auth.has_value());
@@ -125,8 +138,10 @@ TEST_F(GatewayTest, TheHubsCaDoesNotVerifyTheGatewayAndTheErrorSaysSo) {
   useGateway(hub_.caFile());
   startDaemon();
   std::string message;
-  EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message), "org.iothubd.Error.ConnectionFailed");
-  EXPECT_NE(message.find("certificate verification failed for 127.0.0.1:" + std::to_string(hub_.gatewayPort())),
+  EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message),
+            "org.iothubd.Error.ConnectionFailed");
+  EXPECT_NE(message.find("certificate verification failed for 127.0.0.1:" +
+                         std::to_string(hub_.gatewayPort())),
             std::string::npos)
       << message;
   EXPECT_NE(message.find("trust.pem"), std::string::npos) << message;

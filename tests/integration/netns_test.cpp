@@ -5,10 +5,10 @@
 // closed to the daemon by iptables, so that a connection bypassing the proxy fails instead of
 // passing silently. Everything here (listeners, proxies, firewall rules) lives and dies with the
 // namespace.
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <net/if.h>
 #include <netinet/in.h>
-#include <arpa/inet.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
@@ -85,7 +85,8 @@ class ProxyProcess {
       }
       std::this_thread::sleep_for(20ms);
     }
-    throw std::runtime_error(argv[0] + " did not listen on port " + std::to_string(port_) + ":\n" + log());
+    throw std::runtime_error(argv[0] + " did not listen on port " + std::to_string(port_) + ":\n" +
+                             log());
   }
   ~ProxyProcess() {
     if (pid_ > 0) {
@@ -139,9 +140,10 @@ class NetnsTest : public DaemonTest {
     // REJECT (TCP reset) rather than DROP: a bypass fails at once with a clear error.
     for (const char* tool : {"iptables", "ip6tables"}) {
       for (int port : {hub_.port(), hub_.websocketsPort()}) {
-        ASSERT_EQ(run({tool, "-w", "-A", "OUTPUT", "-p", "tcp", "--dport", std::to_string(port), "-m", "owner",
-                       "--uid-owner", "iothubd", "-j", "REJECT", "--reject-with", "tcp-reset"}),
-                  0)
+        ASSERT_EQ(
+            run({tool, "-w", "-A", "OUTPUT", "-p", "tcp", "--dport", std::to_string(port), "-m",
+                 "owner", "--uid-owner", "iothubd", "-j", "REJECT", "--reject-with", "tcp-reset"}),
+            0)
             << tool << " failed";
       }
     }
@@ -153,19 +155,22 @@ class NetnsTest : public DaemonTest {
   }
 
   void useWebSockets(const std::string& extra = "") {
-    writeConfig("[hub]\nport = " + std::to_string(hub_.websocketsPort()) + "\n[connection]\nwebsockets = true\n" +
-                extra);
+    writeConfig("[hub]\nport = " + std::to_string(hub_.websocketsPort()) +
+                "\n[connection]\nwebsockets = true\n" + extra);
   }
 };
 
-// ---- the firewall itself -------------------------------------------------------------------------
+// ---- the firewall itself
+// -------------------------------------------------------------------------
 
 // These two prove the rules work: every proxy test passing therefore went through the proxy.
 TEST_F(NetnsTest, WithoutAProxyTheDaemonCannotReachTheHub) {
   startDaemon();
   std::string message;
-  EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message), "org.iothubd.Error.ConnectionFailed");
-  EXPECT_NE(message.find("cannot connect to localhost:" + std::to_string(hub_.port())), std::string::npos)
+  EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message),
+            "org.iothubd.Error.ConnectionFailed");
+  EXPECT_NE(message.find("cannot connect to localhost:" + std::to_string(hub_.port())),
+            std::string::npos)
       << message;
 }
 
@@ -173,11 +178,13 @@ TEST_F(NetnsTest, WithoutAProxyTheDaemonCannotReachTheHubOverWebSocketsEither) {
   useWebSockets();
   startDaemon();
   std::string message;
-  EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message), "org.iothubd.Error.ConnectionFailed");
+  EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message),
+            "org.iothubd.Error.ConnectionFailed");
   EXPECT_NE(message.find("Connection refused"), std::string::npos) << message;
 }
 
-// ---- WebSockets ----------------------------------------------------------------------------------
+// ---- WebSockets
+// ----------------------------------------------------------------------------------
 
 class WebSocketTest : public NetnsTest {
  protected:
@@ -259,14 +266,16 @@ TEST_F(WebSocketTest, WrongCaFailsWithACertificateVerificationError) {
   useWebSockets("[connection]\nserver_verification_cert = " + daemonDir_ + "/other.pem\n");
   startDaemon();
   std::string message;
-  EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message), "org.iothubd.Error.ConnectionFailed");
+  EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message),
+            "org.iothubd.Error.ConnectionFailed");
   EXPECT_NE(message.find("TLS: certificate verification failed for localhost:" +
                          std::to_string(hub_.websocketsPort())),
             std::string::npos)
       << message;
 }
 
-// ---- proxies -------------------------------------------------------------------------------------
+// ---- proxies
+// -------------------------------------------------------------------------------------
 
 class ProxyTest : public NetnsTest {
  protected:
@@ -281,13 +290,18 @@ class ProxyTest : public NetnsTest {
     std::string log = dir + "/tinyproxy.log";
     writeFile(log, "", 0666);
     writeFile(dir + "/tinyproxy.conf",
-              "Port " + std::to_string(proxyPort_) + "\nListen 127.0.0.1\nTimeout 60\n"
-              "User nobody\nGroup nogroup\nLogFile \"" + log + "\"\nLogLevel Connect\n"
-              "MaxClients 20\nAllow 127.0.0.1\nDisableViaHeader Yes\n"
-              "BasicAuth " + kProxyUser + " " + kProxyPassword + "\n",
+              "Port " + std::to_string(proxyPort_) +
+                  "\nListen 127.0.0.1\nTimeout 60\n"
+                  "User nobody\nGroup nogroup\nLogFile \"" +
+                  log +
+                  "\"\nLogLevel Connect\n"
+                  "MaxClients 20\nAllow 127.0.0.1\nDisableViaHeader Yes\n"
+                  "BasicAuth " +
+                  kProxyUser + " " + kProxyPassword + "\n",
               0644);
     proxy_ = std::make_unique<ProxyProcess>(
-        std::vector<std::string>{"tinyproxy", "-d", "-c", dir + "/tinyproxy.conf"}, log, proxyPort_);
+        std::vector<std::string>{"tinyproxy", "-d", "-c", dir + "/tinyproxy.conf"}, log,
+        proxyPort_);
   }
 
   void startDante() {
@@ -303,13 +317,15 @@ class ProxyTest : public NetnsTest {
                   "socks pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  log: connect error\n}\n",
               0644);
     proxy_ = std::make_unique<ProxyProcess>(
-        std::vector<std::string>{"/usr/sbin/danted", "-f", dir + "/danted.conf", "-N", "1"}, log, proxyPort_);
+        std::vector<std::string>{"/usr/sbin/danted", "-f", dir + "/danted.conf", "-N", "1"}, log,
+        proxyPort_);
   }
 
-  void useProxy(const std::string& type, bool withUser, const std::string& password = kProxyPassword,
-                const std::string& extra = "") {
-    std::string proxy = "[proxy]\nproxy_type = " + type + "\nproxy_address = 127.0.0.1\nproxy_port = " +
-                        std::to_string(proxyPort_) + "\n";
+  void useProxy(const std::string& type, bool withUser,
+                const std::string& password = kProxyPassword, const std::string& extra = "") {
+    std::string proxy = "[proxy]\nproxy_type = " + type +
+                        "\nproxy_address = 127.0.0.1\nproxy_port = " + std::to_string(proxyPort_) +
+                        "\n";
     if (withUser) {
       proxy += std::string("proxy_username = ") + kProxyUser + "\n";
       writeCredential("proxy-password", password + "\n");
@@ -338,14 +354,17 @@ TEST_F(ProxyTest, HttpConnectWithBasicCredentialsCarriesMqttOverTls) {
   auto received = service.waitForTelemetry();
   ASSERT_TRUE(received.has_value());
   EXPECT_EQ(received->payload, "through tinyproxy");
-  EXPECT_NE(proxy_->log().find("localhost:" + std::to_string(hub_.port())), std::string::npos) << proxy_->log();
-  EXPECT_EQ(daemon_->log().find(kProxyPassword), std::string::npos) << "the proxy password was logged";
+  EXPECT_NE(proxy_->log().find("localhost:" + std::to_string(hub_.port())), std::string::npos)
+      << proxy_->log();
+  EXPECT_EQ(daemon_->log().find(kProxyPassword), std::string::npos)
+      << "the proxy password was logged";
 }
 
 TEST_F(ProxyTest, HttpConnectCarriesWebSocketsToo) {
   startTinyproxy();
   useProxy("HTTP", true, kProxyPassword,
-           "[hub]\nport = " + std::to_string(hub_.websocketsPort()) + "\n[connection]\nwebsockets = true\n");
+           "[hub]\nport = " + std::to_string(hub_.websocketsPort()) +
+               "\n[connection]\nwebsockets = true\n");
   startDaemon();
   hubemu::ServiceClient service(hub_);
   awaitOnline();
@@ -362,7 +381,8 @@ TEST_F(ProxyTest, WrongProxyCredentialsFailWithACredentialErrorNamingTheProxy) {
   hubemu::ServiceClient service(hub_);
   std::string message;
   EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message), "org.iothubd.Error.Credential");
-  EXPECT_NE(message.find("HTTP proxy 127.0.0.1:" + std::to_string(proxyPort_)), std::string::npos) << message;
+  EXPECT_NE(message.find("HTTP proxy 127.0.0.1:" + std::to_string(proxyPort_)), std::string::npos)
+      << message;
   EXPECT_NE(message.find("the HTTP proxy refused the credentials"), std::string::npos) << message;
   EXPECT_EQ(message.find("not the password"), std::string::npos) << message;
   EXPECT_EQ(service.authCount(kDevice), 0u);
@@ -383,7 +403,8 @@ TEST_F(ProxyTest, Socks5CarriesMqttOverTls) {
 TEST_F(ProxyTest, Socks5CarriesWebSocketsToo) {
   startDante();
   useProxy("SOCKS5", false, "",
-           "[hub]\nport = " + std::to_string(hub_.websocketsPort()) + "\n[connection]\nwebsockets = true\n");
+           "[hub]\nport = " + std::to_string(hub_.websocketsPort()) +
+               "\n[connection]\nwebsockets = true\n");
   startDaemon();
   hubemu::ServiceClient service(hub_);
   ASSERT_FALSE(client().SendMessage("wss through dante", {}, {}).empty());
@@ -420,7 +441,8 @@ int main(int argc, char** argv) {
   int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   ifreq ifr{};
   std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
-  if (s < 0 || ::ioctl(s, SIOCGIFFLAGS, &ifr) != 0 || (ifr.ifr_flags |= IFF_UP, ::ioctl(s, SIOCSIFFLAGS, &ifr) != 0)) {
+  if (s < 0 || ::ioctl(s, SIOCGIFFLAGS, &ifr) != 0 ||
+      (ifr.ifr_flags |= IFF_UP, ::ioctl(s, SIOCSIFFLAGS, &ifr) != 0)) {
     std::cerr << "cannot bring up lo in the new namespace: " << std::strerror(errno) << "\n";
     return 1;
   }

@@ -20,9 +20,9 @@ struct DeviceIdentity {
   std::string gatewayHostname;  ///< where TLS goes, if set (protocol doc 1.4)
   core::Secret<> sharedAccessKey;  ///< base64; renewable tokens are made from it
   core::Secret<> sasToken;         ///< user-supplied, non-renewable token
-  std::string x509CertFile;      ///< PEM client certificate (chain) for authentication = x509
-  std::string x509KeyFile;       ///< its private key (a secret file: mode 0600 or stricter)
-  core::Secret<> x509PassPhrase;  ///< for an encrypted key; empty if the key is not encrypted
+  std::string x509CertFile;        ///< PEM client certificate (chain) for authentication = x509
+  std::string x509KeyFile;         ///< its private key (a secret file: mode 0600 or stricter)
+  core::Secret<> x509PassPhrase;   ///< for an encrypted key; empty if the key is not encrypted
 };
 
 /// Reads the secrets the settings call for, from the file named in [credentials] or else from

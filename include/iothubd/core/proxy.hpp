@@ -21,7 +21,7 @@ namespace iothubd::core {
 struct ProxySettings {
   enum class Type { None, Http, Socks4, Socks5 };
   Type type = Type::None;
-  std::string host;      ///< name or IP literal of the proxy
+  std::string host;  ///< name or IP literal of the proxy
   int port = 0;
   std::string username;  ///< empty: no authentication (SOCKS4: the user id field)
   Secret<> password;     ///< HTTP Basic / SOCKS5 RFC 1929 password; unused by SOCKS4
@@ -32,10 +32,14 @@ struct ProxySettings {
 /// "HTTP", "SOCKS4", "SOCKS5" or "none", as in the configuration file.
 [[nodiscard]] inline const char* proxyTypeName(ProxySettings::Type type) noexcept {
   switch (type) {
-    case ProxySettings::Type::Http: return "HTTP";
-    case ProxySettings::Type::Socks4: return "SOCKS4";
-    case ProxySettings::Type::Socks5: return "SOCKS5";
-    case ProxySettings::Type::None: break;
+    case ProxySettings::Type::Http:
+      return "HTTP";
+    case ProxySettings::Type::Socks4:
+      return "SOCKS4";
+    case ProxySettings::Type::Socks5:
+      return "SOCKS5";
+    case ProxySettings::Type::None:
+      break;
   }
   return "none";
 }

@@ -32,7 +32,7 @@ struct ConnectOptions {
   /// subprotocol "mqtt"; `port` is then usually 443.
   bool websockets = false;
   std::string websocketPath = "/$iothub/websocket";
-  std::string userAgent;  ///< User-Agent of the WebSocket upgrade request
+  std::string userAgent;      ///< User-Agent of the WebSocket upgrade request
   core::ProxySettings proxy;  ///< protocol doc 1.6; Type None = direct
 };
 

@@ -15,8 +15,8 @@ namespace iothubd::relay {
 /// TLS as the hub connection needs it (protocol doc 1.5): TLS 1.2 or later, the server
 /// certificate verified against `caFile` (or the system store) and the host name, SNI set.
 struct TlsClientConfig {
-  std::string caFile;   ///< PEM bundle to trust; empty = the system store
-  std::string ciphers;  ///< OpenSSL cipher list (TLS 1.2); empty = OpenSSL's default
+  std::string caFile;    ///< PEM bundle to trust; empty = the system store
+  std::string ciphers;   ///< OpenSSL cipher list (TLS 1.2); empty = OpenSSL's default
   std::string certFile;  ///< X.509 client certificate chain (PEM), empty for SAS
   std::string keyFile;
   core::Secret<> keyPassphrase;
@@ -29,7 +29,7 @@ struct TunnelOptions {
   bool websockets = false;  ///< HTTP Upgrade + RFC 6455 framing inside TLS (protocol doc 1.1)
   std::string websocketPath = "/$iothub/websocket";
   std::string websocketSubprotocol = "mqtt";
-  std::string userAgent;  ///< User-Agent of the Upgrade request, if not empty
+  std::string userAgent;      ///< User-Agent of the Upgrade request, if not empty
   core::ProxySettings proxy;  ///< Type None: straight TCP to host:port
 };
 

@@ -7,8 +7,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <optional>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <thread>

@@ -124,7 +124,8 @@ TEST_F(Credentials, X509FromExplicitFilesWithoutPassPhrase) {
   ::chmod((dir_ / "k.pem").c_str(), 0644);
   auto refused = loadIdentity(settings_, "", kNow);
   ASSERT_FALSE(refused);
-  EXPECT_NE(refused.error().message.find("refusing secret file " + (dir_ / "k.pem")), std::string::npos);
+  EXPECT_NE(refused.error().message.find("refusing secret file " + (dir_ / "k.pem")),
+            std::string::npos);
   settings_.x509CertFile = dir_ / "missing.pem";
   ::chmod((dir_ / "k.pem").c_str(), 0600);
   auto missing = loadIdentity(settings_, "", kNow);

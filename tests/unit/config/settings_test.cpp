@@ -136,15 +136,17 @@ TEST(Settings, WebSocketsDefaultTo443UnlessAPortIsGiven) {
   EXPECT_TRUE(ws->websockets);
   EXPECT_EQ(ws->port, 443);
   // The port line may come before or after websockets, or in a drop-in.
-  auto both = parseSettings({{"a.conf", "[hub]\nport = 18443\n"}, {"b.conf", "[connection]\nwebsockets = yes\n"}});
+  auto both = parseSettings(
+      {{"a.conf", "[hub]\nport = 18443\n"}, {"b.conf", "[connection]\nwebsockets = yes\n"}});
   ASSERT_TRUE(both) << both.error().message;
   EXPECT_EQ(both->port, 18443);
   EXPECT_EQ(parse("[connection]\nwebsockets = false\n")->port, 8883);
 }
 
 TEST(Settings, ProxyMustBeCompleteOrAbsent) {
-  auto ok = parse("[proxy]\nproxy_type = SOCKS5\nproxy_address = 10.0.0.1\nproxy_port = 1080\n"
-                  "proxy_username = u\nproxy_password_file = /etc/p\n");
+  auto ok = parse(
+      "[proxy]\nproxy_type = SOCKS5\nproxy_address = 10.0.0.1\nproxy_port = 1080\n"
+      "proxy_username = u\nproxy_password_file = /etc/p\n");
   ASSERT_TRUE(ok) << ok.error().message;
   EXPECT_EQ(ok->proxy.type, "SOCKS5");
   EXPECT_EQ(ok->proxy.address, "10.0.0.1");
@@ -161,7 +163,8 @@ TEST(Settings, ProxyMustBeCompleteOrAbsent) {
                     "proxy_password_file = /etc/p\n"),
             "[proxy] proxy_password_file: SOCKS4 has no passwords");
   EXPECT_EQ(errorOf("[proxy]\nproxy_type = http\n"),
-            "/etc/iothubd/iothubd.conf:2: [proxy] proxy_type: expected HTTP, SOCKS4 or SOCKS5, got \"http\"");
+            "/etc/iothubd/iothubd.conf:2: [proxy] proxy_type: expected HTTP, SOCKS4 or SOCKS5, got "
+            "\"http\"");
 }
 
 TEST(Settings, X509NeedsHostAndDevice) {

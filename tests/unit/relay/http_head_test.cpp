@@ -8,8 +8,9 @@ namespace {
 
 TEST(HttpHead, ParsesStatusHeadersAndKeepsWhatFollows) {
   HttpHeadReader r;
-  auto done = r.feed("HTTP/1.1 200 Connection established\r\nProxy-Agent: tinyproxy/1.11\r\n"
-                     "X-Empty:\r\n\r\n\x16\x03");
+  auto done = r.feed(
+      "HTTP/1.1 200 Connection established\r\nProxy-Agent: tinyproxy/1.11\r\n"
+      "X-Empty:\r\n\r\n\x16\x03");
   ASSERT_TRUE(done) << done.error().message;
   EXPECT_TRUE(*done);
   EXPECT_EQ(r.head().status, 200);
@@ -21,8 +22,9 @@ TEST(HttpHead, ParsesStatusHeadersAndKeepsWhatFollows) {
 }
 
 TEST(HttpHead, EveryFragmentationOfTheSameResponseGivesTheSameResult) {
-  const std::string response = "HTTP/1.0 407 Proxy Authentication Required\r\n"
-                               "Proxy-Authenticate: Basic realm=\"p\"\r\nConnection: close\r\n\r\nrest";
+  const std::string response =
+      "HTTP/1.0 407 Proxy Authentication Required\r\n"
+      "Proxy-Authenticate: Basic realm=\"p\"\r\nConnection: close\r\n\r\nrest";
   for (std::size_t cut = 0; cut <= response.size(); ++cut) {
     HttpHeadReader r;
     auto first = r.feed(std::string_view(response).substr(0, cut));
@@ -62,11 +64,12 @@ TEST(HttpHead, TokenListsMatchCaseInsensitively) {
 }
 
 TEST(HttpHead, MalformedResponsesAreProtocolErrors) {
-  for (const char* bad : {"SSH-2.0-OpenSSH\r\n\r\n", "HTTP/2 200 OK\r\n\r\n", "HTTP/1.1 20 OK\r\n\r\n",
-                          "HTTP/1.1 2000 OK\r\n\r\n", "HTTP/1.1 abc OK\r\n\r\n", "HTTP/1.1 099 x\r\n\r\n",
-                          "HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "HTTP/1.1 200 OK\r\n: empty\r\n\r\n",
-                          "HTTP/1.1 200 OK\r\nBad Name: v\r\n\r\n", "HTTP/1.1 200 OK\r\nA: b\r\n folded\r\n\r\n",
-                          "HTTP/1.1200 OK\r\n\r\n"}) {
+  for (const char* bad :
+       {"SSH-2.0-OpenSSH\r\n\r\n", "HTTP/2 200 OK\r\n\r\n", "HTTP/1.1 20 OK\r\n\r\n",
+        "HTTP/1.1 2000 OK\r\n\r\n", "HTTP/1.1 abc OK\r\n\r\n", "HTTP/1.1 099 x\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "HTTP/1.1 200 OK\r\n: empty\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nBad Name: v\r\n\r\n", "HTTP/1.1 200 OK\r\nA: b\r\n folded\r\n\r\n",
+        "HTTP/1.1200 OK\r\n\r\n"}) {
     HttpHeadReader r;
     auto result = r.feed(bad);
     ASSERT_FALSE(result) << bad;

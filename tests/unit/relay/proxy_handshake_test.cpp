@@ -30,10 +30,12 @@ std::string bytes(std::initializer_list<int> list) {
 
 TEST(HttpConnect, RequestWithAndWithoutBasicCredentials) {
   auto plain = ProxyHandshake::create(proxy(Type::Http), "hub.example", 443);
-  EXPECT_EQ(plain->takeOutput(), "CONNECT hub.example:443 HTTP/1.1\r\nHost: hub.example:443\r\n\r\n");
+  EXPECT_EQ(plain->takeOutput(),
+            "CONNECT hub.example:443 HTTP/1.1\r\nHost: hub.example:443\r\n\r\n");
   EXPECT_EQ(plain->takeOutput(), "") << "sent once";
   // RFC 7617 2.1 example: Aladdin / open sesame.
-  auto withUser = ProxyHandshake::create(proxy(Type::Http, "Aladdin", "open sesame"), "2001:db8::1", 8883);
+  auto withUser =
+      ProxyHandshake::create(proxy(Type::Http, "Aladdin", "open sesame"), "2001:db8::1", 8883);
   EXPECT_EQ(withUser->takeOutput(),
             "CONNECT [2001:db8::1]:8883 HTTP/1.1\r\nHost: [2001:db8::1]:8883\r\n"
             "Proxy-Authorization: Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==\r\n\r\n");
@@ -56,10 +58,12 @@ TEST(HttpConnect, AnyTwoHundredOpensTheTunnelAcrossFragmentedReads) {
 TEST(HttpConnect, RefusalsNameTheStatusButNeverTheCredentials) {
   auto h = ProxyHandshake::create(proxy(Type::Http, "alice", "hunter2"), "hub", 443);
   (void)h->takeOutput();
-  auto r = h->feed("HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\r\n");
+  auto r =
+      h->feed("HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\r\n");
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, core::Errc::Unauthorized);
-  EXPECT_EQ(r.error().message, "the HTTP proxy refused the credentials (407 Proxy Authentication Required)");
+  EXPECT_EQ(r.error().message,
+            "the HTTP proxy refused the credentials (407 Proxy Authentication Required)");
 
   auto anonymous = ProxyHandshake::create(proxy(Type::Http), "hub", 443);
   auto a = anonymous->feed("HTTP/1.1 407 Proxy Authentication Required\r\n\r\n");
@@ -108,7 +112,8 @@ TEST(Socks5, UsernamePasswordSubnegotiation) {
   auto v6 = ProxyHandshake::create(proxy(Type::Socks5), "::1", 443);
   (void)v6->takeOutput();
   ASSERT_TRUE(v6->feed(bytes({5, 0})));
-  EXPECT_EQ(v6->takeOutput(), bytes({5, 1, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0xBB}));
+  EXPECT_EQ(v6->takeOutput(),
+            bytes({5, 1, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0xBB}));
   auto partial = v6->feed(bytes({5, 0, 0, 4}) + std::string(16, '\0'));
   ASSERT_TRUE(partial && !*partial) << "the port is still missing";
   auto v6done = v6->feed(bytes({1, 0xBB}));
@@ -167,8 +172,9 @@ TEST(Socks4, RefusalsAreClassified) {
     int code;
     core::Errc errc;
   };
-  for (auto [code, errc] : {Case{91, core::Errc::ConnectionFailed}, Case{92, core::Errc::Unauthorized},
-                            Case{93, core::Errc::Unauthorized}, Case{17, core::Errc::Protocol}}) {
+  for (auto [code, errc] :
+       {Case{91, core::Errc::ConnectionFailed}, Case{92, core::Errc::Unauthorized},
+        Case{93, core::Errc::Unauthorized}, Case{17, core::Errc::Protocol}}) {
     auto h = ProxyHandshake::create(proxy(Type::Socks4), "hub", 443);
     auto r = h->feed(bytes({0, code, 0, 0, 0, 0, 0, 0}));
     ASSERT_FALSE(r) << code;

@@ -29,7 +29,8 @@ std::string serverFrame(int firstByte, std::string_view payload) {
   } else {
     out.push_back(127);
     for (int shift = 56; shift >= 0; shift -= 8) {
-      out.push_back(static_cast<char>((static_cast<std::uint64_t>(payload.size()) >> shift) & 0xFF));
+      out.push_back(
+          static_cast<char>((static_cast<std::uint64_t>(payload.size()) >> shift) & 0xFF));
     }
   }
   out.append(payload);
@@ -65,7 +66,8 @@ TEST(WebSocketEncode, UsesTheShortestLengthForm) {
     std::size_t size;
     std::size_t headerSize;
   };
-  for (auto [size, headerSize] : {Case{0, 6}, Case{125, 6}, Case{126, 8}, Case{65535, 8}, Case{65536, 14}}) {
+  for (auto [size, headerSize] :
+       {Case{0, 6}, Case{125, 6}, Case{126, 8}, Case{65535, 8}, Case{65536, 14}}) {
     std::string frame = encodeClientFrame(WsOpcode::Binary, std::string(size, 'a'), zero);
     ASSERT_EQ(frame.size(), headerSize + size) << size;
     auto len7 = static_cast<std::uint8_t>(frame[1]) & 0x7F;
@@ -74,7 +76,8 @@ TEST(WebSocketEncode, UsesTheShortestLengthForm) {
       EXPECT_EQ(len7, size);
     } else if (size <= 0xFFFF) {
       EXPECT_EQ(len7, 126);
-      EXPECT_EQ((static_cast<std::uint8_t>(frame[2]) << 8) | static_cast<std::uint8_t>(frame[3]), size);
+      EXPECT_EQ((static_cast<std::uint8_t>(frame[2]) << 8) | static_cast<std::uint8_t>(frame[3]),
+                size);
     } else {
       EXPECT_EQ(len7, 127);
       EXPECT_EQ(frame.substr(2, 8), bytes({0, 0, 0, 0, 0, 1, 0, 0}));
@@ -87,7 +90,8 @@ TEST(WebSocketEncode, ControlFramesAndClosePayload) {
             bytes({0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8}));
   EXPECT_EQ(encodeClientFrame(WsOpcode::Pong, "", {1, 2, 3, 4}), bytes({0x8A, 0x80, 1, 2, 3, 4}));
   EXPECT_EQ(closePayload(1002, "bad").size(), 5u);
-  EXPECT_EQ(closePayload(1000, std::string(200, 'r')).size(), 125u) << "control payloads stay <= 125";
+  EXPECT_EQ(closePayload(1000, std::string(200, 'r')).size(), 125u)
+      << "control payloads stay <= 125";
 }
 
 // ---- decoding ---------------------------------------------------------------------------------
@@ -118,8 +122,9 @@ TEST(WebSocketDecode, AllThreeLengthFormsDecode) {
 
 TEST(WebSocketDecode, FragmentedMessagesAndInterleavedControlFrames) {
   // RFC 6455 5.4: control frames may appear between the fragments of a message.
-  std::string stream = serverFrame(0x02, "MQ") + serverFrame(0x89, "ping!") + serverFrame(0x00, "TT") +
-                       serverFrame(0x80, "!") + serverFrame(0x8A, "") + serverFrame(0x88, closePayload(1000, "bye"));
+  std::string stream = serverFrame(0x02, "MQ") + serverFrame(0x89, "ping!") +
+                       serverFrame(0x00, "TT") + serverFrame(0x80, "!") + serverFrame(0x8A, "") +
+                       serverFrame(0x88, closePayload(1000, "bye"));
   auto events = decodeAll(stream);
   ASSERT_TRUE(events) << events.error().message;
   std::string data;
@@ -139,8 +144,9 @@ TEST(WebSocketDecode, FragmentedMessagesAndInterleavedControlFrames) {
 
 TEST(WebSocketDecode, EverySplitPointGivesTheSameEvents) {
   std::string payload(300, 'x');
-  std::string stream = serverFrame(0x82, "abc") + serverFrame(0x89, "p") + serverFrame(0x82, payload) +
-                       serverFrame(0x02, "") + serverFrame(0x80, "z") + serverFrame(0x88, closePayload(4000));
+  std::string stream = serverFrame(0x82, "abc") + serverFrame(0x89, "p") +
+                       serverFrame(0x82, payload) + serverFrame(0x02, "") + serverFrame(0x80, "z") +
+                       serverFrame(0x88, closePayload(4000));
   for (std::size_t cut1 = 0; cut1 <= stream.size(); cut1 += 7) {
     for (std::size_t cut2 = cut1; cut2 <= stream.size(); cut2 += 13) {
       WebSocketDecoder d;
@@ -200,17 +206,23 @@ TEST(WebSocketDecode, CloseCodes) {
 TEST(WebSocketDecode, RuleViolationsAreProtocolErrors) {
   EXPECT_EQ(errorOf(bytes({0x82, 0x85, 1, 2, 3, 4, 'a', 'b', 'c', 'd', 'e'})),
             "masked WebSocket frame from the server (RFC 6455 5.1)");
-  EXPECT_EQ(errorOf(bytes({0xC2, 0x00})), "WebSocket frame with RSV bits set (no extension was negotiated)");
-  EXPECT_EQ(errorOf(bytes({0x92, 0x00})), "WebSocket frame with RSV bits set (no extension was negotiated)");
+  EXPECT_EQ(errorOf(bytes({0xC2, 0x00})),
+            "WebSocket frame with RSV bits set (no extension was negotiated)");
+  EXPECT_EQ(errorOf(bytes({0x92, 0x00})),
+            "WebSocket frame with RSV bits set (no extension was negotiated)");
   EXPECT_EQ(errorOf(bytes({0x83, 0x00})), "WebSocket frame with reserved opcode 3");
   EXPECT_EQ(errorOf(bytes({0x8B, 0x00})), "WebSocket frame with reserved opcode 11");
   EXPECT_EQ(errorOf(bytes({0x09, 0x00})), "fragmented WebSocket control frame");
-  EXPECT_EQ(errorOf(bytes({0x89, 0x7E, 0x00, 0x7E})), "WebSocket control frame longer than 125 bytes");
-  EXPECT_EQ(errorOf(serverFrame(0x81, "text")), "WebSocket text frame (MQTT uses binary frames only)");
-  EXPECT_EQ(errorOf(serverFrame(0x80, "x")), "WebSocket continuation frame without a message to continue");
+  EXPECT_EQ(errorOf(bytes({0x89, 0x7E, 0x00, 0x7E})),
+            "WebSocket control frame longer than 125 bytes");
+  EXPECT_EQ(errorOf(serverFrame(0x81, "text")),
+            "WebSocket text frame (MQTT uses binary frames only)");
+  EXPECT_EQ(errorOf(serverFrame(0x80, "x")),
+            "WebSocket continuation frame without a message to continue");
   EXPECT_EQ(errorOf(serverFrame(0x02, "a") + serverFrame(0x82, "b")),
             "new WebSocket message before the fragmented one ended");
-  EXPECT_EQ(errorOf(bytes({0x82, 0x7E, 0x00, 0x05})), "WebSocket frame length not in its shortest form");
+  EXPECT_EQ(errorOf(bytes({0x82, 0x7E, 0x00, 0x05})),
+            "WebSocket frame length not in its shortest form");
   EXPECT_EQ(errorOf(bytes({0x82, 0x7F, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF})),
             "WebSocket frame length not in its shortest form");
   EXPECT_EQ(errorOf(bytes({0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0})),
@@ -232,7 +244,8 @@ std::array<std::uint8_t, 16> sampleNonce() {
 }
 
 TEST(WebSocketHandshake, RequestCarriesTheIotHubPathAndSubprotocol) {
-  WebSocketHandshake h("contoso.azure-devices.net", 443, "/$iothub/websocket", "mqtt", sampleNonce(), "iothubd/1");
+  WebSocketHandshake h("contoso.azure-devices.net", 443, "/$iothub/websocket", "mqtt",
+                       sampleNonce(), "iothubd/1");
   EXPECT_EQ(h.request(),
             "GET /$iothub/websocket HTTP/1.1\r\n"
             "Host: contoso.azure-devices.net\r\n"
@@ -249,7 +262,8 @@ TEST(WebSocketHandshake, RequestCarriesTheIotHubPathAndSubprotocol) {
 
 std::string goodResponse(const std::string& extra = "Sec-WebSocket-Protocol: mqtt\r\n") {
   return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: upgrade\r\n"
-         "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" + extra + "\r\n";
+         "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" +
+         extra + "\r\n";
 }
 
 TEST(WebSocketHandshake, AcceptsTheServersSwitchAndKeepsTheFirstFrames) {
@@ -275,18 +289,23 @@ TEST(WebSocketHandshake, RefusalsAndBadAnswersFailClearly) {
     EXPECT_FALSE(r) << response;
     return r ? std::string() : r.error().message;
   };
-  EXPECT_EQ(errorFor("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"), "WebSocket upgrade refused: 404 Not Found");
-  EXPECT_EQ(errorFor("HTTP/1.1 101 OK\r\nConnection: upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"),
+  EXPECT_EQ(errorFor("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+            "WebSocket upgrade refused: 404 Not Found");
+  EXPECT_EQ(errorFor("HTTP/1.1 101 OK\r\nConnection: upgrade\r\nSec-WebSocket-Accept: "
+                     "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"),
             "WebSocket upgrade: 101 without Upgrade: websocket");
-  EXPECT_EQ(errorFor("HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"),
+  EXPECT_EQ(errorFor("HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: "
+                     "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"),
             "WebSocket upgrade: 101 without Connection: Upgrade");
-  EXPECT_EQ(errorFor("HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAA\r\n\r\n"),
+  EXPECT_EQ(errorFor("HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: "
+                     "Upgrade\r\nSec-WebSocket-Accept: AAAA\r\n\r\n"),
             "WebSocket upgrade: wrong Sec-WebSocket-Accept");
   EXPECT_EQ(errorFor(goodResponse("Sec-WebSocket-Protocol: mqttv5\r\n")),
             "WebSocket upgrade: server chose subprotocol \"mqttv5\", not \"mqtt\"");
   EXPECT_EQ(errorFor(goodResponse("Sec-WebSocket-Extensions: permessage-deflate\r\n")),
             "WebSocket upgrade: server chose an extension we did not offer");
-  EXPECT_EQ(errorFor("garbage\r\n\r\n").rfind("WebSocket upgrade: not an HTTP/1.x status line", 0), 0u);
+  EXPECT_EQ(errorFor("garbage\r\n\r\n").rfind("WebSocket upgrade: not an HTTP/1.x status line", 0),
+            0u);
   WebSocketHandshake h("h", 443, "/", "mqtt", sampleNonce());
   auto refused = h.feed("HTTP/1.1 403 Forbidden\r\n\r\n");
   ASSERT_FALSE(refused);
