@@ -136,6 +136,9 @@ int run(const Options& opts) {
     return EXIT_SUCCESS;
   }
 
+  // A peer that closes first must give EPIPE, not kill the daemon: the relay's TLS writes go
+  // through OpenSSL's socket BIO, which cannot pass MSG_NOSIGNAL (libmosquitto sets this too).
+  std::signal(SIGPIPE, SIG_IGN);
   auto loop = iothubd::loop::EventLoop::create();
   if (!loop) {
     logf(LogLevel::Error, loop.error().message);

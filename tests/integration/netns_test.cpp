@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <thread>
@@ -279,7 +280,7 @@ TEST_F(WebSocketTest, WrongCaFailsWithACertificateVerificationError) {
 
 class ProxyTest : public NetnsTest {
  protected:
-  static constexpr const char* kProxyUser = "gateway-1";
+  static constexpr const char* kProxyUser = "iothubd-proxy";
   // tinyproxy 1.11 accepts only [-a-z0-9._] in BasicAuth passwords.
   static constexpr const char* kProxyPassword = "Proxy-Pass.7";
 
@@ -304,21 +305,53 @@ class ProxyTest : public NetnsTest {
         proxyPort_);
   }
 
-  void startDante() {
+  /// Dante checks SOCKS5 user names and passwords against the system's account database. With
+  /// `withUser` it runs in a private mount namespace whose /etc/passwd and /etc/shadow are
+  /// copies with one extra account, so the host's accounts stay untouched.
+  void startDante(bool withUser = false) {
     proxyPort_ = freeTcpPort();
     std::string dir = dir_ / "dante";
     ::mkdir(dir.c_str(), 0755);
     std::string log = dir + "/danted.log";
+    std::vector<std::string> command{"/usr/sbin/danted", "-f", dir + "/danted.conf", "-N", "1"};
+    if (withUser) {
+      std::string hash;
+      FILE* p = ::popen((std::string("openssl passwd -6 ") + kProxyPassword).c_str(), "r");
+      char line[256];
+      if (p != nullptr && std::fgets(line, sizeof line, p) != nullptr) {
+        hash = line;
+        hash.erase(hash.find_last_not_of('\n') + 1);
+      }
+      if (p != nullptr) {
+        ::pclose(p);
+      }
+      ASSERT_EQ(hash.rfind("$6$", 0), 0u) << "openssl passwd failed";
+      writeFile(
+          dir + "/passwd",
+          readFile("/etc/passwd") + kProxyUser + ":x:64123:65534::/nonexistent:/usr/sbin/nologin\n",
+          0644);
+      writeFile(dir + "/shadow",
+                readFile("/etc/shadow") + kProxyUser + ":" + hash + ":19000:0:99999:7:::\n", 0600);
+      command = {"unshare",
+                 "--mount",
+                 "--propagation",
+                 "private",
+                 "sh",
+                 "-c",
+                 "mount --bind " + dir + "/passwd /etc/passwd && mount --bind " + dir +
+                     "/shadow /etc/shadow && exec /usr/sbin/danted -f " + dir +
+                     "/danted.conf -N 1"};
+    }
     writeFile(dir + "/danted.conf",
               "logoutput: " + log + "\ninternal: 127.0.0.1 port = " + std::to_string(proxyPort_) +
-                  "\nexternal: 127.0.0.1\nclientmethod: none\nsocksmethod: none\n"
+                  "\nexternal: 127.0.0.1\nclientmethod: none\nsocksmethod: " +
+                  (withUser ? "username" : "none") +
+                  "\n"
                   "user.privileged: root\nuser.unprivileged: nobody\n"
                   "client pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  log: connect error\n}\n"
                   "socks pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  log: connect error\n}\n",
               0644);
-    proxy_ = std::make_unique<ProxyProcess>(
-        std::vector<std::string>{"/usr/sbin/danted", "-f", dir + "/danted.conf", "-N", "1"}, log,
-        proxyPort_);
+    proxy_ = std::make_unique<ProxyProcess>(command, log, proxyPort_);
   }
 
   void useProxy(const std::string& type, bool withUser,
@@ -398,6 +431,29 @@ TEST_F(ProxyTest, Socks5CarriesMqttOverTls) {
   auto received = service.waitForTelemetry();
   ASSERT_TRUE(received.has_value());
   EXPECT_EQ(received->payload, "through dante");
+}
+
+TEST_F(ProxyTest, Socks5WithUsernameAndPassword) {
+  startDante(true);
+  useProxy("SOCKS5", true);
+  startDaemon();
+  hubemu::ServiceClient service(hub_);
+  ASSERT_FALSE(client().SendMessage("through dante, authenticated", {}, {}).empty());
+  auto received = service.waitForTelemetry();
+  ASSERT_TRUE(received.has_value());
+  EXPECT_NE(proxy_->log().find(std::string("username%") + kProxyUser), std::string::npos)
+      << proxy_->log();
+  EXPECT_EQ(daemon_->log().find(kProxyPassword), std::string::npos)
+      << "the proxy password was logged";
+}
+
+TEST_F(ProxyTest, Socks5WrongPasswordIsACredentialError) {
+  startDante(true);
+  useProxy("SOCKS5", true, "Wrong-Pass.5");
+  startDaemon();
+  std::string message;
+  EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message), "org.iothubd.Error.Credential");
+  EXPECT_NE(message.find("the SOCKS5 proxy refused the credentials"), std::string::npos) << message;
 }
 
 TEST_F(ProxyTest, Socks5CarriesWebSocketsToo) {
