@@ -306,6 +306,12 @@ class MosquittoTransport final : public MqttTransport {
     return fallback;
   }
 
+  /// A proxy that refused our credentials is a credential problem like CONNACK 5: retrying the
+  /// same ones cannot help (protocol doc 9), so it is reported as Unauthorized.
+  bool tunnelRefusedCredentials() const {
+    return tunnel_ && tunnel_->failure() && tunnel_->failure()->code == Errc::Unauthorized;
+  }
+
   /// The peer a failure message names: "host:port", plus the proxy when there is one.
   std::string peerName() const {
     std::string peer = options_.host + ":" + std::to_string(options_.port);
@@ -327,10 +333,11 @@ class MosquittoTransport final : public MqttTransport {
       } else if (rc == MOSQ_ERR_EAI) {
         why = "cannot resolve host name " + core::quoted(options_.host);
       }
-      finish(Disconnect{
-          core::Error{Errc::ConnectionFailed,
-                      "cannot connect to " + peerName() + ": " + failureDetail(why), err},
-          disconnectRequested_, -1});
+      finish(Disconnect{core::Error{tunnelRefusedCredentials() ? Errc::Unauthorized
+                                                                : Errc::ConnectionFailed,
+                                    "cannot connect to " + peerName() + ": " + failureDetail(why),
+                                    err},
+                        disconnectRequested_, -1});
       return;
     }
     state_ = State::Connecting;
@@ -453,10 +460,7 @@ class MosquittoTransport final : public MqttTransport {
                                            "connection to " + peerName() + " lost: " + why}
                              : core::Error{Errc::ConnectionFailed,
                                            "cannot connect to " + peerName() + ": " + why};
-      // A proxy that refused our credentials is a credential problem like CONNACK 5: retrying
-      // the same ones cannot help (protocol doc 9).
-      if (!wasConnected && tunnel_ && tunnel_->failure() &&
-          tunnel_->failure()->code == Errc::Unauthorized) {
+      if (!wasConnected && tunnelRefusedCredentials()) {
         d.error.code = Errc::Unauthorized;
       }
     }
