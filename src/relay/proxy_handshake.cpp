@@ -42,12 +42,6 @@ class HttpConnect final : public ProxyHandshake {
   }
   ~HttpConnect() override { wipe(output_); }
 
-  std::string takeOutput() override {
-    std::string out = std::move(output_);
-    output_.clear();
-    return out;
-  }
-
   core::Result<bool> feed(std::string_view bytes) override {
     auto complete = reader_.feed(bytes);
     if (!complete) {
@@ -76,7 +70,6 @@ class HttpConnect final : public ProxyHandshake {
   std::string takeLeftover() override { return reader_.takeLeftover(); }
 
  private:
-  std::string output_;
   bool withCredentials_ = false;
   HttpHeadReader reader_;
 };
@@ -118,12 +111,6 @@ class Socks5 final : public ProxyHandshake {
     }
   }
   ~Socks5() override { wipe(output_); }
-
-  std::string takeOutput() override {
-    std::string out = std::move(output_);
-    output_.clear();
-    return out;
-  }
 
   core::Result<bool> feed(std::string_view bytes) override {
     input_.append(bytes);
@@ -256,7 +243,6 @@ class Socks5 final : public ProxyHandshake {
   std::string host_;
   int port_;
   State state_ = State::Method;
-  std::string output_;
   std::string input_;
   std::string leftover_;
 };
@@ -282,12 +268,6 @@ class Socks4 final : public ProxyHandshake {
       output_ += host_;
       output_.push_back('\0');
     }
-  }
-
-  std::string takeOutput() override {
-    std::string out = std::move(output_);
-    output_.clear();
-    return out;
   }
 
   core::Result<bool> feed(std::string_view bytes) override {
@@ -326,7 +306,6 @@ class Socks4 final : public ProxyHandshake {
 
  private:
   std::string host_;
-  std::string output_;
   std::string input_;
   std::string leftover_;
   bool done_ = false;

@@ -23,13 +23,20 @@ class ProxyHandshake {
   virtual ~ProxyHandshake() = default;
 
   /// Bytes to send now (empty when waiting for the proxy). Holds credentials: never log it.
-  [[nodiscard]] virtual std::string takeOutput() = 0;
+  [[nodiscard]] std::string takeOutput() {
+    std::string out = std::move(output_);
+    output_.clear();
+    return out;
+  }
   /// Feeds the proxy's bytes: false while more are needed, true once the tunnel is open (then
   /// takeLeftover() has what followed). Errors are final: Errc::Unauthorized when the proxy
   /// refused the credentials, Errc::ConnectionFailed when it refused the target, Errc::Protocol
   /// for a malformed answer; messages name the proxy's status but never a credential.
   [[nodiscard]] virtual core::Result<bool> feed(std::string_view bytes) = 0;
   [[nodiscard]] virtual std::string takeLeftover() = 0;
+
+ protected:
+  std::string output_;  ///< what takeOutput() hands out next
 };
 
 /// "Basic base64(user:password)" (RFC 7617 2).

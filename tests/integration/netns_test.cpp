@@ -374,6 +374,20 @@ class ProxyTest : public NetnsTest {
     proxy_.reset();
   }
 
+  /// Starts the daemon, sends `body` and expects the hub to receive it.
+  void startAndSend(const std::string& body) {
+    hubemu::ServiceClient service(hub_);
+    startDaemon();
+    ASSERT_FALSE(client().SendMessage(body, {}, {}).empty());
+    auto received = service.waitForTelemetry();
+    ASSERT_TRUE(received.has_value());
+    EXPECT_EQ(received->payload, body);
+  }
+
+  static std::string webSocketsOn(int port) {
+    return "[hub]\nport = " + std::to_string(port) + "\n[connection]\nwebsockets = true\n";
+  }
+
   int proxyPort_ = 0;
   std::unique_ptr<ProxyProcess> proxy_;
 };
@@ -381,12 +395,7 @@ class ProxyTest : public NetnsTest {
 TEST_F(ProxyTest, HttpConnectWithBasicCredentialsCarriesMqttOverTls) {
   startTinyproxy();
   useProxy("HTTP", true);
-  startDaemon();
-  hubemu::ServiceClient service(hub_);
-  ASSERT_FALSE(client().SendMessage("through tinyproxy", {}, {}).empty());
-  auto received = service.waitForTelemetry();
-  ASSERT_TRUE(received.has_value());
-  EXPECT_EQ(received->payload, "through tinyproxy");
+  startAndSend("through tinyproxy");
   EXPECT_NE(proxy_->log().find("localhost:" + std::to_string(hub_.port())), std::string::npos)
       << proxy_->log();
   EXPECT_EQ(daemon_->log().find(kProxyPassword), std::string::npos)
@@ -395,16 +404,8 @@ TEST_F(ProxyTest, HttpConnectWithBasicCredentialsCarriesMqttOverTls) {
 
 TEST_F(ProxyTest, HttpConnectCarriesWebSocketsToo) {
   startTinyproxy();
-  useProxy("HTTP", true, kProxyPassword,
-           "[hub]\nport = " + std::to_string(hub_.websocketsPort()) +
-               "\n[connection]\nwebsockets = true\n");
-  startDaemon();
-  hubemu::ServiceClient service(hub_);
-  awaitOnline();
-  ASSERT_FALSE(client().SendMessage("wss through tinyproxy", {}, {}).empty());
-  auto received = service.waitForTelemetry();
-  ASSERT_TRUE(received.has_value());
-  EXPECT_EQ(received->payload, "wss through tinyproxy");
+  useProxy("HTTP", true, kProxyPassword, webSocketsOn(hub_.websocketsPort()));
+  startAndSend("wss through tinyproxy");
 }
 
 TEST_F(ProxyTest, WrongProxyCredentialsFailWithACredentialErrorNamingTheProxy) {
@@ -425,22 +426,13 @@ TEST_F(ProxyTest, WrongProxyCredentialsFailWithACredentialErrorNamingTheProxy) {
 TEST_F(ProxyTest, Socks5CarriesMqttOverTls) {
   startDante();
   useProxy("SOCKS5", false);
-  startDaemon();
-  hubemu::ServiceClient service(hub_);
-  ASSERT_FALSE(client().SendMessage("through dante", {}, {}).empty());
-  auto received = service.waitForTelemetry();
-  ASSERT_TRUE(received.has_value());
-  EXPECT_EQ(received->payload, "through dante");
+  startAndSend("through dante");
 }
 
 TEST_F(ProxyTest, Socks5WithUsernameAndPassword) {
   startDante(true);
   useProxy("SOCKS5", true);
-  startDaemon();
-  hubemu::ServiceClient service(hub_);
-  ASSERT_FALSE(client().SendMessage("through dante, authenticated", {}, {}).empty());
-  auto received = service.waitForTelemetry();
-  ASSERT_TRUE(received.has_value());
+  startAndSend("through dante, authenticated");
   EXPECT_NE(proxy_->log().find(std::string("username%") + kProxyUser), std::string::npos)
       << proxy_->log();
   EXPECT_EQ(daemon_->log().find(kProxyPassword), std::string::npos)
@@ -458,26 +450,14 @@ TEST_F(ProxyTest, Socks5WrongPasswordIsACredentialError) {
 
 TEST_F(ProxyTest, Socks5CarriesWebSocketsToo) {
   startDante();
-  useProxy("SOCKS5", false, "",
-           "[hub]\nport = " + std::to_string(hub_.websocketsPort()) +
-               "\n[connection]\nwebsockets = true\n");
-  startDaemon();
-  hubemu::ServiceClient service(hub_);
-  ASSERT_FALSE(client().SendMessage("wss through dante", {}, {}).empty());
-  auto received = service.waitForTelemetry();
-  ASSERT_TRUE(received.has_value());
-  EXPECT_EQ(received->payload, "wss through dante");
+  useProxy("SOCKS5", false, "", webSocketsOn(hub_.websocketsPort()));
+  startAndSend("wss through dante");
 }
 
 TEST_F(ProxyTest, Socks4CarriesMqttOverTls) {
   startDante();
   useProxy("SOCKS4", false);
-  startDaemon();
-  hubemu::ServiceClient service(hub_);
-  ASSERT_FALSE(client().SendMessage("socks4", {}, {}).empty());
-  auto received = service.waitForTelemetry();
-  ASSERT_TRUE(received.has_value());
-  EXPECT_EQ(received->payload, "socks4");
+  startAndSend("socks4");
 }
 
 }  // namespace
