@@ -29,17 +29,22 @@ namespace {
 
 using Steady = std::chrono::steady_clock;
 
+/// In a forked child: replaces the process with `argv` (PATH lookup), or exits 127.
+[[noreturn]] void execOrExit(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const auto& a : argv) {
+    args.push_back(const_cast<char*>(a.c_str()));
+  }
+  args.push_back(nullptr);
+  ::execvp(args[0], args.data());
+  ::_exit(127);
+}
+
 /// Runs `argv` to completion; returns its exit status.
 int run(const std::vector<std::string>& argv) {
   pid_t pid = ::fork();
   if (pid == 0) {
-    std::vector<char*> args;
-    for (const auto& a : argv) {
-      args.push_back(const_cast<char*>(a.c_str()));
-    }
-    args.push_back(nullptr);
-    ::execvp(args[0], args.data());
-    ::_exit(127);
+    execOrExit(argv);
   }
   int status = 0;
   ::waitpid(pid, &status, 0);
@@ -59,13 +64,7 @@ class ProxyProcess {
         ::dup2(out, STDOUT_FILENO);
         ::dup2(out, STDERR_FILENO);
       }
-      std::vector<char*> args;
-      for (const auto& a : argv) {
-        args.push_back(const_cast<char*>(a.c_str()));
-      }
-      args.push_back(nullptr);
-      ::execvp(args[0], args.data());
-      ::_exit(127);
+      execOrExit(argv);
     }
     // A proxy says nothing when it is ready: try to connect, bounded (5 s).
     const auto deadline = Steady::now() + 5s;
