@@ -19,6 +19,7 @@
 #include "iothubd/dbusapi/device_object.hpp"
 #include "iothubd/loop/event_loop.hpp"
 #include "iothubd/mqtt/mosquitto_transport.hpp"
+#include "iothubd/relay/tunnel.hpp"
 #include "iothubd/session/hub_session.hpp"
 
 namespace {
@@ -128,6 +129,18 @@ int run(const Options& opts) {
   if (!proxy) {
     logf(LogLevel::Error, "credentials: ", proxy.error().message);
     return EX_CONFIG;
+  }
+  {
+    iothubd::relay::TlsClientConfig tls;
+    tls.caFile = settings->serverVerificationCert;
+    tls.ciphers = settings->cipher;
+    tls.certFile = identity->x509CertFile;
+    tls.keyFile = identity->x509KeyFile;
+    tls.keyPassphrase = identity->x509PassPhrase;
+    if (auto r = iothubd::relay::checkTlsConfig(tls); !r) {
+      logf(LogLevel::Error, "configuration: ", r.error().message);
+      return EX_CONFIG;
+    }
   }
   if (opts.checkOnly) {
     std::cout << "configuration OK: device " << identity->deviceId << " on "

@@ -953,6 +953,14 @@ class TunnelImpl final : public Tunnel {
 
 }  // namespace
 
+core::Result<void> checkTlsConfig(const TlsClientConfig& tls) {
+  auto ctx = makeContext(tls);
+  if (!ctx) {
+    return fail(ctx.error());
+  }
+  return {};
+}
+
 core::Result<std::unique_ptr<Tunnel>> Tunnel::open(loop::EventLoop& loop, TunnelOptions options) {
   auto tunnel = std::make_unique<TunnelImpl>(loop, std::move(options));
   if (auto r = tunnel->start(); !r) {

@@ -2,6 +2,8 @@
 // Issue 7 on loopback: X.509 device authentication and an IoT Edge-style gateway with its own CA
 // (protocol doc 1.2, 1.4, 1.5). WebSockets and proxies need a private network namespace and
 // live in netns_test.cpp.
+#include <sysexits.h>
+
 #include "daemon_fixture.hpp"
 
 namespace iothubd::testing {
@@ -38,7 +40,8 @@ class X509Test : public DaemonTest {
 TEST_F(X509Test, DeviceWithACaSignedCertificateConnectsAndSendsWithoutAPassword) {
   issue(kDevice, "pass phrase of the key");
   useX509();
-  // Subscribed before the daemon starts: it connects at once, and the auth event must not be missed.
+  // Subscribed before the daemon starts: it connects at once, and the auth event must not be
+  // missed.
   hubemu::ServiceClient service(hub_);
   startDaemon();
   client().Connect();
@@ -64,7 +67,8 @@ TEST_F(X509Test, ConnectionStringWithX509TrueUsesTheCertificateCredentials) {
   writeCredential("connection-string",
                   "HostName=" + hub_.hubHost() + ";DeviceId=" + kDevice + ";x509=true\n");
   writeConfig("[hub]\nport = " + std::to_string(hub_.x509Port()) + "\n");
-  // Subscribed before the daemon starts: it connects at once, and the auth event must not be missed.
+  // Subscribed before the daemon starts: it connects at once, and the auth event must not be
+  // missed.
   hubemu::ServiceClient service(hub_);
   startDaemon();
   ASSERT_FALSE(client().SendMessage("x509=true", {}, {}).empty());
@@ -77,7 +81,8 @@ TEST_F(X509Test, ConnectionStringWithX509TrueUsesTheCertificateCredentials) {
 TEST_F(X509Test, CertificateForAnotherDeviceIsRefusedWithCredential) {
   issue("dev2");
   useX509();
-  // Subscribed before the daemon starts: it connects at once, and the auth event must not be missed.
+  // Subscribed before the daemon starts: it connects at once, and the auth event must not be
+  // missed.
   hubemu::ServiceClient service(hub_);
   startDaemon();
   std::string message;
@@ -92,13 +97,34 @@ TEST_F(X509Test, CertificateForAnotherDeviceIsRefusedWithCredential) {
 TEST_F(X509Test, SelfSignedCertificateNeverGetsPastTheTlsHandshake) {
   issue(kDevice, "", true);
   useX509();
-  // Subscribed before the daemon starts: it connects at once, and the auth event must not be missed.
+  // Subscribed before the daemon starts: it connects at once, and the auth event must not be
+  // missed.
   hubemu::ServiceClient service(hub_);
   startDaemon();
   std::string message;
   EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message),
             "org.iothubd.Error.ConnectionFailed");
   EXPECT_EQ(service.authCount(kDevice), 0u);
+}
+
+TEST_F(X509Test, WrongPassPhraseOrCipherListStopsTheStartWithExit78) {
+  issue(kDevice, "the right pass phrase");
+  writeCredential("x509-pass-phrase", "a wrong pass phrase\n");
+  useX509();
+  EXPECT_EQ(runUntilExit(), EX_CONFIG);
+  std::string log = daemon_->log();
+  EXPECT_NE(log.find("cannot load the client key " + credentialsDir_ + "/x509-key"),
+            std::string::npos)
+      << log;
+  EXPECT_EQ(log.find("a wrong pass phrase"), std::string::npos) << "the pass phrase was logged";
+
+  writeCredential("x509-pass-phrase", "the right pass phrase\n");
+  writeConfig(
+      "[hub]\nauthentication = x509\nhostname = localhost\ndevice_id = dev1\n"
+      "[connection]\ncipher = NOT-A-CIPHER\n");
+  EXPECT_EQ(runUntilExit(), EX_CONFIG);
+  EXPECT_NE(daemon_->log().find("invalid cipher list \"NOT-A-CIPHER\""), std::string::npos)
+      << daemon_->log();
 }
 
 class GatewayTest : public DaemonTest {
@@ -117,7 +143,8 @@ class GatewayTest : public DaemonTest {
 
 TEST_F(GatewayTest, TlsGoesToTheGatewayVerifiedByItsOwnCaWhileTheUserNameNamesTheHub) {
   useGateway(hub_.gatewayCaFile());
-  // Subscribed before the daemon starts: it connects at once, and the auth event must not be missed.
+  // Subscribed before the daemon starts: it connects at once, and the auth event must not be
+  // missed.
   hubemu::ServiceClient service(hub_);
   startDaemon();
   ASSERT_FALSE(client().SendMessage("via the gateway", {}, {}).empty());

@@ -216,6 +216,16 @@ void DaemonTest::startDaemon() {
   ASSERT_TRUE(daemon_->waitReady()) << "iothubd did not report READY=1";
 }
 
+std::optional<int> DaemonTest::runUntilExit() {
+  DaemonOptions options;
+  options.configPath = configPath_;
+  options.busAddress = bus_->address();
+  options.credentialsDirectory = credentialsDir_;
+  daemon_ = std::make_unique<DaemonProcess>(dir_.path(), options);
+  daemon_->start();
+  return daemon_->waitExit();
+}
+
 void DaemonTest::awaitOnline() {
   (void)client().GetTwin();
   client().clearSignals();

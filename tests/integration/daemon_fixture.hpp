@@ -107,6 +107,8 @@ class DaemonTest : public ::testing::Test {
   void writeCredential(const std::string& name, const std::string& content);
   /// Starts iothubd and waits for READY=1.
   void startDaemon();
+  /// Starts iothubd expecting it to fail at start-up; its exit status (nullopt on timeout).
+  std::optional<int> runUntilExit();
   DeviceClient& client();
   /// Returns once the daemon is connected and subscribed: a twin GET is answered only after the
   /// broker processed the subscriptions sent before it on the same connection. Then clears the

@@ -10,18 +10,7 @@
 namespace iothubd::testing {
 namespace {
 
-class StartupTest : public DaemonTest {
- protected:
-  std::optional<int> runUntilExit() {
-    DaemonOptions options;
-    options.configPath = configPath_;
-    options.busAddress = bus_->address();
-    options.credentialsDirectory = credentialsDir_;
-    daemon_ = std::make_unique<DaemonProcess>(dir_.path(), options);
-    daemon_->start();
-    return daemon_->waitExit();
-  }
-};
+class StartupTest : public DaemonTest {};
 
 TEST_F(StartupTest, SecretFileReadableByOthersExits78NamingTheFile) {
   std::string secret = credentialsDir_ + "/connection-string";

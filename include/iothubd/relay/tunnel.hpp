@@ -22,6 +22,12 @@ struct TlsClientConfig {
   core::Secret<> keyPassphrase;
 };
 
+/// Builds the TLS context for `tls` once, to find at start-up what would otherwise fail every
+/// connection attempt: an unreadable CA file, an invalid cipher list, a client certificate or key
+/// that does not load (wrong pass phrase) or do not match. Errc::Config naming the setting; never
+/// contains the pass phrase. The direct (libmosquitto) path uses the same files and cipher list.
+[[nodiscard]] core::Result<void> checkTlsConfig(const TlsClientConfig& tls);
+
 struct TunnelOptions {
   std::string host;  ///< hub or gateway: TCP target (through the proxy), SNI, certificate name
   int port = 443;
