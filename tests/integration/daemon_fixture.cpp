@@ -206,23 +206,22 @@ void DaemonTest::writeCredential(const std::string& name, const std::string& con
             static_cast<int>(user.gid));
 }
 
-void DaemonTest::startDaemon() {
+void DaemonTest::launchDaemon() {
   DaemonOptions options;
   options.configPath = configPath_;
   options.busAddress = bus_->address();
   options.credentialsDirectory = credentialsDir_;
   daemon_ = std::make_unique<DaemonProcess>(dir_.path(), options);
   daemon_->start();
+}
+
+void DaemonTest::startDaemon() {
+  launchDaemon();
   ASSERT_TRUE(daemon_->waitReady()) << "iothubd did not report READY=1";
 }
 
 std::optional<int> DaemonTest::runUntilExit() {
-  DaemonOptions options;
-  options.configPath = configPath_;
-  options.busAddress = bus_->address();
-  options.credentialsDirectory = credentialsDir_;
-  daemon_ = std::make_unique<DaemonProcess>(dir_.path(), options);
-  daemon_->start();
+  launchDaemon();
   return daemon_->waitExit();
 }
 

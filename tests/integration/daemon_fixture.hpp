@@ -117,6 +117,9 @@ class DaemonTest : public ::testing::Test {
   /// Another client on its own connection (another app).
   std::unique_ptr<DeviceClient> newClient();
 
+  /// Forks and execs iothubd with the generated configuration (no wait).
+  void launchDaemon();
+
   TempDir dir_{"iothubd-it", 0711};
   hubemu::HubEmulator hub_;
   std::string deviceKey_;
