@@ -200,12 +200,7 @@ class TunnelImpl final : public Tunnel {
   ~TunnelImpl() override {
     *alive_ = false;
     closeAll();
-    if (!socketPath_.empty()) {
-      ::unlink(socketPath_.c_str());
-    }
-    if (!dir_.empty()) {
-      ::rmdir(dir_.c_str());
-    }
+    removeSocketFiles();
   }
 
   core::Result<void> start() {
@@ -254,6 +249,14 @@ class TunnelImpl final : public Tunnel {
 
   // ---- the local end: libmosquitto -------------------------------------------------------
 
+  void removeSocketFiles() noexcept {
+    if (!dir_.empty()) {
+      ::unlink(socketPath_.c_str());
+      ::rmdir(dir_.c_str());
+      dir_.clear();
+    }
+  }
+
   void onAccept() {
     while (true) {
       Fd fd(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
@@ -276,10 +279,11 @@ class TunnelImpl final : public Tunnel {
         return;
       }
       downWatch_ = std::move(*watch);
-      // One connection per tunnel: nobody else may connect from now on.
+      // One connection per tunnel: nobody else may connect from now on, and nothing is left in
+      // the file system even if the daemon is killed later.
       listenWatch_.reset();
       listener_.reset();
-      ::unlink(socketPath_.c_str());
+      removeSocketFiles();
       pump();
       return;
     }
