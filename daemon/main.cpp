@@ -26,6 +26,7 @@
 #include "iothubd/loop/event_loop.hpp"
 #include "iothubd/mqtt/mosquitto_transport.hpp"
 #include "iothubd/outbox/outbox.hpp"
+#include "iothubd/relay/tunnel.hpp"
 #include "iothubd/session/hub_session.hpp"
 
 namespace {
@@ -73,7 +74,8 @@ std::string userAgent() {
 }
 
 iothubd::session::SessionOptions sessionOptions(const iothubd::config::Settings& s,
-                                                iothubd::config::DeviceIdentity id) {
+                                                iothubd::config::DeviceIdentity id,
+                                                iothubd::core::ProxySettings proxy) {
   using iothubd::config::AuthKind;
   iothubd::session::SessionOptions o;
   o.hubHostname = id.hubHostname;
@@ -81,12 +83,26 @@ iothubd::session::SessionOptions sessionOptions(const iothubd::config::Settings&
   o.moduleId = id.moduleId;
   o.gatewayHostname = id.gatewayHostname;
   o.port = s.port;
-  o.auth = id.authentication == AuthKind::SasToken ? iothubd::session::AuthMethod::SasToken
-                                                   : iothubd::session::AuthMethod::SymmetricKey;
+  switch (id.authentication) {
+    case AuthKind::SasToken:
+      o.auth = iothubd::session::AuthMethod::SasToken;
+      break;
+    case AuthKind::X509:
+      o.auth = iothubd::session::AuthMethod::X509;
+      break;
+    default:
+      o.auth = iothubd::session::AuthMethod::SymmetricKey;
+      break;
+  }
   o.sharedAccessKey = std::move(id.sharedAccessKey);
   o.sasToken = std::move(id.sasToken);
   o.tls.caFile = s.serverVerificationCert;
   o.tls.ciphers = s.cipher;
+  o.tls.certFile = id.x509CertFile;
+  o.tls.keyFile = id.x509KeyFile;
+  o.tls.keyPassphrase = std::move(id.x509PassPhrase);
+  o.websockets = s.websockets;
+  o.proxy = std::move(proxy);
   o.userAgent = userAgent();
   o.productInfo = s.productInfo;
   o.keepAliveSeconds = s.keepAlive;
@@ -103,6 +119,7 @@ iothubd::session::SessionOptions sessionOptions(const iothubd::config::Settings&
 struct Loaded {
   iothubd::config::Settings settings;
   iothubd::config::DeviceIdentity identity;
+  iothubd::core::ProxySettings proxy;
 };
 
 /// Reads the configuration files and the secrets they call for. The error is one line naming
@@ -126,7 +143,22 @@ iothubd::core::Result<Loaded> loadConfiguration(const std::string& configPath,
   if (!identity) {
     return fail(Errc::Config, "credentials: " + identity.error().message);
   }
-  return Loaded{std::move(*settings), std::move(*identity)};
+  auto proxy = iothubd::config::loadProxy(*settings, credDir ? credDir : "");
+  if (!proxy) {
+    return fail(Errc::Config, "credentials: " + proxy.error().message);
+  }
+  // Certificates, key and cipher list are checked now, so that a mistake is a configuration
+  // error at start or reload, not a connection failure later.
+  iothubd::relay::TlsClientConfig tls;
+  tls.caFile = settings->serverVerificationCert;
+  tls.ciphers = settings->cipher;
+  tls.certFile = identity->x509CertFile;
+  tls.keyFile = identity->x509KeyFile;
+  tls.keyPassphrase = identity->x509PassPhrase;
+  if (auto r = iothubd::relay::checkTlsConfig(tls); !r) {
+    return fail(Errc::Config, "configuration: " + r.error().message);
+  }
+  return Loaded{std::move(*settings), std::move(*identity), std::move(*proxy)};
 }
 
 void applyLogLevel(const iothubd::config::Settings& settings) {
@@ -234,7 +266,8 @@ void reload(const std::string& configPath, HubSession& session, iothubd::dbusapi
     applyLogLevel(loaded->settings);
     object.setMethodResponseTimeout(std::chrono::seconds(loaded->settings.methodResponseTimeout));
     bool reconnects =
-        session.reconfigure(sessionOptions(loaded->settings, std::move(loaded->identity)));
+        session.reconfigure(sessionOptions(loaded->settings, std::move(loaded->identity),
+                                           std::move(loaded->proxy)));
     if (reconnects) {
       object.identityChanged();
     }
@@ -259,6 +292,9 @@ int run(const Options& opts) {
     return EXIT_SUCCESS;
   }
 
+  // A peer that closes first must give EPIPE, not kill the daemon: the relay's TLS writes go
+  // through OpenSSL's socket BIO, which cannot pass MSG_NOSIGNAL (libmosquitto sets this too).
+  std::signal(SIGPIPE, SIG_IGN);
   auto loop = iothubd::loop::EventLoop::create();
   if (!loop) {
     logf(LogLevel::Error, loop.error().message);
@@ -272,7 +308,8 @@ int run(const Options& opts) {
   }
   std::string hub = identity.hubHostname;
   std::string device = identity.deviceId;
-  HubSession session(ev, ev, **transport, sessionOptions(loaded->settings, std::move(identity)));
+  HubSession session(ev, ev, **transport,
+                     sessionOptions(loaded->settings, std::move(identity), std::move(loaded->proxy)));
 
   std::unique_ptr<sdbus::IConnection> bus;
   try {

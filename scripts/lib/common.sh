@@ -22,6 +22,9 @@ IOTHUBD_PACKAGES=(
   python3-dbus python3-gi
   # packaging suite: build and check the .deb, boot it in a Debian 12 container
   build-essential fakeroot dpkg-dev debhelper lintian debootstrap systemd-container git
+  # connectivity tests (tests/integration/netns_test.cpp): HTTP and SOCKS proxies, and the
+  # firewall rules that keep the hub reachable only through them
+  tinyproxy-bin dante-server iptables
 )
 
 log() { printf '==> %s\n' "$*"; }

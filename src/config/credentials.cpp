@@ -55,7 +55,91 @@ core::Result<core::Secret<>> readCredential(const std::string& explicitFile, con
   return readSecretFile(*path);
 }
 
+/// An optional credential: the explicit file (must exist) or, if present, the systemd credential.
+/// An empty secret when neither is there.
+core::Result<core::Secret<>> readOptionalCredential(const std::string& explicitFile,
+                                                    const char* credentialName,
+                                                    const std::string& credentialsDirectory) {
+  if (!explicitFile.empty()) {
+    return readSecretFile(explicitFile);
+  }
+  if (credentialsDirectory.empty()) {
+    return core::Secret<>();
+  }
+  std::string path = credentialsDirectory + "/" + credentialName;
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 && errno == ENOENT) {
+    return core::Secret<>();
+  }
+  return readSecretFile(path);
+}
+
+/// Certificate and key of authentication = x509 (protocol doc 1.2: no password, the TLS client
+/// certificate proves the identity). The certificate is public; the key gets the secret-file
+/// rules, because OpenSSL reads it later by path and would not check its mode.
+core::Result<void> loadX509(const Settings& s, const std::string& credentialsDirectory,
+                            DeviceIdentity& id) {
+  auto cert = credentialPath(s.x509CertFile, "x509_cert_file", "x509-cert", credentialsDirectory);
+  if (!cert) {
+    return fail(cert.error());
+  }
+  if (::access(cert->c_str(), R_OK) != 0) {
+    int err = errno;
+    return fail(Errc::Config, "cannot read X.509 certificate " + *cert + ": " + std::strerror(err),
+                err);
+  }
+  auto key = credentialPath(s.x509KeyFile, "x509_key_file", "x509-key", credentialsDirectory);
+  if (!key) {
+    return fail(key.error());
+  }
+  // Checks mode and readability; the content stays with OpenSSL.
+  if (auto keyText = readSecretFile(*key); !keyText) {
+    return fail(keyText.error());
+  }
+  auto passPhrase =
+      readOptionalCredential(s.x509PassPhraseFile, "x509-pass-phrase", credentialsDirectory);
+  if (!passPhrase) {
+    return fail(passPhrase.error());
+  }
+  id.x509CertFile = *cert;
+  id.x509KeyFile = *key;
+  id.x509PassPhrase = std::move(*passPhrase);
+  return {};
+}
+
 }  // namespace
+
+core::Result<core::ProxySettings> loadProxy(const Settings& s,
+                                            const std::string& credentialsDirectory) {
+  core::ProxySettings p;
+  if (s.proxy.type.empty()) {
+    return p;
+  }
+  p.type = s.proxy.type == "HTTP"     ? core::ProxySettings::Type::Http
+           : s.proxy.type == "SOCKS4" ? core::ProxySettings::Type::Socks4
+                                      : core::ProxySettings::Type::Socks5;
+  p.host = s.proxy.address;
+  p.port = s.proxy.port;
+  p.username = s.proxy.username;
+  if (p.type == core::ProxySettings::Type::Socks4) {
+    return p;
+  }
+  auto password =
+      readOptionalCredential(s.proxy.passwordFile, "proxy-password", credentialsDirectory);
+  if (!password) {
+    return fail(password.error());
+  }
+  if (!password->empty() && p.username.empty()) {
+    return fail(Errc::Config, "[proxy] proxy_username: required when a proxy password is given");
+  }
+  if (password->empty() && !p.username.empty()) {
+    return fail(Errc::Config,
+                "[proxy] proxy_username: needs a password: set [proxy] proxy_password_file or "
+                "pass it with systemd LoadCredential=proxy-password");
+  }
+  p.password = std::move(*password);
+  return p;
+}
 
 core::Result<core::Secret<>> readSecretFile(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
@@ -129,16 +213,18 @@ core::Result<DeviceIdentity> loadIdentity(const Settings& s, const std::string& 
       if (!cs) {
         return fail(Errc::Config, "connection string: " + cs.error().message);
       }
-      if (cs->x509) {
-        return fail(Errc::Config,
-                    "connection string: x509=true is not supported by this version; use "
-                    "authentication = x509");
-      }
       id.hubHostname = cs->hostName;
       id.deviceId = cs->deviceId;
       id.moduleId = cs->moduleId;
       id.gatewayHostname = cs->gatewayHostName;
-      if (!cs->sharedAccessSignature.empty()) {
+      if (cs->x509) {
+        // Protocol doc 3: x509=true names no secret; certificate and key come from the same
+        // places as with authentication = x509.
+        id.authentication = AuthKind::X509;
+        if (auto r = loadX509(s, credentialsDirectory, id); !r) {
+          return fail(r.error());
+        }
+      } else if (!cs->sharedAccessSignature.empty()) {
         id.authentication = AuthKind::SasToken;
         id.sasToken = cs->sharedAccessSignature;
       } else {
@@ -184,7 +270,10 @@ core::Result<DeviceIdentity> loadIdentity(const Settings& s, const std::string& 
       break;
     }
     case AuthKind::X509:
-      return fail(Errc::Config, "[hub] authentication: x509 is not supported by this version");
+      if (auto r = loadX509(s, credentialsDirectory, id); !r) {
+        return fail(r.error());
+      }
+      break;
   }
 
   if (id.authentication == AuthKind::SasToken) {

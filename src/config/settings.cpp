@@ -22,6 +22,7 @@ using core::fail;
 struct ParseState {
   Settings settings;
   std::string error;  // set by a key handler; inih then reports the line
+  bool portSet = false;  // [hub] port given: websockets then keeps it instead of 443
 };
 
 bool parseBool(std::string_view v, bool& out) {
@@ -221,6 +222,9 @@ int onKey(void* user, const char* section, const char* name, const char* value) 
     }
     return 0;
   }
+  if (key == "hub.port") {
+    state->portSet = true;
+  }
   std::string problem = it->second(state->settings, value);
   if (!problem.empty()) {
     state->error = "[" + std::string(section) + "] " + name + ": " + problem;
@@ -229,17 +233,24 @@ int onKey(void* user, const char* section, const char* name, const char* value) 
   return 1;
 }
 
-/// Options of the seed that this version accepts in the file but cannot honour yet: refused
-/// with a clear message rather than silently ignored.
-core::Result<void> refuseUnsupported(const Settings& s) {
-  if (s.websockets) {
-    return fail(Errc::Config, "[connection] websockets: MQTT over WebSockets is not supported by this version");
+/// [proxy] must be complete or absent: a half-configured proxy would otherwise be bypassed
+/// silently (protocol doc 1.6).
+core::Result<void> checkProxy(const Settings& s) {
+  const ProxySettings& p = s.proxy;
+  if (p.type.empty()) {
+    if (!p.address.empty() || p.port != 0 || !p.username.empty() || !p.passwordFile.empty()) {
+      return fail(Errc::Config, "[proxy] proxy_type: required when any other proxy_ key is set");
+    }
+    return {};
   }
-  if (!s.proxy.type.empty() || !s.proxy.address.empty()) {
-    return fail(Errc::Config, "[proxy]: proxy_options are not supported by this version");
+  if (p.address.empty()) {
+    return fail(Errc::Config, "[proxy] proxy_address: required with proxy_type = " + p.type);
   }
-  if (s.authentication == AuthKind::X509) {
-    return fail(Errc::Config, "[hub] authentication: x509 is not supported by this version");
+  if (p.port == 0) {
+    return fail(Errc::Config, "[proxy] proxy_port: required with proxy_type = " + p.type);
+  }
+  if (p.type == "SOCKS4" && !p.passwordFile.empty()) {
+    return fail(Errc::Config, "[proxy] proxy_password_file: SOCKS4 has no passwords");
   }
   return {};
 }
@@ -304,8 +315,12 @@ core::Result<Settings> parseSettings(const std::vector<ConfigSource>& sources) {
   if (auto r = checkConsistency(state.settings); !r) {
     return fail(r.error());
   }
-  if (auto r = refuseUnsupported(state.settings); !r) {
+  if (auto r = checkProxy(state.settings); !r) {
     return fail(r.error());
+  }
+  // Protocol doc 1.1: MQTT over WebSockets goes to 443 unless a port is configured.
+  if (state.settings.websockets && !state.portSet) {
+    state.settings.port = 443;
   }
   return state.settings;
 }

@@ -68,7 +68,15 @@ void throwIfError(const core::Result<void>& r) {
 }
 
 const char* authenticationName(session::AuthMethod auth) {
-  return auth == session::AuthMethod::SasToken ? "sas-token" : "sas";
+  switch (auth) {
+    case session::AuthMethod::SasToken:
+      return "sas-token";
+    case session::AuthMethod::X509:
+      return "x509";
+    case session::AuthMethod::SymmetricKey:
+      break;
+  }
+  return "sas";
 }
 
 class DeviceObjectImpl final : public DeviceObject,

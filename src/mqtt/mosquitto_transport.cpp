@@ -2,6 +2,7 @@
 #include "iothubd/mqtt/mosquitto_transport.hpp"
 
 #include <sys/epoll.h>
+#include <sys/socket.h>
 
 #include <cerrno>
 #include <cstring>
@@ -11,6 +12,7 @@
 #include <mosquitto.h>
 
 #include "iothubd/core/log.hpp"
+#include "iothubd/relay/tunnel.hpp"
 
 namespace iothubd::mqtt {
 namespace {
@@ -21,6 +23,26 @@ using core::fail;
 /// How often keep-alive bookkeeping (mosquitto_loop_misc: PINGREQ, ping timeout) runs while a
 /// socket is open. libmosquitto's own threaded loop uses the same one-second granularity.
 constexpr std::chrono::seconds kMiscInterval{1};
+/// Debian's OpenSSL certificate directory: libmosquitto's mosquitto_tls_set() wants a CA file or
+/// directory even when MOSQ_OPT_TLS_USE_OS_CERTS already trusts the system store.
+constexpr const char* kSystemCaPath = "/etc/ssl/certs";
+
+/// libmosquitto 2.0.11 speaks neither WebSockets nor HTTP CONNECT/SOCKS4 (protocol doc 1.6):
+/// those connections go through a relay::Tunnel, libmosquitto itself then speaks plain MQTT to
+/// the tunnel's local socket.
+bool needsTunnel(const ConnectOptions& o) {
+  return o.websockets || o.proxy.enabled();
+}
+
+/// A clearer text for the TLS failures libmosquitto reports only through its log.
+std::string explainLibError(const std::string& line, const ConnectOptions& o) {
+  if (line.find("certificate verify failed") != std::string::npos) {
+    return "TLS: certificate verification failed for " + o.host + ":" + std::to_string(o.port) +
+           (o.tls.caFile.empty() ? " (system CA store)" : " (CA file " + o.tls.caFile + ")") +
+           ": " + line;
+  }
+  return line;
+}
 
 struct MosquittoDeleter {
   void operator()(mosquitto* m) const noexcept { mosquitto_destroy(m); }
@@ -74,6 +96,7 @@ class MosquittoTransport final : public MqttTransport {
     if (options.keepAliveSeconds != 0 && (options.keepAliveSeconds < 5 || options.keepAliveSeconds > 65535)) {
       return fail(Errc::InvalidArgument, "keep_alive must be 0 or between 5 and 65535 seconds");
     }
+    std::erase_if(retiredTunnels_, [](const auto& t) { return t->closed(); });
     // A fresh handle for every connection: libmosquitto would otherwise resend the previous
     // connection's unacknowledged QoS 1 publishes on its own, beside the session's and the
     // outbox's resends, and deliver every such message twice. Publishes are tracked per
@@ -88,16 +111,40 @@ class MosquittoTransport final : public MqttTransport {
     }
     options_ = options;
     options_.password = core::Secret<>();  // not kept longer than needed
+    options_.proxy.password = core::Secret<>();
+    std::string host = options.host;
+    int port = options.port;
+    if (needsTunnel(options)) {
+      relay::TunnelOptions t;
+      t.host = options.host;
+      t.port = options.port;
+      t.tls.caFile = options.tls.caFile;
+      t.tls.ciphers = options.tls.ciphers;
+      t.tls.certFile = options.tls.certFile;
+      t.tls.keyFile = options.tls.keyFile;
+      t.tls.keyPassphrase = options.tls.keyPassphrase;
+      t.websockets = options.websockets;
+      t.websocketPath = options.websocketPath;
+      t.userAgent = options.userAgent;
+      t.proxy = options.proxy;
+      auto tunnel = relay::Tunnel::open(loop_, std::move(t));
+      if (!tunnel) {
+        return fail(tunnel.error());
+      }
+      tunnel_ = std::move(*tunnel);
+      // Port 0 makes libmosquitto connect to a Unix socket path (lib/net_mosq.c).
+      host = tunnel_->localPath();
+      port = 0;
+    }
     state_ = State::Resolving;
     sawConnack_ = false;
     connackCode_ = -1;
     lastLibError_.clear();
+    socketFailure_.clear();
     disconnectRequested_ = false;
     // mosquitto_connect_async resolves the host with a blocking getaddrinfo() (architecture doc
     // 6.1): it runs on a worker while the loop leaves the handle alone.
     auto* handle = handle_.get();
-    std::string host = options.host;
-    int port = options.port;
     int keepAlive = options.keepAliveSeconds;
     auto rcHolder = std::make_shared<int>(MOSQ_ERR_SUCCESS);
     auto errnoHolder = std::make_shared<int>(0);
@@ -199,30 +246,11 @@ class MosquittoTransport final : public MqttTransport {
       return fail(Errc::Internal, std::string("cannot create MQTT client: ") + std::strerror(errno));
     }
     mosquitto_int_option(handle.get(), MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);
-    int rc = MOSQ_ERR_SUCCESS;
-    if (o.tls.caFile.empty()) {
-      rc = mosquitto_int_option(handle.get(), MOSQ_OPT_TLS_USE_OS_CERTS, 1);
-    } else {
-      rc = mosquitto_tls_set(handle.get(), o.tls.caFile.c_str(), nullptr,
-                             o.tls.certFile.empty() ? nullptr : o.tls.certFile.c_str(),
-                             o.tls.keyFile.empty() ? nullptr : o.tls.keyFile.c_str(),
-                             o.tls.keyPassphrase.empty() ? nullptr : &MosquittoTransport::passwordCallback);
-    }
-    if (rc != MOSQ_ERR_SUCCESS) {
-      return fail(Errc::Config, std::string("invalid TLS settings: ") + mosquitto_strerror(rc));
-    }
-    if (o.tls.caFile.empty() && !o.tls.certFile.empty()) {
-      rc = mosquitto_tls_set(handle.get(), nullptr, nullptr, o.tls.certFile.c_str(), o.tls.keyFile.c_str(),
-                             o.tls.keyPassphrase.empty() ? nullptr : &MosquittoTransport::passwordCallback);
-      if (rc != MOSQ_ERR_SUCCESS) {
-        return fail(Errc::Config, std::string("invalid client certificate settings: ") + mosquitto_strerror(rc));
+    // Through a tunnel libmosquitto speaks plain MQTT to the local socket; TLS is the tunnel's.
+    if (!needsTunnel(o)) {
+      if (auto r = configureTls(handle.get(), o.tls); !r) {
+        return r;
       }
-    }
-    // Verify the server certificate and its host name; "tlsv1.2" is libmosquitto's minimum
-    // version setting, so TLS 1.3 is still negotiated where the server offers it (doc 1.5).
-    rc = mosquitto_tls_opts_set(handle.get(), 1, "tlsv1.2", o.tls.ciphers.empty() ? nullptr : o.tls.ciphers.c_str());
-    if (rc != MOSQ_ERR_SUCCESS) {
-      return fail(Errc::Config, std::string("invalid TLS options: ") + mosquitto_strerror(rc));
     }
     mosquitto_connect_callback_set(handle.get(), &MosquittoTransport::onConnectCb);
     mosquitto_disconnect_callback_set(handle.get(), &MosquittoTransport::onDisconnectCb);
@@ -231,6 +259,7 @@ class MosquittoTransport final : public MqttTransport {
     mosquitto_message_callback_set(handle.get(), &MosquittoTransport::onMessageCb);
     mosquitto_log_callback_set(handle.get(), &MosquittoTransport::onLogCb);
     handle_ = std::move(handle);
+    handleTunnelled_ = needsTunnel(o);
     clientId_ = o.clientId;
     passphrase_ = o.tls.keyPassphrase;
     return {};
@@ -247,6 +276,64 @@ class MosquittoTransport final : public MqttTransport {
     loop_.post([old] {});
   }
 
+  static core::Result<void> configureTls(mosquitto* m, const TlsSettings& tls) {
+    int rc = MOSQ_ERR_SUCCESS;
+    const char* cert = tls.certFile.empty() ? nullptr : tls.certFile.c_str();
+    const char* key = tls.keyFile.empty() ? nullptr : tls.keyFile.c_str();
+    auto* pw = tls.keyPassphrase.empty() ? nullptr : &MosquittoTransport::passwordCallback;
+    if (tls.caFile.empty()) {
+      rc = mosquitto_int_option(m, MOSQ_OPT_TLS_USE_OS_CERTS, 1);
+      // X.509 client certificate (protocol doc 1.2, 1.5) with the system store as trust.
+      if (rc == MOSQ_ERR_SUCCESS && cert != nullptr) {
+        rc = mosquitto_tls_set(m, nullptr, kSystemCaPath, cert, key, pw);
+      }
+    } else {
+      rc = mosquitto_tls_set(m, tls.caFile.c_str(), nullptr, cert, key, pw);
+    }
+    if (rc != MOSQ_ERR_SUCCESS) {
+      return fail(Errc::Config, std::string("invalid TLS settings: ") + mosquitto_strerror(rc));
+    }
+    // Verify the server certificate and its host name; "tlsv1.2" is libmosquitto's minimum
+    // version setting, so TLS 1.3 is still negotiated where the server offers it (doc 1.5).
+    rc = mosquitto_tls_opts_set(m, 1, "tlsv1.2",
+                                tls.ciphers.empty() ? nullptr : tls.ciphers.c_str());
+    if (rc != MOSQ_ERR_SUCCESS) {
+      return fail(Errc::Config, std::string("invalid TLS options: ") + mosquitto_strerror(rc));
+    }
+    return {};
+  }
+
+  /// Why the connection failed as best we know: the tunnel's reason, else libmosquitto's last
+  /// error line, else `fallback`.
+  std::string failureDetail(const std::string& fallback) const {
+    if (tunnel_ && tunnel_->failure()) {
+      return tunnel_->failure()->message;
+    }
+    if (!lastLibError_.empty()) {
+      return fallback + " (" + explainLibError(lastLibError_, options_) + ")";
+    }
+    return fallback;
+  }
+
+  /// A proxy that refused our credentials is a credential problem like CONNACK 5: retrying the
+  /// same ones cannot help (protocol doc 9), so it is reported as Unauthorized.
+  bool tunnelRefusedCredentials() const {
+    return tunnel_ && tunnel_->failure() && tunnel_->failure()->code == Errc::Unauthorized;
+  }
+
+  /// The peer a failure message names: "host:port", plus the proxy when there is one.
+  std::string peerName() const {
+    std::string peer = options_.host + ":" + std::to_string(options_.port);
+    if (options_.websockets) {
+      peer += " (WebSocket)";
+    }
+    if (options_.proxy.enabled()) {
+      peer += std::string(" through ") + core::proxyTypeName(options_.proxy.type) + " proxy " +
+              options_.proxy.host + ":" + std::to_string(options_.proxy.port);
+    }
+    return peer;
+  }
+
   void onConnectStarted(int rc, int err) {
     if (rc != MOSQ_ERR_SUCCESS) {
       std::string why = mosquitto_strerror(rc);
@@ -255,12 +342,9 @@ class MosquittoTransport final : public MqttTransport {
       } else if (rc == MOSQ_ERR_EAI) {
         why = "cannot resolve host name " + core::quoted(options_.host);
       }
-      if (!lastLibError_.empty()) {
-        why += " (" + lastLibError_ + ")";
-      }
-      finish(Disconnect{core::Error{Errc::ConnectionFailed,
-                                    "cannot connect to " + options_.host + ":" + std::to_string(options_.port) +
-                                        ": " + why,
+      finish(Disconnect{core::Error{tunnelRefusedCredentials() ? Errc::Unauthorized
+                                                                : Errc::ConnectionFailed,
+                                    "cannot connect to " + peerName() + ": " + failureDetail(why),
                                     err},
                         disconnectRequested_, -1});
       return;
@@ -282,6 +366,20 @@ class MosquittoTransport final : public MqttTransport {
 
   void onSocketReady(std::uint32_t revents) {
     int rc = MOSQ_ERR_SUCCESS;
+    if (state_ == State::Connecting && (revents & (EPOLLERR | EPOLLHUP)) != 0) {
+      // libmosquitto 2.0.11 treats a failed TCP connect under TLS as SSL_ERROR_SYSCALL and
+      // keeps "continuing" the handshake (lib/net_mosq.c net__socket_connect_tls): a refused or
+      // reset connection would never be reported. Ask the socket ourselves; its SO_ERROR may
+      // already have been consumed by SSL_connect, but a hang-up before CONNACK is final too.
+      int err = 0;
+      socklen_t len = sizeof err;
+      ::getsockopt(mosquitto_socket(handle_.get()), SOL_SOCKET, SO_ERROR, &err, &len);
+      if (err != 0 || (revents & EPOLLHUP) != 0) {
+        socketFailure_ = err != 0 ? std::strerror(err) : "connection refused or closed by the peer";
+        closeAndReport(MOSQ_ERR_ERRNO);
+        return;
+      }
+    }
     if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
       rc = mosquitto_loop_read(handle_.get(), 1);
       if (checkClosed(rc)) {
@@ -361,18 +459,19 @@ class MosquittoTransport final : public MqttTransport {
     } else if (disconnectRequested_) {
       d.error = core::Error{Errc::Cancelled, "disconnected on request"};
     } else {
-      std::string why = mosquitto_strerror(rc);
+      std::string why =
+          !socketFailure_.empty() ? socketFailure_ : std::string(mosquitto_strerror(rc));
       if (rc == MOSQ_ERR_KEEPALIVE) {
         why = "no answer to keep-alive ping";
       }
-      if (!lastLibError_.empty()) {
-        why += " (" + lastLibError_ + ")";
+      why = failureDetail(why);
+      d.error = wasConnected ? core::Error{Errc::ConnectionDropped,
+                                           "connection to " + peerName() + " lost: " + why}
+                             : core::Error{Errc::ConnectionFailed,
+                                           "cannot connect to " + peerName() + ": " + why};
+      if (!wasConnected && tunnelRefusedCredentials()) {
+        d.error.code = Errc::Unauthorized;
       }
-      d.error = wasConnected
-                    ? core::Error{Errc::ConnectionDropped, "connection to " + options_.host + " lost: " + why}
-                    : core::Error{Errc::ConnectionFailed,
-                                  "cannot connect to " + options_.host + ":" + std::to_string(options_.port) +
-                                      ": " + why};
     }
     finish(std::move(d));
   }
@@ -381,6 +480,14 @@ class MosquittoTransport final : public MqttTransport {
     state_ = State::Idle;
     watch_.reset();
     miscTimer_->disarm();
+    if (tunnel_) {
+      // A tunnel still open flushes what libmosquitto wrote last (its DISCONNECT) and then
+      // closes by itself within a few seconds; it is dropped at the next connect().
+      if (!tunnel_->closed()) {
+        retiredTunnels_.push_back(std::move(tunnel_));
+      }
+      tunnel_.reset();
+    }
     deliver([d = std::move(d)](Listener& l) { l.onDisconnected(d); });
   }
 
@@ -514,6 +621,10 @@ class MosquittoTransport final : public MqttTransport {
   ConnectOptions options_;
   std::unique_ptr<loop::IoWatch> watch_;
   std::unique_ptr<core::Timer> miscTimer_;
+  std::string socketFailure_;              ///< why the TCP connection failed (see onSocketReady)
+  bool handleTunnelled_ = false;           ///< handle_ was set up for a tunnel (no TLS of its own)
+  std::unique_ptr<relay::Tunnel> tunnel_;  ///< the current attempt's tunnel, if any
+  std::vector<std::unique_ptr<relay::Tunnel>> retiredTunnels_;  ///< finishing an orderly close
   State state_ = State::Idle;
   bool disconnectRequested_ = false;
   bool sawConnack_ = false;

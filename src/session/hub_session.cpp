@@ -269,6 +269,10 @@ void HubSession::onInFlightTimer() {
 }
 
 core::Result<core::Secret<>> HubSession::currentPassword() {
+  if (options_.auth == AuthMethod::X509) {
+    tokenExpiry_ = 0;  // nothing to renew: the certificate is the credential
+    return core::Secret<>();
+  }
   if (options_.auth == AuthMethod::SasToken) {
     auto parsed = proto::parseSasToken(options_.sasToken.reveal());
     if (!parsed) {
@@ -305,6 +309,9 @@ void HubSession::startAttempt() {
   o.password = std::move(*password);
   o.keepAliveSeconds = options_.keepAliveSeconds;
   o.tls = options_.tls;
+  o.websockets = options_.websockets;
+  o.userAgent = options_.userAgent;
+  o.proxy = options_.proxy;
   attemptActive_ = true;
   connectTimedOut_ = false;
   if (state_ == ConnectionState::Disconnected) {
@@ -496,7 +503,10 @@ bool HubSession::reconfigure(SessionOptions o) {
       o.tls.certFile != c.tls.certFile || o.tls.keyFile != c.tls.keyFile ||
       !(o.tls.keyPassphrase == c.tls.keyPassphrase) || o.userAgent != c.userAgent ||
       o.productInfo != c.productInfo || o.keepAliveSeconds != c.keepAliveSeconds ||
-      o.sasTokenTtl != c.sasTokenTtl;
+      o.sasTokenTtl != c.sasTokenTtl || o.websockets != c.websockets ||
+      o.proxy.type != c.proxy.type || o.proxy.host != c.proxy.host ||
+      o.proxy.port != c.proxy.port || o.proxy.username != c.proxy.username ||
+      !(o.proxy.password == c.proxy.password);
   options_ = std::move(o);
   if (!connectionChanged) {
     return false;

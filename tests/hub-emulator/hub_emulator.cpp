@@ -215,8 +215,10 @@ void addExtension(X509* cert, X509* issuer, int nid, const char* value) {
     fail(std::string("extension ") + value);
 }
 
+enum class CertKind { Ca, Server, Client };
+
 X509Ptr makeCertificate(EVP_PKEY* key, const char* commonName, X509* issuer, EVP_PKEY* issuerKey,
-                        long serial) {
+                        long serial, CertKind kind = CertKind::Server) {
   X509Ptr cert(X509_new());
   if (!cert)
     fail("X509_new");
@@ -231,7 +233,11 @@ X509Ptr makeCertificate(EVP_PKEY* key, const char* commonName, X509* issuer, EVP
                              reinterpret_cast<const unsigned char*>(commonName), -1, -1, 0);
   X509* signer = issuer ? issuer : cert.get();
   X509_set_issuer_name(cert.get(), X509_get_subject_name(signer));
-  if (!issuer) {
+  if (kind == CertKind::Client) {
+    addExtension(cert.get(), signer, NID_basic_constraints, "CA:FALSE");
+    addExtension(cert.get(), signer, NID_key_usage, "critical,digitalSignature,keyEncipherment");
+    addExtension(cert.get(), signer, NID_ext_key_usage, "clientAuth");
+  } else if (!issuer) {
     addExtension(cert.get(), signer, NID_basic_constraints, "critical,CA:TRUE");
     addExtension(cert.get(), signer, NID_key_usage, "critical,keyCertSign,cRLSign");
     addExtension(cert.get(), signer, NID_subject_key_identifier, "hash");
@@ -247,13 +253,18 @@ X509Ptr makeCertificate(EVP_PKEY* key, const char* commonName, X509* issuer, EVP
   return cert;
 }
 
-void writePem(const std::string& path, X509* cert, EVP_PKEY* key) {
+void writePem(const std::string& path, X509* cert, EVP_PKEY* key,
+              const std::string& passPhrase = "") {
   writeFile(path, "", key ? 0600 : 0644);
   FilePtr f(std::fopen(path.c_str(), "w"));
   if (!f)
     fail("cannot open " + path);
-  const int ok = key ? PEM_write_PrivateKey(f.get(), key, nullptr, nullptr, 0, nullptr, nullptr)
-                     : PEM_write_X509(f.get(), cert);
+  auto* pass = reinterpret_cast<unsigned char*>(const_cast<char*>(passPhrase.data()));
+  const int ok =
+      key ? PEM_write_PrivateKey(f.get(), key, passPhrase.empty() ? nullptr : EVP_aes_256_cbc(),
+                                 passPhrase.empty() ? nullptr : pass,
+                                 static_cast<int>(passPhrase.size()), nullptr, nullptr)
+          : PEM_write_X509(f.get(), cert);
   if (ok != 1)
     fail("cannot write " + path);
 }
@@ -261,18 +272,41 @@ void writePem(const std::string& path, X509* cert, EVP_PKEY* key) {
 class ProcessPki {
  public:
   ProcessPki() : dir_(makeTempDir("hub-emulator-pki")) {
-    PkeyPtr caKey(EVP_EC_gen("P-256"));
+    caKey_.reset(EVP_EC_gen("P-256"));
     PkeyPtr serverKey(EVP_EC_gen("P-256"));
-    if (!caKey || !serverKey)
+    PkeyPtr gatewayCaKey(EVP_EC_gen("P-256"));
+    PkeyPtr gatewayKey(EVP_EC_gen("P-256"));
+    if (!caKey_ || !serverKey || !gatewayCaKey || !gatewayKey)
       fail("EC key generation failed");
-    const long serial = static_cast<long>(std::time(nullptr));
-    X509Ptr ca =
-        makeCertificate(caKey.get(), "iothubd hub-emulator test CA", nullptr, caKey.get(), serial);
+    serial_ = static_cast<long>(std::time(nullptr)) * 1000;
+    ca_ = makeCertificate(caKey_.get(), "iothubd hub-emulator test CA", nullptr, caKey_.get(),
+                          serial_++, CertKind::Ca);
     X509Ptr server =
-        makeCertificate(serverKey.get(), "localhost", ca.get(), caKey.get(), serial + 1);
-    writePem(dir_ + "/ca.crt", ca.get(), nullptr);
+        makeCertificate(serverKey.get(), "localhost", ca_.get(), caKey_.get(), serial_++);
+    writePem(dir_ + "/ca.crt", ca_.get(), nullptr);
     writePem(dir_ + "/server.crt", server.get(), nullptr);
     writePem(dir_ + "/server.key", nullptr, serverKey.get());
+    // The gateway's chain is unrelated to the hub's, as an IoT Edge CA would be.
+    X509Ptr gatewayCa = makeCertificate(gatewayCaKey.get(), "iothubd hub-emulator gateway CA",
+                                        nullptr, gatewayCaKey.get(), serial_++, CertKind::Ca);
+    X509Ptr gateway = makeCertificate(gatewayKey.get(), "127.0.0.1", gatewayCa.get(),
+                                      gatewayCaKey.get(), serial_++);
+    writePem(dir_ + "/gateway-ca.crt", gatewayCa.get(), nullptr);
+    writePem(dir_ + "/gateway.crt", gateway.get(), nullptr);
+    writePem(dir_ + "/gateway.key", nullptr, gatewayKey.get());
+  }
+
+  void issueClient(const std::string& commonName, const std::string& certPath,
+                   const std::string& keyPath, const std::string& passPhrase,
+                   bool selfSigned) const {
+    PkeyPtr key(EVP_EC_gen("P-256"));
+    if (!key)
+      fail("EC key generation failed");
+    X509Ptr cert =
+        makeCertificate(key.get(), commonName.c_str(), selfSigned ? nullptr : ca_.get(),
+                        selfSigned ? key.get() : caKey_.get(), serial_++, CertKind::Client);
+    writePem(certPath, cert.get(), nullptr);
+    writePem(keyPath, nullptr, key.get(), passPhrase);
   }
   ~ProcessPki() {
     std::error_code ec;
@@ -282,6 +316,9 @@ class ProcessPki {
 
  private:
   std::string dir_;
+  PkeyPtr caKey_;
+  X509Ptr ca_;
+  mutable long serial_ = 0;
 };
 
 const ProcessPki& processPki() {
@@ -491,6 +528,11 @@ HubEmulator::HubEmulator(Options options) : options_(std::move(options)) {
   fs::copy_file(pki + "/ca.crt", dir_ + "/ca.crt");
   fs::copy_file(pki + "/server.crt", dir_ + "/server.crt");
   fs::copy_file(pki + "/server.key", dir_ + "/server.key");
+  for (const char* name : {"gateway-ca.crt", "gateway.crt", "gateway.key"})
+    fs::copy_file(pki + "/" + name, dir_ + "/" + name);
+  ::chmod((dir_ + "/gateway-ca.crt").c_str(), 0644);
+  ::chmod((dir_ + "/gateway.crt").c_str(), 0644);
+  ::chmod((dir_ + "/gateway.key").c_str(), 0600);
   ::chmod((dir_ + "/ca.crt").c_str(), 0644);
   ::chmod((dir_ + "/server.crt").c_str(), 0644);
   ::chmod((dir_ + "/server.key").c_str(), 0600);
@@ -528,6 +570,21 @@ std::string HubEmulator::deviceKey(const std::string& id) const {
 
 std::string HubEmulator::caFile() const {
   return dir_ + "/ca.crt";
+}
+
+std::string HubEmulator::gatewayCaFile() const {
+  return dir_ + "/gateway-ca.crt";
+}
+
+void HubEmulator::issueClientCertificate(const std::string& commonName, const std::string& certPath,
+                                         const std::string& keyPath, const std::string& passPhrase,
+                                         bool selfSigned, int uid, int gid) const {
+  processPki().issueClient(commonName, certPath, keyPath, passPhrase, selfSigned);
+  for (const std::string& path : {certPath, keyPath}) {
+    ::chmod(path.c_str(), 0600);
+    if (uid >= 0 && ::chown(path.c_str(), static_cast<uid_t>(uid), static_cast<gid_t>(gid)) != 0)
+      fail("cannot chown " + path + ": " + std::strerror(errno));
+  }
 }
 
 std::string HubEmulator::brokerLog() const {
@@ -575,6 +632,26 @@ void HubEmulator::writeConfig() const {
        << "cafile " << dir_ << "/ca.crt\n"
        << "certfile " << dir_ << "/server.crt\n"
        << "keyfile " << dir_ << "/server.key\n";
+  if (options_.x509Listener) {
+    // The broker verifies the client chain against cafile; the plugin checks the subject CN.
+    conf << "listener " << x509Port_ << " 127.0.0.1\n"
+         << "cafile " << dir_ << "/ca.crt\n"
+         << "certfile " << dir_ << "/server.crt\n"
+         << "keyfile " << dir_ << "/server.key\n"
+         << "require_certificate true\n"
+         << "use_identity_as_username false\n";
+  }
+  if (options_.gatewayListener) {
+    conf << "listener " << gatewayPort_ << " 127.0.0.1\n"
+         << "certfile " << dir_ << "/gateway.crt\n"
+         << "keyfile " << dir_ << "/gateway.key\n";
+  }
+  if (options_.websocketsListener) {
+    conf << "listener " << websocketsPort_ << "\n"
+         << "protocol websockets\n"
+         << "certfile " << dir_ << "/server.crt\n"
+         << "keyfile " << dir_ << "/server.key\n";
+  }
   writeFile(dir_ + "/mosquitto.conf", conf.str(), 0600);
 }
 
@@ -641,8 +718,12 @@ void HubEmulator::start() {
     fail("already running");
   const bool keepPort = port_ != 0;  // restart: clients were configured with this port
   for (int attempt = 0; attempt < 8; ++attempt) {
-    if (!keepPort)
+    if (!keepPort) {
       port_ = freePort();
+      x509Port_ = options_.x509Listener ? freePort() : 0;
+      gatewayPort_ = options_.gatewayListener ? freePort() : 0;
+      websocketsPort_ = options_.websocketsListener ? freePort() : 0;
+    }
     writeConfig();
     if (launch())
       return;
@@ -862,6 +943,8 @@ AuthEvent ServiceClient::toAuthEvent(const HubEvent& event) {
   const rapidjson::Document doc = parseJson(event.json);
   AuthEvent a;
   a.device = event.device;
+  a.method = memberString(doc, "method");
+  a.username = memberString(doc, "username");
   a.se = memberInt(doc, "se");
   a.authTimeMs = memberInt(doc, "authTimeMs");
   a.expiresAtMs = memberInt(doc, "expiresAtMs");

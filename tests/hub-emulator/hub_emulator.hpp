@@ -56,6 +56,16 @@ class HubEmulator {
   struct Options {
     std::string pluginPath = defaultPluginPath();
     std::string hubHost = "localhost";
+    // Extra listeners, each on its own free port (all TLS, all with the same plugin):
+    // x509Port(): requires a client certificate signed by the hub CA (caFile()), as a hub does
+    //   for X.509 devices; SAS clients cannot use it.
+    bool x509Listener = false;
+    // gatewayPort(): stands in for an IoT Edge gateway: its server certificate comes from a
+    //   second CA, gatewayCaFile(), and names 127.0.0.1 and localhost.
+    bool gatewayListener = false;
+    // websocketsPort(): MQTT over WebSockets over TLS (hub CA). mosquitto binds WebSocket
+    //   listeners to every interface: only use it inside a private network namespace.
+    bool websocketsListener = false;
   };
 
   // Creates the per-test directory (mkdtemp under $TMPDIR) with the PKI; does not start the
@@ -81,7 +91,17 @@ class HubEmulator {
   bool running() const { return pid_ > 0; }
 
   int port() const { return port_; }
+  int x509Port() const { return x509Port_; }
+  int gatewayPort() const { return gatewayPort_; }
+  int websocketsPort() const { return websocketsPort_; }
   std::string caFile() const;
+  std::string gatewayCaFile() const;
+  // Writes a client certificate with subject CN `commonName`, signed by the hub CA (or, with
+  // `selfSigned`, by itself), and its key; the key is encrypted with `passPhrase` if not empty.
+  // Files are created with mode 0600 owned by `uid`/`gid` (unless -1).
+  void issueClientCertificate(const std::string& commonName, const std::string& certPath,
+                              const std::string& keyPath, const std::string& passPhrase = "",
+                              bool selfSigned = false, int uid = -1, int gid = -1) const;
   const std::string& hubHost() const { return options_.hubHost; }
   const std::string& dir() const { return dir_; }
   const std::string& servicePassword() const { return servicePassword_; }
@@ -102,6 +122,9 @@ class HubEmulator {
   std::string servicePassword_;
   std::map<std::string, std::string> devices_;
   int port_ = 0;
+  int x509Port_ = 0;
+  int gatewayPort_ = 0;
+  int websocketsPort_ = 0;
   pid_t pid_ = -1;
 };
 
@@ -123,6 +146,8 @@ struct HubEvent {
 
 struct AuthEvent {
   std::string device;
+  std::string method;       // "sas" or "x509"
+  std::string username;     // the MQTT user name as the device sent it
   int64_t se = 0;           // token expiry the device sent
   int64_t authTimeMs = 0;   // Unix ms
   int64_t expiresAtMs = 0;  // when the emulator will kick (after a lifetime cap)

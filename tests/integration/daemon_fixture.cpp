@@ -215,14 +215,29 @@ void DaemonTest::writeConnectionString(const std::string& key) {
             0600, static_cast<int>(user.uid), static_cast<int>(user.gid));
 }
 
-void DaemonTest::startDaemon() {
+void DaemonTest::writeCredential(const std::string& name, const std::string& content) {
+  auto user = serviceUser();
+  writeFile(credentialsDir_ + "/" + name, content, 0600, static_cast<int>(user.uid),
+            static_cast<int>(user.gid));
+}
+
+void DaemonTest::launchDaemon() {
   DaemonOptions options;
   options.configPath = configPath_;
   options.busAddress = bus_->address();
   options.credentialsDirectory = credentialsDir_;
   daemon_ = std::make_unique<DaemonProcess>(dir_.path(), options);
   daemon_->start();
+}
+
+void DaemonTest::startDaemon() {
+  launchDaemon();
   ASSERT_TRUE(daemon_->waitReady()) << "iothubd did not report READY=1";
+}
+
+std::optional<int> DaemonTest::runUntilExit() {
+  launchDaemon();
+  return daemon_->waitExit();
 }
 
 void DaemonTest::awaitOnline() {

@@ -96,6 +96,10 @@ class DaemonTest : public ::testing::Test {
  protected:
   static constexpr const char* kDevice = "dev1";
 
+  DaemonTest() = default;
+  /// For fixtures that need extra emulator listeners (X.509, gateway, WebSockets).
+  explicit DaemonTest(hubemu::HubEmulator::Options hubOptions) : hub_(std::move(hubOptions)) {}
+
   void SetUp() override;
   void TearDown() override;
 
@@ -104,8 +108,12 @@ class DaemonTest : public ::testing::Test {
   void writeConfig(const std::string& extra = "");
   /// Writes the connection string credential; by default the emulator's key for kDevice.
   void writeConnectionString(const std::string& key = "");
+  /// Writes a secret file the daemon's user owns (mode 0600) into its credentials directory.
+  void writeCredential(const std::string& name, const std::string& content);
   /// Starts iothubd and waits for READY=1.
   void startDaemon();
+  /// Starts iothubd expecting it to fail at start-up; its exit status (nullopt on timeout).
+  std::optional<int> runUntilExit();
   DeviceClient& client();
   /// Returns once the daemon is connected and subscribed: a twin GET is answered only after the
   /// broker processed the subscriptions sent before it on the same connection. Then clears the
@@ -113,6 +121,9 @@ class DaemonTest : public ::testing::Test {
   void awaitOnline();
   /// Another client on its own connection (another app).
   std::unique_ptr<DeviceClient> newClient();
+
+  /// Forks and execs iothubd with the generated configuration (no wait).
+  void launchDaemon();
 
   TempDir dir_{"iothubd-it", 0711};
   hubemu::HubEmulator hub_;

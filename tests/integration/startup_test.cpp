@@ -10,18 +10,7 @@
 namespace iothubd::testing {
 namespace {
 
-class StartupTest : public DaemonTest {
- protected:
-  std::optional<int> runUntilExit() {
-    DaemonOptions options;
-    options.configPath = configPath_;
-    options.busAddress = bus_->address();
-    options.credentialsDirectory = credentialsDir_;
-    daemon_ = std::make_unique<DaemonProcess>(dir_.path(), options);
-    daemon_->start();
-    return daemon_->waitExit();
-  }
-};
+class StartupTest : public DaemonTest {};
 
 TEST_F(StartupTest, SecretFileReadableByOthersExits78NamingTheFile) {
   std::string secret = credentialsDir_ + "/connection-string";
@@ -52,10 +41,10 @@ TEST_F(StartupTest, MalformedConnectionStringExits78WithoutEchoingIt) {
   EXPECT_EQ(log.find(deviceKey_), std::string::npos) << "the key leaked into the log";
 }
 
-TEST_F(StartupTest, UnsupportedOptionIsRefusedNotIgnored) {
-  writeConfig("[connection]\nwebsockets = true\n");
+TEST_F(StartupTest, HalfConfiguredProxyIsRefusedNotBypassed) {
+  writeConfig("[proxy]\nproxy_type = HTTP\n");
   EXPECT_EQ(runUntilExit(), EX_CONFIG);
-  EXPECT_NE(daemon_->log().find("websockets"), std::string::npos) << daemon_->log();
+  EXPECT_NE(daemon_->log().find("proxy_address"), std::string::npos) << daemon_->log();
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "iothubd/config/settings.hpp"
+#include "iothubd/core/proxy.hpp"
 #include "iothubd/core/result.hpp"
 #include "iothubd/core/secret.hpp"
 
@@ -19,9 +20,9 @@ struct DeviceIdentity {
   std::string gatewayHostname;  ///< where TLS goes, if set (protocol doc 1.4)
   core::Secret<> sharedAccessKey;  ///< base64; renewable tokens are made from it
   core::Secret<> sasToken;         ///< user-supplied, non-renewable token
-  std::string x509CertFile;
-  std::string x509KeyFile;
-  core::Secret<> x509PassPhrase;
+  std::string x509CertFile;        ///< PEM client certificate (chain) for authentication = x509
+  std::string x509KeyFile;         ///< its private key (a secret file: mode 0600 or stricter)
+  core::Secret<> x509PassPhrase;   ///< for an encrypted key; empty if the key is not encrypted
 };
 
 /// Reads the secrets the settings call for, from the file named in [credentials] or else from
@@ -31,6 +32,12 @@ struct DeviceIdentity {
 [[nodiscard]] core::Result<DeviceIdentity> loadIdentity(const Settings& settings,
                                                         const std::string& credentialsDirectory,
                                                         std::uint64_t nowUnix);
+
+/// Resolves [proxy]: the password comes from proxy_password_file, else from the credential
+/// "proxy-password" when one exists; a proxy_username without any password is an error.
+/// Type None when no proxy is configured. Errors are Errc::Config and never contain a secret.
+[[nodiscard]] core::Result<core::ProxySettings> loadProxy(const Settings& settings,
+                                                          const std::string& credentialsDirectory);
 
 /// Reads one secret file: regular file, not readable by group/others, trailing newline removed.
 [[nodiscard]] core::Result<core::Secret<>> readSecretFile(const std::string& path);

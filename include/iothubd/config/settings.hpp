@@ -18,7 +18,8 @@ enum class AuthKind {
 };
 [[nodiscard]] const char* authKindName(AuthKind kind) noexcept;
 
-/// `proxy_options` of the seed (ProxyOptions).
+/// `proxy_options` of the seed (ProxyOptions) as written in [proxy]; credentials.hpp's
+/// loadProxy() turns it into core::ProxySettings with the password read.
 struct ProxySettings {
   std::string type;  ///< "", "HTTP", "SOCKS4", "SOCKS5"
   std::string address;
@@ -36,7 +37,7 @@ struct Settings {
   std::string deviceId;
   std::string moduleId;
   std::string gatewayHostname;
-  int port = 8883;  ///< MQTT over TLS; tests point it at the emulator
+  int port = 8883;  ///< MQTT over TLS (443 with websockets unless set); tests use the emulator's
 
   // [credentials]: explicit files; empty = $CREDENTIALS_DIRECTORY/<credential name>
   std::string connectionStringFile;

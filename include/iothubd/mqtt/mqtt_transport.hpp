@@ -4,6 +4,7 @@
 #include <string>
 #include <string_view>
 
+#include "iothubd/core/proxy.hpp"
 #include "iothubd/core/result.hpp"
 #include "iothubd/core/secret.hpp"
 
@@ -27,6 +28,12 @@ struct ConnectOptions {
   core::Secret<> password;  ///< SAS token; empty for X.509
   int keepAliveSeconds = 60;
   TlsSettings tls;
+  /// MQTT over WebSockets over TLS (protocol doc 1.1): HTTP Upgrade on `websocketPath` with
+  /// subprotocol "mqtt"; `port` is then usually 443.
+  bool websockets = false;
+  std::string websocketPath = "/$iothub/websocket";
+  std::string userAgent;      ///< User-Agent of the WebSocket upgrade request
+  core::ProxySettings proxy;  ///< protocol doc 1.6; Type None = direct
 };
 
 /// How a connection attempt or connection ended, already classified for the session.

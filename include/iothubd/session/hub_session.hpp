@@ -33,6 +33,7 @@ enum class ConnectionState { Disconnected, Connecting, Connected, Reconnecting }
 enum class AuthMethod {
   SymmetricKey,  ///< renewable SAS tokens made from the device key
   SasToken,      ///< a token the operator supplied; not renewable by us
+  X509,          ///< TLS client certificate; CONNECT has a user name but no password (doc 1.2)
 };
 
 /// Everything the session needs to know; built by the daemon from the configuration.
@@ -46,6 +47,8 @@ struct SessionOptions {
   core::Secret<> sharedAccessKey;
   core::Secret<> sasToken;
   mqtt::TlsSettings tls;
+  bool websockets = false;    ///< MQTT over WebSockets (protocol doc 1.1)
+  core::ProxySettings proxy;  ///< protocol doc 1.6
   std::string userAgent = "iothubd";
   std::string productInfo;
   int keepAliveSeconds = 60;

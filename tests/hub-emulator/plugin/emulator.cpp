@@ -3,10 +3,12 @@
 
 #include <mosquitto.h>
 #include <mosquitto_plugin.h>
+#include <openssl/x509.h>
 
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -19,6 +21,27 @@ namespace {
 // Upper bound for a PUBACK delay: the delay blocks the whole broker (see README), so a typo must
 // not freeze it for minutes.
 constexpr int64_t kMaxPubackDelayMs = 10'000;
+// An X.509 identity has no token to expire: its "expiry" lies beyond any test (year 33658).
+constexpr int64_t kNoExpirySeconds = 1'000'000'000'000;
+
+// The subject CN of the client's TLS certificate, or nullopt without one. The broker already
+// verified the chain against the listener's cafile (require_certificate true).
+std::optional<std::string> certificateCommonName(mosquitto* client) {
+  // mosquitto_broker.h declares it void* unless WITH_TLS is defined; it is an X509*.
+  auto* cert = static_cast<X509*>(mosquitto_client_certificate(client));
+  if (cert == nullptr)
+    return std::nullopt;
+  std::string cn;
+  X509_NAME* subject = X509_get_subject_name(cert);
+  const int index = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+  if (index >= 0) {
+    ASN1_STRING* data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, index));
+    cn.assign(reinterpret_cast<const char*>(ASN1_STRING_get0_data(data)),
+              static_cast<size_t>(ASN1_STRING_length(data)));
+  }
+  X509_free(cert);
+  return cn;
+}
 
 int64_t nowMs() {
   // Wall clock on purpose: token expiry (se) is absolute Unix time.
@@ -176,20 +199,35 @@ int Emulator::onBasicAuth(const mosquitto_evt_basic_auth& event) {
   const auto key = registry_.find(clientId);
   if (key == registry_.end())
     return refuse(clientId, "unknown identity");
-  std::string resource = options_.hubHost + "/devices/" + identity.device;
-  if (!identity.module.empty())
-    resource += "/modules/" + identity.module;
   const int64_t now = nowMs();
-  const SasCheck check = verifySasToken(password, resource, key->second, now / 1000);
-  if (!check.ok)
-    return refuse(clientId, check.reason);
+  int64_t expiry = kNoExpirySeconds;
+  std::string method = "sas";
+  if (event.password == nullptr) {
+    // IoT Hub MQTT doc: an X.509 device sends no password; the hub accepts the TLS client
+    // certificate when it chains to a verified CA (the broker checked that) and its subject CN
+    // is the device id.
+    const auto cn = certificateCommonName(event.client);
+    if (!cn)
+      return refuse(clientId, "no password and no client certificate");
+    if (*cn != clientId)
+      return refuse(clientId, "client certificate is for '" + *cn + "', not '" + clientId + "'");
+    method = "x509";
+  } else {
+    std::string resource = options_.hubHost + "/devices/" + identity.device;
+    if (!identity.module.empty())
+      resource += "/modules/" + identity.module;
+    const SasCheck check = verifySasToken(password, resource, key->second, now / 1000);
+    if (!check.ok)
+      return refuse(clientId, check.reason);
+    expiry = check.expiry;
+  }
 
   ClientInfo info;
   info.clientId = clientId;
   info.identity = identity;
-  info.se = check.expiry;
+  info.se = expiry;
   info.authMs = now;
-  info.expiresAtMs = effectiveExpiryMs(clientId, check.expiry, now);
+  info.expiresAtMs = effectiveExpiryMs(clientId, expiry, now);
   const bool cleanSession = mosquitto_client_clean_session(event.client);
   info.cleanSession = cleanSession;
   clients_[event.client] = info;
@@ -202,7 +240,9 @@ int Emulator::onBasicAuth(const mosquitto_evt_basic_auth& event) {
        clientId.c_str(), static_cast<long long>(info.se), static_cast<long long>(info.expiresAtMs));
   emitEvent("auth", JsonOut()
                         .str("device", clientId)
-                        .num("se", info.se)
+                        .str("method", method)
+                        .str("username", username)
+                        .num("se", method == "x509" ? 0 : info.se)
                         .num("authTimeMs", info.authMs)
                         .num("expiresAtMs", info.expiresAtMs)
                         .boolean("capped", info.expiresAtMs < info.se * 1000)

@@ -130,15 +130,47 @@ TEST(Settings, SymmetricKeyAuthNeedsHostAndDevice) {
             "[hub] device_id: required with authentication = symmetric-key");
 }
 
-TEST(Settings, OptionsNotImplementedYetAreRefusedNotIgnored) {
-  EXPECT_EQ(errorOf("[connection]\nwebsockets = true\n"),
-            "[connection] websockets: MQTT over WebSockets is not supported by this version");
-  EXPECT_EQ(errorOf("[proxy]\nproxy_type = HTTP\nproxy_address = p\nproxy_port = 3128\n"),
-            "[proxy]: proxy_options are not supported by this version");
-  EXPECT_EQ(errorOf("[hub]\nauthentication = x509\nhostname = h\ndevice_id = d\n"),
-            "[hub] authentication: x509 is not supported by this version");
-  // Saying "no" to an unimplemented feature is fine.
-  EXPECT_TRUE(parse("[connection]\nwebsockets = false\n"));
+TEST(Settings, WebSocketsDefaultTo443UnlessAPortIsGiven) {
+  auto ws = parse("[connection]\nwebsockets = true\n");
+  ASSERT_TRUE(ws) << ws.error().message;
+  EXPECT_TRUE(ws->websockets);
+  EXPECT_EQ(ws->port, 443);
+  // The port line may come before or after websockets, or in a drop-in.
+  auto both = parseSettings(
+      {{"a.conf", "[hub]\nport = 18443\n"}, {"b.conf", "[connection]\nwebsockets = yes\n"}});
+  ASSERT_TRUE(both) << both.error().message;
+  EXPECT_EQ(both->port, 18443);
+  EXPECT_EQ(parse("[connection]\nwebsockets = false\n")->port, 8883);
+}
+
+TEST(Settings, ProxyMustBeCompleteOrAbsent) {
+  auto ok = parse(
+      "[proxy]\nproxy_type = SOCKS5\nproxy_address = 10.0.0.1\nproxy_port = 1080\n"
+      "proxy_username = u\nproxy_password_file = /etc/p\n");
+  ASSERT_TRUE(ok) << ok.error().message;
+  EXPECT_EQ(ok->proxy.type, "SOCKS5");
+  EXPECT_EQ(ok->proxy.address, "10.0.0.1");
+  EXPECT_EQ(ok->proxy.port, 1080);
+  EXPECT_EQ(ok->proxy.username, "u");
+  EXPECT_EQ(ok->proxy.passwordFile, "/etc/p");
+  EXPECT_EQ(errorOf("[proxy]\nproxy_type = HTTP\nproxy_port = 3128\n"),
+            "[proxy] proxy_address: required with proxy_type = HTTP");
+  EXPECT_EQ(errorOf("[proxy]\nproxy_type = HTTP\nproxy_address = p\n"),
+            "[proxy] proxy_port: required with proxy_type = HTTP");
+  EXPECT_EQ(errorOf("[proxy]\nproxy_address = p\nproxy_port = 3128\n"),
+            "[proxy] proxy_type: required when any other proxy_ key is set");
+  EXPECT_EQ(errorOf("[proxy]\nproxy_type = SOCKS4\nproxy_address = p\nproxy_port = 1\n"
+                    "proxy_password_file = /etc/p\n"),
+            "[proxy] proxy_password_file: SOCKS4 has no passwords");
+  EXPECT_EQ(errorOf("[proxy]\nproxy_type = http\n"),
+            "/etc/iothubd/iothubd.conf:2: [proxy] proxy_type: expected HTTP, SOCKS4 or SOCKS5, got "
+            "\"http\"");
+}
+
+TEST(Settings, X509NeedsHostAndDevice) {
+  EXPECT_TRUE(parse("[hub]\nauthentication = x509\nhostname = h\ndevice_id = d\n"));
+  EXPECT_EQ(errorOf("[hub]\nauthentication = x509\nhostname = h\n"),
+            "[hub] device_id: required with authentication = x509");
 }
 
 }  // namespace

@@ -99,6 +99,35 @@ TEST_F(HubSessionTest, ConnectsWithTheSdkIdentityAndAFreshSasToken) {
   EXPECT_EQ(states_.states, (std::vector{ConnectionState::Connecting, ConnectionState::Connected}));
 }
 
+TEST_F(HubSessionTest, X509SendsNoPasswordAndNeverRenews) {
+  auto o = options();
+  o.auth = AuthMethod::X509;
+  o.sharedAccessKey = core::Secret<>();
+  o.tls.certFile = "/etc/iothubd/device.pem";
+  o.tls.keyFile = "/etc/iothubd/device.key";
+  o.websockets = true;
+  o.proxy.type = core::ProxySettings::Type::Http;
+  o.proxy.host = "proxy";
+  o.proxy.port = 3128;
+  auto& s = make(std::move(o));
+  s.start();
+  ASSERT_EQ(transport_.connects.size(), 1u);
+  const auto& c = transport_.connects[0];
+  // Protocol doc 1.2: the user name as with SAS, no password; the certificate goes to TLS.
+  EXPECT_EQ(c.username.rfind("contoso.azure-devices.net/dev1/?api-version=", 0), 0u);
+  EXPECT_TRUE(c.password.empty());
+  EXPECT_EQ(c.tls.certFile, "/etc/iothubd/device.pem");
+  EXPECT_EQ(c.tls.keyFile, "/etc/iothubd/device.key");
+  EXPECT_TRUE(c.websockets);
+  EXPECT_EQ(c.proxy.host, "proxy");
+  transport_.acceptConnect();
+  EXPECT_EQ(s.sasTokenExpiry(), 0u);
+  // Nothing to renew: a day later there was still exactly one CONNECT.
+  clock_.advance(24h);
+  EXPECT_EQ(transport_.connects.size(), 1u);
+  EXPECT_EQ(s.state(), ConnectionState::Connected);
+}
+
 TEST_F(HubSessionTest, TelemetryCompletesOnlyOnItsPuback) {
   auto& s = connected();
   Outcome first, second;

@@ -1,0 +1,487 @@
+// SPDX-License-Identifier: MIT
+// Issue 7 inside a private network namespace (this binary's main() makes one before anything
+// else runs): MQTT over WebSockets (mosquitto's WebSocket listeners bind every interface, so
+// they must not run in the host namespace), and HTTP CONNECT / SOCKS proxies with the hub port
+// closed to the daemon by iptables, so that a connection bypassing the proxy fails instead of
+// passing silently. Everything here (listeners, proxies, firewall rules) lives and dies with the
+// namespace.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <thread>
+
+#include "daemon_fixture.hpp"
+
+namespace iothubd::testing {
+namespace {
+
+using Steady = std::chrono::steady_clock;
+
+/// In a forked child: replaces the process with `argv` (PATH lookup), or exits 127.
+[[noreturn]] void execOrExit(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const auto& a : argv) {
+    args.push_back(const_cast<char*>(a.c_str()));
+  }
+  args.push_back(nullptr);
+  ::execvp(args[0], args.data());
+  ::_exit(127);
+}
+
+/// Runs `argv` to completion; returns its exit status.
+int run(const std::vector<std::string>& argv) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    execOrExit(argv);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+/// A proxy server run for one test; SIGTERM and reaped on destruction.
+class ProxyProcess {
+ public:
+  ProxyProcess(std::vector<std::string> argv, std::string logPath, int port)
+      : logPath_(std::move(logPath)), port_(port) {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      int out = ::open((logPath_ + ".stderr").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      if (out >= 0) {
+        ::dup2(out, STDOUT_FILENO);
+        ::dup2(out, STDERR_FILENO);
+      }
+      execOrExit(argv);
+    }
+    // A proxy says nothing when it is ready: try to connect, bounded (5 s).
+    const auto deadline = Steady::now() + 5s;
+    while (Steady::now() < deadline) {
+      int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_port = htons(static_cast<uint16_t>(port_));
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      bool up = ::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+      ::close(s);
+      if (up) {
+        return;
+      }
+      if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
+        pid_ = -1;
+        throw std::runtime_error(argv[0] + " exited at start-up:\n" + log());
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    throw std::runtime_error(argv[0] + " did not listen on port " + std::to_string(port_) + ":\n" +
+                             log());
+  }
+  ~ProxyProcess() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGTERM);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  std::string log() const {
+    std::string out;
+    for (const std::string& p : {logPath_, logPath_ + ".stderr"}) {
+      try {
+        out += readFile(p);
+      } catch (const std::exception&) {
+      }
+    }
+    return out;
+  }
+
+ private:
+  std::string logPath_;
+  int port_;
+  pid_t pid_ = -1;
+};
+
+int freeTcpPort() {
+  int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  ::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(s);
+  return ntohs(addr.sin_port);
+}
+
+hubemu::HubEmulator::Options withWebSockets() {
+  hubemu::HubEmulator::Options o;
+  o.websocketsListener = true;
+  return o;
+}
+
+/// Base of every test here: the emulator also serves MQTT over WebSockets (this namespace has
+/// only `lo`), and the daemon's own user may not reach the hub's ports directly.
+class NetnsTest : public DaemonTest {
+ protected:
+  NetnsTest() : DaemonTest(withWebSockets()) {}
+
+  void SetUp() override {
+    DaemonTest::SetUp();
+    // REJECT (TCP reset) rather than DROP: a bypass fails at once with a clear error.
+    for (const char* tool : {"iptables", "ip6tables"}) {
+      for (int port : {hub_.port(), hub_.websocketsPort()}) {
+        ASSERT_EQ(
+            run({tool, "-w", "-A", "OUTPUT", "-p", "tcp", "--dport", std::to_string(port), "-m",
+                 "owner", "--uid-owner", "iothubd", "-j", "REJECT", "--reject-with", "tcp-reset"}),
+            0)
+            << tool << " failed";
+      }
+    }
+  }
+  void TearDown() override {
+    DaemonTest::TearDown();
+    run({"iptables", "-w", "-F", "OUTPUT"});
+    run({"ip6tables", "-w", "-F", "OUTPUT"});
+  }
+
+  void useWebSockets(const std::string& extra = "") {
+    writeConfig("[hub]\nport = " + std::to_string(hub_.websocketsPort()) +
+                "\n[connection]\nwebsockets = true\n" + extra);
+  }
+};
+
+// ---- the firewall itself
+// -------------------------------------------------------------------------
+
+// These two prove the rules work: every proxy test passing therefore went through the proxy.
+TEST_F(NetnsTest, WithoutAProxyTheDaemonCannotReachTheHub) {
+  startDaemon();
+  std::string message;
+  EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message),
+            "org.iothubd.Error.ConnectionFailed");
+  EXPECT_NE(message.find("cannot connect to localhost:" + std::to_string(hub_.port())),
+            std::string::npos)
+      << message;
+}
+
+TEST_F(NetnsTest, WithoutAProxyTheDaemonCannotReachTheHubOverWebSocketsEither) {
+  useWebSockets();
+  startDaemon();
+  std::string message;
+  EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message),
+            "org.iothubd.Error.ConnectionFailed");
+  EXPECT_NE(message.find("Connection refused"), std::string::npos) << message;
+}
+
+// ---- WebSockets
+// ----------------------------------------------------------------------------------
+
+class WebSocketTest : public NetnsTest {
+ protected:
+  void SetUp() override {
+    NetnsTest::SetUp();
+    // The firewall is for the proxy tests; here the daemon talks to the hub directly.
+    run({"iptables", "-w", "-F", "OUTPUT"});
+    run({"ip6tables", "-w", "-F", "OUTPUT"});
+  }
+};
+
+TEST_F(WebSocketTest, TelemetryTwinMethodsAndCloudToDeviceAllWorkOverWebSockets) {
+  useWebSockets();
+  startDaemon();
+  hubemu::ServiceClient service(hub_);
+  awaitOnline();
+  auto& c = client();
+
+  std::string id = c.SendMessage(R"({"over":"websockets"})", {{"k", "v w"}}, {});
+  auto telemetry = service.waitForTelemetry();
+  ASSERT_TRUE(telemetry.has_value());
+  EXPECT_EQ(telemetry->payload, R"({"over":"websockets"})");
+  EXPECT_EQ(telemetry->property("$.mid"), id);
+  EXPECT_EQ(telemetry->property("k"), "v w");
+
+  // A payload larger than one WebSocket frame of ours (16 KiB reads) and than a TLS record.
+  std::string big(100000, 'b');
+  ASSERT_FALSE(c.SendMessage(big, {}, {}).empty());
+  auto bigReceived = service.waitForTelemetry();
+  ASSERT_TRUE(bigReceived.has_value());
+  EXPECT_EQ(bigReceived->payload, big);
+
+  EXPECT_EQ(c.PatchTwinReportedProperties(R"({"transport":"wss"})"), 2u);
+  EXPECT_NE(c.GetTwin().find(R"("transport":"wss")"), std::string::npos);
+  service.patchDesired(kDevice, R"({"interval":5})");
+  auto patch = c.waitForSignal("TwinDesiredPropertiesPatchReceived");
+  ASSERT_TRUE(patch.has_value());
+  EXPECT_NE(patch->args[0].find(R"("interval":5)"), std::string::npos);
+
+  c.RegisterMethodHandler("reboot");
+  std::thread answer([&] {
+    auto request = c.waitForSignal("MethodRequestReceived");
+    if (request) {
+      c.SendMethodResponse(request->args[0], 200, R"({"ok":true})");
+    }
+  });
+  auto result = service.invokeMethod(kDevice, "reboot", R"({"delay":1})");
+  answer.join();
+  EXPECT_EQ(result.status, 200);
+  EXPECT_EQ(result.payload, R"({"ok":true})");
+
+  service.sendC2d(kDevice, "to the device", {{"$.mid", "c2d-ws"}}, {{"color", "blue"}});
+  auto c2d = c.waitForSignal("MessageReceived");
+  ASSERT_TRUE(c2d.has_value());
+  EXPECT_EQ(std::string(c2d->body.begin(), c2d->body.end()), "to the device");
+  EXPECT_EQ(c2d->properties["color"], "blue");
+  EXPECT_EQ(c2d->systemProperties["message-id"], "c2d-ws");
+}
+
+TEST_F(WebSocketTest, ADroppedWebSocketReconnectsAndDisconnectIsOrderly) {
+  useWebSockets("[connection]\nconnection_retry_interval = 1\n");
+  startDaemon();
+  hubemu::ServiceClient service(hub_);
+  awaitOnline();
+  service.dropConnection(kDevice);
+  ASSERT_TRUE(client().waitForConnectionStateChanged(false));
+  auto kicked = service.waitForDisconnect(kDevice);
+  ASSERT_TRUE(kicked.has_value());
+  ASSERT_TRUE(client().waitForConnectionStateChanged(true, 15s));
+  ASSERT_FALSE(client().SendMessage("after the drop", {}, {}).empty());
+  client().Disconnect();
+  // The DISCONNECT went through the tunnel before it closed, so the hub saw a clean end.
+  ASSERT_TRUE(service.waitForDisconnect(kDevice).has_value());
+  EXPECT_NE(hub_.brokerLog().find("Received DISCONNECT from dev1"), std::string::npos);
+}
+
+TEST_F(WebSocketTest, WrongCaFailsWithACertificateVerificationError) {
+  writeFile(daemonDir_ + "/other.pem", readFile(hub_.gatewayCaFile()), 0644);
+  useWebSockets("[connection]\nserver_verification_cert = " + daemonDir_ + "/other.pem\n");
+  startDaemon();
+  std::string message;
+  EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message),
+            "org.iothubd.Error.ConnectionFailed");
+  EXPECT_NE(message.find("TLS: certificate verification failed for localhost:" +
+                         std::to_string(hub_.websocketsPort())),
+            std::string::npos)
+      << message;
+}
+
+// ---- proxies
+// -------------------------------------------------------------------------------------
+
+class ProxyTest : public NetnsTest {
+ protected:
+  static constexpr const char* kProxyUser = "iothubd-proxy";
+  // tinyproxy 1.11 accepts only [-a-z0-9._] in BasicAuth passwords.
+  static constexpr const char* kProxyPassword = "Proxy-Pass.7";
+
+  void startTinyproxy() {
+    proxyPort_ = freeTcpPort();
+    std::string dir = dir_ / "tinyproxy";
+    ::mkdir(dir.c_str(), 0755);
+    std::string log = dir + "/tinyproxy.log";
+    writeFile(log, "", 0666);
+    writeFile(dir + "/tinyproxy.conf",
+              "Port " + std::to_string(proxyPort_) +
+                  "\nListen 127.0.0.1\nTimeout 60\n"
+                  "User nobody\nGroup nogroup\nLogFile \"" +
+                  log +
+                  "\"\nLogLevel Connect\n"
+                  "MaxClients 20\nAllow 127.0.0.1\nDisableViaHeader Yes\n"
+                  "BasicAuth " +
+                  kProxyUser + " " + kProxyPassword + "\n",
+              0644);
+    proxy_ = std::make_unique<ProxyProcess>(
+        std::vector<std::string>{"tinyproxy", "-d", "-c", dir + "/tinyproxy.conf"}, log,
+        proxyPort_);
+  }
+
+  /// Dante checks SOCKS5 user names and passwords against the system's account database. With
+  /// `withUser` it runs in a private mount namespace whose /etc/passwd and /etc/shadow are
+  /// copies with one extra account, so the host's accounts stay untouched.
+  void startDante(bool withUser = false) {
+    proxyPort_ = freeTcpPort();
+    std::string dir = dir_ / "dante";
+    ::mkdir(dir.c_str(), 0755);
+    std::string log = dir + "/danted.log";
+    std::vector<std::string> command{"/usr/sbin/danted", "-f", dir + "/danted.conf", "-N", "1"};
+    if (withUser) {
+      std::string hash;
+      FILE* p = ::popen((std::string("openssl passwd -6 ") + kProxyPassword).c_str(), "r");
+      char line[256];
+      if (p != nullptr && std::fgets(line, sizeof line, p) != nullptr) {
+        hash = line;
+        hash.erase(hash.find_last_not_of('\n') + 1);
+      }
+      if (p != nullptr) {
+        ::pclose(p);
+      }
+      ASSERT_EQ(hash.rfind("$6$", 0), 0u) << "openssl passwd failed";
+      writeFile(
+          dir + "/passwd",
+          readFile("/etc/passwd") + kProxyUser + ":x:64123:65534::/nonexistent:/usr/sbin/nologin\n",
+          0644);
+      writeFile(dir + "/shadow",
+                readFile("/etc/shadow") + kProxyUser + ":" + hash + ":19000:0:99999:7:::\n", 0600);
+      command = {"unshare",
+                 "--mount",
+                 "--propagation",
+                 "private",
+                 "sh",
+                 "-c",
+                 "mount --bind " + dir + "/passwd /etc/passwd && mount --bind " + dir +
+                     "/shadow /etc/shadow && exec /usr/sbin/danted -f " + dir +
+                     "/danted.conf -N 1"};
+    }
+    writeFile(dir + "/danted.conf",
+              "logoutput: " + log + "\ninternal: 127.0.0.1 port = " + std::to_string(proxyPort_) +
+                  "\nexternal: 127.0.0.1\nclientmethod: none\nsocksmethod: " +
+                  (withUser ? "username" : "none") +
+                  "\n"
+                  "user.privileged: root\nuser.unprivileged: nobody\n"
+                  "client pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  log: connect error\n}\n"
+                  "socks pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  log: connect error\n}\n",
+              0644);
+    proxy_ = std::make_unique<ProxyProcess>(command, log, proxyPort_);
+  }
+
+  void useProxy(const std::string& type, bool withUser,
+                const std::string& password = kProxyPassword, const std::string& extra = "") {
+    std::string proxy = "[proxy]\nproxy_type = " + type +
+                        "\nproxy_address = 127.0.0.1\nproxy_port = " + std::to_string(proxyPort_) +
+                        "\n";
+    if (withUser) {
+      proxy += std::string("proxy_username = ") + kProxyUser + "\n";
+      writeCredential("proxy-password", password + "\n");
+    }
+    writeConfig(extra + proxy);
+  }
+
+  void TearDown() override {
+    if (proxy_ && HasFailure()) {
+      std::cerr << "===== proxy log =====\n" << proxy_->log() << "===== end of proxy log =====\n";
+    }
+    NetnsTest::TearDown();
+    proxy_.reset();
+  }
+
+  /// Starts the daemon, sends `body` and expects the hub to receive it.
+  void startAndSend(const std::string& body) {
+    hubemu::ServiceClient service(hub_);
+    startDaemon();
+    ASSERT_FALSE(client().SendMessage(body, {}, {}).empty());
+    auto received = service.waitForTelemetry();
+    ASSERT_TRUE(received.has_value());
+    EXPECT_EQ(received->payload, body);
+  }
+
+  static std::string webSocketsOn(int port) {
+    return "[hub]\nport = " + std::to_string(port) + "\n[connection]\nwebsockets = true\n";
+  }
+
+  int proxyPort_ = 0;
+  std::unique_ptr<ProxyProcess> proxy_;
+};
+
+TEST_F(ProxyTest, HttpConnectWithBasicCredentialsCarriesMqttOverTls) {
+  startTinyproxy();
+  useProxy("HTTP", true);
+  startAndSend("through tinyproxy");
+  EXPECT_NE(proxy_->log().find("localhost:" + std::to_string(hub_.port())), std::string::npos)
+      << proxy_->log();
+  EXPECT_EQ(daemon_->log().find(kProxyPassword), std::string::npos)
+      << "the proxy password was logged";
+}
+
+TEST_F(ProxyTest, HttpConnectCarriesWebSocketsToo) {
+  startTinyproxy();
+  useProxy("HTTP", true, kProxyPassword, webSocketsOn(hub_.websocketsPort()));
+  startAndSend("wss through tinyproxy");
+}
+
+TEST_F(ProxyTest, WrongProxyCredentialsFailWithACredentialErrorNamingTheProxy) {
+  startTinyproxy();
+  useProxy("HTTP", true, "not the password");
+  startDaemon();
+  hubemu::ServiceClient service(hub_);
+  std::string message;
+  EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message), "org.iothubd.Error.Credential");
+  EXPECT_NE(message.find("HTTP proxy 127.0.0.1:" + std::to_string(proxyPort_)), std::string::npos)
+      << message;
+  EXPECT_NE(message.find("the HTTP proxy refused the credentials"), std::string::npos) << message;
+  EXPECT_EQ(message.find("not the password"), std::string::npos) << message;
+  EXPECT_EQ(service.authCount(kDevice), 0u);
+  EXPECT_EQ(daemon_->log().find("not the password"), std::string::npos);
+}
+
+TEST_F(ProxyTest, Socks5CarriesMqttOverTls) {
+  startDante();
+  useProxy("SOCKS5", false);
+  startAndSend("through dante");
+}
+
+TEST_F(ProxyTest, Socks5WithUsernameAndPassword) {
+  startDante(true);
+  useProxy("SOCKS5", true);
+  startAndSend("through dante, authenticated");
+  EXPECT_NE(proxy_->log().find(std::string("username%") + kProxyUser), std::string::npos)
+      << proxy_->log();
+  EXPECT_EQ(daemon_->log().find(kProxyPassword), std::string::npos)
+      << "the proxy password was logged";
+}
+
+TEST_F(ProxyTest, Socks5WrongPasswordIsACredentialError) {
+  startDante(true);
+  useProxy("SOCKS5", true, "Wrong-Pass.5");
+  startDaemon();
+  std::string message;
+  EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message), "org.iothubd.Error.Credential");
+  EXPECT_NE(message.find("the SOCKS5 proxy refused the credentials"), std::string::npos) << message;
+}
+
+TEST_F(ProxyTest, Socks5CarriesWebSocketsToo) {
+  startDante();
+  useProxy("SOCKS5", false, "", webSocketsOn(hub_.websocketsPort()));
+  startAndSend("wss through dante");
+}
+
+TEST_F(ProxyTest, Socks4CarriesMqttOverTls) {
+  startDante();
+  useProxy("SOCKS4", false);
+  startAndSend("socks4");
+}
+
+}  // namespace
+}  // namespace iothubd::testing
+
+int main(int argc, char** argv) {
+  // A private network namespace for this process and every child (broker, proxies, daemon,
+  // dbus-daemon): made before any thread exists. Needs root, as scripts/test runs it.
+  if (::geteuid() != 0) {
+    std::cerr << "netns tests need root (a private network namespace); skipped\n";
+    return 77;
+  }
+  if (::unshare(CLONE_NEWNET) != 0) {
+    std::cerr << "unshare(CLONE_NEWNET) failed: " << std::strerror(errno) << "; skipped\n";
+    return 77;
+  }
+  int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ifreq ifr{};
+  std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  if (s < 0 || ::ioctl(s, SIOCGIFFLAGS, &ifr) != 0 ||
+      (ifr.ifr_flags |= IFF_UP, ::ioctl(s, SIOCSIFFLAGS, &ifr) != 0)) {
+    std::cerr << "cannot bring up lo in the new namespace: " << std::strerror(errno) << "\n";
+    return 1;
+  }
+  ::close(s);
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
