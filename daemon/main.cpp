@@ -326,6 +326,10 @@ int run(const Options& opts) {
   iothubd::http::CurlOptions curlOptions;
   curlOptions.tls.caFile = settings.serverVerificationCert;
   curlOptions.tls.ciphers = settings.cipher;
+  curlOptions.tls.certFile = session.options().tls.certFile;
+  curlOptions.tls.keyFile = session.options().tls.keyFile;
+  curlOptions.tls.keyPassphrase = session.options().tls.keyPassphrase;
+  curlOptions.proxy = session.options().proxy;
   curlOptions.userAgent = userAgent();
   auto http = iothubd::http::createCurlMultiClient(ev, curlOptions);
   if (!http) {

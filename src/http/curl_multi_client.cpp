@@ -180,6 +180,26 @@ class CurlMultiClient final : public HttpClient {
     if (!tls.ciphers.empty()) {
       set(curl_easy_setopt(e, CURLOPT_SSL_CIPHER_LIST, tls.ciphers.c_str()));
     }
+    if (const auto& proxy = options_.proxy; proxy.enabled()) {
+      // Mapping as documented in core/proxy.hpp; HTTP and SOCKS5 proxies resolve the host
+      // (SOCKS5_HOSTNAME), as the MQTT tunnel does.
+      long type = proxy.type == core::ProxySettings::Type::Http     ? CURLPROXY_HTTP
+                  : proxy.type == core::ProxySettings::Type::Socks4 ? CURLPROXY_SOCKS4
+                                                                     : CURLPROXY_SOCKS5_HOSTNAME;
+      set(curl_easy_setopt(e, CURLOPT_PROXY, proxy.host.c_str()));
+      set(curl_easy_setopt(e, CURLOPT_PROXYPORT, static_cast<long>(proxy.port)));
+      set(curl_easy_setopt(e, CURLOPT_PROXYTYPE, type));
+      if (!proxy.username.empty()) {
+        set(curl_easy_setopt(e, CURLOPT_PROXYUSERNAME, proxy.username.c_str()));
+        set(curl_easy_setopt(e, CURLOPT_PROXYPASSWORD, proxy.password.reveal().c_str()));
+        if (proxy.type == core::ProxySettings::Type::Http) {
+          set(curl_easy_setopt(e, CURLOPT_PROXYAUTH, static_cast<long>(CURLAUTH_BASIC)));
+        }
+      }
+    } else {
+      // Not from the environment either: only the configuration decides where traffic goes.
+      set(curl_easy_setopt(e, CURLOPT_PROXY, ""));
+    }
     if (!tls.certFile.empty()) {
       set(curl_easy_setopt(e, CURLOPT_SSLCERT, tls.certFile.c_str()));
       set(curl_easy_setopt(e, CURLOPT_SSLKEY, tls.keyFile.c_str()));

@@ -818,6 +818,9 @@ core::Result<void> HubSession::updateSasToken(const std::string& token) {
 }
 
 core::Result<core::Secret<>> HubSession::httpAuthorization() const {
+  if (options_.auth == AuthMethod::X509) {
+    return core::Secret<>();  // no Authorization header: the TLS client certificate is it
+  }
   if (options_.auth == AuthMethod::SasToken) {
     return options_.sasToken;
   }

@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "daemon_fixture.hpp"
+#include "file_upload_hub.hpp"
 
 namespace iothubd::testing {
 namespace {
@@ -457,6 +458,43 @@ TEST_F(ProxyTest, Socks4CarriesMqttOverTls) {
   startDante();
   useProxy("SOCKS4", false);
   startAndSend("socks4");
+}
+
+TEST_F(ProxyTest, FileUploadGoesThroughTheHttpProxyToo) {
+  hubemu::Azurite azurite(hub_.dir());
+  azurite.start();
+  hubemu::FileUploadHub files(hub_, &azurite);
+  files.start();
+  // The hub's file-upload endpoints and storage are closed to the daemon as well.
+  for (const char* tool : {"iptables", "ip6tables"}) {
+    for (int port : {files.port(), azurite.port()}) {
+      ASSERT_EQ(run({tool, "-w", "-A", "OUTPUT", "-p", "tcp", "--dport", std::to_string(port), "-m",
+                     "owner", "--uid-owner", "iothubd", "-j", "REJECT", "--reject-with", "tcp-reset"}),
+                0);
+    }
+  }
+  startTinyproxy();
+  useProxy("HTTP", true, kProxyPassword,
+           "[file_upload]\nhttps_port = " + std::to_string(files.port()) + "\n");
+  startDaemon();
+  std::string path = daemonDir_ + "/via-proxy.txt";
+  writeFile(path, "uploaded through the proxy\n", 0644);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  std::string correlationId = client().UploadFile("via-proxy.txt", sdbus::UnixFd(fd));
+  ::close(fd);
+  auto blob = files.blob("dev1/via-proxy.txt");
+  EXPECT_TRUE(blob.exists);
+  EXPECT_EQ(blob.size, 27u);
+  bool notified = false;
+  for (const auto& n : files.notifications()) {
+    notified |= n.correlationId == correlationId && n.isSuccess;
+  }
+  EXPECT_TRUE(notified);
+  std::string log = proxy_->log();
+  EXPECT_NE(log.find("localhost:" + std::to_string(files.port())), std::string::npos) << log;
+  EXPECT_NE(log.find(std::to_string(azurite.port())), std::string::npos) << log;
+  EXPECT_EQ(daemon_->log().find(kProxyPassword), std::string::npos) << "the proxy password leaked";
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "iothubd/core/proxy.hpp"
 #include "iothubd/core/result.hpp"
 #include "iothubd/http/http_client.hpp"
 
@@ -22,6 +23,8 @@ struct CurlOptions {
   bool allowPlainHttp = false;
   /// Bound on open connections (libcurl's CURLMOPT_MAX_TOTAL_CONNECTIONS); 0 = libcurl default.
   long maxConnections = 16;
+  /// The seed's proxy_options, for every request (protocol doc 1.6).
+  core::ProxySettings proxy;
 };
 
 /// HttpClient over libcurl's multi socket interface, driven by the daemon's sd-event loop
