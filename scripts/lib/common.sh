@@ -15,6 +15,8 @@ IOTHUBD_PACKAGES=(
   dbus systemd
   # helpers used by the harness scripts
   python3 procps util-linux passwd
+  # fuzzing (libFuzzer runtime), symbolized sanitizer reports, scripts/lint
+  clang libclang-rt-14-dev llvm clang-format clang-tidy
 )
 
 log() { printf '==> %s\n' "$*"; }
@@ -60,8 +62,8 @@ ensure_service_user() {
   fi
 }
 
-# build DIR [meson options...]
-build_project() {
+# setup_build_dir DIR [meson options...]: configures DIR, or reconfigures it with these options.
+setup_build_dir() {
   local dir=$1
   shift
   if [[ -f "$dir/build.ninja" ]]; then
@@ -69,5 +71,12 @@ build_project() {
   else
     meson setup "$dir" "$@" >/dev/null
   fi
+}
+
+# build DIR [meson options...]
+build_project() {
+  local dir=$1
+  shift
+  setup_build_dir "$dir" "$@"
   meson compile -C "$dir"
 }

@@ -9,19 +9,94 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
 namespace iothubd::proto {
 
 namespace {
 
 using core::Errc;
 
-// Validate UTF-8 (the text goes to the hub or to D-Bus, which both require it) and keep numbers
-// exact enough to re-serialize them.
+// Validate UTF-8 (the text goes to the hub or to D-Bus, which both require it). Numbers reach the
+// handler as text and are converted by numberToSax below, never by RapidJSON: 1.1.0 (Debian 12)
+// has undefined behaviour and out-of-bounds reads in its full-precision strtod on hostile numbers
+// such as 184467440737095516155 or 0e100 (Tencent/rapidjson#1249, #1251, fixed after 1.1.0 by
+// #1290; found by tests/fuzz/fuzz_json.cpp), and its normal-precision strtod is not exact.
 constexpr unsigned kParseFlags =
-    rapidjson::kParseValidateEncodingFlag | rapidjson::kParseFullPrecisionFlag;
+    rapidjson::kParseValidateEncodingFlag | rapidjson::kParseNumbersAsStringsFlag;
+
+// For a number std::from_chars found out of double's range: whether it is too large (rather than
+// too close to zero), from the decimal exponent of its first significant digit.
+bool exceedsDouble(std::string_view number) {
+  const std::size_t e = number.find_first_of("eE");
+  long long exponent = 0;
+  if (e != std::string_view::npos) {
+    std::string_view digits = number.substr(e + 1);
+    const bool negative = !digits.empty() && digits.front() == '-';
+    if (!digits.empty() && (digits.front() == '-' || digits.front() == '+')) {
+      digits.remove_prefix(1);
+    }
+    for (char c : digits) {
+      // Saturated: only the sign of the result matters.
+      exponent = std::min(exponent * 10 + (c - '0'), 1'000'000LL);
+    }
+    exponent = negative ? -exponent : exponent;
+  }
+  const std::string_view mantissa = number.substr(0, e);
+  const std::size_t dot = std::min(mantissa.find('.'), mantissa.size());
+  const std::size_t first = mantissa.find_first_of("123456789");
+  if (first == std::string_view::npos) {
+    return false;  // zero
+  }
+  const long long position =
+      first < dot ? static_cast<long long>(dot - first - 1) : -static_cast<long long>(first - dot);
+  return position + exponent > 0;
+}
+
+// Reports one JSON number (its grammar already checked by the reader) to `handler` as RapidJSON's
+// own reader would: integers as Int/Uint/Int64/Uint64 when they fit, anything else as Double,
+// correctly rounded. A number too close to zero becomes 0. Returns false, setting tooBig, for a
+// number beyond double's range.
+template <class Handler>
+bool numberToSax(std::string_view number, Handler& handler, bool& tooBig) {
+  const char* first = number.data();
+  const char* last = first + number.size();
+  const bool negative = !number.empty() && number.front() == '-';
+  if (number.find_first_of(".eE") == std::string_view::npos) {
+    if (negative) {
+      std::int64_t value = 0;
+      if (auto [end, ec] = std::from_chars(first, last, value); ec == std::errc() && end == last) {
+        return value >= std::numeric_limits<int>::min() ? handler.Int(static_cast<int>(value))
+                                                        : handler.Int64(value);
+      }
+    } else {
+      std::uint64_t value = 0;
+      if (auto [end, ec] = std::from_chars(first, last, value); ec == std::errc() && end == last) {
+        return value <= std::numeric_limits<unsigned>::max()
+                   ? handler.Uint(static_cast<unsigned>(value))
+                   : handler.Uint64(value);
+      }
+    }
+  }
+  double value = 0;
+  const auto [end, ec] = std::from_chars(first, last, value);
+  if (ec == std::errc() && end == last && std::isfinite(value)) {
+    return handler.Double(value);
+  }
+  if (!exceedsDouble(number)) {
+    return handler.Double(negative ? -0.0 : 0.0);
+  }
+  tooBig = true;
+  return false;
+}
 
 // Forwards SAX events to Inner while tracking depth; refuses to go deeper than kMaxJsonDepth so a
-// hostile `[[[[...` cannot exhaust memory. RapidJSON has no depth limit of its own.
+// hostile `[[[[...` cannot exhaust memory. RapidJSON has no depth limit of its own. Also turns
+// the numbers the reader hands over as text into values (numberToSax).
 template <class Inner>
 class DepthLimiter {
  public:
@@ -35,8 +110,8 @@ class DepthLimiter {
   bool Int64(std::int64_t i) { return inner_.Int64(i); }
   bool Uint64(std::uint64_t u) { return inner_.Uint64(u); }
   bool Double(double d) { return inner_.Double(d); }
-  bool RawNumber(const Ch* str, rapidjson::SizeType length, bool copy) {
-    return inner_.RawNumber(str, length, copy);
+  bool RawNumber(const Ch* str, rapidjson::SizeType length, bool /*copy*/) {
+    return numberToSax(std::string_view(str, length), inner_, numberTooBig_);
   }
   bool String(const Ch* str, rapidjson::SizeType length, bool copy) {
     return inner_.String(str, length, copy);
@@ -56,6 +131,7 @@ class DepthLimiter {
   }
 
   [[nodiscard]] bool tooDeep() const { return tooDeep_; }
+  [[nodiscard]] bool numberTooBig() const { return numberTooBig_; }
 
  private:
   bool enter() {
@@ -69,6 +145,7 @@ class DepthLimiter {
   Inner& inner_;
   unsigned depth_ = 0;
   bool tooDeep_ = false;
+  bool numberTooBig_ = false;
 };
 
 // Parses `json` into `doc` (one value, no trailing text, within kMaxJsonDepth).
@@ -78,6 +155,7 @@ core::Result<void> parseJson(std::string_view json, rapidjson::Document& doc, Er
     return core::fail(code, "invalid JSON at offset " + std::to_string(nul) + ": NUL byte");
   }
   bool tooDeep = false;
+  bool numberTooBig = false;
   rapidjson::ParseResult result;
   auto generator = [&](rapidjson::Document& handler) {
     rapidjson::MemoryStream memory(json.data(), json.size());
@@ -86,6 +164,7 @@ core::Result<void> parseJson(std::string_view json, rapidjson::Document& doc, Er
     rapidjson::Reader reader;
     result = reader.Parse<kParseFlags>(input, limiter);
     tooDeep = limiter.tooDeep();
+    numberTooBig = limiter.numberTooBig();
     return !result.IsError();
   };
   doc.Populate(generator);
@@ -95,8 +174,10 @@ core::Result<void> parseJson(std::string_view json, rapidjson::Document& doc, Er
                                 " levels at offset " + std::to_string(result.Offset() - 1));
   }
   if (result.IsError()) {
+    // The reader reports a number the handler refused as kParseErrorTermination.
+    const auto error = numberTooBig ? rapidjson::kParseErrorNumberTooBig : result.Code();
     return core::fail(code, "invalid JSON at offset " + std::to_string(result.Offset()) + ": " +
-                                rapidjson::GetParseError_En(result.Code()));
+                                rapidjson::GetParseError_En(error));
   }
   return {};
 }
@@ -141,8 +222,11 @@ core::Result<const rapidjson::Value*> desiredOf(std::string_view twinJson,
     return core::fail(Errc::Protocol,
                       std::string("twin must be a JSON object, got ") + typeName(doc));
   }
-  const auto it = doc.FindMember("desired");
-  if (it == doc.MemberEnd()) {
+  // Looked up through a const reference: comparing a const MemberIterator with a non-const one is
+  // ambiguous in C++20 (RapidJSON 1.1's operator==; clang -Wambiguous-reversed-operator).
+  const rapidjson::Value& root = doc;
+  const auto it = root.FindMember("desired");
+  if (it == root.MemberEnd()) {
     return core::fail(Errc::Protocol, "twin has no 'desired' member");
   }
   if (!it->value.IsObject()) {
