@@ -159,7 +159,7 @@ int run(const Options& opts) {
     logf(LogLevel::Notice, "stopping on ", strsignal(sig));
     sd_notify(0, "STOPPING=1");
     // Callers still waiting get OperationCancelled; the hub gets a DISCONNECT.
-    session.disconnect([&ev](iothubd::core::Result<void>) { ev.exit(EXIT_SUCCESS); });
+    session.disconnect([&ev](const iothubd::core::Result<void>&) { ev.exit(EXIT_SUCCESS); });
     shutdownTimer->armAfter(kShutdownGrace);
   });
   if (!signals) {

@@ -41,7 +41,7 @@ void logLine(LogLevel level, std::string_view message) noexcept {
   // newlines would start a new journal entry without a priority, so they are flattened.
   char buf[4096];
   int n = std::snprintf(buf, sizeof buf, "<%d>", static_cast<int>(level));
-  size_t len = static_cast<size_t>(n);
+  auto len = static_cast<size_t>(n);
   for (char c : message) {
     if (len >= sizeof buf - 1) {
       break;

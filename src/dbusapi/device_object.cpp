@@ -46,10 +46,11 @@ class DeviceObjectImpl final
       private session::HubSession::Observer {
  public:
   DeviceObjectImpl(sdbus::IConnection& connection, session::HubSession& session)
-      : AdaptorInterfaces(connection, kObjectPath), session_(session) {
+      : AdaptorInterfaces(connection, kObjectPath),
+        session_(session),
+        connected_(session.connected()) {
     registerAdaptor();
     session_.setObserver(this);
-    connected_ = session_.connected();
   }
 
   ~DeviceObjectImpl() override {

@@ -103,6 +103,8 @@ class DepthLimiter {
   using Ch = char;
   explicit DepthLimiter(Inner& inner) : inner_(inner) {}
 
+  // RapidJSON's Handler concept fixes these names.
+  // NOLINTBEGIN(readability-identifier-naming)
   bool Null() { return inner_.Null(); }
   bool Bool(bool b) { return inner_.Bool(b); }
   bool Int(int i) { return inner_.Int(i); }
@@ -129,6 +131,7 @@ class DepthLimiter {
     --depth_;
     return inner_.EndArray(elements);
   }
+  // NOLINTEND(readability-identifier-naming)
 
   [[nodiscard]] bool tooDeep() const { return tooDeep_; }
   [[nodiscard]] bool numberTooBig() const { return numberTooBig_; }

@@ -139,7 +139,7 @@ void HubSession::sendTelemetry(const proto::OutgoingMessage& message, Completion
   }
   std::string topic = proto::telemetryTopic(options_.deviceId, options_.moduleId, message);
   if (linkUp_ && !plannedPending_) {
-    publishNow(std::move(topic), message.body, std::move(done));
+    publishNow(topic, message.body, std::move(done));
     return;
   }
   bool willConnect = attemptActive_ || retryTimer_->armed() || plannedPending_ ||
@@ -163,7 +163,8 @@ void HubSession::sendTelemetry(const proto::OutgoingMessage& message, Completion
   }
 }
 
-void HubSession::publishNow(std::string topic, std::string payload, Completion done) {
+void HubSession::publishNow(const std::string& topic, const std::string& payload,
+                            Completion done) {
   auto mid = transport_.publish(topic, payload, 1);
   if (!mid) {
     done(fail(mid.error()));
@@ -308,7 +309,7 @@ void HubSession::onConnected() {
       queued_.push_back(std::move(q));  // dropped again inside a callback: keep waiting
       continue;
     }
-    publishNow(std::move(q.topic), std::move(q.payload), std::move(q.done));
+    publishNow(q.topic, q.payload, std::move(q.done));
   }
 }
 
