@@ -225,11 +225,8 @@ core::Result<const rapidjson::Value*> desiredOf(std::string_view twinJson,
     return core::fail(Errc::Protocol,
                       std::string("twin must be a JSON object, got ") + typeName(doc));
   }
-  // Looked up through a const reference: comparing a const MemberIterator with a non-const one is
-  // ambiguous in C++20 (RapidJSON 1.1's operator==; clang -Wambiguous-reversed-operator).
-  const rapidjson::Value& root = doc;
-  const auto it = root.FindMember("desired");
-  if (it == root.MemberEnd()) {
+  const auto it = doc.FindMember("desired");
+  if (it == doc.MemberEnd()) {
     return core::fail(Errc::Protocol, "twin has no 'desired' member");
   }
   if (!it->value.IsObject()) {
