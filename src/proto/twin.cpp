@@ -94,9 +94,24 @@ bool numberToSax(std::string_view number, Handler& handler, bool& tooBig) {
   return false;
 }
 
+// Whether decoded text holds the UTF-8 form of a surrogate (U+D800..U+DFFF), which is not UTF-8.
+// The reader validates the input bytes, but RapidJSON 1.1.0 decodes a `\u` escape of a lone low
+// surrogate (`"\uDC00"`) into exactly that, and writes it out again raw: the hub and D-Bus both
+// refuse it (found by fuzz-json). In otherwise valid UTF-8, 0xED is always a lead byte.
+bool hasSurrogate(std::string_view text) {
+  for (std::size_t i = 0; i + 1 < text.size(); ++i) {
+    if (static_cast<unsigned char>(text[i]) == 0xED &&
+        (static_cast<unsigned char>(text[i + 1]) & 0xE0) == 0xA0) {
+      return true;
+    }
+  }
+  return false;
+}
+
 // Forwards SAX events to Inner while tracking depth; refuses to go deeper than kMaxJsonDepth so a
 // hostile `[[[[...` cannot exhaust memory. RapidJSON has no depth limit of its own. Also turns
-// the numbers the reader hands over as text into values (numberToSax).
+// the numbers the reader hands over as text into values (numberToSax), and refuses strings that
+// decode to surrogates (hasSurrogate).
 template <class Inner>
 class DepthLimiter {
  public:
@@ -113,13 +128,18 @@ class DepthLimiter {
   bool Uint64(std::uint64_t u) { return inner_.Uint64(u); }
   bool Double(double d) { return inner_.Double(d); }
   bool RawNumber(const Ch* str, rapidjson::SizeType length, bool /*copy*/) {
-    return numberToSax(std::string_view(str, length), inner_, numberTooBig_);
+    bool tooBig = false;
+    if (numberToSax(std::string_view(str, length), inner_, tooBig)) {
+      return true;
+    }
+    refused_ = tooBig ? rapidjson::kParseErrorNumberTooBig : refused_;
+    return false;
   }
   bool String(const Ch* str, rapidjson::SizeType length, bool copy) {
-    return inner_.String(str, length, copy);
+    return acceptText(str, length) && inner_.String(str, length, copy);
   }
   bool Key(const Ch* str, rapidjson::SizeType length, bool copy) {
-    return inner_.Key(str, length, copy);
+    return acceptText(str, length) && inner_.Key(str, length, copy);
   }
   bool StartObject() { return enter() && inner_.StartObject(); }
   bool EndObject(rapidjson::SizeType members) {
@@ -134,9 +154,18 @@ class DepthLimiter {
   // NOLINTEND(readability-identifier-naming)
 
   [[nodiscard]] bool tooDeep() const { return tooDeep_; }
-  [[nodiscard]] bool numberTooBig() const { return numberTooBig_; }
+  /// Why a value was refused (a number beyond double, a surrogate), else kParseErrorNone.
+  [[nodiscard]] rapidjson::ParseErrorCode refused() const { return refused_; }
 
  private:
+  bool acceptText(const Ch* str, rapidjson::SizeType length) {
+    if (hasSurrogate(std::string_view(str, length))) {
+      refused_ = rapidjson::kParseErrorStringUnicodeSurrogateInvalid;
+      return false;
+    }
+    return true;
+  }
+
   bool enter() {
     if (++depth_ > kMaxJsonDepth) {
       tooDeep_ = true;
@@ -148,7 +177,7 @@ class DepthLimiter {
   Inner& inner_;
   unsigned depth_ = 0;
   bool tooDeep_ = false;
-  bool numberTooBig_ = false;
+  rapidjson::ParseErrorCode refused_ = rapidjson::kParseErrorNone;
 };
 
 // Parses `json` into `doc` (one value, no trailing text, within kMaxJsonDepth).
@@ -158,7 +187,7 @@ core::Result<void> parseJson(std::string_view json, rapidjson::Document& doc, Er
     return core::fail(code, "invalid JSON at offset " + std::to_string(nul) + ": NUL byte");
   }
   bool tooDeep = false;
-  bool numberTooBig = false;
+  auto refused = rapidjson::kParseErrorNone;
   rapidjson::ParseResult result;
   auto generator = [&](rapidjson::Document& handler) {
     rapidjson::MemoryStream memory(json.data(), json.size());
@@ -167,7 +196,7 @@ core::Result<void> parseJson(std::string_view json, rapidjson::Document& doc, Er
     rapidjson::Reader reader;
     result = reader.Parse<kParseFlags>(input, limiter);
     tooDeep = limiter.tooDeep();
-    numberTooBig = limiter.numberTooBig();
+    refused = limiter.refused();
     return !result.IsError();
   };
   doc.Populate(generator);
@@ -177,8 +206,8 @@ core::Result<void> parseJson(std::string_view json, rapidjson::Document& doc, Er
                                 " levels at offset " + std::to_string(result.Offset() - 1));
   }
   if (result.IsError()) {
-    // The reader reports a number the handler refused as kParseErrorTermination.
-    const auto error = numberTooBig ? rapidjson::kParseErrorNumberTooBig : result.Code();
+    // The reader reports a value the handler refused as kParseErrorTermination.
+    const auto error = refused != rapidjson::kParseErrorNone ? refused : result.Code();
     return core::fail(code, "invalid JSON at offset " + std::to_string(result.Offset()) + ": " +
                                 rapidjson::GetParseError_En(error));
   }

@@ -221,6 +221,16 @@ TEST(JsonNumbers, RejectsNumbersBeyondDouble) {
                          Errc::Protocol, "desired patch $version is not a non-negative integer"));
 }
 
+// RapidJSON 1.1.0 decodes a lone low surrogate escape into bytes that are not UTF-8, which the
+// hub and D-Bus refuse (found by tests/fuzz/fuzz_json.cpp).
+TEST(JsonStrings, RejectsLoneSurrogateEscapes) {
+  EXPECT_TRUE(failedWith(validateJsonPayload(R"("caf\uDC00")"), Errc::InvalidArgument,
+                         "invalid JSON at offset 11: The surrogate pair in string is invalid."));
+  EXPECT_FALSE(validateReportedPatch(R"({"\uDFFF":1})").has_value());
+  EXPECT_FALSE(validateReportedPatch(R"({"a":"\uD800"})").has_value());
+  EXPECT_TRUE(validateReportedPatch(R"({"a":"\uD83D\uDE00 \u00e9 \u0000"})").has_value());
+}
+
 TEST(DesiredSectionOfTwin, RejectsTwinWithoutDesired) {
   EXPECT_TRUE(failedWith(desiredSectionOfTwin(R"({"reported":{}})"), Errc::Protocol,
                          "twin has no 'desired' member"));
