@@ -25,6 +25,8 @@ IOTHUBD_PACKAGES=(
   # connectivity tests (tests/integration/netns_test.cpp): HTTP and SOCKS proxies, and the
   # firewall rules that keep the hub reachable only through them
   tinyproxy-bin dante-server iptables
+  # fuzzing (libFuzzer runtime), symbolized sanitizer reports, scripts/lint
+  clang libclang-rt-14-dev llvm clang-format clang-tidy
 )
 
 log() { printf '==> %s\n' "$*"; }
@@ -87,8 +89,8 @@ ensure_test_node_modules() {
   printf '%s\n' "$lock_sum" >"$stamp"
 }
 
-# build DIR [meson options...]
-build_project() {
+# setup_build_dir DIR [meson options...]: configures DIR, or reconfigures it with these options.
+setup_build_dir() {
   local dir=$1
   shift
   if [[ -f "$dir/build.ninja" ]]; then
@@ -96,5 +98,12 @@ build_project() {
   else
     meson setup "$dir" "$@" >/dev/null
   fi
+}
+
+# build DIR [meson options...]
+build_project() {
+  local dir=$1
+  shift
+  setup_build_dir "$dir" "$@"
   meson compile -C "$dir"
 }

@@ -21,7 +21,7 @@ using core::fail;
 
 /// Largest secret we accept: a connection string or token is a few hundred bytes; a bigger file
 /// is a mistake (a certificate bundle named by accident), not a secret.
-constexpr size_t kMaxSecretBytes = 64 * 1024;
+constexpr size_t kMaxSecretBytes = size_t{64} * 1024;
 
 std::string modeText(mode_t mode) {
   char buf[8];

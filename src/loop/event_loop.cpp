@@ -144,8 +144,12 @@ struct EventLoop::BusAttachment {
     try {
       auto pd = self->connection->getEventLoopPollData();
       std::uint32_t events = 0;
-      if (pd.events & POLLIN) events |= EPOLLIN;
-      if (pd.events & POLLOUT) events |= EPOLLOUT;
+      if (pd.events & POLLIN) {
+        events |= EPOLLIN;
+      }
+      if (pd.events & POLLOUT) {
+        events |= EPOLLOUT;
+      }
       sd_event_source_set_io_events(self->io.get(), events);
       if (pd.timeout_usec == UINT64_MAX) {
         sd_event_source_set_enabled(self->timer.get(), SD_EVENT_OFF);

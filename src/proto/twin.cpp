@@ -9,25 +9,117 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
 namespace iothubd::proto {
 
 namespace {
 
 using core::Errc;
 
-// Validate UTF-8 (the text goes to the hub or to D-Bus, which both require it) and keep numbers
-// exact enough to re-serialize them.
+// Validate UTF-8 (the text goes to the hub or to D-Bus, which both require it). Numbers reach the
+// handler as text and are converted by numberToSax below, never by RapidJSON: 1.1.0 (Debian 12)
+// has undefined behaviour and out-of-bounds reads in its full-precision strtod on hostile numbers
+// such as 184467440737095516155 or 0e100 (Tencent/rapidjson#1249, #1251, fixed after 1.1.0 by
+// #1290; found by tests/fuzz/fuzz_json.cpp), and its normal-precision strtod is not exact.
 constexpr unsigned kParseFlags =
-    rapidjson::kParseValidateEncodingFlag | rapidjson::kParseFullPrecisionFlag;
+    rapidjson::kParseValidateEncodingFlag | rapidjson::kParseNumbersAsStringsFlag;
+
+// For a number std::from_chars found out of double's range: whether it is too large (rather than
+// too close to zero), from the decimal exponent of its first significant digit.
+bool exceedsDouble(std::string_view number) {
+  const std::size_t e = number.find_first_of("eE");
+  long long exponent = 0;
+  if (e != std::string_view::npos) {
+    std::string_view digits = number.substr(e + 1);
+    const bool negative = !digits.empty() && digits.front() == '-';
+    if (!digits.empty() && (digits.front() == '-' || digits.front() == '+')) {
+      digits.remove_prefix(1);
+    }
+    for (char c : digits) {
+      // Saturated: only the sign of the result matters.
+      exponent = std::min(exponent * 10 + (c - '0'), 1'000'000LL);
+    }
+    exponent = negative ? -exponent : exponent;
+  }
+  const std::string_view mantissa = number.substr(0, e);
+  const std::size_t dot = std::min(mantissa.find('.'), mantissa.size());
+  const std::size_t first = mantissa.find_first_of("123456789");
+  if (first == std::string_view::npos) {
+    return false;  // zero
+  }
+  const long long position =
+      first < dot ? static_cast<long long>(dot - first - 1) : -static_cast<long long>(first - dot);
+  return position + exponent > 0;
+}
+
+// Reports one JSON number (its grammar already checked by the reader) to `handler` as RapidJSON's
+// own reader would: integers as Int/Uint/Int64/Uint64 when they fit, anything else as Double,
+// correctly rounded. A number too close to zero becomes 0. Returns false, setting tooBig, for a
+// number beyond double's range.
+template <class Handler>
+bool numberToSax(std::string_view number, Handler& handler, bool& tooBig) {
+  const char* first = number.data();
+  const char* last = first + number.size();
+  const bool negative = !number.empty() && number.front() == '-';
+  if (number.find_first_of(".eE") == std::string_view::npos) {
+    if (negative) {
+      std::int64_t value = 0;
+      if (auto [end, ec] = std::from_chars(first, last, value); ec == std::errc() && end == last) {
+        return value >= std::numeric_limits<int>::min() ? handler.Int(static_cast<int>(value))
+                                                        : handler.Int64(value);
+      }
+    } else {
+      std::uint64_t value = 0;
+      if (auto [end, ec] = std::from_chars(first, last, value); ec == std::errc() && end == last) {
+        return value <= std::numeric_limits<unsigned>::max()
+                   ? handler.Uint(static_cast<unsigned>(value))
+                   : handler.Uint64(value);
+      }
+    }
+  }
+  double value = 0;
+  const auto [end, ec] = std::from_chars(first, last, value);
+  if (ec == std::errc() && end == last && std::isfinite(value)) {
+    return handler.Double(value);
+  }
+  if (!exceedsDouble(number)) {
+    return handler.Double(negative ? -0.0 : 0.0);
+  }
+  tooBig = true;
+  return false;
+}
+
+// Whether decoded text holds the UTF-8 form of a surrogate (U+D800..U+DFFF), which is not UTF-8.
+// The reader validates the input bytes, but RapidJSON 1.1.0 decodes a `\u` escape of a lone low
+// surrogate (`"\uDC00"`) into exactly that, and writes it out again raw: the hub and D-Bus both
+// refuse it (found by fuzz-json). In otherwise valid UTF-8, 0xED is always a lead byte.
+bool hasSurrogate(std::string_view text) {
+  for (std::size_t i = 0; i + 1 < text.size(); ++i) {
+    if (static_cast<unsigned char>(text[i]) == 0xED &&
+        (static_cast<unsigned char>(text[i + 1]) & 0xE0) == 0xA0) {
+      return true;
+    }
+  }
+  return false;
+}
 
 // Forwards SAX events to Inner while tracking depth; refuses to go deeper than kMaxJsonDepth so a
-// hostile `[[[[...` cannot exhaust memory. RapidJSON has no depth limit of its own.
+// hostile `[[[[...` cannot exhaust memory. RapidJSON has no depth limit of its own. Also turns
+// the numbers the reader hands over as text into values (numberToSax), and refuses strings that
+// decode to surrogates (hasSurrogate).
 template <class Inner>
 class DepthLimiter {
  public:
   using Ch = char;
   explicit DepthLimiter(Inner& inner) : inner_(inner) {}
 
+  // RapidJSON's Handler concept fixes these names.
+  // NOLINTBEGIN(readability-identifier-naming)
   bool Null() { return inner_.Null(); }
   bool Bool(bool b) { return inner_.Bool(b); }
   bool Int(int i) { return inner_.Int(i); }
@@ -35,14 +127,19 @@ class DepthLimiter {
   bool Int64(std::int64_t i) { return inner_.Int64(i); }
   bool Uint64(std::uint64_t u) { return inner_.Uint64(u); }
   bool Double(double d) { return inner_.Double(d); }
-  bool RawNumber(const Ch* str, rapidjson::SizeType length, bool copy) {
-    return inner_.RawNumber(str, length, copy);
+  bool RawNumber(const Ch* str, rapidjson::SizeType length, bool /*copy*/) {
+    bool tooBig = false;
+    if (numberToSax(std::string_view(str, length), inner_, tooBig)) {
+      return true;
+    }
+    refused_ = tooBig ? rapidjson::kParseErrorNumberTooBig : refused_;
+    return false;
   }
   bool String(const Ch* str, rapidjson::SizeType length, bool copy) {
-    return inner_.String(str, length, copy);
+    return acceptText(str, length) && inner_.String(str, length, copy);
   }
   bool Key(const Ch* str, rapidjson::SizeType length, bool copy) {
-    return inner_.Key(str, length, copy);
+    return acceptText(str, length) && inner_.Key(str, length, copy);
   }
   bool StartObject() { return enter() && inner_.StartObject(); }
   bool EndObject(rapidjson::SizeType members) {
@@ -54,10 +151,21 @@ class DepthLimiter {
     --depth_;
     return inner_.EndArray(elements);
   }
+  // NOLINTEND(readability-identifier-naming)
 
   [[nodiscard]] bool tooDeep() const { return tooDeep_; }
+  /// Why a value was refused (a number beyond double, a surrogate), else kParseErrorNone.
+  [[nodiscard]] rapidjson::ParseErrorCode refused() const { return refused_; }
 
  private:
+  bool acceptText(const Ch* str, rapidjson::SizeType length) {
+    if (hasSurrogate(std::string_view(str, length))) {
+      refused_ = rapidjson::kParseErrorStringUnicodeSurrogateInvalid;
+      return false;
+    }
+    return true;
+  }
+
   bool enter() {
     if (++depth_ > kMaxJsonDepth) {
       tooDeep_ = true;
@@ -69,6 +177,7 @@ class DepthLimiter {
   Inner& inner_;
   unsigned depth_ = 0;
   bool tooDeep_ = false;
+  rapidjson::ParseErrorCode refused_ = rapidjson::kParseErrorNone;
 };
 
 // Parses `json` into `doc` (one value, no trailing text, within kMaxJsonDepth).
@@ -78,6 +187,7 @@ core::Result<void> parseJson(std::string_view json, rapidjson::Document& doc, Er
     return core::fail(code, "invalid JSON at offset " + std::to_string(nul) + ": NUL byte");
   }
   bool tooDeep = false;
+  auto refused = rapidjson::kParseErrorNone;
   rapidjson::ParseResult result;
   auto generator = [&](rapidjson::Document& handler) {
     rapidjson::MemoryStream memory(json.data(), json.size());
@@ -86,6 +196,7 @@ core::Result<void> parseJson(std::string_view json, rapidjson::Document& doc, Er
     rapidjson::Reader reader;
     result = reader.Parse<kParseFlags>(input, limiter);
     tooDeep = limiter.tooDeep();
+    refused = limiter.refused();
     return !result.IsError();
   };
   doc.Populate(generator);
@@ -95,8 +206,10 @@ core::Result<void> parseJson(std::string_view json, rapidjson::Document& doc, Er
                                 " levels at offset " + std::to_string(result.Offset() - 1));
   }
   if (result.IsError()) {
+    // The reader reports a value the handler refused as kParseErrorTermination.
+    const auto error = refused != rapidjson::kParseErrorNone ? refused : result.Code();
     return core::fail(code, "invalid JSON at offset " + std::to_string(result.Offset()) + ": " +
-                                rapidjson::GetParseError_En(result.Code()));
+                                rapidjson::GetParseError_En(error));
   }
   return {};
 }

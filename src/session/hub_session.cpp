@@ -199,7 +199,8 @@ void HubSession::publishOrQueue(std::string topic, std::string payload, Completi
   ensureConnecting();
 }
 
-void HubSession::publishNow(std::string topic, std::string payload, Completion done) {
+void HubSession::publishNow(const std::string& topic, const std::string& payload,
+                            Completion done) {
   auto mid = transport_.publish(topic, payload, 1);
   if (!mid) {
     done(fail(mid.error()));
@@ -353,7 +354,7 @@ void HubSession::onConnected() {
       queued_.push_back(std::move(q));  // dropped again inside a callback: keep waiting
       continue;
     }
-    publishNow(std::move(q.topic), std::move(q.payload), std::move(q.done));
+    publishNow(q.topic, q.payload, std::move(q.done));
   }
   // Twin requests whose answer a drop or a planned reconnect swallowed go out again with the
   // same $rid (twin requests are QoS 0 and the hub keeps no session state for them).

@@ -188,6 +188,13 @@ void DaemonTest::SetUp() {
 void DaemonTest::TearDown() {
   client_.reset();
   if (daemon_) {
+    // Stopped, not killed by ~DaemonProcess: a clean exit is part of every test, and only then
+    // does LeakSanitizer run in the sanitizer build, whose reports must fail the test.
+    if (daemon_->running()) {
+      EXPECT_EQ(daemon_->stop(), 0) << "iothubd did not exit cleanly on SIGTERM";
+    }
+    const std::string report = daemon_->sanitizerReport();
+    EXPECT_TRUE(report.empty()) << "sanitizer report from iothubd:\n" << report;
     daemon_->printLogIf(HasFailure());
   }
   hub_.printBrokerLogIf(HasFailure());

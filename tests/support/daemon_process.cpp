@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -278,6 +279,20 @@ std::optional<int> DaemonProcess::stop(std::chrono::milliseconds timeout) {
 }
 
 std::string DaemonProcess::log() const { return readFile(logPath_); }
+
+std::string DaemonProcess::sanitizerReport() const {
+  const std::string text = log();
+  std::size_t first = std::string::npos;
+  for (const char* marker : {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                             "WARNING: AddressSanitizer", "ERROR: UndefinedBehaviorSanitizer"}) {
+    first = std::min(first, text.find(marker));
+  }
+  if (first == std::string::npos) {
+    return "";
+  }
+  const std::size_t lineStart = text.rfind('\n', first);
+  return text.substr(lineStart == std::string::npos ? 0 : lineStart + 1);
+}
 
 void DaemonProcess::printLogIf(bool failed) const {
   if (failed) {

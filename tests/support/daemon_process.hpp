@@ -62,6 +62,10 @@ class DaemonProcess {
   [[nodiscard]] bool reload(std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
   [[nodiscard]] std::string log() const;
+  /// The first sanitizer report in the log (AddressSanitizer, LeakSanitizer or an
+  /// UndefinedBehaviorSanitizer "runtime error:") with what follows it, or "" if there is none.
+  /// Only a sanitizer build (scripts/test --sanitize) writes them; any report fails the test.
+  [[nodiscard]] std::string sanitizerReport() const;
   void printLogIf(bool failed) const;
 
  private:

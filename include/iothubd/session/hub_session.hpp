@@ -190,11 +190,11 @@ class HubSession final : private mqtt::MqttTransport::Listener {
     std::string topic;
     std::string payload;
     Completion done;
-    std::chrono::microseconds deadline;
+    std::chrono::microseconds deadline{};
   };
   struct InFlight {
     Completion done;
-    std::chrono::microseconds deadline;
+    std::chrono::microseconds deadline{};
   };
 
   // MqttTransport::Listener
@@ -242,7 +242,7 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   void failConnectWaiters(const core::Error& error);
   void failQueued(const core::Error& error);
   void failInFlight(const core::Error& error);
-  void publishNow(std::string topic, std::string payload, Completion done);
+  void publishNow(const std::string& topic, const std::string& payload, Completion done);
   void armInFlightTimer();
   void onInFlightTimer();
   [[nodiscard]] std::chrono::microseconds deadlineFromNow() const;

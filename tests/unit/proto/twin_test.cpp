@@ -198,6 +198,39 @@ TEST(DesiredSectionOfTwin, PreservesValuesAcrossReserialization) {
       "\"neg\":-9223372036854775808,\"n\":null,\"b\":false,\"a\":[1,2.5e-10],\"$version\":1}");
 }
 
+// Numbers that reach undefined behaviour or out-of-bounds reads in RapidJSON 1.1.0's own
+// full-precision strtod (found by tests/fuzz/fuzz_json.cpp; Tencent/rapidjson#1249, #1251):
+// twin.cpp converts numbers itself, exactly.
+TEST(JsonNumbers, HostileNumbersParseSafelyAndExactly) {
+  const auto section = desiredSectionOfTwin(
+      "{\"desired\":{\"a\":[184467440737095516155,0e100,"
+      "128.74836467836484838364836483643636483648e-336,1e-400,-1e-400,"
+      "2.2250738585072011e-308,1.7976931348623157e308,-2147483649,4294967296,-0],\"$version\":3}}");
+  ASSERT_TRUE(section.has_value()) << errorOf(section);
+  EXPECT_EQ(*section,
+            "{\"a\":[184467440737095500000.0,0.0,0.0,0.0,-0.0,2.225073858507201e-308,"
+            "1.7976931348623157e308,-2147483649,4294967296,0],\"$version\":3}");
+}
+
+TEST(JsonNumbers, RejectsNumbersBeyondDouble) {
+  EXPECT_TRUE(failedWith(validateJsonPayload("1.8e308"), Errc::InvalidArgument,
+                         "invalid JSON at offset 0: Number too big to be stored in double."));
+  EXPECT_TRUE(failedWith(validateJsonPayload("[-1e309]"), Errc::InvalidArgument,
+                         "invalid JSON at offset 1: Number too big to be stored in double."));
+  EXPECT_TRUE(failedWith(versionOfDesiredPatch(R"({"$version":18446744073709551616})"),
+                         Errc::Protocol, "desired patch $version is not a non-negative integer"));
+}
+
+// RapidJSON 1.1.0 decodes a lone low surrogate escape into bytes that are not UTF-8, which the
+// hub and D-Bus refuse (found by tests/fuzz/fuzz_json.cpp).
+TEST(JsonStrings, RejectsLoneSurrogateEscapes) {
+  EXPECT_TRUE(failedWith(validateJsonPayload(R"("caf\uDC00")"), Errc::InvalidArgument,
+                         "invalid JSON at offset 11: The surrogate pair in string is invalid."));
+  EXPECT_FALSE(validateReportedPatch(R"({"\uDFFF":1})").has_value());
+  EXPECT_FALSE(validateReportedPatch(R"({"a":"\uD800"})").has_value());
+  EXPECT_TRUE(validateReportedPatch(R"({"a":"\uD83D\uDE00 \u00e9 \u0000"})").has_value());
+}
+
 TEST(DesiredSectionOfTwin, RejectsTwinWithoutDesired) {
   EXPECT_TRUE(failedWith(desiredSectionOfTwin(R"({"reported":{}})"), Errc::Protocol,
                          "twin has no 'desired' member"));

@@ -1,0 +1,48 @@
+// SPDX-License-Identifier: MIT
+// Fuzzes the twin and method JSON helpers (twin GET results and desired patches come from the
+// hub; reported patches and method responses from local apps) and checks that they agree with
+// one another.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "fuzz_check.hpp"
+#include "iothubd/proto/twin.hpp"
+
+using namespace iothubd;
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const std::string_view json = fuzz::asText(data, size);
+
+  const auto patch = proto::validateReportedPatch(json);
+  const auto payload = proto::validateJsonPayload(json);
+  if (patch) {
+    FUZZ_CHECK(payload.has_value());  // an object is a JSON value
+  }
+  if (!payload) {
+    FUZZ_CHECK(payload.error().code == core::Errc::InvalidArgument);
+  }
+
+  if (auto patchVersion = proto::versionOfDesiredPatch(json)) {
+    FUZZ_CHECK(patch.has_value());  // it parsed as an object
+  }
+
+  const auto version = proto::desiredVersionOfTwin(json);
+  const auto section = proto::desiredSectionOfTwin(json);
+  if (version) {
+    FUZZ_CHECK(section.has_value());  // same `desired` object, serialized
+  }
+  if (section) {
+    // The re-serialized section is a valid patch carrying the same $version (or none).
+    FUZZ_CHECK(proto::validateReportedPatch(*section).has_value());
+    const auto sectionVersion = proto::versionOfDesiredPatch(*section);
+    FUZZ_CHECK(sectionVersion.has_value() == version.has_value());
+    if (version) {
+      FUZZ_CHECK(*sectionVersion == *version);
+    }
+    // Serializing is deterministic: the section of the section's twin is the section.
+    const auto twinAgain = proto::desiredSectionOfTwin("{\"desired\":" + *section + "}");
+    FUZZ_CHECK(twinAgain.has_value() && *twinAgain == *section);
+  }
+  return 0;
+}
