@@ -3,7 +3,7 @@
 // modules together on one sd-event loop and maps failures to exit codes. No logic of its own.
 #include <sys/utsname.h>
 #include <sysexits.h>
-#include <time.h>
+#include <ctime>
 
 #include <csignal>
 #include <cstdint>
@@ -31,8 +31,8 @@
 
 namespace {
 
-using iothubd::core::LogLevel;
 using iothubd::core::logf;
+using iothubd::core::LogLevel;
 using iothubd::session::ConnectionState;
 using iothubd::session::HubSession;
 
@@ -51,7 +51,9 @@ void usage(std::ostream& os) {
         "Owns this gateway's Azure IoT Hub device connection and offers it on the D-Bus system\n"
         "bus as org.iothubd (interface org.iothubd.Device1, object /org/iothubd/Device).\n"
         "\n"
-        "  --config PATH     configuration file (default " << kDefaultConfig << ");\n"
+        "  --config PATH     configuration file (default "
+     << kDefaultConfig
+     << ");\n"
         "                    drop-ins are read from PATH.d/*.conf\n"
         "  --check-config    load configuration and credentials, report problems, exit\n"
         "  --version         print the version and exit\n"
@@ -188,9 +190,8 @@ std::unique_ptr<iothubd::outbox::Outbox> openOutbox(const iothubd::config::Setti
   o.defaultTtl = std::chrono::seconds(s.outboxDefaultTtl);
   o.maxInflight = static_cast<std::size_t>(s.maxInflight);
   // fsync on a worker: a commit may take tens of milliseconds and must not stall the loop.
-  auto opened = iothubd::outbox::Outbox::open(o, ev, ev, [&ev](auto work, auto done) {
-    ev.runOffLoop(std::move(work), std::move(done));
-  });
+  auto opened = iothubd::outbox::Outbox::open(
+      o, ev, ev, [&ev](auto work, auto done) { ev.runOffLoop(std::move(work), std::move(done)); });
   if (!opened) {
     unavailable = opened.error().message;
     logf(LogLevel::Error, "outbox unavailable, telemetry is not durable: ", unavailable);
@@ -205,7 +206,8 @@ std::unique_ptr<iothubd::outbox::Outbox> openOutbox(const iothubd::config::Setti
          " is on a read-only file system: stored messages are delivered, new ones refused");
   }
   if (opened->outbox->length() > 0) {
-    logf(LogLevel::Notice, opened->outbox->length(), " messages from an earlier run wait in the outbox");
+    logf(LogLevel::Notice, opened->outbox->length(),
+         " messages from an earlier run wait in the outbox");
   }
   return std::move(opened->outbox);
 }
@@ -251,8 +253,9 @@ class StatusReporter final : public HubSession::Observer {
 
 /// SIGHUP (ExecReload=): applies a changed configuration without a restart. A configuration or
 /// credential that does not load leaves the running one in place; the log line says why.
-void reload(const std::string& configPath, HubSession& session, iothubd::dbusapi::DeviceObject& object,
-            const StatusReporter& status, const iothubd::core::Clock& clock) {
+void reload(const std::string& configPath, HubSession& session,
+            iothubd::dbusapi::DeviceObject& object, const StatusReporter& status,
+            const iothubd::core::Clock& clock) {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
   sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
@@ -265,9 +268,8 @@ void reload(const std::string& configPath, HubSession& session, iothubd::dbusapi
   } else {
     applyLogLevel(loaded->settings);
     object.setMethodResponseTimeout(std::chrono::seconds(loaded->settings.methodResponseTimeout));
-    bool reconnects =
-        session.reconfigure(sessionOptions(loaded->settings, std::move(loaded->identity),
-                                           std::move(loaded->proxy)));
+    bool reconnects = session.reconfigure(
+        sessionOptions(loaded->settings, std::move(loaded->identity), std::move(loaded->proxy)));
     if (reconnects) {
       object.identityChanged();
     }
@@ -308,16 +310,17 @@ int run(const Options& opts) {
   }
   std::string hub = identity.hubHostname;
   std::string device = identity.deviceId;
-  HubSession session(ev, ev, **transport,
-                     sessionOptions(loaded->settings, std::move(identity), std::move(loaded->proxy)));
+  HubSession session(
+      ev, ev, **transport,
+      sessionOptions(loaded->settings, std::move(identity), std::move(loaded->proxy)));
 
   std::unique_ptr<sdbus::IConnection> bus;
   try {
     // Honours DBUS_SYSTEM_BUS_ADDRESS, which is how tests use a private bus.
     bus = sdbus::createSystemBusConnection(iothubd::dbusapi::kBusName);
   } catch (const sdbus::Error& e) {
-    logf(LogLevel::Error, "cannot own ", iothubd::dbusapi::kBusName, " on the system bus: ",
-         e.getName(), ": ", e.getMessage());
+    logf(LogLevel::Error, "cannot own ", iothubd::dbusapi::kBusName,
+         " on the system bus: ", e.getName(), ": ", e.getMessage());
     return EX_UNAVAILABLE;
   }
   const auto& settings = loaded->settings;
@@ -351,7 +354,9 @@ int run(const Options& opts) {
     uploadOptions.requestTimeout = std::chrono::seconds(settings.operationTimeout);
     uploads = std::make_unique<iothubd::blob::BlobUploader>(
         **http, ev, ev, endpoint, [&session] { return session.httpAuthorization(); },
-        [&ev](iothubd::core::UniqueFd fd) { return iothubd::http::createFdReader(ev, std::move(fd)); },
+        [&ev](iothubd::core::UniqueFd fd) {
+          return iothubd::http::createFdReader(ev, std::move(fd));
+        },
         uploadOptions);
   }
 
@@ -369,7 +374,8 @@ int run(const Options& opts) {
     return EXIT_FAILURE;
   }
 
-  std::unique_ptr<iothubd::core::Timer> shutdownTimer = ev.createTimer([&ev] { ev.exit(EXIT_SUCCESS); });
+  std::unique_ptr<iothubd::core::Timer> shutdownTimer =
+      ev.createTimer([&ev] { ev.exit(EXIT_SUCCESS); });
   bool stopping = false;
   auto signals = ev.handleSignals({SIGTERM, SIGINT, SIGHUP}, [&](int sig) {
     if (stopping) {
@@ -385,7 +391,7 @@ int run(const Options& opts) {
     // Callers still waiting get OperationCancelled (queued messages stay stored); the hub gets
     // a DISCONNECT.
     telemetry.shutdown();
-    session.disconnect([&ev](iothubd::core::Result<void>) { ev.exit(EXIT_SUCCESS); });
+    session.disconnect([&ev](const iothubd::core::Result<void>&) { ev.exit(EXIT_SUCCESS); });
     shutdownTimer->armAfter(kShutdownGrace);
   });
   if (!signals) {

@@ -96,19 +96,22 @@ class BlobUploader::Upload {
         blockSize_(owner.options_.blockSize) {}
 
   ~Upload() {
-    if (request_)
+    if (request_) {
       owner_.http_.cancel(*request_);
+    }
   }
 
   core::Result<void> start() {
     auto body = proto::storageInfoRequestBody(name_);
-    if (!body)
+    if (!body) {
       return fail(body.error());
+    }
     auto id = owner_.hubRequest(
         proto::storageInfoPath(owner_.hub_.deviceId, owner_.hub_.apiVersion), std::move(*body),
         [this](core::Result<http::Response> r) { onStorageInfo(std::move(r)); });
-    if (!id)
+    if (!id) {
       return fail(id.error());
+    }
     request_ = *id;
     overall_ = owner_.scheduler_.createTimer([this] {
       abort(core::Error{Errc::Timeout,
@@ -123,8 +126,9 @@ class BlobUploader::Upload {
 
   /// Ends the upload with `error`; storage's HTTP status (0 if none) goes to the hub.
   void abort(core::Error error, long storageStatus) {
-    if (phase_ == Phase::Notifying || phase_ == Phase::Done)
+    if (phase_ == Phase::Notifying || phase_ == Phase::Done) {
       return;
+    }
     if (request_) {
       owner_.http_.cancel(*request_);
       request_.reset();
@@ -135,8 +139,9 @@ class BlobUploader::Upload {
       phase_ = Phase::Done;
       auto alive = owner_.alive_;
       owner_.scheduler_.post([this, alive, error = std::move(error)]() mutable {
-        if (*alive)
+        if (*alive) {
           finish(fail(std::move(error)));
+        }
       });
       return;
     }
@@ -152,8 +157,9 @@ class BlobUploader::Upload {
   /// Fills `filling_` up to one block plus one byte: the extra byte tells a content of exactly
   /// one block (one Put Blob) from a longer one without waiting for a separate EOF read.
   core::Result<void> readMore() {
-    if (!reader_ || reading_ || eof_ || filling_.size() > blockSize_)
+    if (!reader_ || reading_ || eof_ || filling_.size() > blockSize_) {
       return {};
+    }
     if (!filling_.empty() && filling_.capacity() <= blockSize_ &&
         (total_ == 0 || total_ > blockSize_)) {
       filling_.reserve(blockSize_ + 1);  // one allocation per block instead of doublings
@@ -216,11 +222,13 @@ class BlobUploader::Upload {
 
   /// Starts the next storage request if one is due and none is in flight.
   void dispatch() {
-    if (phase_ != Phase::Uploading || request_ || retryTimer_)
+    if (phase_ != Phase::Uploading || request_ || retryTimer_) {
       return;
+    }
     const bool full = filling_.size() > blockSize_;
-    if (!full && !eof_)
+    if (!full && !eof_) {
       return;  // wait for more data
+    }
     if (blockIds_.empty() && eof_ && filling_.size() <= blockSize_) {
       current_ = std::move(filling_);
       filling_.clear();
@@ -302,7 +310,7 @@ class BlobUploader::Upload {
       if (!commit) {
         blockIds_.push_back(blockId_);
       }
-      done_bytes_ += phase_ == Phase::Committing ? 0 : current_.size();
+      doneBytes_ += phase_ == Phase::Committing ? 0 : current_.size();
       current_.clear();
       current_.shrink_to_fit();
       if (commit) {
@@ -351,13 +359,15 @@ class BlobUploader::Upload {
   }
 
   void reportProgress(bool final) {
-    if (!progress_)
+    if (!progress_) {
       return;
+    }
     const auto now = owner_.clock_.monotonic();
-    if (!final && now - lastProgress_ < owner_.options_.progressInterval)
+    if (!final && now - lastProgress_ < owner_.options_.progressInterval) {
       return;
+    }
     lastProgress_ = now;
-    progress_(UploadProgress{name_, done_bytes_, final ? done_bytes_ : total_});
+    progress_(UploadProgress{name_, doneBytes_, final ? doneBytes_ : total_});
   }
 
   // --- the end ---------------------------------------------------------------------------------
@@ -394,8 +404,9 @@ class BlobUploader::Upload {
     if (!id) {
       auto alive = owner_.alive_;
       owner_.scheduler_.post([this, alive, error = id.error()] {
-        if (*alive)
+        if (*alive) {
           onNotifyFailed(error);
+        }
       });
       return;
     }
@@ -416,7 +427,7 @@ class BlobUploader::Upload {
     if (failure_) {
       finish(fail(std::move(*failure_)));
     } else {
-      finish(UploadOutcome{info_->correlationId, info_->blobName, done_bytes_});
+      finish(UploadOutcome{info_->correlationId, info_->blobName, doneBytes_});
     }
   }
 
@@ -436,8 +447,9 @@ class BlobUploader::Upload {
     phase_ = Phase::Done;
     auto done = std::move(done_);
     owner_.finished(id_);  // destroys this object later, outside its own callback
-    if (done)
+    if (done) {
       done(std::move(result));
+    }
   }
 
   BlobUploader& owner_;
@@ -463,7 +475,7 @@ class BlobUploader::Upload {
   bool eof_ = false;
   int attempts_ = 0;
   std::uint64_t bytesRead_ = 0;
-  std::uint64_t done_bytes_ = 0;
+  std::uint64_t doneBytes_ = 0;
   std::chrono::microseconds lastProgress_{0};
   std::optional<core::Error> failure_;
 };
@@ -533,15 +545,16 @@ void BlobUploader::cancel(UploadId id) {
 
 void BlobUploader::finished(UploadId id) {
   auto it = uploads_.find(id);
-  if (it == uploads_.end())
+  if (it == uploads_.end()) {
     return;
+  }
   // Called from inside the upload's own callback: hand the object to the loop to destroy.
   std::shared_ptr<Upload> doomed(std::move(it->second));
   uploads_.erase(it);
   scheduler_.post([doomed] {});
 }
 
-core::Result<http::HttpClient::RequestId> BlobUploader::hubRequest(std::string path,
+core::Result<http::HttpClient::RequestId> BlobUploader::hubRequest(const std::string& path,
                                                                    std::string body,
                                                                    http::Completion done) {
   auto token = token_();
@@ -587,7 +600,7 @@ core::Result<void> BlobUploader::getStorageInfo(std::string blobName, StorageInf
   return {};
 }
 
-core::Result<void> BlobUploader::notifyStatus(proto::UploadNotification notification,
+core::Result<void> BlobUploader::notifyStatus(const proto::UploadNotification& notification,
                                               NotifyDone done) {
   if (notification.correlationId.empty()) {
     return fail(Errc::InvalidArgument, "the correlation id is empty");

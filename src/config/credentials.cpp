@@ -193,7 +193,8 @@ core::Result<core::Secret<>> readSecretFile(const std::string& path) {
   return core::Secret<>(std::move(data));
 }
 
-core::Result<DeviceIdentity> loadIdentity(const Settings& s, const std::string& credentialsDirectory,
+core::Result<DeviceIdentity> loadIdentity(const Settings& s,
+                                          const std::string& credentialsDirectory,
                                           std::uint64_t nowUnix) {
   DeviceIdentity id;
   id.authentication = s.authentication;
@@ -246,8 +247,8 @@ core::Result<DeviceIdentity> loadIdentity(const Settings& s, const std::string& 
       break;
     }
     case AuthKind::SasToken: {
-      auto token = readCredential(s.sasTokenFile, "sas_token_file", "sas-token",
-                                  credentialsDirectory);
+      auto token =
+          readCredential(s.sasTokenFile, "sas_token_file", "sas-token", credentialsDirectory);
       if (!token) {
         return fail(token.error());
       }

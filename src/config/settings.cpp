@@ -21,7 +21,7 @@ using core::fail;
 
 struct ParseState {
   Settings settings;
-  std::string error;  // set by a key handler; inih then reports the line
+  std::string error;     // set by a key handler; inih then reports the line
   bool portSet = false;  // [hub] port given: websockets then keeps it instead of 443
 };
 
@@ -133,7 +133,8 @@ const std::map<std::string, Handler, std::less<>>& keyTable() {
       {"connection.sastoken_ttl", number(&Settings::sastokenTtl, 5, 365 * 24 * 3600)},
       {"connection.auto_connect", flag(&Settings::autoConnect)},
       {"connection.connection_retry", flag(&Settings::connectionRetry)},
-      {"connection.connection_retry_interval", number(&Settings::connectionRetryInterval, 1, 86400)},
+      {"connection.connection_retry_interval",
+       number(&Settings::connectionRetryInterval, 1, 86400)},
       {"connection.ensure_desired_properties", flag(&Settings::ensureDesiredProperties)},
       {"connection.operation_timeout", number(&Settings::operationTimeout, 1, 3600)},
       {"proxy.proxy_type",
@@ -272,8 +273,10 @@ core::Result<void> checkConsistency(const Settings& s) {
     return {};
   };
   if (fromConnectionString) {
-    for (auto [value, key] : {std::pair{&s.hostname, "hostname"}, {&s.deviceId, "device_id"},
-                              {&s.moduleId, "module_id"}, {&s.gatewayHostname, "gateway_hostname"}}) {
+    for (auto [value, key] : {std::pair{&s.hostname, "hostname"},
+                              {&s.deviceId, "device_id"},
+                              {&s.moduleId, "module_id"},
+                              {&s.gatewayHostname, "gateway_hostname"}}) {
       if (auto r = forbids(*value, key); !r) {
         return r;
       }
@@ -293,10 +296,14 @@ core::Result<void> checkConsistency(const Settings& s) {
 
 const char* authKindName(AuthKind kind) noexcept {
   switch (kind) {
-    case AuthKind::ConnectionString: return "connection-string";
-    case AuthKind::SymmetricKey: return "symmetric-key";
-    case AuthKind::SasToken: return "sas-token";
-    case AuthKind::X509: return "x509";
+    case AuthKind::ConnectionString:
+      return "connection-string";
+    case AuthKind::SymmetricKey:
+      return "symmetric-key";
+    case AuthKind::SasToken:
+      return "sas-token";
+    case AuthKind::X509:
+      return "x509";
   }
   return "unknown";
 }
@@ -307,8 +314,8 @@ core::Result<Settings> parseSettings(const std::vector<ConfigSource>& sources) {
     state.error.clear();
     int line = ini_parse_string(source.text.c_str(), &onKey, &state);
     if (line != 0) {
-      std::string why = state.error.empty() ? "syntax error (expected [section] or key = value)"
-                                            : state.error;
+      std::string why =
+          state.error.empty() ? "syntax error (expected [section] or key = value)" : state.error;
       return fail(Errc::Config, source.path + ":" + std::to_string(line) + ": " + why);
     }
   }

@@ -8,8 +8,8 @@ namespace iothubd::core {
 std::chrono::microseconds SystemClock::monotonic() const {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
-  return std::chrono::seconds(ts.tv_sec) +
-         std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::nanoseconds(ts.tv_nsec));
+  return std::chrono::seconds(ts.tv_sec) + std::chrono::duration_cast<std::chrono::microseconds>(
+                                               std::chrono::nanoseconds(ts.tv_nsec));
 }
 
 std::uint64_t SystemClock::unixSeconds() const {

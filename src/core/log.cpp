@@ -25,7 +25,7 @@ void writeLine(LogLevel level, std::string_view message) noexcept {
   // newlines would start a new journal entry without a priority, so they are flattened.
   char buf[4096];
   int n = std::snprintf(buf, sizeof buf, "<%d>", static_cast<int>(level));
-  size_t len = static_cast<size_t>(n);
+  auto len = static_cast<size_t>(n);
   for (char c : message) {
     if (len >= sizeof buf - 1) {
       break;
@@ -49,17 +49,23 @@ void writeReports(const std::vector<LogRateLimiter::Report>& reports) noexcept {
 
 }  // namespace
 
-void setLogLevel(LogLevel level) noexcept { gLevel = static_cast<int>(level); }
+void setLogLevel(LogLevel level) noexcept {
+  gLevel = static_cast<int>(level);
+}
 
-LogLevel logLevel() noexcept { return static_cast<LogLevel>(gLevel.load()); }
+LogLevel logLevel() noexcept {
+  return static_cast<LogLevel>(gLevel.load());
+}
 
 bool parseLogLevel(std::string_view text, LogLevel& out) noexcept {
   struct Name {
     std::string_view name;
     LogLevel level;
   };
-  static constexpr Name kNames[] = {{"error", LogLevel::Error},   {"warning", LogLevel::Warning},
-                                    {"notice", LogLevel::Notice}, {"info", LogLevel::Info},
+  static constexpr Name kNames[] = {{"error", LogLevel::Error},
+                                    {"warning", LogLevel::Warning},
+                                    {"notice", LogLevel::Notice},
+                                    {"info", LogLevel::Info},
                                     {"debug", LogLevel::Debug}};
   for (const auto& n : kNames) {
     if (n.name == text) {

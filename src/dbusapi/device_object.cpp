@@ -19,8 +19,8 @@ namespace iothubd::dbusapi {
 namespace {
 
 using core::Errc;
-using core::LogLevel;
 using core::logf;
+using core::LogLevel;
 using Adaptor = org::iothubd::Device1_adaptor;
 
 /// Runs a handler body so that nothing but a D-Bus error reply leaves it: sdbus-c++ 1.2 catches
@@ -57,7 +57,8 @@ void syncGuard(const char* method, Body&& body) {
     throw;
   } catch (const std::exception& e) {
     logf(LogLevel::Error, method, " failed: ", e.what());
-    throw sdbus::Error("org.freedesktop.DBus.Error.Failed", std::string("internal error: ") + e.what());
+    throw sdbus::Error("org.freedesktop.DBus.Error.Failed",
+                       std::string("internal error: ") + e.what());
   }
 }
 
@@ -89,11 +90,12 @@ class DeviceObjectImpl final : public DeviceObject,
         session_(services.session),
         telemetry_(services.telemetry),
         uploads_(services.uploads),
-        router_(services.scheduler, services.methodResponseTimeout, routerHooks()) {
+        router_(services.scheduler, services.methodResponseTimeout, routerHooks()),
+        connected_(session_.connected()) {
     registerAdaptor();
     session_.addObserver(this);
     telemetry_.setListener(this);
-    connected_ = session_.connected();
+
     watchPeers(connection);
   }
 
@@ -116,8 +118,8 @@ class DeviceObjectImpl final : public DeviceObject,
  private:
   MethodRouter::Hooks routerHooks() {
     MethodRouter::Hooks hooks;
-    hooks.deliver = [this](const std::string& peer, const std::string& rid,
-                           const std::string& name, std::string_view payload) {
+    hooks.deliver = [this](const std::string& peer, const std::string& rid, const std::string& name,
+                           std::string_view payload) {
       // Unicast: only the claimer sees the payload (dbus-contract-notes "Direct methods").
       auto signal = getObject().createSignal(Adaptor::INTERFACE_NAME, "MethodRequestReceived");
       signal.setDestination(peer);
@@ -181,7 +183,8 @@ class DeviceObjectImpl final : public DeviceObject,
 
   // --- methods ------------------------------------------------------------------------------
   void Connect(sdbus::Result<>&& result) override {
-    replyGuard(result, "Connect", [&] { session_.connect(completion(std::move(result), replyEmpty())); });
+    replyGuard(result, "Connect",
+               [&] { session_.connect(completion(std::move(result), replyEmpty())); });
   }
 
   void Disconnect(sdbus::Result<>&& result) override {
@@ -214,7 +217,7 @@ class DeviceObjectImpl final : public DeviceObject,
 
   void send(sdbus::Result<std::string>&& result, std::string body,
             std::map<std::string, std::string> properties,
-            std::map<std::string, std::string> systemProperties) {
+            const std::map<std::string, std::string>& systemProperties) {
     // Validate first, as its own statement: an exception must leave `result` unmoved so that
     // replyGuard can still answer with the error.
     auto m = message(std::move(body), std::move(properties), systemProperties);
@@ -223,7 +226,7 @@ class DeviceObjectImpl final : public DeviceObject,
 
   void queue(sdbus::Result<std::string>&& result, std::string body,
              std::map<std::string, std::string> properties,
-             std::map<std::string, std::string> systemProperties) {
+             const std::map<std::string, std::string>& systemProperties) {
     auto m = message(std::move(body), std::move(properties), systemProperties);
     telemetry_.queue(caller(), std::move(m), completion(std::move(result), replyId()));
   }
@@ -232,7 +235,7 @@ class DeviceObjectImpl final : public DeviceObject,
                     std::map<std::string, std::string> properties,
                     std::map<std::string, std::string> systemProperties) override {
     replyGuard(result, "QueueMessage", [&] {
-      queue(std::move(result), std::move(body), std::move(properties), std::move(systemProperties));
+      queue(std::move(result), std::move(body), std::move(properties), systemProperties);
     });
   }
 
@@ -241,7 +244,7 @@ class DeviceObjectImpl final : public DeviceObject,
                           std::map<std::string, std::string> systemProperties) override {
     replyGuard(result, "QueueBinaryMessage", [&] {
       queue(std::move(result), std::string(body.begin(), body.end()), std::move(properties),
-            std::move(systemProperties));
+            systemProperties);
     });
   }
 
@@ -249,7 +252,7 @@ class DeviceObjectImpl final : public DeviceObject,
                    std::map<std::string, std::string> properties,
                    std::map<std::string, std::string> systemProperties) override {
     replyGuard(result, "SendMessage", [&] {
-      send(std::move(result), std::move(body), std::move(properties), std::move(systemProperties));
+      send(std::move(result), std::move(body), std::move(properties), systemProperties);
     });
   }
 
@@ -258,23 +261,25 @@ class DeviceObjectImpl final : public DeviceObject,
                          std::map<std::string, std::string> systemProperties) override {
     replyGuard(result, "SendBinaryMessage", [&] {
       send(std::move(result), std::string(body.begin(), body.end()), std::move(properties),
-           std::move(systemProperties));
+           systemProperties);
     });
   }
 
   void GetTwin(sdbus::Result<std::string>&& result) override {
     replyGuard(result, "GetTwin", [&] {
-      session_.getTwin(completion(std::move(result), [](sdbus::Result<std::string>& r, const auto& twin) {
-        r.returnResults(*twin);
-      }));
+      session_.getTwin(completion(
+          std::move(result),
+          [](sdbus::Result<std::string>& r, const auto& twin) { r.returnResults(*twin); }));
     });
   }
 
-  void PatchTwinReportedProperties(sdbus::Result<uint64_t>&& result, std::string patchJson) override {
+  void PatchTwinReportedProperties(sdbus::Result<uint64_t>&& result,
+                                   std::string patchJson) override {
     replyGuard(result, "PatchTwinReportedProperties", [&] {
       throwIfError(proto::validateReportedPatch(patchJson));
       session_.patchReportedProperties(
-          patchJson, completion(std::move(result), [](sdbus::Result<uint64_t>& r, const auto& version) {
+          patchJson,
+          completion(std::move(result), [](sdbus::Result<uint64_t>& r, const auto& version) {
             r.returnResults(*version);
           }));
     });
@@ -285,7 +290,8 @@ class DeviceObjectImpl final : public DeviceObject,
   }
 
   void UnregisterMethodHandler(const std::string& methodName) override {
-    syncGuard("UnregisterMethodHandler", [&] { throwIfError(router_.release(caller(), methodName)); });
+    syncGuard("UnregisterMethodHandler",
+              [&] { throwIfError(router_.release(caller(), methodName)); });
   }
 
   void SendMethodResponse(sdbus::Result<>&& result, std::string requestId, int32_t status,
@@ -324,14 +330,16 @@ class DeviceObjectImpl final : public DeviceObject,
                              std::string blobName) override {
     replyGuard(result, "GetStorageInfoForBlob", [&] {
       throwIfError(uploads().getStorageInfo(
-          blobName, completion(std::move(result), [](sdbus::Result<std::map<std::string, std::string>>& r,
-                                                     const auto& info) {
-            r.returnResults(std::map<std::string, std::string>{{"correlationId", info->correlationId},
-                                                               {"hostName", info->hostName},
-                                                               {"containerName", info->containerName},
-                                                               {"blobName", info->blobName},
-                                                               {"sasToken", info->sasToken}});
-          })));
+          blobName,
+          completion(std::move(result),
+                     [](sdbus::Result<std::map<std::string, std::string>>& r, const auto& info) {
+                       r.returnResults(std::map<std::string, std::string>{
+                           {"correlationId", info->correlationId},
+                           {"hostName", info->hostName},
+                           {"containerName", info->containerName},
+                           {"blobName", info->blobName},
+                           {"sasToken", info->sasToken}});
+                     })));
     });
   }
 
@@ -349,7 +357,8 @@ class DeviceObjectImpl final : public DeviceObject,
     auto alive = alive_;
     auto progress = [this, alive](const blob::UploadProgress& p) {
       if (*alive) {
-        emitSafely("UploadProgress", [&] { emitUploadProgress(p.blobName, p.bytesDone, p.bytesTotal); });
+        emitSafely("UploadProgress",
+                   [&] { emitUploadProgress(p.blobName, p.bytesDone, p.bytesTotal); });
       }
     };
     auto id = uploads().upload(
@@ -362,7 +371,8 @@ class DeviceObjectImpl final : public DeviceObject,
     }
   }
 
-  void UploadFile(sdbus::Result<std::string>&& result, std::string blobName, sdbus::UnixFd fd) override {
+  void UploadFile(sdbus::Result<std::string>&& result, std::string blobName,
+                  sdbus::UnixFd fd) override {
     replyGuard(result, "UploadFile", [&] {
       // sdbus::UnixFd closes its descriptor when it goes; the upload owns a duplicate.
       int own = ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 3);
@@ -383,8 +393,9 @@ class DeviceObjectImpl final : public DeviceObject,
       if (fd < 0) {
         int err = errno;
         const char* name = err == ENOENT ? "org.freedesktop.DBus.Error.FileNotFound"
-                           : (err == EACCES || err == EPERM) ? "org.freedesktop.DBus.Error.AccessDenied"
-                                                               : "org.freedesktop.DBus.Error.IOError";
+                           : (err == EACCES || err == EPERM)
+                               ? "org.freedesktop.DBus.Error.AccessDenied"
+                               : "org.freedesktop.DBus.Error.IOError";
         throw sdbus::Error(name, "cannot read " + core::quoted(path) + ": " + std::strerror(err));
       }
       core::UniqueFd owned(fd);
@@ -459,7 +470,8 @@ class DeviceObjectImpl final : public DeviceObject,
   void onC2dMessage(std::string_view body, const std::map<std::string, std::string>& properties,
                     const std::map<std::string, std::string>& systemProperties) override {
     emitSafely("MessageReceived", [&] {
-      emitMessageReceived(std::vector<uint8_t>(body.begin(), body.end()), properties, systemProperties);
+      emitMessageReceived(std::vector<uint8_t>(body.begin(), body.end()), properties,
+                          systemProperties);
     });
   }
 
@@ -469,7 +481,8 @@ class DeviceObjectImpl final : public DeviceObject,
   }
 
   void onDesiredPropertiesPatch(const std::string& json) override {
-    emitSafely("TwinDesiredPropertiesPatchReceived", [&] { emitTwinDesiredPropertiesPatchReceived(json); });
+    emitSafely("TwinDesiredPropertiesPatchReceived",
+               [&] { emitTwinDesiredPropertiesPatchReceived(json); });
   }
 
   void onBackgroundError(const core::Error& error) override {

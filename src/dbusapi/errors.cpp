@@ -7,24 +7,56 @@ sdbus::Error toDbusError(const core::Error& error) {
   using core::Errc;
   const char* name = "org.freedesktop.DBus.Error.Failed";
   switch (error.code) {
-    case Errc::InvalidArgument: name = "org.freedesktop.DBus.Error.InvalidArgs"; break;
-    case Errc::NotConnected: name = "org.iothubd.Error.NoConnection"; break;
-    case Errc::ConnectionFailed: name = "org.iothubd.Error.ConnectionFailed"; break;
-    case Errc::ConnectionDropped: name = "org.iothubd.Error.ConnectionDropped"; break;
-    case Errc::Unauthorized: name = "org.iothubd.Error.Credential"; break;
-    case Errc::Timeout: name = "org.iothubd.Error.OperationTimeout"; break;
-    case Errc::Cancelled: name = "org.iothubd.Error.OperationCancelled"; break;
-    case Errc::MessageTooLarge: name = "org.iothubd.Error.MessageTooLarge"; break;
-    case Errc::QueueFull: name = "org.iothubd.Error.QueueFull"; break;
-    case Errc::Service: name = "org.iothubd.Error.Service"; break;
-    case Errc::NotSupported: name = "org.iothubd.Error.NotSupported"; break;
-    case Errc::AlreadyClaimed: name = "org.iothubd.Error.AlreadyClaimed"; break;
-    case Errc::AccessDenied: name = "org.freedesktop.DBus.Error.AccessDenied"; break;
-    case Errc::NotFound: name = "org.freedesktop.DBus.Error.FileNotFound"; break;
-    case Errc::Io: name = "org.freedesktop.DBus.Error.IOError"; break;
+    case Errc::InvalidArgument:
+      name = "org.freedesktop.DBus.Error.InvalidArgs";
+      break;
+    case Errc::NotConnected:
+      name = "org.iothubd.Error.NoConnection";
+      break;
+    case Errc::ConnectionFailed:
+      name = "org.iothubd.Error.ConnectionFailed";
+      break;
+    case Errc::ConnectionDropped:
+      name = "org.iothubd.Error.ConnectionDropped";
+      break;
+    case Errc::Unauthorized:
+      name = "org.iothubd.Error.Credential";
+      break;
+    case Errc::Timeout:
+      name = "org.iothubd.Error.OperationTimeout";
+      break;
+    case Errc::Cancelled:
+      name = "org.iothubd.Error.OperationCancelled";
+      break;
+    case Errc::MessageTooLarge:
+      name = "org.iothubd.Error.MessageTooLarge";
+      break;
+    case Errc::QueueFull:
+      name = "org.iothubd.Error.QueueFull";
+      break;
+    case Errc::Service:
+      name = "org.iothubd.Error.Service";
+      break;
+    case Errc::NotSupported:
+      name = "org.iothubd.Error.NotSupported";
+      break;
+    case Errc::AlreadyClaimed:
+      name = "org.iothubd.Error.AlreadyClaimed";
+      break;
+    case Errc::AccessDenied:
+      name = "org.freedesktop.DBus.Error.AccessDenied";
+      break;
+    case Errc::NotFound:
+      name = "org.freedesktop.DBus.Error.FileNotFound";
+      break;
+    case Errc::Io:
+      name = "org.freedesktop.DBus.Error.IOError";
+      break;
     case Errc::Config:
     case Errc::Protocol:
-    case Errc::Internal: name = "org.freedesktop.DBus.Error.Failed"; break;
+    case Errc::Internal:
+      name = "org.freedesktop.DBus.Error.Failed";
+      break;
   }
   return sdbus::Error(name, error.message);
 }

@@ -13,7 +13,7 @@ using core::fail;
 
 /// The JSON body of the daemon's own answers: {"error":"..."} (dbus-contract-notes).
 std::string errorBody(const std::string& text) {
-  std::string out = "{\"error\":\"";
+  std::string out = R"({"error":")";
   for (char c : text) {
     if (c == '"' || c == '\\') {
       out.push_back('\\');
@@ -43,13 +43,14 @@ core::Result<void> MethodRouter::claim(const std::string& peer, const std::strin
     if (it->second == peer) {
       return {};  // claiming again is harmless
     }
-    return fail(Errc::AlreadyClaimed, "method " + core::quoted(name) + " is claimed by " + it->second);
+    return fail(Errc::AlreadyClaimed,
+                "method " + core::quoted(name) + " is claimed by " + it->second);
   }
   auto held = std::count_if(claims_.begin(), claims_.end(),
                             [&](const auto& entry) { return entry.second == peer; });
   if (static_cast<std::size_t>(held) >= kMaxClaimsPerPeer) {
-    return fail(Errc::QueueFull, "a peer may claim at most " + std::to_string(kMaxClaimsPerPeer) +
-                                     " method names");
+    return fail(Errc::QueueFull,
+                "a peer may claim at most " + std::to_string(kMaxClaimsPerPeer) + " method names");
   }
   claims_.emplace(name, peer);
   return {};
@@ -58,7 +59,8 @@ core::Result<void> MethodRouter::claim(const std::string& peer, const std::strin
 core::Result<void> MethodRouter::release(const std::string& peer, const std::string& name) {
   auto it = claims_.find(name);
   if (it == claims_.end() || it->second != peer) {
-    return fail(Errc::InvalidArgument, "method " + core::quoted(name) + " is not claimed by the caller");
+    return fail(Errc::InvalidArgument,
+                "method " + core::quoted(name) + " is not claimed by the caller");
   }
   claims_.erase(it);
   return {};
@@ -116,14 +118,17 @@ void MethodRouter::onRequest(const std::string& requestId, const std::string& me
   hooks_.deliver(peer, requestId, methodName, payload);
 }
 
-core::Result<void> MethodRouter::takeResponse(const std::string& peer, const std::string& requestId) {
+core::Result<void> MethodRouter::takeResponse(const std::string& peer,
+                                              const std::string& requestId) {
   auto it = pending_.find(requestId);
   if (it == pending_.end()) {
     if (answered_.contains(requestId)) {
-      return fail(Errc::Timeout, "method request " + core::quoted(requestId) +
-                                     " was already answered by the daemon (timeout or handler gone)");
+      return fail(Errc::Timeout,
+                  "method request " + core::quoted(requestId) +
+                      " was already answered by the daemon (timeout or handler gone)");
     }
-    return fail(Errc::InvalidArgument, "no pending method request with id " + core::quoted(requestId));
+    return fail(Errc::InvalidArgument,
+                "no pending method request with id " + core::quoted(requestId));
   }
   if (it->second.peer != peer) {
     return fail(Errc::AccessDenied,

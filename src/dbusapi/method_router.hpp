@@ -29,7 +29,8 @@ class MethodRouter {
                        const std::string& methodName, std::string_view payload)>
         deliver;
     /// Answer on the daemon's behalf (publish the method response to the hub).
-    std::function<void(const std::string& requestId, int status, const std::string& payload)> answer;
+    std::function<void(const std::string& requestId, int status, const std::string& payload)>
+        answer;
   };
 
   /// Bounds on what one peer can grow (architecture doc 6.4).
@@ -47,12 +48,14 @@ class MethodRouter {
   void peerGone(const std::string& peer);
 
   /// A request from the hub.
-  void onRequest(const std::string& requestId, const std::string& methodName, std::string_view payload);
+  void onRequest(const std::string& requestId, const std::string& methodName,
+                 std::string_view payload);
 
   /// Checks that `peer` may answer `requestId` now and, if so, forgets the request (the caller
   /// then publishes the answer): InvalidArgument for an id never issued, AccessDenied for a
   /// request delivered to another peer, Timeout for one the daemon already answered.
-  [[nodiscard]] core::Result<void> takeResponse(const std::string& peer, const std::string& requestId);
+  [[nodiscard]] core::Result<void> takeResponse(const std::string& peer,
+                                                const std::string& requestId);
 
   void setResponseTimeout(std::chrono::seconds timeout) { responseTimeout_ = timeout; }
   [[nodiscard]] std::size_t pendingCount() const { return pending_.size(); }

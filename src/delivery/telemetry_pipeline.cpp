@@ -10,14 +10,15 @@ namespace {
 
 using core::Errc;
 using core::fail;
-using core::LogLevel;
 using core::logf;
+using core::LogLevel;
 
 }  // namespace
 
 TelemetryPipeline::TelemetryPipeline(core::Scheduler& scheduler, core::Clock& clock,
                                      session::HubSession& session,
-                                     std::unique_ptr<outbox::Outbox> outbox, std::string unavailable)
+                                     std::unique_ptr<outbox::Outbox> outbox,
+                                     std::string unavailable)
     : scheduler_(scheduler),
       clock_(clock),
       session_(session),
@@ -37,9 +38,15 @@ TelemetryPipeline::~TelemetryPipeline() {
   session_.removeObserver(this);
 }
 
-std::uint64_t TelemetryPipeline::length() const { return outbox_ ? outbox_->length() : 0; }
-std::uint64_t TelemetryPipeline::bytes() const { return outbox_ ? outbox_->bytes() : 0; }
-std::uint64_t TelemetryPipeline::dropped() const { return outbox_ ? outbox_->dropped() : 0; }
+std::uint64_t TelemetryPipeline::length() const {
+  return outbox_ ? outbox_->length() : 0;
+}
+std::uint64_t TelemetryPipeline::bytes() const {
+  return outbox_ ? outbox_->bytes() : 0;
+}
+std::uint64_t TelemetryPipeline::dropped() const {
+  return outbox_ ? outbox_->dropped() : 0;
+}
 std::uint64_t TelemetryPipeline::delivered() const {
   return (outbox_ ? outbox_->delivered() : 0) + directDelivered_;
 }
@@ -60,15 +67,16 @@ void TelemetryPipeline::send(std::string app, proto::OutgoingMessage message, Do
   if (outbox_ == nullptr) {
     // Not durable, but served: the outbox failing must not take telemetry down with it.
     std::string id = *message.system.messageId;
-    session_.sendTelemetry(message, [this, alive = alive_, id, done = std::move(done)](core::Result<void> r) {
-      if (*alive && r) {
-        ++directDelivered_;
-        deliveredBatch_.push_back(id);
-        countersChanged_ = true;
-        scheduleFlush();
-      }
-      done(r ? core::Result<std::string>(id) : fail(r.error()));
-    });
+    session_.sendTelemetry(
+        message, [this, alive = alive_, id, done = std::move(done)](core::Result<void> r) {
+          if (*alive && r) {
+            ++directDelivered_;
+            deliveredBatch_.push_back(id);
+            countersChanged_ = true;
+            scheduleFlush();
+          }
+          done(r ? core::Result<std::string>(id) : fail(r.error()));
+        });
     return;
   }
   enqueue(std::move(app), std::move(message), true, std::move(done));
@@ -89,8 +97,8 @@ void TelemetryPipeline::enqueue(std::string app, proto::OutgoingMessage message,
         countersChanged_ = true;
         scheduleFlush();
         if (!committed) {
-          logf(LogLevel::Warning, "message ", core::quoted(id), " was not stored: ",
-               committed.error().message);
+          logf(LogLevel::Warning, "message ", core::quoted(id),
+               " was not stored: ", committed.error().message);
           done(fail(committed.error()));
           return;
         }
@@ -141,8 +149,8 @@ void TelemetryPipeline::pump() {
   for (auto& m : *batch) {
     std::string id = *m.message.system.messageId;
     auto r = session_.publishPrepared(
-        proto::telemetryTopic(o.deviceId, o.moduleId, m.message), std::move(m.message.body),
-        [this, alive = alive_, seq = m.seq, id](core::Result<void> acked) {
+        proto::telemetryTopic(o.deviceId, o.moduleId, m.message), m.message.body,
+        [this, alive = alive_, seq = m.seq, id](const core::Result<void>& acked) {
           if (*alive) {
             onAck(seq, id, acked);
           }
@@ -175,8 +183,8 @@ void TelemetryPipeline::onAck(std::uint64_t seq, const std::string& messageId,
       // No PUBACK within operation_timeout on a live link, or the publish failed: send the
       // in-flight window again (same message ids). Not at once: the next ack, commit or
       // reconnect pumps.
-      logf(LogLevel::Warning, "message ", core::quoted(messageId), " will be sent again: ",
-           result.error().message);
+      logf(LogLevel::Warning, "message ", core::quoted(messageId),
+           " will be sent again: ", result.error().message);
       outbox_->requeueInFlight();
       return;
   }
@@ -195,12 +203,15 @@ void TelemetryPipeline::onStateChanged(session::ConnectionState state, const cor
   // The session gave up (credentials refused, no retry) or an app disconnected: SendMessage
   // callers learn why now instead of at their timeout. Their messages stay stored and go out
   // once a connection works again.
-  core::Error why = error != nullptr ? *error : core::Error{Errc::Cancelled, "disconnected on request"};
+  core::Error why =
+      error != nullptr ? *error : core::Error{Errc::Cancelled, "disconnected on request"};
   auto waiters = std::move(waiters_);
   waiters_.clear();
   for (auto& [seq, w] : waiters) {
-    w.done(fail(why.code, why.message + "; message " + core::quoted(w.messageId) +
-                              " stays queued and is sent once connected", why.sysErrno));
+    w.done(fail(why.code,
+                why.message + "; message " + core::quoted(w.messageId) +
+                    " stays queued and is sent once connected",
+                why.sysErrno));
   }
 }
 
@@ -217,9 +228,11 @@ void TelemetryPipeline::completeWaiter(std::uint64_t seq, core::Result<std::stri
 void TelemetryPipeline::noteDropped(const std::vector<outbox::EntryRef>& dropped) {
   for (const auto& entry : dropped) {
     // Rate-limited by the log facade: a full outbox under load drops many.
-    logf(LogLevel::Warning, "outbox full: dropped the oldest message ", core::quoted(entry.messageId));
-    completeWaiter(entry.seq, fail(Errc::QueueFull, "message " + core::quoted(entry.messageId) +
-                                                        " was dropped from the full outbox (drop-oldest)"));
+    logf(LogLevel::Warning, "outbox full: dropped the oldest message ",
+         core::quoted(entry.messageId));
+    completeWaiter(entry.seq,
+                   fail(Errc::QueueFull, "message " + core::quoted(entry.messageId) +
+                                             " was dropped from the full outbox (drop-oldest)"));
   }
   if (!dropped.empty()) {
     countersChanged_ = true;

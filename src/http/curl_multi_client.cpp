@@ -185,7 +185,7 @@ class CurlMultiClient final : public HttpClient {
       // (SOCKS5_HOSTNAME), as the MQTT tunnel does.
       long type = proxy.type == core::ProxySettings::Type::Http     ? CURLPROXY_HTTP
                   : proxy.type == core::ProxySettings::Type::Socks4 ? CURLPROXY_SOCKS4
-                                                                     : CURLPROXY_SOCKS5_HOSTNAME;
+                                                                    : CURLPROXY_SOCKS5_HOSTNAME;
       set(curl_easy_setopt(e, CURLOPT_PROXY, proxy.host.c_str()));
       set(curl_easy_setopt(e, CURLOPT_PROXYPORT, static_cast<long>(proxy.port)));
       set(curl_easy_setopt(e, CURLOPT_PROXYTYPE, type));
@@ -248,7 +248,10 @@ class CurlMultiClient final : public HttpClient {
       }
     };
     for (const auto& [name, value] : request.headers) {
-      append(name + ": " + value);
+      std::string line = name;
+      line += ": ";
+      line += value;
+      append(line);
     }
     if (!request.authorization.empty()) {
       core::Secret<> line(std::string("Authorization: ") + request.authorization.reveal());
@@ -293,12 +296,15 @@ class CurlMultiClient final : public HttpClient {
 
   void onSocketReady(curl_socket_t s, std::uint32_t revents) {
     int mask = 0;
-    if (revents & EPOLLIN)
+    if (revents & EPOLLIN) {
       mask |= CURL_CSELECT_IN;
-    if (revents & EPOLLOUT)
+    }
+    if (revents & EPOLLOUT) {
       mask |= CURL_CSELECT_OUT;
-    if (revents & (EPOLLERR | EPOLLHUP))
+    }
+    if (revents & (EPOLLERR | EPOLLHUP)) {
       mask |= CURL_CSELECT_ERR;
+    }
     int running = 0;
     curl_multi_socket_action(multi_.get(), s, mask, &running);
     processDone();
@@ -416,10 +422,12 @@ class CurlMultiClient final : public HttpClient {
         return 0;
       }
       std::uint32_t events = 0;
-      if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
+      if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) {
         events |= EPOLLIN;
-      if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
+      }
+      if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) {
         events |= EPOLLOUT;
+      }
       if (auto it = self->watches_.find(s); it != self->watches_.end()) {
         it->second->setEvents(events);
         return 0;

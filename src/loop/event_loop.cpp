@@ -38,7 +38,8 @@ class SdTimer final : public core::Timer {
   void armAfter(std::chrono::microseconds delay) override {
     std::uint64_t now = 0;
     sd_event_now(event_, CLOCK_MONOTONIC, &now);
-    std::uint64_t deadline = now + static_cast<std::uint64_t>(std::max<std::int64_t>(0, delay.count()));
+    std::uint64_t deadline =
+        now + static_cast<std::uint64_t>(std::max<std::int64_t>(0, delay.count()));
     if (source_.get() == nullptr) {
       sd_event_source* s = nullptr;
       int r = sd_event_add_time(event_, &s, CLOCK_MONOTONIC, deadline, kTimerAccuracyUsec,
@@ -122,7 +123,9 @@ EventSource& EventSource::operator=(EventSource&& other) noexcept {
   return *this;
 }
 
-EventSource::~EventSource() { reset(); }
+EventSource::~EventSource() {
+  reset();
+}
 
 void EventSource::reset() noexcept {
   if (source_ != nullptr) {
@@ -266,7 +269,9 @@ core::Result<void> EventLoop::runOnce(std::chrono::microseconds timeout) {
   return {};
 }
 
-void EventLoop::exit(int code) noexcept { sd_event_exit(event_, code); }
+void EventLoop::exit(int code) noexcept {
+  sd_event_exit(event_, code);
+}
 
 core::Result<void> EventLoop::enableWatchdog() {
   int r = sd_event_set_watchdog(event_, 1);
@@ -394,7 +399,9 @@ core::Result<void> EventLoop::attachBus(sdbus::IConnection& connection) {
   return {};
 }
 
-void EventLoop::detachBus() noexcept { bus_.reset(); }
+void EventLoop::detachBus() noexcept {
+  bus_.reset();
+}
 
 std::unique_ptr<core::Timer> EventLoop::createTimer(std::function<void()> onFire) {
   return std::make_unique<SdTimer>(event_, std::move(onFire));

@@ -58,7 +58,8 @@ void initLibrary() {
 core::Error connackError(int code) {
   switch (code) {
     case 1:
-      return {Errc::ConnectionFailed, "the hub refused the connection: unacceptable protocol version", 1};
+      return {Errc::ConnectionFailed,
+              "the hub refused the connection: unacceptable protocol version", 1};
     case 2:
       return {Errc::Unauthorized, "the hub refused the connection: client identifier rejected", 2};
     case 3:
@@ -68,7 +69,8 @@ core::Error connackError(int code) {
     case 5:
       return {Errc::Unauthorized, "the hub refused the connection: not authorised", 5};
     default:
-      return {Errc::ConnectionFailed, "the hub refused the connection: CONNACK code " + std::to_string(code), code};
+      return {Errc::ConnectionFailed,
+              "the hub refused the connection: CONNACK code " + std::to_string(code), code};
   }
 }
 
@@ -93,7 +95,8 @@ class MosquittoTransport final : public MqttTransport {
     if (state_ != State::Idle) {
       return fail(Errc::Internal, "connect() while a connection attempt is active");
     }
-    if (options.keepAliveSeconds != 0 && (options.keepAliveSeconds < 5 || options.keepAliveSeconds > 65535)) {
+    if (options.keepAliveSeconds != 0 &&
+        (options.keepAliveSeconds < 5 || options.keepAliveSeconds > 65535)) {
       return fail(Errc::InvalidArgument, "keep_alive must be 0 or between 5 and 65535 seconds");
     }
     std::erase_if(retiredTunnels_, [](const auto& t) { return t->closed(); });
@@ -107,7 +110,8 @@ class MosquittoTransport final : public MqttTransport {
     const char* password = options.password.empty() ? nullptr : options.password.reveal().c_str();
     if (int rc = mosquitto_username_pw_set(handle_.get(), options.username.c_str(), password);
         rc != MOSQ_ERR_SUCCESS) {
-      return fail(Errc::InvalidArgument, std::string("cannot set MQTT credentials: ") + mosquitto_strerror(rc));
+      return fail(Errc::InvalidArgument,
+                  std::string("cannot set MQTT credentials: ") + mosquitto_strerror(rc));
     }
     options_ = options;
     options_.password = core::Secret<>();  // not kept longer than needed
@@ -178,7 +182,8 @@ class MosquittoTransport final : public MqttTransport {
         disconnectRequested_ = true;
         ApiCallScope scope(*this);
         int rc = mosquitto_disconnect(handle_.get());
-        if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(handle_.get()) < 0 || state_ != State::Idle) {
+        if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(handle_.get()) < 0 ||
+            state_ != State::Idle) {
           // Not connected at MQTT level yet (or the write failed): just close the socket.
           closeAndReport(MOSQ_ERR_SUCCESS);
         }
@@ -194,8 +199,8 @@ class MosquittoTransport final : public MqttTransport {
     int mid = 0;
     std::string topicStr(topic);
     ApiCallScope scope(*this);
-    int rc = mosquitto_publish(handle_.get(), &mid, topicStr.c_str(), static_cast<int>(payload.size()),
-                               payload.data(), qos, false);
+    int rc = mosquitto_publish(handle_.get(), &mid, topicStr.c_str(),
+                               static_cast<int>(payload.size()), payload.data(), qos, false);
     if (rc != MOSQ_ERR_SUCCESS) {
       // A socket that just broke shows up here first (MOSQ_ERR_ERRNO from the write); the
       // disconnect callback follows from the loop. That is a link problem, not a bad message.
@@ -229,7 +234,9 @@ class MosquittoTransport final : public MqttTransport {
   /// synchronously from inside such a call (e.g. on_disconnect after writing DISCONNECT), and the
   /// listener must never be re-entered from its own call, so those are deferred to the loop.
   struct ApiCallScope {
-    explicit ApiCallScope(MosquittoTransport& t) : t_(t), prev_(t.inApiCall_) { t.inApiCall_ = true; }
+    explicit ApiCallScope(MosquittoTransport& t) : t_(t), prev_(t.inApiCall_) {
+      t.inApiCall_ = true;
+    }
     ~ApiCallScope() { t_.inApiCall_ = prev_; }
     MosquittoTransport& t_;
     bool prev_;
@@ -243,7 +250,8 @@ class MosquittoTransport final : public MqttTransport {
     // C2D across reconnects.
     MosquittoPtr handle(mosquitto_new(o.clientId.c_str(), false, this));
     if (!handle) {
-      return fail(Errc::Internal, std::string("cannot create MQTT client: ") + std::strerror(errno));
+      return fail(Errc::Internal,
+                  std::string("cannot create MQTT client: ") + std::strerror(errno));
     }
     mosquitto_int_option(handle.get(), MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);
     // Through a tunnel libmosquitto speaks plain MQTT to the local socket; TLS is the tunnel's.
@@ -342,11 +350,10 @@ class MosquittoTransport final : public MqttTransport {
       } else if (rc == MOSQ_ERR_EAI) {
         why = "cannot resolve host name " + core::quoted(options_.host);
       }
-      finish(Disconnect{core::Error{tunnelRefusedCredentials() ? Errc::Unauthorized
-                                                                : Errc::ConnectionFailed,
-                                    "cannot connect to " + peerName() + ": " + failureDetail(why),
-                                    err},
-                        disconnectRequested_, -1});
+      finish(Disconnect{
+          core::Error{tunnelRefusedCredentials() ? Errc::Unauthorized : Errc::ConnectionFailed,
+                      "cannot connect to " + peerName() + ": " + failureDetail(why), err},
+          disconnectRequested_, -1});
       return;
     }
     state_ = State::Connecting;
@@ -574,7 +581,8 @@ class MosquittoTransport final : public MqttTransport {
       return;
     }
     try {
-      std::string_view payload(static_cast<const char*>(msg->payload), static_cast<size_t>(msg->payloadlen));
+      std::string_view payload(static_cast<const char*>(msg->payload),
+                               static_cast<size_t>(msg->payloadlen));
       t->listener_->onMessage(msg->topic, payload);
     } catch (const std::exception& e) {
       core::logf(core::LogLevel::Error, "MQTT message handler failed: ", e.what());
@@ -602,7 +610,8 @@ class MosquittoTransport final : public MqttTransport {
   }
 
   static int passwordCallback(char* buf, int size, int, void* userdata) noexcept {
-    auto* t = static_cast<MosquittoTransport*>(mosquitto_userdata(static_cast<mosquitto*>(userdata)));
+    auto* t =
+        static_cast<MosquittoTransport*>(mosquitto_userdata(static_cast<mosquitto*>(userdata)));
     if (t == nullptr || size <= 0) {
       return 0;
     }

@@ -247,10 +247,10 @@ std::string webSocketAccept(std::string_view key) {
   return base64(digest, sizeof digest);
 }
 
-WebSocketHandshake::WebSocketHandshake(std::string host, int port, std::string path,
+WebSocketHandshake::WebSocketHandshake(const std::string& host, int port, const std::string& path,
                                        std::string subprotocol,
                                        const std::array<std::uint8_t, 16>& nonce,
-                                       std::string userAgent)
+                                       const std::string& userAgent)
     : subprotocol_(std::move(subprotocol)) {
   const std::string key = base64(nonce.data(), nonce.size());
   accept_ = webSocketAccept(key);

@@ -85,8 +85,9 @@ class WebSocketHandshake {
  public:
   /// `host` and `port` form the Host header (the port only when it is not 443); `nonce` is the
   /// 16 random bytes of Sec-WebSocket-Key.
-  WebSocketHandshake(std::string host, int port, std::string path, std::string subprotocol,
-                     const std::array<std::uint8_t, 16>& nonce, std::string userAgent = {});
+  WebSocketHandshake(const std::string& host, int port, const std::string& path,
+                     std::string subprotocol, const std::array<std::uint8_t, 16>& nonce,
+                     const std::string& userAgent = {});
 
   /// The request to send.
   [[nodiscard]] const std::string& request() const noexcept { return request_; }

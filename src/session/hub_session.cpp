@@ -14,8 +14,8 @@ namespace {
 
 using core::Errc;
 using core::fail;
-using core::LogLevel;
 using core::logf;
+using core::LogLevel;
 
 /// After an unexpected drop the first attempt comes almost at once, as in the Python SDK
 /// (protocol doc 9); later ones wait connection_retry_interval.
@@ -25,10 +25,14 @@ constexpr std::chrono::milliseconds kFirstRetryDelay{10};
 
 const char* connectionStateName(ConnectionState state) noexcept {
   switch (state) {
-    case ConnectionState::Disconnected: return "disconnected";
-    case ConnectionState::Connecting: return "connecting";
-    case ConnectionState::Connected: return "connected";
-    case ConnectionState::Reconnecting: return "reconnecting";
+    case ConnectionState::Disconnected:
+      return "disconnected";
+    case ConnectionState::Connecting:
+      return "connecting";
+    case ConnectionState::Connected:
+      return "connected";
+    case ConnectionState::Reconnecting:
+      return "reconnecting";
   }
   return "disconnected";
 }
@@ -79,9 +83,9 @@ std::string HubSession::newMessageId() {
   a = (a & 0xFFFFFFFFFFFF0FFFULL) | 0x0000000000004000ULL;  // version 4
   b = (b & 0x3FFFFFFFFFFFFFFFULL) | 0x8000000000000000ULL;  // RFC 4122 variant
   char buf[40];
-  std::snprintf(buf, sizeof buf, "%08x-%04x-%04x-%04x-%012llx",
-                static_cast<unsigned>(a >> 32), static_cast<unsigned>((a >> 16) & 0xFFFF),
-                static_cast<unsigned>(a & 0xFFFF), static_cast<unsigned>(b >> 48),
+  std::snprintf(buf, sizeof buf, "%08x-%04x-%04x-%04x-%012llx", static_cast<unsigned>(a >> 32),
+                static_cast<unsigned>((a >> 16) & 0xFFFF), static_cast<unsigned>(a & 0xFFFF),
+                static_cast<unsigned>(b >> 48),
                 static_cast<unsigned long long>(b & 0xFFFFFFFFFFFFULL));
   return buf;
 }
@@ -149,12 +153,12 @@ void HubSession::sendMethodResponse(const std::string& requestId, int status,
   publishOrQueue(proto::methodResponseTopic(status, requestId), payload, std::move(done));
 }
 
-core::Result<void> HubSession::publishPrepared(std::string topic, std::string payload,
+core::Result<void> HubSession::publishPrepared(const std::string& topic, const std::string& payload,
                                                Completion done) {
   if (!readyToPublish()) {
     return fail(Errc::NotConnected, "not connected to the hub");
   }
-  publishNow(std::move(topic), std::move(payload), std::move(done));
+  publishNow(topic, payload, std::move(done));
   return {};
 }
 
@@ -180,7 +184,7 @@ void HubSession::ensureConnecting() {
 
 void HubSession::publishOrQueue(std::string topic, std::string payload, Completion done) {
   if (readyToPublish()) {
-    publishNow(std::move(topic), std::move(payload), std::move(done));
+    publishNow(topic, payload, std::move(done));
     return;
   }
   if (!canReachHub()) {
@@ -192,15 +196,15 @@ void HubSession::publishOrQueue(std::string topic, std::string payload, Completi
                                    std::to_string(options_.maxQueuedMessages) + ")"));
     return;
   }
-  queued_.push_back(Queued{std::move(topic), std::move(payload), std::move(done), deadlineFromNow()});
+  queued_.push_back(
+      Queued{std::move(topic), std::move(payload), std::move(done), deadlineFromNow()});
   if (!inFlightTimer_->armed()) {
     armInFlightTimer();
   }
   ensureConnecting();
 }
 
-void HubSession::publishNow(const std::string& topic, const std::string& payload,
-                            Completion done) {
+void HubSession::publishNow(const std::string& topic, const std::string& payload, Completion done) {
   auto mid = transport_.publish(topic, payload, 1);
   if (!mid) {
     done(fail(mid.error()));
@@ -263,8 +267,8 @@ void HubSession::onInFlightTimer() {
     std::string why = lastError_.message.empty() ? std::string("not connected")
                                                  : "not connected: " + lastError_.message;
     done(fail(Errc::Timeout, "message not sent within " +
-                                 std::to_string(options_.operationTimeout.count()) + " s (" +
-                                 why + ")"));
+                                 std::to_string(options_.operationTimeout.count()) + " s (" + why +
+                                 ")"));
   }
   armInFlightTimer();
 }
@@ -284,7 +288,8 @@ core::Result<core::Secret<>> HubSession::currentPassword() {
   }
   // Protocol doc 12 (pitfalls 3, 4): never reuse a cached password; a fresh token for every
   // CONNECT, with the wall clock for `se`.
-  std::uint64_t expiry = clock_.unixSeconds() + static_cast<std::uint64_t>(options_.sasTokenTtl.count());
+  std::uint64_t expiry =
+      clock_.unixSeconds() + static_cast<std::uint64_t>(options_.sasTokenTtl.count());
   auto token = proto::makeSasToken(
       proto::sasResourceUri(options_.hubHostname, options_.deviceId, options_.moduleId),
       options_.sharedAccessKey, expiry);
@@ -403,8 +408,9 @@ void HubSession::onDisconnected(const mqtt::Disconnect& reason) {
   }
   core::Error error = reason.error;
   if (connectTimedOut_) {
-    error = core::Error{Errc::Timeout, "no answer from the hub within " +
-                                           std::to_string(options_.operationTimeout.count()) + " s"};
+    error =
+        core::Error{Errc::Timeout, "no answer from the hub within " +
+                                       std::to_string(options_.operationTimeout.count()) + " s"};
     connectTimedOut_ = false;
   }
 
@@ -472,7 +478,8 @@ void HubSession::scheduleRetry(bool immediate) {
   if (!immediate) {
     // connection_retry_interval plus up to 20 % jitter, so a fleet that lost its hub at the same
     // moment does not come back in lockstep (protocol doc 12, pitfall 9).
-    auto base = std::chrono::duration_cast<std::chrono::microseconds>(options_.connectionRetryInterval);
+    auto base =
+        std::chrono::duration_cast<std::chrono::microseconds>(options_.connectionRetryInterval);
     std::uniform_int_distribution<std::int64_t> jitter(0, base.count() / 5);
     delay = base + std::chrono::microseconds(jitter(random_));
   }
@@ -544,7 +551,8 @@ void HubSession::reconnectPlanned(const char* why) {
   }
   // dbus-contract-notes "Connection": wait (bounded) for in-flight PUBACKs so the reconnect
   // causes no duplicate telemetry; new messages queue meanwhile.
-  drainTimer_->armAfter(std::min<std::chrono::microseconds>(options_.operationTimeout, std::chrono::seconds(10)));
+  drainTimer_->armAfter(
+      std::min<std::chrono::microseconds>(options_.operationTimeout, std::chrono::seconds(10)));
 }
 
 void HubSession::finishPlannedDrain() {
@@ -570,7 +578,8 @@ void HubSession::armRenewal() {
   // An operator-supplied token needs a person or an app to act: ask about 2 minutes ahead
   // (Python SDK: on_new_sastoken_required at expiry - 120 s), or halfway for short tokens.
   auto margin = std::min<std::chrono::seconds>(
-      std::chrono::seconds(120), options_.auth == AuthMethod::SasToken ? lifetime / 2 : lifetime / 5);
+      std::chrono::seconds(120),
+      options_.auth == AuthMethod::SasToken ? lifetime / 2 : lifetime / 5);
   renewTimer_->armAfter(lifetime - margin);
 }
 
@@ -581,19 +590,25 @@ void HubSession::onMessage(std::string_view topic, std::string_view payload) {
     case proto::InboundKind::C2d: {
       auto props = proto::parseC2dTopic(topic, options_.deviceId);
       if (!props) {
-        backgroundError({Errc::Protocol, "unreadable cloud-to-device message: " + props.error().message});
+        backgroundError(
+            {Errc::Protocol, "unreadable cloud-to-device message: " + props.error().message});
         return;
       }
-      notify([&](Observer& o) { o.onC2dMessage(payload, props->properties, props->systemProperties); });
+      notify([&](Observer& o) {
+        o.onC2dMessage(payload, props->properties, props->systemProperties);
+      });
       return;
     }
     case proto::InboundKind::MethodRequest: {
       auto request = proto::parseMethodRequestTopic(topic);
       if (!request) {
-        backgroundError({Errc::Protocol, "unreadable direct method request: " + request.error().message});
+        backgroundError(
+            {Errc::Protocol, "unreadable direct method request: " + request.error().message});
         return;
       }
-      notify([&](Observer& o) { o.onMethodRequest(request->requestId, request->methodName, payload); });
+      notify([&](Observer& o) {
+        o.onMethodRequest(request->requestId, request->methodName, payload);
+      });
       return;
     }
     case proto::InboundKind::TwinResponse:
@@ -638,7 +653,7 @@ void HubSession::getTwin(TwinCompletion done) {
 
 void HubSession::patchReportedProperties(const std::string& patchJson, VersionCompletion done) {
   twinRequest(TwinRequest::Kind::PatchReported, patchJson,
-              [done = std::move(done)](core::Result<proto::TwinResponse> r, std::string) {
+              [done = std::move(done)](core::Result<proto::TwinResponse> r, const std::string&) {
                 if (!r) {
                   done(fail(r.error()));
                 } else if (!r->version) {
@@ -649,15 +664,16 @@ void HubSession::patchReportedProperties(const std::string& patchJson, VersionCo
               });
 }
 
-void HubSession::twinRequest(TwinRequest::Kind kind, std::string payload,
-                             std::function<void(core::Result<proto::TwinResponse>, std::string)> done) {
+void HubSession::twinRequest(
+    TwinRequest::Kind kind, std::string payload,
+    std::function<void(core::Result<proto::TwinResponse>, std::string)> done) {
   if (!linkUp_ && !canReachHub()) {
     done(fail(Errc::NotConnected, "not connected to the hub and auto_connect is off"), {});
     return;
   }
   if (twinRequests_.size() >= options_.maxTwinRequests) {
-    done(fail(Errc::QueueFull, "too many twin requests waiting (" +
-                                   std::to_string(options_.maxTwinRequests) + ")"),
+    done(fail(Errc::QueueFull,
+              "too many twin requests waiting (" + std::to_string(options_.maxTwinRequests) + ")"),
          {});
     return;
   }
@@ -747,7 +763,7 @@ void HubSession::ensureDesiredProperties() {
   }
   ensureInFlight_ = true;
   twinRequest(TwinRequest::Kind::EnsureDesired, " ",
-              [this, alive = alive_](core::Result<proto::TwinResponse> r, std::string body) {
+              [this, alive = alive_](core::Result<proto::TwinResponse> r, const std::string& body) {
                 if (!*alive) {
                   return;
                 }
@@ -787,7 +803,8 @@ void HubSession::onDesiredPatch(std::string_view topic, std::string_view payload
     version = proto::versionOfDesiredPatch(payload);
   }
   if (!version) {
-    backgroundError({Errc::Protocol, "unreadable desired-properties patch: " + version.error().message});
+    backgroundError(
+        {Errc::Protocol, "unreadable desired-properties patch: " + version.error().message});
     return;
   }
   if (lastDesiredVersion_ && *version <= *lastDesiredVersion_) {
@@ -825,9 +842,11 @@ core::Result<core::Secret<>> HubSession::httpAuthorization() const {
   if (options_.auth == AuthMethod::SasToken) {
     return options_.sasToken;
   }
-  std::uint64_t expiry = clock_.unixSeconds() + static_cast<std::uint64_t>(options_.sasTokenTtl.count());
-  return proto::makeSasToken(proto::sasResourceUri(options_.hubHostname, options_.deviceId, options_.moduleId),
-                             options_.sharedAccessKey, expiry);
+  std::uint64_t expiry =
+      clock_.unixSeconds() + static_cast<std::uint64_t>(options_.sasTokenTtl.count());
+  return proto::makeSasToken(
+      proto::sasResourceUri(options_.hubHostname, options_.deviceId, options_.moduleId),
+      options_.sharedAccessKey, expiry);
 }
 
 void HubSession::backgroundError(core::Error error) {

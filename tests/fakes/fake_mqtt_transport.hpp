@@ -48,7 +48,8 @@ class FakeMqttTransport final : public mqtt::MqttTransport {
     connecting = false;
     mqtt::Disconnect d;
     d.connackCode = connackCode;
-    d.error = {connackCode == 5 || connackCode == 4 ? core::Errc::Unauthorized : core::Errc::ConnectionFailed,
+    d.error = {connackCode == 5 || connackCode == 4 ? core::Errc::Unauthorized
+                                                    : core::Errc::ConnectionFailed,
                "refused", connackCode};
     listener_->onDisconnected(d);
   }

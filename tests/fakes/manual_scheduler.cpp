@@ -7,7 +7,8 @@ namespace iothubd::fakes {
 
 class ManualScheduler::ManualTimer final : public core::Timer {
  public:
-  ManualTimer(ManualScheduler& s, std::shared_ptr<TimerState> state) : s_(s), state_(std::move(state)) {}
+  ManualTimer(ManualScheduler& s, std::shared_ptr<TimerState> state)
+      : s_(s), state_(std::move(state)) {}
   void armAfter(std::chrono::microseconds delay) override {
     state_->armed = true;
     state_->deadline = s_.now_ + delay;

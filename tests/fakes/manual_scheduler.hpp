@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <functional>
 #include <map>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "iothubd/core/clock.hpp"
@@ -23,7 +23,8 @@ class ManualScheduler final : public core::Scheduler, public core::Clock {
 
   std::chrono::microseconds monotonic() const override { return now_; }
   std::uint64_t unixSeconds() const override {
-    return unixBase_ + static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(now_).count());
+    return unixBase_ + static_cast<std::uint64_t>(
+                           std::chrono::duration_cast<std::chrono::seconds>(now_).count());
   }
 
   /// Runs posted calls, then moves time forward by `d`, firing due timers in order.

@@ -14,7 +14,9 @@ DeviceClient::DeviceClient(const std::string& busAddress)
   registerProxy();
 }
 
-DeviceClient::~DeviceClient() { unregisterProxy(); }
+DeviceClient::~DeviceClient() {
+  unregisterProxy();
+}
 
 void DeviceClient::clearSignals() {
   std::lock_guard lock(mutex_);
@@ -23,7 +25,9 @@ void DeviceClient::clearSignals() {
   lastTaken_.clear();
 }
 
-std::string DeviceClient::uniqueName() { return getProxy().getConnection().getUniqueName(); }
+std::string DeviceClient::uniqueName() {
+  return getProxy().getConnection().getUniqueName();
+}
 
 namespace {
 SignalRecord named(std::string name, std::vector<std::string> args = {}) {
@@ -64,7 +68,9 @@ void DeviceClient::onConnectionStateChanged(const bool& connected) {
   record(named("ConnectionStateChanged", {connected ? "true" : "false"}));
 }
 
-void DeviceClient::onNewSasTokenRequired() { record(named("NewSasTokenRequired", {})); }
+void DeviceClient::onNewSasTokenRequired() {
+  record(named("NewSasTokenRequired", {}));
+}
 
 void DeviceClient::onBackgroundException(const std::string& errorName, const std::string& message) {
   record(named("BackgroundException", {errorName, message}));
@@ -119,7 +125,8 @@ std::optional<SignalRecord> DeviceClient::waitForSignal(
   return found;
 }
 
-bool DeviceClient::waitForConnectionStateChanged(bool connected, std::chrono::milliseconds timeout) {
+bool DeviceClient::waitForConnectionStateChanged(bool connected,
+                                                 std::chrono::milliseconds timeout) {
   return waitForSignal(
              "ConnectionStateChanged",
              [&](const SignalRecord& r) { return r.args[0] == (connected ? "true" : "false"); },
@@ -204,13 +211,20 @@ void DaemonTest::writeConfig(const std::string& extra) {
   writeFile(configPath_,
             "[hub]\n"
             "authentication = connection-string\n"
-            "port = " + std::to_string(hub_.port()) + "\n"
-            "[connection]\n"
-            "server_verification_cert = " + daemonDir_ + "/ca.pem\n"
-            "[outbox]\n"
-            "outbox_path = " + daemonDir_ + "/outbox.db\n"
-            "[daemon]\n"
-            "log_level = debug\n" + extra,
+            "port = " +
+                std::to_string(hub_.port()) +
+                "\n"
+                "[connection]\n"
+                "server_verification_cert = " +
+                daemonDir_ +
+                "/ca.pem\n"
+                "[outbox]\n"
+                "outbox_path = " +
+                daemonDir_ +
+                "/outbox.db\n"
+                "[daemon]\n"
+                "log_level = debug\n" +
+                extra,
             0644);
 }
 

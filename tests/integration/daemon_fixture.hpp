@@ -75,7 +75,8 @@ class DeviceClient final
   void onConnectionStateChanged(const bool& connected) override;
   void onNewSasTokenRequired() override;
   void onBackgroundException(const std::string& errorName, const std::string& message) override;
-  void onUploadProgress(const std::string& blobName, const uint64_t& done, const uint64_t& total) override;
+  void onUploadProgress(const std::string& blobName, const uint64_t& done,
+                        const uint64_t& total) override;
   void onMessagesDelivered(const std::vector<std::string>& ids) override;
   void onMessagesExpired(const std::vector<std::string>& ids) override;
   void onPropertiesChanged(const std::string& interfaceName,

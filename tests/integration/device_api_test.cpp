@@ -32,25 +32,31 @@ std::set<std::string> contractOf(const std::string& xml) {
   std::regex member(R"re(<(method|signal)\s+name="([^"]+)"\s*(/>|>([\s\S]*?)</\1>))re");
   std::regex arg(R"re(<arg\s+([^>]*?)/?>)re");
   std::regex attr(R"re((\w+)="([^"]*)")re");
-  for (auto it = std::sregex_iterator(iface.begin(), iface.end(), member); it != std::sregex_iterator(); ++it) {
+  for (auto it = std::sregex_iterator(iface.begin(), iface.end(), member);
+       it != std::sregex_iterator(); ++it) {
     std::string kind = (*it)[1], name = (*it)[2], body = (*it)[4];
     std::string line = kind + " " + name + "(";
     bool first = true;
-    for (auto a = std::sregex_iterator(body.begin(), body.end(), arg); a != std::sregex_iterator(); ++a) {
+    for (auto a = std::sregex_iterator(body.begin(), body.end(), arg); a != std::sregex_iterator();
+         ++a) {
       std::string attrs = (*a)[1];
       std::map<std::string, std::string> m;
-      for (auto t = std::sregex_iterator(attrs.begin(), attrs.end(), attr); t != std::sregex_iterator(); ++t) {
+      for (auto t = std::sregex_iterator(attrs.begin(), attrs.end(), attr);
+           t != std::sregex_iterator(); ++t) {
         m[(*t)[1]] = (*t)[2];
       }
-      std::string dir = kind == "method" ? (m.count("direction") ? m["direction"] : "in") + ":" : "";
+      std::string dir =
+          kind == "method" ? (m.count("direction") ? m["direction"] : "in") + ":" : "";
       line += (first ? "" : ",") + dir + m["name"] + ":" + m["type"];
       first = false;
     }
     out.insert(line + ")");
   }
   std::regex property(R"re(<property\s+name="([^"]+)"\s+type="([^"]+)"\s+access="([^"]+)")re");
-  for (auto it = std::sregex_iterator(iface.begin(), iface.end(), property); it != std::sregex_iterator(); ++it) {
-    out.insert("property " + std::string((*it)[1]) + " " + std::string((*it)[2]) + " " + std::string((*it)[3]));
+  for (auto it = std::sregex_iterator(iface.begin(), iface.end(), property);
+       it != std::sregex_iterator(); ++it) {
+    out.insert("property " + std::string((*it)[1]) + " " + std::string((*it)[2]) + " " +
+               std::string((*it)[3]));
   }
   return out;
 }
@@ -60,7 +66,9 @@ TEST_F(DeviceApiTest, IntrospectionShowsExactlyTheContract) {
   std::string introspected;
   auto proxy = sdbus::createProxy(sdbus::createSessionBusConnectionWithAddress(bus_->address()),
                                   "org.iothubd", "/org/iothubd/Device");
-  proxy->callMethod("Introspect").onInterface("org.freedesktop.DBus.Introspectable").storeResultsTo(introspected);
+  proxy->callMethod("Introspect")
+      .onInterface("org.freedesktop.DBus.Introspectable")
+      .storeResultsTo(introspected);
   std::ifstream in(std::string(IOTHUBD_SOURCE_DIR) + "/dbus/org.iothubd.Device1.xml");
   std::stringstream contract;
   contract << in.rdbuf();
@@ -93,7 +101,8 @@ TEST_F(DeviceApiTest, BinaryMessagesKeepEveryByte) {
   startDaemon();
   hubemu::ServiceClient service(hub_);
   std::vector<uint8_t> body = {0x00, 0xff, 0x10, '\n', 0x80, 0x00};
-  std::string id = client().SendBinaryMessage(body, {}, {{"content-type", "application/octet-stream"}});
+  std::string id =
+      client().SendBinaryMessage(body, {}, {{"content-type", "application/octet-stream"}});
   auto received = service.waitForTelemetry();
   ASSERT_TRUE(received.has_value());
   EXPECT_EQ(received->payload, std::string(body.begin(), body.end()));
@@ -106,9 +115,14 @@ TEST_F(DeviceApiTest, CloudToDeviceMessagesArriveWithSystemAndCustomProperties) 
   awaitOnline();
   auto& c = client();
   service.sendC2d(kDevice, "hello device",
-                  {{"$.mid", "c2d-1"}, {"$.cid", "corr-9"}, {"$.ct", "text/plain"}, {"$.ce", "utf-8"},
-                   {"$.uid", "ops"}, {"$.exp", "2030-01-01T00:00:00Z"},
-                   {"$.to", "/devices/dev1/messages/devicebound"}, {"iothub-ack", "full"}},
+                  {{"$.mid", "c2d-1"},
+                   {"$.cid", "corr-9"},
+                   {"$.ct", "text/plain"},
+                   {"$.ce", "utf-8"},
+                   {"$.uid", "ops"},
+                   {"$.exp", "2030-01-01T00:00:00Z"},
+                   {"$.to", "/devices/dev1/messages/devicebound"},
+                   {"iothub-ack", "full"}},
                   {{"colour", "dark blue"}, {"path", "a/b&c"}});
   auto m = c.waitForSignal("MessageReceived");
   ASSERT_TRUE(m.has_value());
@@ -151,7 +165,8 @@ TEST_F(DeviceApiTest, TheWildcardTakesNamesNobodyClaimedAndOnlyTheClaimerSeesReq
   auto specific = newClient();
   specific->RegisterMethodHandler("ping");
   catchAll.RegisterMethodHandler("*");
-  auto invoked = std::async(std::launch::async, [&] { return service.invokeMethod(kDevice, "other", "{}", 10s); });
+  auto invoked = std::async(std::launch::async,
+                            [&] { return service.invokeMethod(kDevice, "other", "{}", 10s); });
   auto request = catchAll.waitForSignal("MethodRequestReceived");
   ASSERT_TRUE(request.has_value());
   EXPECT_EQ(request->args[1], "other");
@@ -162,7 +177,8 @@ TEST_F(DeviceApiTest, TheWildcardTakesNamesNobodyClaimedAndOnlyTheClaimerSeesReq
   EXPECT_EQ(invoked.get().status, 201);
   EXPECT_TRUE(specific->signals("MethodRequestReceived").empty()) << "a unicast request leaked";
   // A name held by one peer cannot be claimed by another; released names can.
-  EXPECT_EQ(errorNameOf([&] { catchAll.RegisterMethodHandler("ping"); }), "org.iothubd.Error.AlreadyClaimed");
+  EXPECT_EQ(errorNameOf([&] { catchAll.RegisterMethodHandler("ping"); }),
+            "org.iothubd.Error.AlreadyClaimed");
   specific->UnregisterMethodHandler("ping");
   catchAll.RegisterMethodHandler("ping");
 }
@@ -187,7 +203,8 @@ TEST_F(DeviceApiTest, ClaimerLeavingMidRequestGets503AtOnce) {
   awaitOnline();
   auto handler = newClient();
   handler->RegisterMethodHandler("slow");
-  auto invoked = std::async(std::launch::async, [&] { return service.invokeMethod(kDevice, "slow", "{}", 20s); });
+  auto invoked = std::async(std::launch::async,
+                            [&] { return service.invokeMethod(kDevice, "slow", "{}", 20s); });
   ASSERT_TRUE(handler->waitForSignal("MethodRequestReceived").has_value());
   auto left = Steady::now();
   handler.reset();  // the app leaves the bus
@@ -206,7 +223,8 @@ TEST_F(DeviceApiTest, UnansweredMethodGets504AfterTheConfiguredTimeoutAndALateAn
   auto& c = client();
   c.RegisterMethodHandler("sleepy");
   auto started = Steady::now();
-  auto invoked = std::async(std::launch::async, [&] { return service.invokeMethod(kDevice, "sleepy", "{}", 20s); });
+  auto invoked = std::async(std::launch::async,
+                            [&] { return service.invokeMethod(kDevice, "sleepy", "{}", 20s); });
   auto request = c.waitForSignal("MethodRequestReceived");
   ASSERT_TRUE(request.has_value());
   auto result = invoked.get();
@@ -373,23 +391,34 @@ TEST_F(DeviceApiTest, BadInputGetsItsNamedErrorAndTheNextCallSucceeds) {
        "org.freedesktop.DBus.Error.InvalidArgs"},
       {"non-object patch", [&] { c.PatchTwinReportedProperties("[1,2]"); },
        "org.freedesktop.DBus.Error.InvalidArgs"},
-      {"unknown system property", [&] { c.SendMessage("x", {}, {{"priority", "high"}}); },
+      {"unknown system property",
+       [&] {
+         c.SendMessage("x", {}, {{"priority", "high"}});
+       },
        "org.freedesktop.DBus.Error.InvalidArgs"},
-      {"reserved custom property", [&] { c.SendMessage("x", {{"iothub-x", "1"}}, {}); },
+      {"reserved custom property",
+       [&] {
+         c.SendMessage("x", {{"iothub-x", "1"}}, {});
+       },
        "org.freedesktop.DBus.Error.InvalidArgs"},
       {"oversize body", [&] { c.SendMessage(std::string(300000, 'x'), {}, {}); },
        "org.iothubd.Error.MessageTooLarge"},
       {"response for an unknown id", [&] { c.SendMethodResponse("no-such-request", 200, "{}"); },
        "org.freedesktop.DBus.Error.InvalidArgs"},
-      {"status below 100", [&] { c.SendMethodResponse("r", 99, "{}"); }, "org.freedesktop.DBus.Error.InvalidArgs"},
-      {"status above 599", [&] { c.SendMethodResponse("r", 600, "{}"); }, "org.freedesktop.DBus.Error.InvalidArgs"},
+      {"status below 100", [&] { c.SendMethodResponse("r", 99, "{}"); },
+       "org.freedesktop.DBus.Error.InvalidArgs"},
+      {"status above 599", [&] { c.SendMethodResponse("r", 600, "{}"); },
+       "org.freedesktop.DBus.Error.InvalidArgs"},
       {"response payload not JSON", [&] { c.SendMethodResponse("r", 200, "{oops"); },
        "org.freedesktop.DBus.Error.InvalidArgs"},
-      {"empty method name", [&] { c.RegisterMethodHandler(""); }, "org.freedesktop.DBus.Error.InvalidArgs"},
-      {"method name with slash", [&] { c.RegisterMethodHandler("a/b"); }, "org.freedesktop.DBus.Error.InvalidArgs"},
+      {"empty method name", [&] { c.RegisterMethodHandler(""); },
+       "org.freedesktop.DBus.Error.InvalidArgs"},
+      {"method name with slash", [&] { c.RegisterMethodHandler("a/b"); },
+       "org.freedesktop.DBus.Error.InvalidArgs"},
       {"unregister a name not held", [&] { c.UnregisterMethodHandler("never"); },
        "org.freedesktop.DBus.Error.InvalidArgs"},
-      {"UpdateSasToken without sas-token auth", [&] { c.UpdateSasToken("SharedAccessSignature sr=a&sig=b&se=1"); },
+      {"UpdateSasToken without sas-token auth",
+       [&] { c.UpdateSasToken("SharedAccessSignature sr=a&sig=b&se=1"); },
        "org.iothubd.Error.NotSupported"},
   };
   for (const auto& tc : cases) {

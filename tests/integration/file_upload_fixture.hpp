@@ -92,7 +92,8 @@ class FileUploadTest : public DaemonTest {
   void TearDown() override {
     if (HasFailure() && files_) {
       static const std::regex kSig("sig=[^&\\s]*");
-      std::cerr << "--- file-upload hub log ---\n" << files_->log() << "--- azurite log ---\n"
+      std::cerr << "--- file-upload hub log ---\n"
+                << files_->log() << "--- azurite log ---\n"
                 << std::regex_replace(azurite_->log(), kSig, "sig=REDACTED");
     }
     DaemonTest::TearDown();

@@ -22,7 +22,8 @@ TEST_F(FileUploadTest, StorageInfoLetsCurlUploadAndTheNotificationReachesTheHubA
   std::string url = "https://" + info["hostName"] + "/" + info["containerName"] + "/" +
                     info["blobName"] + info["sasToken"];
   std::string cmd = "curl -sS -o /dev/null -w '%{http_code}' --cacert '" + hub_.caFile() +
-                    "' -X PUT -H 'x-ms-blob-type: BlockBlob' --data-binary @'" + path + "' '" + url + "'";
+                    "' -X PUT -H 'x-ms-blob-type: BlockBlob' --data-binary @'" + path + "' '" +
+                    url + "'";
   FILE* p = ::popen(cmd.c_str(), "r");
   char code[8] = {};
   size_t n = std::fread(code, 1, sizeof code - 1, p);
@@ -45,15 +46,18 @@ TEST_F(FileUploadTest, UploadFileStoresEveryByteAndReportsProgressToTheTotal) {
     std::string name;
     size_t size;
   };
-  for (const Case& c : std::vector<Case>{{"empty.bin", 0}, {"small.bin", 1024}, {"nine.bin", 9u << 20},
+  for (const Case& c : std::vector<Case>{{"empty.bin", 0},
+                                         {"small.bin", 1024},
+                                         {"nine.bin", 9u << 20},
                                          {"hundred.bin", 100u << 20}}) {
     std::string data = randomBytes(c.size);
     std::string path = sourceFile(c.name, data);
     auto started = Steady::now();
     std::string correlationId = upload(c.name, path);
-    std::cout << c.name << ": " << c.size << " bytes in "
-              << std::chrono::duration_cast<std::chrono::milliseconds>(Steady::now() - started).count()
-              << " ms\n";
+    std::cout
+        << c.name << ": " << c.size << " bytes in "
+        << std::chrono::duration_cast<std::chrono::milliseconds>(Steady::now() - started).count()
+        << " ms\n";
     auto blob = files_->blob("dev1/" + c.name);
     EXPECT_TRUE(blob.exists) << c.name;
     EXPECT_EQ(blob.size, c.size) << c.name;
@@ -92,7 +96,8 @@ TEST_F(FileUploadTest, UploadFileReadsAPipeToItsEnd) {
   EXPECT_EQ(blob.sha256, sha256Hex(data));
   EXPECT_TRUE(notifiedSuccess(correlationId));
   auto last = client().waitForSignal("UploadProgress", [&](const SignalRecord& r) {
-    return r.args[0] == "piped.bin" && r.args[1] == std::to_string(data.size()) && r.args[1] == r.args[2];
+    return r.args[0] == "piped.bin" && r.args[1] == std::to_string(data.size()) &&
+           r.args[1] == r.args[2];
   });
   EXPECT_TRUE(last.has_value());
 }
@@ -131,7 +136,8 @@ TEST_F(FileUploadTest, StorageRefusingTheSasFailsWithItsStatusAndTheHubIsToldThe
   size_t fdsBefore = fdCount(daemon_->pid());
   files_->setFaults(R"({"sas":{"bad":true}})");
   std::string message;
-  EXPECT_EQ(errorNameOf([&] { upload("refused.bin", path); }, &message), "org.iothubd.Error.Service");
+  EXPECT_EQ(errorNameOf([&] { upload("refused.bin", path); }, &message),
+            "org.iothubd.Error.Service");
   EXPECT_NE(message.find("403"), std::string::npos) << message;
   auto notes = files_->notifications();
   ASSERT_EQ(notes.size(), 2u);

@@ -6,8 +6,8 @@
 #include <sys/stat.h>
 
 #include <atomic>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <mutex>
 #include <set>
@@ -88,7 +88,8 @@ class OutboxTest : public DaemonTest {
         return true;
       }
       (void)client().waitForSignal(
-          "PropertiesChanged", [](const SignalRecord& r) { return r.changed.count("OutboxLength") > 0; },
+          "PropertiesChanged",
+          [](const SignalRecord& r) { return r.changed.count("OutboxLength") > 0; },
           std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Steady::now()));
     }
     return client().OutboxLength() == 0;
@@ -154,9 +155,10 @@ TEST_F(OutboxTest, TenThousandMessagesSurviveAConnectionCutEverySecond) {
   ASSERT_TRUE(waitUntilDrained(120s)) << "OutboxLength stayed at " << client().OutboxLength();
 
   auto ledger = service.ledger(kDevice);
-  std::printf("sent %zu, delivered %zu distinct (%lld received), duplicates %lld, connection cuts %zu\n",
-              a.accepted().size() + b.accepted().size(), ledger.ids.size(),
-              static_cast<long long>(ledger.total), static_cast<long long>(ledger.duplicates), cuts);
+  std::printf(
+      "sent %zu, delivered %zu distinct (%lld received), duplicates %lld, connection cuts %zu\n",
+      a.accepted().size() + b.accepted().size(), ledger.ids.size(),
+      static_cast<long long>(ledger.total), static_cast<long long>(ledger.duplicates), cuts);
   EXPECT_EQ(ledger.ids.size(), 10000u);
   EXPECT_EQ(ledger.withoutId, 0);
   for (const auto& [id, times] : ledger.ids) {
@@ -248,7 +250,8 @@ TEST_F(OutboxTest, AFullOutboxRejectsOrDropsTheOldestAsConfigured) {
 
   daemon_->stop().value();
   client_.reset();
-  writeConfig("[outbox]\noutbox_path = " + daemonDir_ + "/outbox.db\noutbox_max_messages = 5\n"
+  writeConfig("[outbox]\noutbox_path = " + daemonDir_ +
+              "/outbox.db\noutbox_max_messages = 5\n"
               "outbox_full_policy = drop-oldest\n");
   startDaemon();
   for (int i = 0; i < 3; ++i) {
@@ -269,7 +272,9 @@ TEST_F(OutboxTest, AMessageThatExpiresBeforeDeliveryIsReported) {
   std::string id = client().QueueMessage("short-lived", {}, {{"expiry-time-utc", iso}});
   auto expired = client().waitForSignal(
       "MessagesExpired",
-      [&](const SignalRecord& r) { return std::find(r.args.begin(), r.args.end(), id) != r.args.end(); },
+      [&](const SignalRecord& r) {
+        return std::find(r.args.begin(), r.args.end(), id) != r.args.end();
+      },
       15s);
   EXPECT_TRUE(expired.has_value());
   EXPECT_EQ(client().OutboxLength(), 0u);
@@ -281,7 +286,8 @@ TEST_F(OutboxTest, AFullFileSystemGivesAClearErrorAndEverythingElseKeepsWorking)
   }
   std::string tiny = daemonDir_ + "/tiny";
   ::mkdir(tiny.c_str(), 0700);
-  ASSERT_EQ(::mount("tmpfs", tiny.c_str(), "tmpfs", 0, "size=512k,mode=0700"), 0) << std::strerror(errno);
+  ASSERT_EQ(::mount("tmpfs", tiny.c_str(), "tmpfs", 0, "size=512k,mode=0700"), 0)
+      << std::strerror(errno);
   struct Unmount {
     std::string path;
     ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }

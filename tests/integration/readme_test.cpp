@@ -76,9 +76,8 @@ TEST_F(ReadmeTest, BusctlLinesWorkVerbatim) {
     ++ran;
   }
   EXPECT_GE(ran, 8);
-  auto telemetry = service.waitForTelemetry([](const hubemu::Telemetry& t) {
-    return t.payload == R"({"temperature":21.5})";
-  });
+  auto telemetry = service.waitForTelemetry(
+      [](const hubemu::Telemetry& t) { return t.payload == R"({"temperature":21.5})"; });
   ASSERT_TRUE(telemetry.has_value());
   EXPECT_EQ(telemetry->property("alert level"), "high");
 }
@@ -99,7 +98,8 @@ TEST_F(ReadmeTest, PythonExampleAnswersAMethodAndPrintsCloudToDeviceMessages) {
     ::dup2(out[1], STDERR_FILENO);
     ::setenv("DBUS_SYSTEM_BUS_ADDRESS", bus_->address().c_str(), 1);
     std::string script = std::string(IOTHUBD_SOURCE_DIR) + "/examples/iothubd_app.py";
-    ::execl("/usr/bin/python3", "python3", script.c_str(), "--exit-after", "2", static_cast<char*>(nullptr));
+    ::execl("/usr/bin/python3", "python3", script.c_str(), "--exit-after", "2",
+            static_cast<char*>(nullptr));
     ::_exit(127);
   }
   ::close(out[1]);

@@ -23,9 +23,9 @@ TEST_F(SendMessageTest, ReachesTheHubWithTheSdkTopicAndRepliesOnlyAfterThePuback
   service.delayPuback(kDevice, kPubackDelay, 1);
 
   auto started = Steady::now();
-  std::string id = client().SendMessage(
-      R"({"temperature":21.5})", {{"alert level", "high"}, {"path", "a/b&c"}},
-      {{"content-type", "application/json"}, {"message-id", "msg-42"}});
+  std::string id =
+      client().SendMessage(R"({"temperature":21.5})", {{"alert level", "high"}, {"path", "a/b&c"}},
+                           {{"content-type", "application/json"}, {"message-id", "msg-42"}});
   auto replyAfter = Steady::now() - started;
 
   EXPECT_EQ(id, "msg-42");
@@ -76,7 +76,11 @@ TEST_F(SendMessageTest, OversizedMessageFailsWithMessageTooLargeAndNothingReache
   // 262 144 bytes is the hub's limit for body + property names and values (doc section 4).
   std::string body(262144 - 10, 'x');
   std::string message;
-  EXPECT_EQ(errorNameOf([&] { client().SendMessage(body, {{"level", "high!"}}, {}); }, &message),
+  EXPECT_EQ(errorNameOf(
+                [&] {
+                  client().SendMessage(body, {{"level", "high!"}}, {});
+                },
+                &message),
             "org.iothubd.Error.MessageTooLarge");
   EXPECT_NE(message.find("262144"), std::string::npos) << message;
   // Exactly at the limit is fine (the message id's value counts too); and it is the only
@@ -92,7 +96,11 @@ TEST_F(SendMessageTest, OversizedMessageFailsWithMessageTooLargeAndNothingReache
 TEST_F(SendMessageTest, UnknownSystemPropertyIsInvalidArgsNamingIt) {
   startDaemon();
   std::string message;
-  EXPECT_EQ(errorNameOf([&] { client().SendMessage("x", {}, {{"colour", "red"}}); }, &message),
+  EXPECT_EQ(errorNameOf(
+                [&] {
+                  client().SendMessage("x", {}, {{"colour", "red"}});
+                },
+                &message),
             "org.freedesktop.DBus.Error.InvalidArgs");
   EXPECT_NE(message.find("colour"), std::string::npos) << message;
   EXPECT_FALSE(client().SendMessage("still serving", {}, {}).empty());

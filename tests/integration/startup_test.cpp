@@ -33,8 +33,8 @@ TEST_F(StartupTest, UnknownConfigKeyExits78NamingFileLineAndKey) {
 TEST_F(StartupTest, MalformedConnectionStringExits78WithoutEchoingIt) {
   auto user = serviceUser();
   writeFile(credentialsDir_ + "/connection-string",
-            "HostName=localhost;DeviceId=dev1;SharedAccessKey=" + deviceKey_ + ";Colour=red\n", 0600,
-            static_cast<int>(user.uid), static_cast<int>(user.gid));
+            "HostName=localhost;DeviceId=dev1;SharedAccessKey=" + deviceKey_ + ";Colour=red\n",
+            0600, static_cast<int>(user.uid), static_cast<int>(user.gid));
   EXPECT_EQ(runUntilExit(), EX_CONFIG);
   std::string log = daemon_->log();
   EXPECT_NE(log.find("Colour"), std::string::npos) << log;

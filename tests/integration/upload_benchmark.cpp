@@ -20,7 +20,8 @@ size_t envOr(const char* name, size_t fallback) {
 TEST_F(FileUploadTest, Benchmark) {
   const size_t mib = envOr("IOTHUBD_UPLOAD_MIB", 100);
   const size_t runs = envOr("IOTHUBD_UPLOAD_RUNS", 3);
-  writeConfig("[file_upload]\nhttps_port = " + std::to_string(files_->port()) + "\n[daemon]\nlog_level = info\n");
+  writeConfig("[file_upload]\nhttps_port = " + std::to_string(files_->port()) +
+              "\n[daemon]\nlog_level = info\n");
   startDaemon();
   std::string path = sourceFile("payload", randomBytes(mib << 20));
   double bestDaemon = 1e9, bestCurl = 1e9;
@@ -48,8 +49,8 @@ TEST_F(FileUploadTest, Benchmark) {
   }
   double daemonRate = static_cast<double>(mib) / bestDaemon;
   double curlRate = static_cast<double>(mib) / bestCurl;
-  std::printf("best of %zu, %zu MiB: UploadFile %.1f MiB/s, curl CLI %.1f MiB/s, ratio %.2f\n", runs,
-              mib, daemonRate, curlRate, daemonRate / curlRate);
+  std::printf("best of %zu, %zu MiB: UploadFile %.1f MiB/s, curl CLI %.1f MiB/s, ratio %.2f\n",
+              runs, mib, daemonRate, curlRate, daemonRate / curlRate);
 }
 
 }  // namespace

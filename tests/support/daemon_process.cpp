@@ -6,11 +6,11 @@
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
-#include <sys/eventfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -30,7 +30,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 int remainingMs(Clock::time_point deadline) {
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  auto left =
+      std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
   return left > 0 ? static_cast<int>(left) : 0;
 }
 
@@ -58,8 +59,8 @@ ServiceUser serviceUser(const std::string& name) {
   passwd* pw = ::getpwnam(name.c_str());
   if (pw == nullptr) {
     throw std::runtime_error("user '" + name +
-                             "' does not exist: scripts/test creates it (useradd --system " +
-                             name + "); the D-Bus policy lets only this user own org.iothubd");
+                             "' does not exist: scripts/test creates it (useradd --system " + name +
+                             "); the D-Bus policy lets only this user own org.iothubd");
   }
   return ServiceUser{pw->pw_uid, pw->pw_gid};
 }
@@ -94,7 +95,8 @@ void DaemonProcess::start() {
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, socketPath.c_str(), sizeof addr.sun_path - 1);
   if (::bind(notifyFd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    throw std::runtime_error("cannot bind notify socket " + socketPath + ": " + std::strerror(errno));
+    throw std::runtime_error("cannot bind notify socket " + socketPath + ": " +
+                             std::strerror(errno));
   }
   ::chmod(socketPath.c_str(), 0777);  // the daemon runs as another user
 
@@ -278,7 +280,9 @@ std::optional<int> DaemonProcess::stop(std::chrono::milliseconds timeout) {
   return waitExit(timeout);
 }
 
-std::string DaemonProcess::log() const { return readFile(logPath_); }
+std::string DaemonProcess::log() const {
+  return readFile(logPath_);
+}
 
 std::string DaemonProcess::sanitizerReport() const {
   const std::string text = log();

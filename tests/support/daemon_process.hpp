@@ -8,21 +8,21 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
-#include <mutex>
-#include <thread>
 #include <iosfwd>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 
 namespace iothubd::testing {
 
 struct DaemonOptions {
-  std::string binary;            ///< default: $IOTHUBD_BINARY
-  std::string configPath;        ///< --config
-  std::string busAddress;        ///< DBUS_SYSTEM_BUS_ADDRESS
+  std::string binary;                ///< default: $IOTHUBD_BINARY
+  std::string configPath;            ///< --config
+  std::string busAddress;            ///< DBUS_SYSTEM_BUS_ADDRESS
   std::string credentialsDirectory;  ///< CREDENTIALS_DIRECTORY, if set
-  std::string user = "iothubd";  ///< run as this user; empty = as the test process
+  std::string user = "iothubd";      ///< run as this user; empty = as the test process
   std::map<std::string, std::string> extraEnv;
 };
 
@@ -48,9 +48,11 @@ class DaemonProcess {
   [[nodiscard]] bool waitReady(std::chrono::milliseconds timeout = std::chrono::seconds(10));
   /// SIGTERM and wait; returns the exit status (128 + signal if killed by one), nullopt on
   /// timeout.
-  [[nodiscard]] std::optional<int> stop(std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  [[nodiscard]] std::optional<int> stop(
+      std::chrono::milliseconds timeout = std::chrono::seconds(10));
   /// Waits for the process to exit by itself.
-  [[nodiscard]] std::optional<int> waitExit(std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  [[nodiscard]] std::optional<int> waitExit(
+      std::chrono::milliseconds timeout = std::chrono::seconds(10));
   [[nodiscard]] bool running() const { return pid_ > 0; }
   [[nodiscard]] pid_t pid() const { return pid_; }
   /// The last STATUS= text received so far.

@@ -23,8 +23,8 @@ class TempDir {
 };
 
 /// Writes `text` to `path` with `mode` (and owner `uid`/`gid` unless -1). Throws on failure.
-void writeFile(const std::string& path, const std::string& text, unsigned mode = 0644,
-               int uid = -1, int gid = -1);
+void writeFile(const std::string& path, const std::string& text, unsigned mode = 0644, int uid = -1,
+               int gid = -1);
 [[nodiscard]] std::string readFile(const std::string& path);
 
 }  // namespace iothubd::testing

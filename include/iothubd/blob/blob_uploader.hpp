@@ -125,14 +125,14 @@ class BlobUploader {
   /// Step 3 alone (the seed's notify_blob_upload_status): POST /devices/{id}/files/notifications
   /// with exactly these fields. Errors: Errc::Service/Unauthorized with the hub's status,
   /// ConnectionFailed, Timeout.
-  [[nodiscard]] core::Result<void> notifyStatus(proto::UploadNotification notification,
+  [[nodiscard]] core::Result<void> notifyStatus(const proto::UploadNotification& notification,
                                                 NotifyDone done);
 
  private:
   class Upload;
   friend class Upload;
 
-  [[nodiscard]] core::Result<http::HttpClient::RequestId> hubRequest(std::string path,
+  [[nodiscard]] core::Result<http::HttpClient::RequestId> hubRequest(const std::string& path,
                                                                      std::string body,
                                                                      http::Completion done);
   void finished(UploadId id);

@@ -14,10 +14,10 @@ namespace iothubd::config {
 /// Who the device is and how it proves it, after combining settings and secrets.
 struct DeviceIdentity {
   AuthKind authentication = AuthKind::ConnectionString;
-  std::string hubHostname;      ///< IoT Hub host: MQTT user name and SAS `sr`
+  std::string hubHostname;  ///< IoT Hub host: MQTT user name and SAS `sr`
   std::string deviceId;
   std::string moduleId;
-  std::string gatewayHostname;  ///< where TLS goes, if set (protocol doc 1.4)
+  std::string gatewayHostname;     ///< where TLS goes, if set (protocol doc 1.4)
   core::Secret<> sharedAccessKey;  ///< base64; renewable tokens are made from it
   core::Secret<> sasToken;         ///< user-supplied, non-renewable token
   std::string x509CertFile;        ///< PEM client certificate (chain) for authentication = x509

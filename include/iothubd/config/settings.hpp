@@ -66,10 +66,10 @@ struct Settings {
   int methodResponseTimeout = 60;
 
   // [file_upload]
-  int fileUploadPort = 443;               ///< HTTPS port of the hub's file-upload endpoints
+  int fileUploadPort = 443;                   ///< HTTPS port of the hub's file-upload endpoints
   std::uint64_t blockSize = 4 * 1024 * 1024;  ///< Put Block size; smaller content is one Put Blob
-  int maxConcurrentUploads = 4;           ///< the hub allows 10 per device
-  int uploadTimeout = 1800;               ///< seconds one whole upload may take
+  int maxConcurrentUploads = 4;               ///< the hub allows 10 per device
+  int uploadTimeout = 1800;                   ///< seconds one whole upload may take
 
   // [outbox]: the durable telemetry queue (QueueMessage; SendMessage goes through it too)
   std::string outboxPath;  ///< empty: $STATE_DIRECTORY/outbox.db, else /var/lib/iothubd/outbox.db

@@ -12,10 +12,10 @@ namespace iothubd::mqtt {
 
 /// TLS trust and identity for the hub connection (protocol doc 1.5).
 struct TlsSettings {
-  std::string caFile;      ///< PEM bundle to trust; empty = the system store
-  std::string ciphers;     ///< OpenSSL cipher list for TLS 1.2; empty = OpenSSL's default
-  std::string certFile;    ///< X.509 client certificate (PEM), empty for SAS auth
-  std::string keyFile;     ///< its private key
+  std::string caFile;    ///< PEM bundle to trust; empty = the system store
+  std::string ciphers;   ///< OpenSSL cipher list for TLS 1.2; empty = OpenSSL's default
+  std::string certFile;  ///< X.509 client certificate (PEM), empty for SAS auth
+  std::string keyFile;   ///< its private key
   core::Secret<> keyPassphrase;
 };
 
@@ -38,9 +38,9 @@ struct ConnectOptions {
 
 /// How a connection attempt or connection ended, already classified for the session.
 struct Disconnect {
-  core::Error error;         ///< code ConnectionFailed/ConnectionDropped/Unauthorized/...
-  bool requested = false;    ///< the result of our own disconnect()
-  int connackCode = -1;      ///< CONNACK return code when the broker refused, else -1
+  core::Error error;       ///< code ConnectionFailed/ConnectionDropped/Unauthorized/...
+  bool requested = false;  ///< the result of our own disconnect()
+  int connackCode = -1;    ///< CONNACK return code when the broker refused, else -1
 };
 
 /// The MQTT connection as the session sees it. Implementations are loop-driven and never block.

@@ -1,17 +1,17 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
-#include <algorithm>
 #include <deque>
 #include <functional>
 #include <map>
-#include <optional>
-#include <string_view>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -38,7 +38,7 @@ enum class AuthMethod {
 
 /// Everything the session needs to know; built by the daemon from the configuration.
 struct SessionOptions {
-  std::string hubHostname;      ///< user name and SAS `sr` (protocol doc 1.2, 2)
+  std::string hubHostname;  ///< user name and SAS `sr` (protocol doc 1.2, 2)
   std::string deviceId;
   std::string moduleId;
   std::string gatewayHostname;  ///< TLS peer if set (doc 1.4); else hubHostname
@@ -155,8 +155,8 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   /// Publishes a prepared QoS 1 message now, for a caller that does its own queueing (the
   /// outbox): NotConnected unless readyToPublish(). `done` runs on the PUBACK, or with
   /// ConnectionDropped when the link goes first, or Timeout after operation_timeout.
-  [[nodiscard]] core::Result<void> publishPrepared(std::string topic, std::string payload,
-                                                   Completion done);
+  [[nodiscard]] core::Result<void> publishPrepared(const std::string& topic,
+                                                   const std::string& payload, Completion done);
   /// Opens the connection if it is not open and auto_connect allows it (an operation needs
   /// it); false if the hub cannot be reached that way (disconnected and auto_connect off).
   bool requestConnection();
@@ -205,10 +205,10 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   void onMessage(std::string_view topic, std::string_view payload) override;
 
   struct TwinRequest {
-    enum class Kind { Get, PatchReported, EnsureDesired } kind;
+    enum class Kind { Get, PatchReported, EnsureDesired } kind = Kind::Get;
     std::string payload;
     std::function<void(core::Result<proto::TwinResponse>, std::string body)> done;
-    std::chrono::microseconds deadline;
+    std::chrono::microseconds deadline{};
     bool sent = false;
   };
 
@@ -276,7 +276,7 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   std::deque<Queued> queued_;
   std::unordered_map<int, InFlight> inFlight_;
   std::deque<int> inFlightOrder_;  ///< message ids by deadline (all share one timeout)
-  bool dropped_ = false;  ///< an established connection was lost and not yet regained
+  bool dropped_ = false;           ///< an established connection was lost and not yet regained
   std::unique_ptr<core::Timer> connectTimer_;
   std::unique_ptr<core::Timer> retryTimer_;
   std::unique_ptr<core::Timer> inFlightTimer_;

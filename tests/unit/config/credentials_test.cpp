@@ -24,7 +24,8 @@ class Credentials : public ::testing::Test {
 
 TEST_F(Credentials, ConnectionStringFromTheCredentialsDirectory) {
   writeFile(dir_ / "connection-string",
-            std::string("HostName=contoso.azure-devices.net;DeviceId=dev1;SharedAccessKey=") + kKey + "\n",
+            std::string("HostName=contoso.azure-devices.net;DeviceId=dev1;SharedAccessKey=") +
+                kKey + "\n",
             0600);
   auto id = loadIdentity(settings_, dir_.path(), kNow);
   ASSERT_TRUE(id) << id.error().message;
@@ -44,14 +45,16 @@ TEST_F(Credentials, ExplicitFileWinsOverTheCredentialsDirectory) {
 
 TEST_F(Credentials, SecretReadableByGroupOrOthersIsRefusedNamingFileAndMode) {
   for (unsigned mode : {0644u, 0640u, 0604u, 0660u}) {
-    writeFile(dir_ / "connection-string", std::string("HostName=h;DeviceId=d;SharedAccessKey=") + kKey, mode);
+    writeFile(dir_ / "connection-string",
+              std::string("HostName=h;DeviceId=d;SharedAccessKey=") + kKey, mode);
     auto id = loadIdentity(settings_, dir_.path(), kNow);
     ASSERT_FALSE(id);
     EXPECT_EQ(id.error().code, core::Errc::Config);
     char modeText[8];
     std::snprintf(modeText, sizeof modeText, "%04o", mode);
-    EXPECT_EQ(id.error().message, "refusing secret file " + (dir_ / "connection-string") + ": mode " +
-                                      modeText + " lets group or others read it (chmod 0600 " +
+    EXPECT_EQ(id.error().message, "refusing secret file " + (dir_ / "connection-string") +
+                                      ": mode " + modeText +
+                                      " lets group or others read it (chmod 0600 " +
                                       (dir_ / "connection-string") + ")");
   }
 }

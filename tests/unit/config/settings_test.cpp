@@ -77,43 +77,50 @@ TEST(Settings, ReadsEveryKindOfValue) {
 }
 
 TEST(Settings, DropInsOverrideTheMainFileInOrder) {
-  auto s = parseSettings({{"/etc/iothubd/iothubd.conf", "[connection]\nkeep_alive = 30\n"},
-                          {"/etc/iothubd/iothubd.conf.d/10-a.conf", "[connection]\nkeep_alive = 40\n"},
-                          {"/etc/iothubd/iothubd.conf.d/20-b.conf", "[daemon]\nlog_level = notice\n"}});
+  auto s =
+      parseSettings({{"/etc/iothubd/iothubd.conf", "[connection]\nkeep_alive = 30\n"},
+                     {"/etc/iothubd/iothubd.conf.d/10-a.conf", "[connection]\nkeep_alive = 40\n"},
+                     {"/etc/iothubd/iothubd.conf.d/20-b.conf", "[daemon]\nlog_level = notice\n"}});
   ASSERT_TRUE(s) << s.error().message;
   EXPECT_EQ(s->keepAlive, 40);
   EXPECT_EQ(s->logLevel, "notice");
 }
 
 TEST(Settings, ErrorsNameFileLineSectionAndKey) {
-  EXPECT_EQ(errorOf("[connection]\n\nkeep_alive = often\n"),
-            "/etc/iothubd/iothubd.conf:3: [connection] keep_alive: expected an integer, got \"often\"");
+  EXPECT_EQ(
+      errorOf("[connection]\n\nkeep_alive = often\n"),
+      "/etc/iothubd/iothubd.conf:3: [connection] keep_alive: expected an integer, got \"often\"");
   EXPECT_EQ(errorOf("[connection]\nkeepalive = 5\n"),
             "/etc/iothubd/iothubd.conf:2: [connection] keepalive: unknown key");
   EXPECT_EQ(errorOf("[conection]\nkeep_alive = 5\n"),
             "/etc/iothubd/iothubd.conf:2: [conection]: unknown section");
   EXPECT_EQ(errorOf("keep_alive = 5\n"),
             "/etc/iothubd/iothubd.conf:1: keep_alive: key outside any section");
-  EXPECT_EQ(errorOf("[connection]\nauto_connect = maybe\n"),
-            "/etc/iothubd/iothubd.conf:2: [connection] auto_connect: expected true or false, got maybe");
+  EXPECT_EQ(
+      errorOf("[connection]\nauto_connect = maybe\n"),
+      "/etc/iothubd/iothubd.conf:2: [connection] auto_connect: expected true or false, got maybe");
   EXPECT_EQ(errorOf("[hub]\nauthentication = password\n"),
             "/etc/iothubd/iothubd.conf:2: [hub] authentication: expected connection-string, "
             "symmetric-key, sas-token or x509, got \"password\"");
   EXPECT_EQ(errorOf("[hub]\nport = 70000\n"),
             "/etc/iothubd/iothubd.conf:2: [hub] port: must be between 1 and 65535, got 70000");
-  EXPECT_EQ(errorOf("[connection]\nkeep_alive = 1800\n"),
-            "/etc/iothubd/iothubd.conf:2: [connection] keep_alive: must be between 5 and 1177, got 1800");
-  EXPECT_EQ(errorOf("[daemon]\nlog_level = chatty\n"),
-            "/etc/iothubd/iothubd.conf:2: [daemon] log_level: expected error, warning, notice, info "
-            "or debug, got \"chatty\"");
-  EXPECT_EQ(errorOf("[hub\n"), "/etc/iothubd/iothubd.conf:1: syntax error (expected [section] or key = value)");
+  EXPECT_EQ(
+      errorOf("[connection]\nkeep_alive = 1800\n"),
+      "/etc/iothubd/iothubd.conf:2: [connection] keep_alive: must be between 5 and 1177, got 1800");
+  EXPECT_EQ(
+      errorOf("[daemon]\nlog_level = chatty\n"),
+      "/etc/iothubd/iothubd.conf:2: [daemon] log_level: expected error, warning, notice, info "
+      "or debug, got \"chatty\"");
+  EXPECT_EQ(errorOf("[hub\n"),
+            "/etc/iothubd/iothubd.conf:1: syntax error (expected [section] or key = value)");
 }
 
 TEST(Settings, AnErrorInADropInNamesTheDropIn) {
   auto s = parseSettings({{"/etc/iothubd/iothubd.conf", "[connection]\nkeep_alive = 30\n"},
                           {"/etc/iothubd/iothubd.conf.d/50-x.conf", "[connection]\nbogus = 1\n"}});
   ASSERT_FALSE(s);
-  EXPECT_EQ(s.error().message, "/etc/iothubd/iothubd.conf.d/50-x.conf:2: [connection] bogus: unknown key");
+  EXPECT_EQ(s.error().message,
+            "/etc/iothubd/iothubd.conf.d/50-x.conf:2: [connection] bogus: unknown key");
 }
 
 TEST(Settings, ConnectionStringAuthRefusesIdentityKeysThatComeFromTheString) {

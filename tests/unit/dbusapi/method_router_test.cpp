@@ -22,7 +22,9 @@ class MethodRouterTest : public ::testing::Test {
   };
   MethodRouter::Hooks hooks() {
     return {[this](const std::string& peer, const std::string& rid, const std::string& name,
-                   std::string_view payload) { delivered_.push_back({peer, rid, name, std::string(payload)}); },
+                   std::string_view payload) {
+              delivered_.push_back({peer, rid, name, std::string(payload)});
+            },
             [this](const std::string& rid, int status, const std::string& payload) {
               answered_.push_back({rid, status, payload});
             }};

@@ -89,7 +89,9 @@ TEST_F(HubSessionTest, ConnectsWithTheSdkIdentityAndAFreshSasToken) {
   EXPECT_EQ(c.clientId, "dev1");
   // ... while the user name and the token keep naming the hub.
   EXPECT_EQ(c.username.rfind("contoso.azure-devices.net/dev1/?api-version=", 0), 0u) << c.username;
-  EXPECT_EQ(c.password.reveal().rfind("SharedAccessSignature sr=contoso.azure-devices.net%2Fdevices%2Fdev1&", 0), 0u);
+  EXPECT_EQ(c.password.reveal().rfind(
+                "SharedAccessSignature sr=contoso.azure-devices.net%2Fdevices%2Fdev1&", 0),
+            0u);
   EXPECT_EQ(s.sasTokenExpiry(), clock_.unixSeconds() + 3600);
   EXPECT_EQ(c.keepAliveSeconds, 30);
   EXPECT_FALSE(connect.done());
@@ -242,8 +244,9 @@ TEST_F(HubSessionTest, ReconnectsAfterADropWithANewTokenAndFailsWhatWasInFlight)
       << "a cached password was reused for the reconnect";
   transport_.acceptConnect();
   EXPECT_EQ(s.state(), ConnectionState::Connected);
-  EXPECT_EQ(states_.states, (std::vector{ConnectionState::Connecting, ConnectionState::Connected,
-                                         ConnectionState::Reconnecting, ConnectionState::Connected}));
+  EXPECT_EQ(states_.states,
+            (std::vector{ConnectionState::Connecting, ConnectionState::Connected,
+                         ConnectionState::Reconnecting, ConnectionState::Connected}));
 }
 
 TEST_F(HubSessionTest, WithoutConnectionRetryADropFailsInFlightMessages) {
@@ -332,12 +335,14 @@ TEST_F(HubSessionTest, UserSuppliedSasTokenIsSentAsIs) {
   auto o = options();
   o.auth = AuthMethod::SasToken;
   o.sasToken = core::Secret<>(
-      "SharedAccessSignature sr=contoso.azure-devices.net%2Fdevices%2Fdev1&sig=abc%3D&se=1800000000");
+      "SharedAccessSignature "
+      "sr=contoso.azure-devices.net%2Fdevices%2Fdev1&sig=abc%3D&se=1800000000");
   auto& s = make(std::move(o));
   s.start();
   ASSERT_EQ(transport_.connects.size(), 1u);
   EXPECT_EQ(transport_.connects[0].password.reveal(),
-            "SharedAccessSignature sr=contoso.azure-devices.net%2Fdevices%2Fdev1&sig=abc%3D&se=1800000000");
+            "SharedAccessSignature "
+            "sr=contoso.azure-devices.net%2Fdevices%2Fdev1&sig=abc%3D&se=1800000000");
   EXPECT_EQ(s.sasTokenExpiry(), 1800000000u);
 }
 
@@ -420,8 +425,9 @@ TEST_F(HubSessionTest, UserSuppliedTokenAsksForANewOneBeforeExpiry) {
   auto o = options();
   o.auth = AuthMethod::SasToken;
   std::uint64_t expiry = clock_.unixSeconds() + 3600;
-  o.sasToken = core::Secret<>("SharedAccessSignature sr=contoso.azure-devices.net%2Fdevices%2Fdev1&sig=abc%3D&se=" +
-                              std::to_string(expiry));
+  o.sasToken = core::Secret<>(
+      "SharedAccessSignature sr=contoso.azure-devices.net%2Fdevices%2Fdev1&sig=abc%3D&se=" +
+      std::to_string(expiry));
   auto& s = make(std::move(o));
   s.setObserver(&recorder);
   s.start();
@@ -478,7 +484,8 @@ struct EventRecorder : StateRecorder {
                     const std::map<std::string, std::string>& sys) override {
     c2d.push_back({std::string(body), p, sys});
   }
-  void onMethodRequest(const std::string& rid, const std::string& name, std::string_view payload) override {
+  void onMethodRequest(const std::string& rid, const std::string& name,
+                       std::string_view payload) override {
     methods.push_back({rid, name, std::string(payload)});
   }
   void onDesiredPropertiesPatch(const std::string& json) override { desired.push_back(json); }
@@ -503,9 +510,10 @@ class HubSessionInboundTest : public HubSessionTest {
 
 TEST_F(HubSessionInboundTest, SubscribesToEveryFeatureOnEachConnect) {
   connectedWith(options());
-  EXPECT_EQ(transport_.subscriptions,
-            (std::vector<std::string>{"devices/dev1/messages/devicebound/#", "$iothub/methods/POST/#",
-                                      "$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#"}));
+  EXPECT_EQ(
+      transport_.subscriptions,
+      (std::vector<std::string>{"devices/dev1/messages/devicebound/#", "$iothub/methods/POST/#",
+                                "$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#"}));
   transport_.drop();
   clock_.advance(100ms);
   transport_.acceptConnect();
@@ -521,14 +529,17 @@ TEST_F(HubSessionInboundTest, ModulesDoNotSubscribeToC2d) {
 
 TEST_F(HubSessionInboundTest, C2dMessagesArriveWithSystemAndCustomProperties) {
   connectedWith(options());
-  transport_.deliver("devices/dev1/messages/devicebound/%24.mid=c2d-1&%24.ct=text%2Fplain&iothub-ack=full&colour=dark%20blue",
-                     "hello device");
+  transport_.deliver(
+      "devices/dev1/messages/devicebound/"
+      "%24.mid=c2d-1&%24.ct=text%2Fplain&iothub-ack=full&colour=dark%20blue",
+      "hello device");
   ASSERT_EQ(events_.c2d.size(), 1u);
   EXPECT_EQ(events_.c2d[0].body, "hello device");
   EXPECT_EQ(events_.c2d[0].system.at("message-id"), "c2d-1");
   EXPECT_EQ(events_.c2d[0].system.at("content-type"), "text/plain");
   EXPECT_EQ(events_.c2d[0].system.at("ack"), "full");
-  EXPECT_EQ(events_.c2d[0].properties, (std::map<std::string, std::string>{{"colour", "dark blue"}}));
+  EXPECT_EQ(events_.c2d[0].properties,
+            (std::map<std::string, std::string>{{"colour", "dark blue"}}));
 }
 
 TEST_F(HubSessionInboundTest, MethodRequestsAreReportedAndAnsweredWithTheirRid) {
@@ -552,14 +563,16 @@ TEST_F(HubSessionInboundTest, TwinGetAndReportedPatchMatchResponsesByRid) {
   std::optional<core::Result<std::string>> twin;
   std::optional<core::Result<std::uint64_t>> version;
   s.getTwin([&](core::Result<std::string> r) { twin = std::move(r); });
-  s.patchReportedProperties(R"({"fw":"1.2"})", [&](core::Result<std::uint64_t> r) { version = std::move(r); });
+  s.patchReportedProperties(R"({"fw":"1.2"})",
+                            [&](core::Result<std::uint64_t> r) { version = std::move(r); });
   auto* get = transport_.lastPublished("$iothub/twin/GET/");
   auto* patch = transport_.lastPublished("$iothub/twin/PATCH/properties/reported/");
   ASSERT_TRUE(get && patch);
   EXPECT_EQ(patch->payload, R"({"fw":"1.2"})");
   EXPECT_EQ(get->qos, 0);
   // Answers in the other order, plus one for nobody.
-  transport_.deliver("$iothub/twin/res/204/?$rid=" + FakeMqttTransport::ridOf(patch->topic) + "&$version=7", "");
+  transport_.deliver(
+      "$iothub/twin/res/204/?$rid=" + FakeMqttTransport::ridOf(patch->topic) + "&$version=7", "");
   transport_.deliver("$iothub/twin/res/200/?$rid=unknown", "{}");
   transport_.deliver("$iothub/twin/res/200/?$rid=" + FakeMqttTransport::ridOf(get->topic),
                      R"({"desired":{"$version":3},"reported":{"$version":7}})");
@@ -620,7 +633,8 @@ TEST_F(HubSessionInboundTest, EnsureDesiredPropertiesReportsTheDesiredSectionOnl
   ASSERT_EQ(events_.desired.size(), 1u);
   EXPECT_EQ(events_.desired[0], R"({"mode":"eco","$version":4})");
   // A live patch.
-  transport_.deliver("$iothub/twin/PATCH/properties/desired/?$version=5", R"({"mode":"boost","$version":5})");
+  transport_.deliver("$iothub/twin/PATCH/properties/desired/?$version=5",
+                     R"({"mode":"boost","$version":5})");
   ASSERT_EQ(events_.desired.size(), 2u);
   // Reconnect without a change: nothing new.
   transport_.drop();
@@ -636,7 +650,8 @@ TEST_F(HubSessionInboundTest, EnsureDesiredPropertiesReportsTheDesiredSectionOnl
   ASSERT_EQ(events_.desired.size(), 3u);
   EXPECT_EQ(events_.desired[2], R"({"mode":"off","$version":6})");
   // A stale patch (older than what the fetch gave) is dropped.
-  transport_.deliver("$iothub/twin/PATCH/properties/desired/?$version=6", R"({"mode":"off","$version":6})");
+  transport_.deliver("$iothub/twin/PATCH/properties/desired/?$version=6",
+                     R"({"mode":"off","$version":6})");
   EXPECT_EQ(events_.desired.size(), 3u);
 }
 
