@@ -567,10 +567,12 @@ core::Result<std::unique_ptr<HttpClient>> createCurlMultiClient(loop::EventLoop&
   if (!initLibrary()) {
     return fail(Errc::Internal, "cannot initialise libcurl");
   }
-  for (auto check : {checkReadable(options.tls.caFile, "CA file"),
-                     checkReadable(options.tls.certFile, "client certificate"),
-                     checkReadable(options.tls.keyFile, "client key")}) {
-    if (!check) {
+  const std::pair<const std::string*, const char*> files[] = {
+      {&options.tls.caFile, "CA file"},
+      {&options.tls.certFile, "client certificate"},
+      {&options.tls.keyFile, "client key"}};
+  for (const auto& [path, what] : files) {
+    if (auto check = checkReadable(*path, what); !check) {
       return fail(check.error());
     }
   }
