@@ -29,7 +29,8 @@ IOTHUBD_PACKAGES=(
   clang libclang-rt-14-dev llvm clang-format clang-tidy
 )
 
-log() { printf '==> %s\n' "$*"; }
+# Each line carries the seconds since the script started, so a CI log shows where the time goes.
+log() { printf '==> [%4ds] %s\n' "$SECONDS" "$*"; }
 
 die() {
   printf 'error: %s\n' "$*" >&2
