@@ -146,6 +146,18 @@ class Outbox {
   [[nodiscard]] core::Result<Accepted> enqueue(std::string app, proto::OutgoingMessage message,
                                                Committed onCommitted);
 
+  /// Accepts `messages` from `app` as one group (SendMessages/QueueMessages): every message is
+  /// checked as by enqueue() before any is stored, and the first that fails decides the error,
+  /// its text starting "message <index>: ". Room is made for all of them at once; they get
+  /// consecutive seqs from Accepted::seq on, are written in one transaction (never split across
+  /// two), and `onCommitted` runs once for the whole group. An empty batch: InvalidArgument.
+  [[nodiscard]] core::Result<Accepted> enqueueBatch(std::string app,
+                                                    std::vector<proto::OutgoingMessage> messages,
+                                                    Committed onCommitted);
+
+  /// The seq the next accepted message (or the first of the next batch) will get.
+  [[nodiscard]] std::uint64_t nextSeq() const noexcept { return nextSeq_; }
+
   /// Commits whatever is pending now, on the loop, and runs the callbacks of those transactions
   /// before returning (shutdown); waits for a commit running on a worker first. Returns the
   /// commit's error, if any.
@@ -205,6 +217,12 @@ class Outbox {
   struct PendingInsert {
     OutboxMessage row;
     Committed done;
+    bool groupContinues = false;  ///< a batch's later rows follow: commit them together
+  };
+  /// What check() found out about a message before it is stored.
+  struct Checked {
+    std::uint64_t bytes = 0;
+    std::optional<std::uint64_t> expiresAt;
   };
   using Completions = std::vector<std::pair<Committed, core::Result<void>>>;
 
@@ -213,7 +231,12 @@ class Outbox {
   Outbox(OutboxOptions options, core::Scheduler& scheduler, core::Clock& clock,
          std::unique_ptr<OutboxStore> store, bool readOnly, OffLoopRunner offLoop);
 
-  [[nodiscard]] core::Result<std::vector<EntryRef>> makeRoom(std::uint64_t newBytes);
+  [[nodiscard]] core::Result<Checked> check(const proto::OutgoingMessage& message,
+                                            std::uint64_t now) const;
+  void insert(std::string app, proto::OutgoingMessage message, const Checked& checked,
+              std::uint64_t now, Committed onCommitted, bool groupContinues);
+  [[nodiscard]] core::Result<std::vector<EntryRef>> makeRoom(std::uint64_t newCount,
+                                                             std::uint64_t newBytes);
   void remove(std::map<std::uint64_t, Meta>::iterator it);
   [[nodiscard]] bool markOneDelivered(std::uint64_t seq);
   /// Commits now if the batch is full, else makes sure a commit happens within `delay`.
