@@ -18,6 +18,11 @@ using core::Errc;
 namespace {
 /// A transaction holds at most this many commit batches of stores (and as many of deletes).
 constexpr std::size_t kMaxBatchesPerTransaction = 4;
+/// Memory for messages kept after their commit for nextToSend() (Outbox::hot_): a few windows of
+/// max_inflight small messages; beyond it, messages are read back from the database.
+constexpr std::uint64_t kHotBytes = 256 * 1024;
+/// What an entry of hot_ is charged beyond its hub size (strings, map and deque overhead).
+constexpr std::uint64_t kHotOverhead = 512;
 }  // namespace
 
 core::Result<FullPolicy> parseFullPolicy(std::string_view text) {
@@ -409,6 +414,11 @@ Outbox::Completions Outbox::finishCommit() {
     for (auto& pending : job->inserts) {
       if (auto it = index_.find(pending.row.seq); it != index_.end()) {
         it->second.state = State::Stored;
+        const std::uint64_t cost = pending.row.bytes + kHotOverhead;
+        if (hotBytes_ + cost <= kHotBytes) {
+          hotBytes_ += cost;
+          hot_.push_back(std::move(pending.row));
+        }
       }
       completions.emplace_back(std::move(pending.done), core::Result<void>{});
     }
@@ -468,7 +478,7 @@ core::Result<std::vector<OutboxMessage>> Outbox::nextToSend() {
   batch.reserve(picked.size());
   std::vector<std::map<std::uint64_t, Meta>::iterator> unreadable;
   for (auto it : picked) {
-    auto row = store_->read(it->first);
+    auto row = take(it->first);
     if (row) {
       batch.push_back(std::move(*row));
     } else if (row.error().code == Errc::Protocol) {
@@ -491,6 +501,22 @@ core::Result<std::vector<OutboxMessage>> Outbox::nextToSend() {
     writesAdded(options_.deleteDelay);
   }
   return batch;
+}
+
+core::Result<OutboxMessage> Outbox::take(std::uint64_t seq) {
+  // hot_ is in seq order and nextToSend() asks in seq order: what lies before `seq` was skipped
+  // for good (delivered, dropped, expired, or handed out and requeued, which reads it again).
+  while (!hot_.empty() && hot_.front().seq < seq) {
+    hotBytes_ -= hot_.front().bytes + kHotOverhead;
+    hot_.pop_front();
+  }
+  if (!hot_.empty() && hot_.front().seq == seq) {
+    OutboxMessage row = std::move(hot_.front());
+    hotBytes_ -= row.bytes + kHotOverhead;
+    hot_.pop_front();
+    return row;
+  }
+  return store_->read(seq);
 }
 
 bool Outbox::markDelivered(std::uint64_t seq) {

@@ -251,6 +251,8 @@ class Outbox {
   [[nodiscard]] Completions finishCommit();
   static void runCompletions(Completions& completions);
   [[nodiscard]] bool expiredAt(const Meta& meta, std::uint64_t now) const noexcept;
+  /// `seq` from hot_ if it is there (then removed from it), else from the store.
+  [[nodiscard]] core::Result<OutboxMessage> take(std::uint64_t seq);
 
   OutboxOptions options_;
   core::Scheduler& scheduler_;
@@ -266,6 +268,11 @@ class Outbox {
   // Deques: with a worker, a commit takes its share from the front while more arrive at the back.
   std::deque<PendingInsert> pendingInserts_;
   std::deque<std::uint64_t> pendingDeletes_;
+  /// Messages just committed, kept (in seq order, up to kHotBytes) so that nextToSend() hands
+  /// them out without reading back what it wrote a moment ago: a message sent at once costs one
+  /// SQLite statement fewer. Entries that left the outbox meanwhile are skipped lazily.
+  std::deque<OutboxMessage> hot_;
+  std::uint64_t hotBytes_ = 0;
   std::unique_ptr<core::Timer> commitTimer_;
   std::optional<std::chrono::microseconds> commitDue_;  ///< monotonic deadline of commitTimer_
   std::uint64_t nextSeq_ = 1;
