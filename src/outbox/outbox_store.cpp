@@ -19,6 +19,10 @@ namespace {
 using core::Errc;
 
 constexpr int kSchemaVersion = 1;
+/// Page cache per connection (negative: KiB). The outbox appends at one end of its table and
+/// deletes at the other, so a few dozen pages serve it; SQLite's default (2 MiB on each of our
+/// two connections) only let the daemon's memory grow with the backlog (scripts/bench, RSS).
+constexpr const char* kCacheSize = "PRAGMA cache_size=-256";
 
 // One row per message. seq is the rowid, so arrival order is the table's own order and every
 // lookup is a b-tree search. The system properties keep their own columns (NULL = unset) and the
@@ -172,6 +176,10 @@ core::Result<OutboxStore::Opened> OutboxStore::open(const std::string& path,
     // we have acknowledged; FULL syncs the WAL on every commit (one fsync per grouped commit).
     if (auto r = sqlite::exec(db.get(), "PRAGMA synchronous=FULL", "cannot set synchronous", path);
         !r) {
+      return Attempt::failed(r.error());
+    }
+
+    if (auto r = sqlite::exec(db.get(), kCacheSize, "cannot set the cache size", path); !r) {
       return Attempt::failed(r.error());
     }
 
@@ -338,6 +346,9 @@ core::Result<void> OutboxStore::prepareStatements() {
     }
     (void)sqlite3_extended_result_codes(reader_.get(), 1);
     (void)sqlite3_busy_timeout(reader_.get(), 20);
+    if (auto r = sqlite::exec(reader_.get(), kCacheSize, "cannot set the cache size", path_); !r) {
+      return r;
+    }
   }
   sqlite3* readDb = readOnly_ ? db_.get() : reader_.get();
   const auto prepare = [this](sqlite3* db, sqlite::Statement& stmt,
