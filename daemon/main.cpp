@@ -191,7 +191,7 @@ std::unique_ptr<iothubd::outbox::Outbox> openOutbox(const iothubd::config::Setti
   o.maxInflight = static_cast<std::size_t>(s.maxInflight);
   // fsync on a worker: a commit may take tens of milliseconds and must not stall the loop.
   auto opened = iothubd::outbox::Outbox::open(
-      o, ev, ev, [&ev](auto work, auto done) { ev.runOffLoop(std::move(work), std::move(done)); });
+      o, ev, ev, [&ev](auto work, auto done) { ev.runOnWorker(std::move(work), std::move(done)); });
   if (!opened) {
     unavailable = opened.error().message;
     logf(LogLevel::Error, "outbox unavailable, telemetry is not durable: ", unavailable);

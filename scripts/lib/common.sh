@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: MIT
-# Shared by scripts/test and scripts/demo: install what a fresh Debian 12 machine lacks, create the
-# service accounts the D-Bus policy names, and build. Source it; it defines functions only.
+# Shared by scripts/test, scripts/bench and scripts/demo: install what a fresh Debian 12 machine
+# lacks, create the service accounts the D-Bus policy names, and build. Source it; it defines
+# functions only.
 
 # Everything the build, the tests and the demo use, by Debian 12 package name.
 IOTHUBD_PACKAGES=(
@@ -73,22 +74,27 @@ ensure_service_user() {
   fi
 }
 
-# Azurite for the file-upload tests, pinned in tests/package.json + package-lock.json. `npm ci`
-# runs when node_modules is missing or was installed from another lock file.
-ensure_test_node_modules() {
-  local lock_sum stamp=tests/node_modules/.iothubd-lock.sha256
-  lock_sum=$(sha256sum tests/package-lock.json | cut -d' ' -f1)
-  if [[ -x tests/node_modules/.bin/azurite-blob && -f $stamp && $(cat "$stamp") == "$lock_sum" ]]; then
+# ensure_node_modules DIR CHECK: the npm packages pinned in DIR/package.json + package-lock.json.
+# `npm ci` runs when DIR/node_modules/CHECK is missing or node_modules was installed from another
+# lock file.
+ensure_node_modules() {
+  local dir=$1 check=$2 lock_sum
+  local stamp=$dir/node_modules/.iothubd-lock.sha256
+  lock_sum=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if [[ -e $dir/node_modules/$check && -f $stamp && $(cat "$stamp") == "$lock_sum" ]]; then
     return 0
   fi
   # Debian's nodejs + npm, unless a node that brings its own npm is already there.
   command -v npm >/dev/null || ensure_packages nodejs npm
-  log "installing test tools from tests/package-lock.json (npm ci)"
-  # --ignore-scripts: nothing but the locked packages' files; Azurite needs no install step.
-  (cd tests && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) ||
-    die "npm ci in tests/ failed"
+  log "installing from $dir/package-lock.json (npm ci)"
+  # --ignore-scripts: nothing but the locked packages' files; none of ours needs an install step.
+  (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) ||
+    die "npm ci in $dir failed"
   printf '%s\n' "$lock_sum" >"$stamp"
 }
+
+# Azurite for the file-upload tests (tests/package.json).
+ensure_test_node_modules() { ensure_node_modules tests .bin/azurite-blob; }
 
 # setup_build_dir DIR [meson options...]: configures DIR, or reconfigures it with these options.
 setup_build_dir() {

@@ -265,6 +265,53 @@ class DeviceObjectImpl final : public DeviceObject,
     });
   }
 
+  using BusMessage = sdbus::Struct<std::string, std::map<std::string, std::string>,
+                                   std::map<std::string, std::string>>;
+
+  /// Validates every element of a SendMessages/QueueMessages batch (nothing is stored unless all
+  /// pass; the error names the index) and gives ids to those without one.
+  std::vector<proto::OutgoingMessage> messages(std::vector<BusMessage>& batch) {
+    constexpr std::size_t kMax = delivery::TelemetryPipeline::kMaxMessagesPerCall;
+    if (batch.size() > kMax) {
+      throw sdbus::Error("org.freedesktop.DBus.Error.InvalidArgs",
+                         "at most " + std::to_string(kMax) + " messages per call, not " +
+                             std::to_string(batch.size()) + "; split the batch");
+    }
+    std::vector<proto::OutgoingMessage> out;
+    out.reserve(batch.size());
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      auto& element = batch[i];
+      try {
+        out.push_back(message(std::move(std::get<0>(element)), std::move(std::get<1>(element)),
+                              std::get<2>(element)));
+      } catch (const sdbus::Error& e) {
+        throw sdbus::Error(e.getName(), "message " + std::to_string(i) + ": " + e.getMessage());
+      }
+    }
+    return out;
+  }
+
+  static auto replyIds() {
+    return [](sdbus::Result<std::vector<std::string>>& r, auto& ids) { r.returnResults(*ids); };
+  }
+
+  void SendMessages(sdbus::Result<std::vector<std::string>>&& result,
+                    std::vector<BusMessage> batch) override {
+    replyGuard(result, "SendMessages", [&] {
+      auto checked = messages(batch);
+      telemetry_.sendBatch(caller(), std::move(checked), completion(std::move(result), replyIds()));
+    });
+  }
+
+  void QueueMessages(sdbus::Result<std::vector<std::string>>&& result,
+                     std::vector<BusMessage> batch) override {
+    replyGuard(result, "QueueMessages", [&] {
+      auto checked = messages(batch);
+      telemetry_.queueBatch(caller(), std::move(checked),
+                            completion(std::move(result), replyIds()));
+    });
+  }
+
   void GetTwin(sdbus::Result<std::string>&& result) override {
     replyGuard(result, "GetTwin", [&] {
       session_.getTwin(completion(

@@ -6,9 +6,12 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <csignal>
 #include <cstring>
 #include <ctime>
+#include <deque>
+#include <mutex>
 #include <thread>
 
 #include <sdbus-c++/IConnection.h>
@@ -245,8 +248,104 @@ core::Result<std::unique_ptr<EventLoop>> EventLoop::create() {
 
 EventLoop::EventLoop(sd_event* event) : event_(event) {}
 
+/// The long-lived worker of runOnWorker(): a queue of jobs, one thread, and an eventfd through
+/// which finished jobs hand their completions back to the loop.
+struct EventLoop::SerialWorker {
+  using Job = std::pair<std::function<void()>, std::function<void()>>;
+
+  std::mutex mutex;
+  std::condition_variable wake;
+  std::deque<Job> queue;                        ///< guarded by mutex
+  std::vector<std::function<void()>> finished;  ///< guarded by mutex: `done`s for the loop
+  bool stopping = false;                        ///< guarded by mutex
+  int eventFd = -1;
+  EventSource source;
+  std::thread thread;
+
+  void run() {
+    std::unique_lock lock(mutex);
+    for (;;) {
+      wake.wait(lock, [this] { return stopping || !queue.empty(); });
+      if (queue.empty()) {
+        return;  // stopping, and everything submitted has run
+      }
+      Job job = std::move(queue.front());
+      queue.pop_front();
+      lock.unlock();
+      job.first();
+      lock.lock();
+      const bool signal = finished.empty();
+      finished.push_back(std::move(job.second));
+      if (signal) {
+        // One wake-up for everything that finishes before the loop gets to it.
+        std::uint64_t one = 1;
+        ssize_t n = ::write(eventFd, &one, sizeof one);
+        (void)n;
+      }
+    }
+  }
+
+  static int onDone(sd_event_source*, int fd, std::uint32_t, void* userdata) noexcept {
+    auto* w = static_cast<SerialWorker*>(userdata);
+    std::uint64_t count = 0;
+    ssize_t n = ::read(fd, &count, sizeof count);
+    (void)n;
+    std::vector<std::function<void()>> done;
+    {
+      std::lock_guard lock(w->mutex);
+      done.swap(w->finished);
+    }
+    for (auto& fn : done) {
+      try {
+        fn();
+      } catch (...) {
+        core::logf(core::LogLevel::Error, "worker completion failed");
+      }
+    }
+    return 0;
+  }
+
+  ~SerialWorker() {
+    {
+      std::lock_guard lock(mutex);
+      stopping = true;
+    }
+    wake.notify_one();
+    if (thread.joinable()) {
+      thread.join();
+    }
+    source.reset();
+    if (eventFd >= 0) {
+      ::close(eventFd);
+    }
+  }
+};
+
+void EventLoop::runOnWorker(std::function<void()> work, std::function<void()> done) {
+  if (!serialWorker_) {
+    auto w = std::make_unique<SerialWorker>();
+    w->eventFd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    sd_event_source* s = nullptr;
+    if (w->eventFd < 0 ||
+        sd_event_add_io(event_, &s, w->eventFd, EPOLLIN, &SerialWorker::onDone, w.get()) < 0) {
+      // Only resource exhaustion fails here (Envoy's rule: crash on the unlikely).
+      core::logf(core::LogLevel::Error, "cannot start the worker thread");
+      std::abort();
+    }
+    w->source = EventSource(s);
+    w->thread = std::thread([raw = w.get()] { raw->run(); });
+    serialWorker_ = std::move(w);
+  }
+  {
+    std::lock_guard lock(serialWorker_->mutex);
+    serialWorker_->queue.emplace_back(std::move(work), std::move(done));
+  }
+  serialWorker_->wake.notify_one();
+}
+
 EventLoop::~EventLoop() {
-  workers_.clear();  // joins any running worker
+  serialWorker_.reset();  // runs what is queued, then joins
+  workers_.clear();       // joins any running worker
   detachBus();
   signalSources_.clear();
   postSource_.reset();

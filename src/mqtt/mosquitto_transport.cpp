@@ -518,7 +518,7 @@ class MosquittoTransport final : public MqttTransport {
   // --- libmosquitto callbacks (C, noexcept: nothing may unwind through libmosquitto) ---------
   static MosquittoTransport* self(void* obj) { return static_cast<MosquittoTransport*>(obj); }
 
-  static void onConnectCb(mosquitto*, void* obj, int rc) noexcept {
+  static void onConnectCb(mosquitto* m, void* obj, int rc) noexcept {
     if (obj == nullptr) {
       return;  // a retired handle (retireHandle)
     }
@@ -530,6 +530,15 @@ class MosquittoTransport final : public MqttTransport {
     }
     t->state_ = State::Connected;
     t->lastLibError_.clear();
+    if (core::logLevel() < core::LogLevel::Debug) {
+      // libmosquitto formats every log line (two per message: PUBLISH sent, PUBACK received)
+      // with vsnprintf into a fresh buffer before it calls the callback, so a callback that
+      // drops them still costs about a tenth of the daemon's CPU per message. The lines that
+      // explain failures (TLS verification, refused connects) come before CONNACK; from here on
+      // libmosquitto only logs at debug level unless debug logging is on. A later reload to
+      // log_level = debug takes effect from the next connection.
+      mosquitto_log_callback_set(m, nullptr);
+    }
     try {
       t->deliver([](Listener& l) { l.onConnected(); });
     } catch (...) {

@@ -18,6 +18,11 @@ using core::Errc;
 namespace {
 /// A transaction holds at most this many commit batches of stores (and as many of deletes).
 constexpr std::size_t kMaxBatchesPerTransaction = 4;
+/// Memory for messages kept after their commit for nextToSend() (Outbox::hot_): a few windows of
+/// max_inflight small messages; beyond it, messages are read back from the database.
+constexpr std::uint64_t kHotBytes = 256 * 1024;
+/// What an entry of hot_ is charged beyond its hub size (strings, map and deque overhead).
+constexpr std::uint64_t kHotOverhead = 512;
 }  // namespace
 
 core::Result<FullPolicy> parseFullPolicy(std::string_view text) {
@@ -81,66 +86,121 @@ Outbox::~Outbox() {
   (void)commit(true);
 }
 
-core::Result<Outbox::Accepted> Outbox::enqueue(std::string app, proto::OutgoingMessage message,
-                                               Committed onCommitted) {
-  if (readOnly_) {
-    return core::fail(Errc::Io,
-                      "outbox " + store_->path() + " is read-only: new messages cannot be stored");
-  }
+core::Result<Outbox::Checked> Outbox::check(const proto::OutgoingMessage& message,
+                                            std::uint64_t now) const {
   if (!message.system.messageId || message.system.messageId->empty()) {
     return core::fail(Errc::InvalidArgument, "a message for the outbox needs a message id");
   }
   if (auto valid = proto::validateCustomProperties(message.properties); !valid) {
     return core::fail(valid.error());
   }
-  const std::uint64_t size = proto::hubMessageSize(message);
-  if (size > proto::kMaxTelemetryBytes) {
-    return core::fail(Errc::MessageTooLarge, "message of " + std::to_string(size) +
+  Checked checked;
+  checked.bytes = proto::hubMessageSize(message);
+  if (checked.bytes > proto::kMaxTelemetryBytes) {
+    return core::fail(Errc::MessageTooLarge, "message of " + std::to_string(checked.bytes) +
                                                  " bytes is over the hub's limit of " +
                                                  std::to_string(proto::kMaxTelemetryBytes));
   }
-  const std::uint64_t now = clock_.unixSeconds();
-  std::optional<std::uint64_t> expiresAt;
   if (const auto& own = message.system.expiryTimeUtc) {
     // The sender's own expiry wins over the default TTL, earlier or later.
-    expiresAt = parseUtcTime(*own);
-    if (!expiresAt) {
+    checked.expiresAt = parseUtcTime(*own);
+    if (!checked.expiresAt) {
       return core::fail(Errc::InvalidArgument, "system property 'expiry-time-utc' ('" + *own +
                                                    "') is not an ISO 8601 UTC time");
     }
     // 0 means "never" in the index; 1970-01-01T00:00:00Z is as expired as any past time.
-    expiresAt = std::max<std::uint64_t>(*expiresAt, 1);
+    checked.expiresAt = std::max<std::uint64_t>(*checked.expiresAt, 1);
   } else if (options_.defaultTtl.count() > 0) {
-    expiresAt = now + static_cast<std::uint64_t>(options_.defaultTtl.count());
+    checked.expiresAt = now + static_cast<std::uint64_t>(options_.defaultTtl.count());
   }
-  auto dropped = makeRoom(size);
-  if (!dropped) {
-    return core::fail(dropped.error());
-  }
+  return checked;
+}
 
+void Outbox::insert(std::string app, proto::OutgoingMessage message, const Checked& checked,
+                    std::uint64_t now, Committed onCommitted, bool groupContinues) {
   const std::uint64_t seq = nextSeq_++;
-  index_.emplace_hint(index_.end(), seq, Meta{size, expiresAt.value_or(0), State::Pending});
-  if (expiresAt) {
-    expiries_.emplace(*expiresAt, seq);
+  index_.emplace_hint(index_.end(), seq,
+                      Meta{checked.bytes, checked.expiresAt.value_or(0), State::Pending});
+  if (checked.expiresAt) {
+    expiries_.emplace(*checked.expiresAt, seq);
   }
   ++length_;
-  bytes_ += size;
-  PendingInsert pending;
+  bytes_ += checked.bytes;
+  PendingInsert& pending = pendingInserts_.emplace_back();
   pending.row.seq = seq;
   pending.row.app = std::move(app);
   pending.row.message = std::move(message);
   pending.row.enqueuedAt = now;
-  pending.row.expiresAt = expiresAt;
-  pending.row.bytes = size;
+  pending.row.expiresAt = checked.expiresAt;
+  pending.row.bytes = checked.bytes;
   pending.done = std::move(onCommitted);
-  pendingInserts_.push_back(std::move(pending));
+  pending.groupContinues = groupContinues;
+}
+
+core::Result<Outbox::Accepted> Outbox::enqueue(std::string app, proto::OutgoingMessage message,
+                                               Committed onCommitted) {
+  if (readOnly_) {
+    return core::fail(Errc::Io,
+                      "outbox " + store_->path() + " is read-only: new messages cannot be stored");
+  }
+  const std::uint64_t now = clock_.unixSeconds();
+  auto checked = check(message, now);
+  if (!checked) {
+    return core::fail(checked.error());
+  }
+  auto dropped = makeRoom(1, checked->bytes);
+  if (!dropped) {
+    return core::fail(dropped.error());
+  }
+  const std::uint64_t seq = nextSeq_;
+  insert(std::move(app), std::move(message), *checked, now, std::move(onCommitted), false);
   writesAdded(options_.commitDelay);
   return Accepted{seq, std::move(*dropped)};
 }
 
-core::Result<std::vector<EntryRef>> Outbox::makeRoom(std::uint64_t newBytes) {
+core::Result<Outbox::Accepted> Outbox::enqueueBatch(std::string app,
+                                                    std::vector<proto::OutgoingMessage> messages,
+                                                    Committed onCommitted) {
+  if (messages.empty()) {
+    return core::fail(Errc::InvalidArgument, "an empty batch");
+  }
+  if (readOnly_) {
+    return core::fail(Errc::Io,
+                      "outbox " + store_->path() + " is read-only: new messages cannot be stored");
+  }
+  const std::uint64_t now = clock_.unixSeconds();
+  // Everything is checked before anything is stored: a batch goes in whole or not at all.
+  std::vector<Checked> checked;
+  checked.reserve(messages.size());
+  std::uint64_t bytes = 0;
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    auto c = check(messages[i], now);
+    if (!c) {
+      return core::fail(c.error().code, "message " + std::to_string(i) + ": " + c.error().message,
+                        c.error().sysErrno);
+    }
+    bytes += c->bytes;
+    checked.push_back(*c);
+  }
+  auto dropped = makeRoom(messages.size(), bytes);
+  if (!dropped) {
+    return core::fail(dropped.error());
+  }
+  const std::uint64_t first = nextSeq_;
+  const std::size_t last = messages.size() - 1;
+  for (std::size_t i = 0; i < last; ++i) {
+    insert(app, std::move(messages[i]), checked[i], now, nullptr, true);
+  }
+  insert(std::move(app), std::move(messages[last]), checked[last], now, std::move(onCommitted),
+         false);
+  writesAdded(options_.commitDelay);
+  return Accepted{first, std::move(*dropped)};
+}
+
+core::Result<std::vector<EntryRef>> Outbox::makeRoom(std::uint64_t newCount,
+                                                     std::uint64_t newBytes) {
   const auto fits = [&](std::uint64_t count, std::uint64_t bytes) {
-    return count + 1 <= options_.maxMessages && bytes + newBytes <= options_.maxBytes;
+    return count + newCount <= options_.maxMessages && bytes + newBytes <= options_.maxBytes;
   };
   if (fits(length_, bytes_)) {
     return std::vector<EntryRef>{};
@@ -148,9 +208,16 @@ core::Result<std::vector<EntryRef>> Outbox::makeRoom(std::uint64_t newBytes) {
   const std::string usage = std::to_string(length_) + " messages, " + std::to_string(bytes_) +
                             " bytes (limits " + std::to_string(options_.maxMessages) + ", " +
                             std::to_string(options_.maxBytes) + ")";
-  if (newBytes > options_.maxBytes) {
+  if (newCount == 1 && newBytes > options_.maxBytes) {
     return core::fail(Errc::QueueFull, "message of " + std::to_string(newBytes) +
                                            " bytes is larger than outbox_max_bytes (" +
+                                           std::to_string(options_.maxBytes) + ")");
+  }
+  if (newBytes > options_.maxBytes || newCount > options_.maxMessages) {
+    return core::fail(Errc::QueueFull, "a batch of " + std::to_string(newCount) + " messages (" +
+                                           std::to_string(newBytes) +
+                                           " bytes) is larger than the outbox (limits " +
+                                           std::to_string(options_.maxMessages) + ", " +
                                            std::to_string(options_.maxBytes) + ")");
   }
   if (options_.fullPolicy == FullPolicy::Reject) {
@@ -292,13 +359,19 @@ Outbox::Completions Outbox::commit(bool wait) {
   // that finishing it (its callbacks: D-Bus replies) never holds the loop for long. Shutdown and
   // flush() take everything.
   const std::size_t cap = wait ? SIZE_MAX : kMaxBatchesPerTransaction * options_.commitBatch;
-  const auto take = [cap](auto& from, auto& to) {
-    const auto n = static_cast<std::ptrdiff_t>(std::min(from.size(), cap));
-    to.assign(std::make_move_iterator(from.begin()), std::make_move_iterator(from.begin() + n));
-    from.erase(from.begin(), from.begin() + n);
+  const auto take = [](auto& from, auto& to, std::size_t n) {
+    const auto end = from.begin() + static_cast<std::ptrdiff_t>(n);
+    to.assign(std::make_move_iterator(from.begin()), std::make_move_iterator(end));
+    from.erase(from.begin(), end);
   };
-  take(pendingInserts_, job->inserts);
-  take(pendingDeletes_, job->deletes);
+  // A batch (enqueueBatch) is never split: its one callback stands for one transaction. Batches
+  // are bounded by the caller, so this stretches the cap by at most one batch.
+  std::size_t inserts = std::min(pendingInserts_.size(), cap);
+  while (inserts < pendingInserts_.size() && pendingInserts_[inserts - 1].groupContinues) {
+    ++inserts;
+  }
+  take(pendingInserts_, job->inserts, inserts);
+  take(pendingDeletes_, job->deletes, std::min(pendingDeletes_.size(), cap));
   job_ = job;
   if (offLoop_ && !wait) {
     // The fsync runs on a worker; the loop keeps accepting (into the next batch), reading and
@@ -341,6 +414,11 @@ Outbox::Completions Outbox::finishCommit() {
     for (auto& pending : job->inserts) {
       if (auto it = index_.find(pending.row.seq); it != index_.end()) {
         it->second.state = State::Stored;
+        const std::uint64_t cost = pending.row.bytes + kHotOverhead;
+        if (hotBytes_ + cost <= kHotBytes) {
+          hotBytes_ += cost;
+          hot_.push_back(std::move(pending.row));
+        }
       }
       completions.emplace_back(std::move(pending.done), core::Result<void>{});
     }
@@ -400,7 +478,7 @@ core::Result<std::vector<OutboxMessage>> Outbox::nextToSend() {
   batch.reserve(picked.size());
   std::vector<std::map<std::uint64_t, Meta>::iterator> unreadable;
   for (auto it : picked) {
-    auto row = store_->read(it->first);
+    auto row = take(it->first);
     if (row) {
       batch.push_back(std::move(*row));
     } else if (row.error().code == Errc::Protocol) {
@@ -423,6 +501,22 @@ core::Result<std::vector<OutboxMessage>> Outbox::nextToSend() {
     writesAdded(options_.deleteDelay);
   }
   return batch;
+}
+
+core::Result<OutboxMessage> Outbox::take(std::uint64_t seq) {
+  // hot_ is in seq order and nextToSend() asks in seq order: what lies before `seq` was skipped
+  // for good (delivered, dropped, expired, or handed out and requeued, which reads it again).
+  while (!hot_.empty() && hot_.front().seq < seq) {
+    hotBytes_ -= hot_.front().bytes + kHotOverhead;
+    hot_.pop_front();
+  }
+  if (!hot_.empty() && hot_.front().seq == seq) {
+    OutboxMessage row = std::move(hot_.front());
+    hotBytes_ -= row.bytes + kHotOverhead;
+    hot_.pop_front();
+    return row;
+  }
+  return store_->read(seq);
 }
 
 bool Outbox::markDelivered(std::uint64_t seq) {

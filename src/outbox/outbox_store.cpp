@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -18,6 +19,10 @@ namespace {
 using core::Errc;
 
 constexpr int kSchemaVersion = 1;
+/// Page cache per connection (negative: KiB). The outbox appends at one end of its table and
+/// deletes at the other, so a few dozen pages serve it; SQLite's default (2 MiB on each of our
+/// two connections) only let the daemon's memory grow with the backlog (scripts/bench, RSS).
+constexpr const char* kCacheSize = "PRAGMA cache_size=-256";
 
 // One row per message. seq is the rowid, so arrival order is the table's own order and every
 // lookup is a b-tree search. The system properties keep their own columns (NULL = unset) and the
@@ -171,6 +176,10 @@ core::Result<OutboxStore::Opened> OutboxStore::open(const std::string& path,
     // we have acknowledged; FULL syncs the WAL on every commit (one fsync per grouped commit).
     if (auto r = sqlite::exec(db.get(), "PRAGMA synchronous=FULL", "cannot set synchronous", path);
         !r) {
+      return Attempt::failed(r.error());
+    }
+
+    if (auto r = sqlite::exec(db.get(), kCacheSize, "cannot set the cache size", path); !r) {
       return Attempt::failed(r.error());
     }
 
@@ -337,6 +346,9 @@ core::Result<void> OutboxStore::prepareStatements() {
     }
     (void)sqlite3_extended_result_codes(reader_.get(), 1);
     (void)sqlite3_busy_timeout(reader_.get(), 20);
+    if (auto r = sqlite::exec(reader_.get(), kCacheSize, "cannot set the cache size", path_); !r) {
+      return r;
+    }
   }
   sqlite3* readDb = readOnly_ ? db_.get() : reader_.get();
   const auto prepare = [this](sqlite3* db, sqlite::Statement& stmt,
@@ -363,11 +375,12 @@ core::Result<void> OutboxStore::prepareStatements() {
   const std::string insert = std::string("INSERT INTO outbox (") + kColumns +
                              ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, "
                              "?14, ?15, ?16)";
-  for (auto [stmt, sql] : {std::pair{&insert_, insert},
-                           {&delete_, std::string("DELETE FROM outbox WHERE seq = ?1")},
-                           {&begin_, std::string("BEGIN IMMEDIATE")},
-                           {&commit_, std::string("COMMIT")},
-                           {&rollback_, std::string("ROLLBACK")}}) {
+  for (auto [stmt, sql] :
+       {std::pair{&insert_, insert},
+        {&delete_, std::string("DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")},
+        {&begin_, std::string("BEGIN IMMEDIATE")},
+        {&commit_, std::string("COMMIT")},
+        {&rollback_, std::string("ROLLBACK")}}) {
     if (auto r = prepare(db_.get(), *stmt, sql); !r) {
       return r;
     }
@@ -421,11 +434,21 @@ core::Result<void> OutboxStore::write(std::span<const OutboxMessage* const> rows
         return r;
       }
     }
-    for (std::uint64_t seq : seqs) {
-      delete_.bind(1, static_cast<std::int64_t>(seq));
-      if (auto r = run(delete_, "cannot delete a message"); !r) {
+    // Delivered messages come in runs of consecutive seqs: one statement per run, not per row.
+    // Only exactly consecutive seqs are merged, so a range never covers a row that stays.
+    std::vector<std::uint64_t> sorted(seqs.begin(), seqs.end());
+    std::sort(sorted.begin(), sorted.end());
+    for (std::size_t i = 0; i < sorted.size();) {
+      std::size_t end = i;
+      while (end + 1 < sorted.size() && sorted[end + 1] <= sorted[end] + 1) {
+        ++end;
+      }
+      delete_.bind(1, static_cast<std::int64_t>(sorted[i]));
+      delete_.bind(2, static_cast<std::int64_t>(sorted[end]));
+      if (auto r = run(delete_, "cannot delete messages"); !r) {
         return r;
       }
+      i = end + 1;
     }
     return run(commit_, "cannot commit");
   };

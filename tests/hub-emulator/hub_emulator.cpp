@@ -618,7 +618,9 @@ void HubEmulator::writeConfig() const {
        << "persistence false\n"
        << "set_tcp_nodelay true\n"
        << "log_dest file " << dir_ << "/broker.log\n"
-       << "log_type all\n"
+       << (options_.logEveryPacket
+               ? "log_type all\n"
+               : "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n")
        << "log_timestamp_format %H:%M:%S\n"
        << "connection_messages true\n";
   // As root, mosquitto would switch to user "mosquitto", which cannot read this 0600 state.

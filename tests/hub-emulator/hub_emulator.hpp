@@ -66,6 +66,9 @@ class HubEmulator {
     // websocketsPort(): MQTT over WebSockets over TLS (hub CA). mosquitto binds WebSocket
     //   listeners to every interface: only use it inside a private network namespace.
     bool websocketsListener = false;
+    // The broker log has a line per MQTT packet (log_type all); benchmarks turn that off so the
+    // broker's own logging does not compete for the CPU with what they measure.
+    bool logEveryPacket = true;
   };
 
   // Creates the per-test directory (mkdtemp under $TMPDIR) with the PKI; does not start the
@@ -89,6 +92,7 @@ class HubEmulator {
   // stop() then start() on the same port (twin, ledger and fault state are not kept).
   void restart();
   bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }  // the broker process (its CPU time, for benchmarks)
 
   int port() const { return port_; }
   int x509Port() const { return x509Port_; }

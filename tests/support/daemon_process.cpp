@@ -135,7 +135,8 @@ void DaemonProcess::start() {
         ::_exit(126);
       }
     }
-    std::vector<std::string> args = {options_.binary};
+    std::vector<std::string> args = options_.wrapper;
+    args.push_back(options_.binary);
     if (!options_.configPath.empty()) {
       args.push_back("--config");
       args.push_back(options_.configPath);
@@ -145,7 +146,7 @@ void DaemonProcess::start() {
       argv.push_back(a.data());
     }
     argv.push_back(nullptr);
-    ::execv(options_.binary.c_str(), argv.data());
+    ::execv(args.front().c_str(), argv.data());
     std::perror("exec iothubd");
     ::_exit(127);
   }

@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace iothubd::testing {
 
@@ -24,6 +25,8 @@ struct DaemonOptions {
   std::string credentialsDirectory;  ///< CREDENTIALS_DIRECTORY, if set
   std::string user = "iothubd";      ///< run as this user; empty = as the test process
   std::map<std::string, std::string> extraEnv;
+  /// Runs the daemon under this command (e.g. valgrind and its options): argv starts with it.
+  std::vector<std::string> wrapper;
 };
 
 /// Looks up the service user; throws with a hint when it does not exist (scripts/test creates

@@ -20,7 +20,12 @@ namespace {
 
 /// The default policy of Debian's /usr/share/dbus-1/system.conf, with our policy included the
 /// way /etc/dbus-1/system.d includes it on a real system.
-std::string busConfig(const std::string& socketPath, const std::string& policyFile) {
+std::string busConfig(const std::string& socketPath, const std::string& policyFile,
+                      const std::vector<std::string>& extraPolicyFiles) {
+  std::string includes = "  <include>" + policyFile + "</include>\n";
+  for (const auto& extra : extraPolicyFiles) {
+    includes += "  <include>" + extra + "</include>\n";
+  }
   return R"(<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
@@ -51,9 +56,8 @@ std::string busConfig(const std::string& socketPath, const std::string& policyFi
     <allow send_destination="org.freedesktop.DBus"
            send_interface="org.freedesktop.DBus.Monitoring"/>
   </policy>
-  <include>)" +
-         policyFile + R"(</include>
-</busconfig>
+)" + includes +
+         R"(</busconfig>
 )";
 }
 
@@ -67,11 +71,12 @@ std::string policyFilePath() {
   return p;
 }
 
-PrivateBus::PrivateBus(const std::string& dir, const std::string& policyFile) {
+PrivateBus::PrivateBus(const std::string& dir, const std::string& policyFile,
+                       const std::vector<std::string>& extraPolicyFiles) {
   ::mkdir(dir.c_str(), 0755);
   ::chmod(dir.c_str(), 0755);
   std::string conf = dir + "/bus.conf";
-  writeFile(conf, busConfig(dir + "/system_bus_socket", policyFile));
+  writeFile(conf, busConfig(dir + "/system_bus_socket", policyFile, extraPolicyFiles));
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) {
     throw std::runtime_error("pipe failed");

@@ -4,9 +4,10 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "iothubd/core/clock.hpp"
@@ -28,6 +29,8 @@ namespace iothubd::delivery {
 class TelemetryPipeline final : private session::HubSession::Observer {
  public:
   using Done = std::function<void(core::Result<std::string>)>;  ///< the message id
+  /// The message ids of a batch, in the order given.
+  using BatchDone = std::function<void(core::Result<std::vector<std::string>>)>;
 
   /// Told about delivery in batches (at most every kBatchInterval), so that a fast drain does
   /// not flood the bus.
@@ -42,6 +45,9 @@ class TelemetryPipeline final : private session::HubSession::Observer {
 
   static constexpr std::chrono::milliseconds kBatchInterval{100};
   static constexpr std::size_t kMaxBatch = 1000;
+  /// Most messages one SendMessages/QueueMessages call may carry: bounds what one call holds
+  /// (and one transaction writes) while staying far above where batching stops paying off.
+  static constexpr std::size_t kMaxMessagesPerCall = 1000;
 
   /// `outbox` may be null; `unavailable` then says why (for QueueMessage's error).
   TelemetryPipeline(core::Scheduler& scheduler, core::Clock& clock, session::HubSession& session,
@@ -59,6 +65,16 @@ class TelemetryPipeline final : private session::HubSession::Observer {
   /// auto_connect and without a connection: NoConnection, nothing stored.
   void send(std::string app, proto::OutgoingMessage message, Done done);
 
+  /// QueueMessages: stores every message (each its own hub message, ids set) in one grouped
+  /// commit and completes once that is durable. Nothing is stored if one message is refused;
+  /// the error names its index ("message 3: ..."). More than kMaxMessagesPerCall:
+  /// InvalidArgument. An empty batch completes at once with no ids.
+  void queueBatch(std::string app, std::vector<proto::OutgoingMessage> messages, BatchDone done);
+  /// SendMessages: as queueBatch, then completes once the hub acknowledged every message; or with
+  /// the first failure, whose error names the index that failed and those the hub had
+  /// acknowledged by then (the rest stay queued). The operation_timeout covers the whole batch.
+  void sendBatch(std::string app, std::vector<proto::OutgoingMessage> messages, BatchDone done);
+
   /// Shutdown: stores what is pending and answers every waiting SendMessage with Cancelled (the
   /// message stays queued for the next start).
   void shutdown();
@@ -70,16 +86,37 @@ class TelemetryPipeline final : private session::HubSession::Observer {
   [[nodiscard]] std::uint64_t delivered() const;
 
  private:
+  /// One call waiting for its messages: to be stored (QueueMessage(s)) or acknowledged
+  /// (SendMessage(s)). Keyed by the seq of its first message; its messages have consecutive seqs.
   struct Waiter {
-    std::string messageId;
-    Done done;
-    std::unique_ptr<core::Timer> timer;
+    std::vector<std::string> ids;
+    std::vector<bool> acked;  ///< batches that wait for delivery only
+    std::size_t unacked = 0;
+    bool forDelivery = false;
+    bool batch = false;
+    Done single;
+    BatchDone many;
+    std::optional<std::chrono::microseconds> deadline;  ///< set once stored
   };
+  using Waiters = std::map<std::uint64_t, Waiter>;
 
-  void enqueue(std::string app, proto::OutgoingMessage message, bool waitForDelivery, Done done);
+  void enqueue(std::string app, std::vector<proto::OutgoingMessage> messages, bool batch,
+               bool forDelivery, Done single, BatchDone many);
+  void sendDirect(std::vector<proto::OutgoingMessage> messages, bool batch, Done single,
+                  BatchDone many);
+  void onStored(std::uint64_t seq, const core::Result<void>& committed);
   void pump();
   void onAck(std::uint64_t seq, const std::string& messageId, const core::Result<void>& result);
-  void completeWaiter(std::uint64_t seq, core::Result<std::string> result);
+  [[nodiscard]] Waiters::iterator findWaiter(std::uint64_t seq);
+  void ackWaiter(std::uint64_t seq);
+  /// Message `seq` failed for good (dropped, expired): its call fails, naming it.
+  void failMessage(std::uint64_t seq, const core::Error& error);
+  /// Every call waiting for delivery fails with `why` (their messages stay queued).
+  void failDeliveryWaiters(const core::Error& why, const char* after);
+  static void finish(Waiter& waiter, core::Result<void> outcome);
+  void complete(Waiters::iterator it, core::Result<void> outcome);
+  void armWaitTimer(std::chrono::microseconds deadline);
+  void onWaitTimer();
   void noteDropped(const std::vector<outbox::EntryRef>& dropped);
   void armExpiry();
   void onExpiryTimer();
@@ -97,7 +134,10 @@ class TelemetryPipeline final : private session::HubSession::Observer {
   std::unique_ptr<outbox::Outbox> outbox_;
   std::string unavailable_;
   Listener* listener_ = nullptr;
-  std::unordered_map<std::uint64_t, Waiter> waiters_;  ///< SendMessage calls, by outbox seq
+  Waiters waiters_;
+  /// One timer for every SendMessage(s) deadline (they share operation_timeout), not one each.
+  std::unique_ptr<core::Timer> waitTimer_;
+  std::optional<std::chrono::microseconds> waitDue_;
   std::vector<std::string> deliveredBatch_;
   std::vector<std::string> expiredBatch_;
   bool countersChanged_ = false;

@@ -75,6 +75,13 @@ class EventLoop final : public core::Scheduler, public core::Clock {
   /// what `work` touches until `done` runs.
   void runOffLoop(std::function<void()> work, std::function<void()> done);
 
+  /// Runs `work` on the loop's one long-lived worker thread, in the order submitted, and then
+  /// `done` on the loop thread: for steady streams of short blocking jobs (the outbox's grouped
+  /// commits, each an fsync), where a thread per job would cost more than the job. Not for work
+  /// that may block for long (a DNS lookup would hold up every job behind it): runOffLoop. Jobs
+  /// still queued when the loop is destroyed run to the end first; their `done` does not run.
+  void runOnWorker(std::function<void()> work, std::function<void()> done);
+
   /// Dispatches the sdbus-c++ 1.2 connection on this loop through getEventLoopPollData() /
   /// processPendingRequest() (1.2 has no sd-event attach). The connection must outlive the loop's
   /// use of it: call detachBus() before destroying it.
@@ -94,6 +101,7 @@ class EventLoop final : public core::Scheduler, public core::Clock {
  private:
   struct BusAttachment;
   struct Worker;
+  struct SerialWorker;
   explicit EventLoop(sd_event* event);
   void reapWorkers() noexcept;
 
@@ -104,6 +112,7 @@ class EventLoop final : public core::Scheduler, public core::Clock {
   std::function<void(int)> onSignal_;
   std::unique_ptr<BusAttachment> bus_;
   std::vector<std::unique_ptr<Worker>> workers_;
+  std::unique_ptr<SerialWorker> serialWorker_;  ///< started by the first runOnWorker()
 };
 
 }  // namespace iothubd::loop

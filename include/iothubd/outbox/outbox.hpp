@@ -146,6 +146,18 @@ class Outbox {
   [[nodiscard]] core::Result<Accepted> enqueue(std::string app, proto::OutgoingMessage message,
                                                Committed onCommitted);
 
+  /// Accepts `messages` from `app` as one group (SendMessages/QueueMessages): every message is
+  /// checked as by enqueue() before any is stored, and the first that fails decides the error,
+  /// its text starting "message <index>: ". Room is made for all of them at once; they get
+  /// consecutive seqs from Accepted::seq on, are written in one transaction (never split across
+  /// two), and `onCommitted` runs once for the whole group. An empty batch: InvalidArgument.
+  [[nodiscard]] core::Result<Accepted> enqueueBatch(std::string app,
+                                                    std::vector<proto::OutgoingMessage> messages,
+                                                    Committed onCommitted);
+
+  /// The seq the next accepted message (or the first of the next batch) will get.
+  [[nodiscard]] std::uint64_t nextSeq() const noexcept { return nextSeq_; }
+
   /// Commits whatever is pending now, on the loop, and runs the callbacks of those transactions
   /// before returning (shutdown); waits for a commit running on a worker first. Returns the
   /// commit's error, if any.
@@ -205,6 +217,12 @@ class Outbox {
   struct PendingInsert {
     OutboxMessage row;
     Committed done;
+    bool groupContinues = false;  ///< a batch's later rows follow: commit them together
+  };
+  /// What check() found out about a message before it is stored.
+  struct Checked {
+    std::uint64_t bytes = 0;
+    std::optional<std::uint64_t> expiresAt;
   };
   using Completions = std::vector<std::pair<Committed, core::Result<void>>>;
 
@@ -213,7 +231,12 @@ class Outbox {
   Outbox(OutboxOptions options, core::Scheduler& scheduler, core::Clock& clock,
          std::unique_ptr<OutboxStore> store, bool readOnly, OffLoopRunner offLoop);
 
-  [[nodiscard]] core::Result<std::vector<EntryRef>> makeRoom(std::uint64_t newBytes);
+  [[nodiscard]] core::Result<Checked> check(const proto::OutgoingMessage& message,
+                                            std::uint64_t now) const;
+  void insert(std::string app, proto::OutgoingMessage message, const Checked& checked,
+              std::uint64_t now, Committed onCommitted, bool groupContinues);
+  [[nodiscard]] core::Result<std::vector<EntryRef>> makeRoom(std::uint64_t newCount,
+                                                             std::uint64_t newBytes);
   void remove(std::map<std::uint64_t, Meta>::iterator it);
   [[nodiscard]] bool markOneDelivered(std::uint64_t seq);
   /// Commits now if the batch is full, else makes sure a commit happens within `delay`.
@@ -228,6 +251,8 @@ class Outbox {
   [[nodiscard]] Completions finishCommit();
   static void runCompletions(Completions& completions);
   [[nodiscard]] bool expiredAt(const Meta& meta, std::uint64_t now) const noexcept;
+  /// `seq` from hot_ if it is there (then removed from it), else from the store.
+  [[nodiscard]] core::Result<OutboxMessage> take(std::uint64_t seq);
 
   OutboxOptions options_;
   core::Scheduler& scheduler_;
@@ -243,6 +268,11 @@ class Outbox {
   // Deques: with a worker, a commit takes its share from the front while more arrive at the back.
   std::deque<PendingInsert> pendingInserts_;
   std::deque<std::uint64_t> pendingDeletes_;
+  /// Messages just committed, kept (in seq order, up to kHotBytes) so that nextToSend() hands
+  /// them out without reading back what it wrote a moment ago: a message sent at once costs one
+  /// SQLite statement fewer. Entries that left the outbox meanwhile are skipped lazily.
+  std::deque<OutboxMessage> hot_;
+  std::uint64_t hotBytes_ = 0;
   std::unique_ptr<core::Timer> commitTimer_;
   std::optional<std::chrono::microseconds> commitDue_;  ///< monotonic deadline of commitTimer_
   std::uint64_t nextSeq_ = 1;

@@ -6,6 +6,7 @@
 #include <array>
 #include <map>
 #include <optional>
+#include <regex>
 
 #include "fake_mqtt_transport.hpp"
 #include "manual_scheduler.hpp"
@@ -353,6 +354,12 @@ TEST_F(HubSessionTest, GeneratedMessageIdsAreUniqueUuids) {
   EXPECT_NE(a, b);
   ASSERT_EQ(a.size(), 36u);
   EXPECT_EQ(a[14], '4');
+  // RFC 4122 version 4 in its canonical lower-case form.
+  const std::regex uuid("[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}");
+  for (int i = 0; i < 100; ++i) {
+    std::string id = s.newMessageId();
+    EXPECT_TRUE(std::regex_match(id, uuid)) << id;
+  }
 }
 
 }  // namespace

@@ -1,0 +1,199 @@
+// SPDX-License-Identifier: MIT
+#include "bench_util.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+
+namespace iothubd::bench {
+
+std::string payload(std::uint64_t seq) {
+  char head[160];
+  // Plausible sensor telemetry; the padding makes every body exactly kPayloadBytes long.
+  int n = std::snprintf(
+      head, sizeof head,
+      R"({"deviceId":"bench","seq":%llu,"temperature":%.2f,"humidity":%.1f,)"
+      R"("pressure":%.1f,"status":"ok","pad":")",
+      static_cast<unsigned long long>(seq), 20.0 + static_cast<double>(seq % 1000) / 100.0,
+      40.0 + static_cast<double>(seq % 200) / 10.0, 1000.0 + static_cast<double>(seq % 300) / 10.0);
+  std::string body(head, static_cast<std::size_t>(n));
+  body.append(kPayloadBytes - body.size() - 2, 'x');
+  body += "\"}";
+  return body;
+}
+
+double quantile(std::vector<double>& samples, double q) {
+  if (samples.empty()) {
+    return 0;
+  }
+  std::sort(samples.begin(), samples.end());
+  auto index = static_cast<std::size_t>(q * static_cast<double>(samples.size() - 1) + 0.5);
+  return samples[std::min(index, samples.size() - 1)];
+}
+
+double processCpuMicros(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // The command name (field 2) may contain spaces: count fields after its closing parenthesis.
+  auto close = text.rfind(')');
+  if (close == std::string::npos) {
+    return -1;
+  }
+  std::istringstream fields(text.substr(close + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; fields >> field; ++i) {
+    if (i == 14) {
+      utime = std::strtoull(field.c_str(), nullptr, 10);
+    } else if (i == 15) {
+      stime = std::strtoull(field.c_str(), nullptr, 10);
+      break;
+    }
+  }
+  static const double kTick = 1e6 / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  return static_cast<double>(utime + stime) * kTick;
+}
+
+double threadCpuMicros(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/schedstat");
+  unsigned long long ns = 0;
+  if (!(in >> ns)) {
+    return -1;
+  }
+  return static_cast<double>(ns) / 1e3;
+}
+
+long residentKib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) {
+      return std::strtol(line.c_str() + 6, nullptr, 10);
+    }
+  }
+  return -1;
+}
+
+double threadCpuMicros() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) * 1e6 + static_cast<double>(ts.tv_nsec) / 1e3;
+}
+
+std::string jsonString(std::string_view text) {
+  std::string out = "\"";
+  for (char c : text) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+void Json::prefix(std::string_view key) {
+  if (!first_.back()) {
+    out_ += ",";
+  }
+  first_.back() = false;
+  if (!key.empty()) {
+    out_ += jsonString(key) + ":";
+  }
+}
+
+Json& Json::beginObject(std::string_view key) {
+  prefix(key);
+  out_ += "{";
+  first_.push_back(true);
+  return *this;
+}
+
+Json& Json::endObject() {
+  first_.pop_back();
+  out_ += "}";
+  return *this;
+}
+
+Json& Json::beginArray(std::string_view key) {
+  prefix(key);
+  out_ += "[";
+  first_.push_back(true);
+  return *this;
+}
+
+Json& Json::endArray() {
+  first_.pop_back();
+  out_ += "]";
+  return *this;
+}
+
+Json& Json::value(std::string_view key, double v) {
+  prefix(key);
+  if (!std::isfinite(v)) {
+    out_ += "null";
+    return *this;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  out_ += buf;
+  return *this;
+}
+
+Json& Json::value(std::string_view key, std::int64_t v) {
+  prefix(key);
+  out_ += std::to_string(v);
+  return *this;
+}
+
+Json& Json::value(std::string_view key, bool v) {
+  prefix(key);
+  out_ += v ? "true" : "false";
+  return *this;
+}
+
+Json& Json::value(std::string_view key, std::string_view v) {
+  prefix(key);
+  out_ += jsonString(v);
+  return *this;
+}
+
+Json& Json::raw(std::string_view key, std::string_view json) {
+  prefix(key);
+  out_ += json;
+  return *this;
+}
+
+double jsonNumber(std::string_view json, std::string_view key) {
+  std::string needle = "\"" + std::string(key) + "\":";
+  auto at = json.find(needle);
+  if (at == std::string_view::npos) {
+    return std::nan("");
+  }
+  std::string rest(json.substr(at + needle.size(), 40));
+  char* end = nullptr;
+  double v = std::strtod(rest.c_str(), &end);
+  return end == rest.c_str() ? std::nan("") : v;
+}
+
+}  // namespace iothubd::bench

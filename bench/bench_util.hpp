@@ -1,0 +1,72 @@
+// SPDX-License-Identifier: MIT
+// Shared by the benchmark programs (issue 8): the payload every scenario sends, percentiles,
+// per-process CPU time and RSS from /proc, and a small JSON writer for the figures.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace iothubd::bench {
+
+/// A 200-byte JSON telemetry body (the issue's payload), different per sequence number.
+[[nodiscard]] std::string payload(std::uint64_t seq);
+inline constexpr std::size_t kPayloadBytes = 200;
+
+[[nodiscard]] inline double nowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+/// The `q` quantile (0..1) of `samples` (sorted in place); 0 for none.
+[[nodiscard]] double quantile(std::vector<double>& samples, double q);
+
+/// User + system CPU time of process `pid` in microseconds, all its threads (live and exited)
+/// together: fields 14 and 15 of /proc/<pid>/stat. Clock-tick resolution (10 ms), so runs are
+/// sized to take seconds of CPU. -1 if the process is gone.
+[[nodiscard]] double processCpuMicros(pid_t pid);
+/// The same for a single-threaded process (dbus-daemon, the echo service) with nanosecond
+/// resolution: the run time in /proc/<pid>/schedstat. -1 if the process is gone.
+[[nodiscard]] double threadCpuMicros(pid_t pid);
+/// Resident set size of process `pid` in KiB (VmRSS of /proc/<pid>/status); -1 if gone.
+[[nodiscard]] long residentKib(pid_t pid);
+/// CPU time of the calling thread in microseconds.
+[[nodiscard]] double threadCpuMicros();
+
+/// Minimal JSON output: objects and arrays written in order, commas handled.
+class Json {
+ public:
+  Json& beginObject(std::string_view key = {});
+  Json& endObject();
+  Json& beginArray(std::string_view key = {});
+  Json& endArray();
+  Json& value(std::string_view key, double v);
+  Json& value(std::string_view key, std::int64_t v);
+  Json& value(std::string_view key, std::uint64_t v) {
+    return value(key, static_cast<std::int64_t>(v));
+  }
+  Json& value(std::string_view key, int v) { return value(key, static_cast<std::int64_t>(v)); }
+  Json& value(std::string_view key, bool v);
+  Json& value(std::string_view key, std::string_view v);
+  Json& value(std::string_view key, const char* v) { return value(key, std::string_view(v)); }
+  /// A raw JSON text (already valid JSON).
+  Json& raw(std::string_view key, std::string_view json);
+  [[nodiscard]] const std::string& text() const { return out_; }
+
+ private:
+  void prefix(std::string_view key);
+  std::string out_;
+  std::vector<bool> first_{true};
+};
+
+/// A JSON string literal for `text`.
+[[nodiscard]] std::string jsonString(std::string_view text);
+
+/// The number after `"key":` in a flat JSON object (what the helper programs print); NaN if absent.
+[[nodiscard]] double jsonNumber(std::string_view json, std::string_view key);
+
+}  // namespace iothubd::bench
