@@ -93,6 +93,10 @@ core::Result<Outbox::Accepted> Outbox::enqueue(std::string app, proto::OutgoingM
   if (auto valid = proto::validateCustomProperties(message.properties); !valid) {
     return core::fail(valid.error());
   }
+  // A message that cannot be published must not be stored: it would block the queue behind it.
+  if (auto fits = proto::validateMessageLimits(message); !fits) {
+    return core::fail(fits.error());
+  }
   const std::uint64_t size = proto::hubMessageSize(message);
   if (size > proto::kMaxTelemetryBytes) {
     return core::fail(Errc::MessageTooLarge, "message of " + std::to_string(size) +

@@ -48,6 +48,12 @@ bool startsWithIgnoreAsciiCase(std::string_view text, std::string_view prefix) {
   return true;
 }
 
+/// A name for an error message: at most 32 bytes of it, so that a huge name cannot make a huge
+/// error (or log line).
+std::string shown(std::string_view name) {
+  return name.size() <= 32 ? std::string(name) : std::string(name.substr(0, 32)) + "...";
+}
+
 }  // namespace
 
 core::Result<SystemProperties> systemPropertiesFromBus(
@@ -99,6 +105,50 @@ core::Result<void> validateCustomProperties(const std::map<std::string, std::str
       return core::fail(Errc::InvalidArgument,
                         "custom property '" + name + "' uses a reserved prefix ('$' or 'iothub-')");
     }
+  }
+  return {};
+}
+
+core::Result<void> validateMessageLimits(const OutgoingMessage& message) {
+  std::size_t count = message.properties.size();
+  for (const auto& key : kSystemKeys) {
+    if (const auto& value = message.system.*(key.field)) {
+      ++count;
+      if (value->size() > kMaxPropertyValueLength) {
+        return core::fail(Errc::MessageTooLarge,
+                          "system property '" + std::string(key.busName) +
+                              "' has a value longer than " +
+                              std::to_string(kMaxPropertyValueLength) + " bytes");
+      }
+    }
+  }
+  // Counted before anything else is looked at: the count bounds the work below.
+  if (count > kMaxMessageProperties) {
+    return core::fail(Errc::MessageTooLarge, "message has " + std::to_string(count) +
+                                                 " properties (custom and system); the limit is " +
+                                                 std::to_string(kMaxMessageProperties));
+  }
+  for (const auto& [name, value] : message.properties) {
+    if (name.size() > kMaxPropertyNameLength) {
+      return core::fail(Errc::MessageTooLarge, "custom property name '" + shown(name) +
+                                                   "' is longer than " +
+                                                   std::to_string(kMaxPropertyNameLength) +
+                                                   " bytes");
+    }
+    if (value.size() > kMaxPropertyValueLength) {
+      return core::fail(Errc::MessageTooLarge, "custom property '" + shown(name) +
+                                                   "' has a value longer than " +
+                                                   std::to_string(kMaxPropertyValueLength) +
+                                                   " bytes");
+    }
+  }
+  const std::size_t bag =
+      telemetryTopic({}, {}, message).size() - std::string_view("devices//messages/events/").size();
+  if (bag > kMaxPropertyBagBytes) {
+    return core::fail(Errc::MessageTooLarge,
+                      "the properties take " + std::to_string(bag) +
+                          " bytes in the MQTT topic (percent-encoded); the limit is " +
+                          std::to_string(kMaxPropertyBagBytes));
   }
   return {};
 }

@@ -268,6 +268,11 @@ core::Result<const rapidjson::Value*> desiredOf(std::string_view twinJson,
 }  // namespace
 
 core::Result<void> validateReportedPatch(std::string_view json) {
+  if (json.size() > kMaxReportedPatchBytes) {
+    return core::fail(Errc::MessageTooLarge, "patch is " + std::to_string(json.size()) +
+                                                 " bytes; the limit is " +
+                                                 std::to_string(kMaxReportedPatchBytes));
+  }
   rapidjson::Document doc;
   if (auto ok = parseJson(json, doc, Errc::InvalidArgument); !ok) {
     return ok;
@@ -283,6 +288,11 @@ core::Result<void> validateReportedPatch(std::string_view json) {
 core::Result<void> validateJsonPayload(std::string_view json) {
   if (json.empty()) {
     return {};
+  }
+  if (json.size() > kMaxJsonPayloadBytes) {
+    return core::fail(Errc::MessageTooLarge, "payload is " + std::to_string(json.size()) +
+                                                 " bytes; the limit is " +
+                                                 std::to_string(kMaxJsonPayloadBytes));
   }
   rapidjson::Document doc;
   return parseJson(json, doc, Errc::InvalidArgument);

@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "iothubd/core/result.hpp"
+#include "iothubd/proto/mqtt_identity.hpp"
 
 namespace iothubd::proto {
 
@@ -72,6 +73,26 @@ struct OutgoingMessage {
 /// (validateCustomProperties); does not check the size (hubMessageSize).
 [[nodiscard]] std::string telemetryTopic(std::string_view deviceId, std::string_view moduleId,
                                          const OutgoingMessage& message);
+
+/// Bounds on a message's properties (architecture doc 6.4), each over-limit MessageTooLarge. The
+/// property bag travels in the MQTT topic, which holds at most 65 535 bytes (MQTT 3.1.1 1.5.3;
+/// libmosquitto refuses a longer one): a message whose bag does not fit could be stored but
+/// never sent, and would hold up everything queued behind it.
+inline constexpr std::size_t kMaxMessageProperties = 256;  ///< custom and system together
+inline constexpr std::size_t kMaxPropertyNameLength = 256;
+inline constexpr std::size_t kMaxPropertyValueLength = 16 * 1024;  ///< custom and system values
+/// The percent-encoded bag, so that even the longest telemetry topic prefix
+/// (`devices/{128}/modules/{128}/messages/events/`) leaves the topic within 65 535 bytes.
+inline constexpr std::size_t kMaxPropertyBagBytes =
+    65535 - (std::string_view("devices/").size() + kMaxIdentityIdLength +
+             std::string_view("/modules/").size() + kMaxIdentityIdLength +
+             std::string_view("/messages/events/").size());
+
+/// Checks the property limits above. Errors: Errc::MessageTooLarge naming the limit ("message has
+/// 300 properties (custom and system); the limit is 256", "custom property name 'x…' is longer
+/// than 256 bytes", "property 'x' has a value longer than 16384 bytes", "the properties take N
+/// bytes in the MQTT topic; the limit is 65245").
+[[nodiscard]] core::Result<void> validateMessageLimits(const OutgoingMessage& message);
 
 /// The hub's message size limit: 256 KB (protocol doc section 4).
 inline constexpr std::size_t kMaxTelemetryBytes = 262144;
