@@ -29,10 +29,10 @@ core::Result<CallQuota::Ticket> CallQuota::acquire(const std::string& peer) {
     counter = std::make_shared<Counter>(Counter{peer, 0, peers_});
   }
   if (counter->count >= maxPerPeer_) {
-    return core::fail(core::Errc::QueueFull, "the caller already has " +
-                                                 std::to_string(counter->count) +
-                                                 " calls outstanding; the limit per caller is " +
-                                                 std::to_string(maxPerPeer_));
+    return core::fail(core::Errc::LimitExceeded,
+                      "the caller already has " + std::to_string(counter->count) +
+                          " calls outstanding; the limit per caller is " +
+                          std::to_string(maxPerPeer_) + " (max_pending_calls_per_app)");
   }
   ++counter->count;
   return Ticket(counter);

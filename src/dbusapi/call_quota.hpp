@@ -12,7 +12,7 @@ namespace iothubd::dbusapi {
 
 /// Bounds the calls one bus peer may have outstanding at once (architecture doc 6.4): every
 /// asynchronous method holds a Ticket from its dispatch until it is answered, and a peer's call
-/// beyond the limit is refused with QueueFull naming it. dbus-daemon's own bound (128 pending
+/// beyond the limit is refused with LimitExceeded naming it (max_pending_calls_per_app). dbus-daemon's own bound (128 pending
 /// replies per connection by default) covers neither calls sent with NO_REPLY_EXPECTED, which
 /// the daemon still runs, nor buses configured otherwise. Peers are D-Bus unique names. Loop
 /// thread only.
@@ -20,7 +20,7 @@ class CallQuota {
   struct Counter;
 
  public:
-  static constexpr std::size_t kDefaultMaxPerPeer = 1000;
+  static constexpr std::size_t kDefaultMaxPerPeer = 256;
 
   /// One call's slot: destroying the ticket (or release()) frees it. A ticket may outlive its
   /// quota (completions of calls still running at shutdown).
@@ -51,7 +51,8 @@ class CallQuota {
 
   explicit CallQuota(std::size_t maxPerPeer = kDefaultMaxPerPeer);
 
-  /// A slot for one more call of `peer`, or Errc::QueueFull when it has maxPerPeer outstanding.
+  /// A slot for one more call of `peer`, or Errc::LimitExceeded when it has maxPerPeer
+  /// outstanding.
   [[nodiscard]] core::Result<Ticket> acquire(const std::string& peer);
   /// The peer left the bus: its entry goes at once. Its calls still run to their end (their
   /// answers go nowhere) and their tickets then free nothing.
@@ -61,6 +62,9 @@ class CallQuota {
   /// Peers with calls outstanding (entries go when their last call is answered).
   [[nodiscard]] std::size_t peerCount() const { return peers_->size(); }
   [[nodiscard]] std::size_t maxPerPeer() const noexcept { return maxPerPeer_; }
+  /// Configuration reload: later calls are admitted against `maxPerPeer`; calls outstanding
+  /// already stay.
+  void setMaxPerPeer(std::size_t maxPerPeer) noexcept { maxPerPeer_ = maxPerPeer; }
 
  private:
   using Peers = std::unordered_map<std::string, std::shared_ptr<Counter>>;

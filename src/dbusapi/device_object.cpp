@@ -14,6 +14,7 @@
 #include "call_quota.hpp"
 #include "errors.hpp"
 #include "iothubd/core/log.hpp"
+#include "iothubd/proto/telemetry.hpp"
 #include "iothubd/proto/twin.hpp"
 #include "method_router.hpp"
 #include "org_iothubd_device1_adaptor.h"
@@ -98,7 +99,9 @@ class DeviceObjectImpl final : public DeviceObject,
         session_(services.session),
         telemetry_(services.telemetry),
         uploads_(services.uploads),
-        router_(services.scheduler, services.methodResponseTimeout, routerHooks()),
+        router_(services.scheduler, services.methodResponseTimeout, routerHooks(),
+                routerLimits(services.limits)),
+        quota_(services.limits.maxPendingCallsPerApp),
         connected_(session_.connected()) {
     registerAdaptor();
     session_.addObserver(this);
@@ -119,11 +122,21 @@ class DeviceObjectImpl final : public DeviceObject,
     router_.setResponseTimeout(timeout);
   }
 
+  void setLimits(const BusLimits& limits) override {
+    router_.setLimits(routerLimits(limits));
+    quota_.setMaxPerPeer(limits.maxPendingCallsPerApp);
+  }
+
   void identityChanged() override {
     emitChanged({"DeviceId", "ModuleId", "HostName", "GatewayHostName", "AuthenticationType"});
   }
 
  private:
+  static MethodRouter::Limits routerLimits(const BusLimits& limits) {
+    return {.maxClaimsPerPeer = limits.maxMethodClaimsPerApp,
+            .maxPendingRequests = limits.maxPendingMethodRequests};
+  }
+
   MethodRouter::Hooks routerHooks() {
     MethodRouter::Hooks hooks;
     hooks.deliver = [this](const std::string& peer, const std::string& rid, const std::string& name,
@@ -247,15 +260,14 @@ class DeviceObjectImpl final : public DeviceObject,
                [&] { session_.disconnect(completion(std::move(result), replyEmpty())); });
   }
 
-  /// Validates a message from the bus (system property names, reserved custom names) and
-  /// gives it an id if it has none.
+  /// A message from the bus, given an id if it has none and checked against every rule and
+  /// limit (proto::validateOutgoingMessage) before anything is stored or sent.
   proto::OutgoingMessage message(std::string body, std::map<std::string, std::string> properties,
                                  const std::map<std::string, std::string>& systemProperties) {
     auto system = proto::systemPropertiesFromBus(systemProperties);
     if (!system) {
       throw toDbusError(system.error());
     }
-    throwIfError(proto::validateCustomProperties(properties));
     proto::OutgoingMessage m;
     m.body = std::move(body);
     m.properties = std::move(properties);
@@ -263,6 +275,7 @@ class DeviceObjectImpl final : public DeviceObject,
     if (!m.system.messageId) {
       m.system.messageId = session_.newMessageId();
     }
+    throwIfError(proto::validateOutgoingMessage(m));
     return m;
   }
 

@@ -34,6 +34,9 @@ sdbus::Error toDbusError(const core::Error& error) {
     case Errc::QueueFull:
       name = "org.iothubd.Error.QueueFull";
       break;
+    case Errc::LimitExceeded:
+      name = "org.iothubd.Error.LimitExceeded";
+      break;
     case Errc::Service:
       name = "org.iothubd.Error.Service";
       break;

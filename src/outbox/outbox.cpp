@@ -90,19 +90,11 @@ core::Result<Outbox::Accepted> Outbox::enqueue(std::string app, proto::OutgoingM
   if (!message.system.messageId || message.system.messageId->empty()) {
     return core::fail(Errc::InvalidArgument, "a message for the outbox needs a message id");
   }
-  if (auto valid = proto::validateCustomProperties(message.properties); !valid) {
+  // A message that cannot be published must not be stored: it would block the queue behind it.
+  if (auto valid = proto::validateOutgoingMessage(message); !valid) {
     return core::fail(valid.error());
   }
-  // A message that cannot be published must not be stored: it would block the queue behind it.
-  if (auto fits = proto::validateMessageLimits(message); !fits) {
-    return core::fail(fits.error());
-  }
   const std::uint64_t size = proto::hubMessageSize(message);
-  if (size > proto::kMaxTelemetryBytes) {
-    return core::fail(Errc::MessageTooLarge, "message of " + std::to_string(size) +
-                                                 " bytes is over the hub's limit of " +
-                                                 std::to_string(proto::kMaxTelemetryBytes));
-  }
   const std::uint64_t now = clock_.unixSeconds();
   std::optional<std::uint64_t> expiresAt;
   if (const auto& own = message.system.expiryTimeUtc) {

@@ -202,7 +202,9 @@ core::Result<void> parseJson(std::string_view json, rapidjson::Document& doc, Er
   doc.Populate(generator);
   if (tooDeep) {
     // RapidJSON reports the offset after the bracket it had just consumed; name the bracket.
-    return core::fail(code, "JSON nested deeper than " + std::to_string(kMaxJsonDepth) +
+    // From an app this is a limit of ours, not malformed input: say so with its own error.
+    return core::fail(code == Errc::InvalidArgument ? Errc::LimitExceeded : code,
+                      "JSON nested deeper than " + std::to_string(kMaxJsonDepth) +
                                 " levels at offset " + std::to_string(result.Offset() - 1));
   }
   if (result.IsError()) {

@@ -135,15 +135,8 @@ void HubSession::disconnect(Completion done) {
 }
 
 void HubSession::sendTelemetry(const proto::OutgoingMessage& message, Completion done) {
-  if (auto fits = proto::validateMessageLimits(message); !fits) {
-    done(fail(fits.error()));
-    return;
-  }
-  // Protocol doc 4: the hub counts body + system property values + custom names and values.
-  if (std::size_t size = proto::hubMessageSize(message); size > proto::kMaxTelemetryBytes) {
-    done(fail(Errc::MessageTooLarge, "message is " + std::to_string(size) +
-                                         " bytes as IoT Hub counts it; the limit is " +
-                                         std::to_string(proto::kMaxTelemetryBytes)));
+  if (auto valid = proto::validateOutgoingMessage(message); !valid) {
+    done(fail(valid.error()));
     return;
   }
   publishOrQueue(proto::telemetryTopic(options_.deviceId, options_.moduleId, message), message.body,

@@ -21,6 +21,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   if (!payload) {
     FUZZ_CHECK(payload.error().code == core::Errc::InvalidArgument ||
+               payload.error().code == core::Errc::LimitExceeded ||
                (payload.error().code == core::Errc::MessageTooLarge &&
                 json.size() > proto::kMaxJsonPayloadBytes));
   }

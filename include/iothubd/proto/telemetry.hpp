@@ -74,6 +74,14 @@ struct OutgoingMessage {
 [[nodiscard]] std::string telemetryTopic(std::string_view deviceId, std::string_view moduleId,
                                          const OutgoingMessage& message);
 
+/// The hub's message size limit: 256 KB (protocol doc section 4).
+inline constexpr std::size_t kMaxTelemetryBytes = 262144;
+
+/// The size the hub counts against kMaxTelemetryBytes (protocol doc section 4): body + values of
+/// the system properties + names and values of the custom properties, where the creation time
+/// counts as the custom property `iothub-creation-time-utc` (name and value). Unencoded bytes.
+[[nodiscard]] std::size_t hubMessageSize(const OutgoingMessage& message);
+
 /// Bounds on a message's properties (architecture doc 6.4), each over-limit MessageTooLarge. The
 /// property bag travels in the MQTT topic, which holds at most 65 535 bytes (MQTT 3.1.1 1.5.3;
 /// libmosquitto refuses a longer one): a message whose bag does not fit could be stored but
@@ -88,18 +96,21 @@ inline constexpr std::size_t kMaxPropertyBagBytes =
              std::string_view("/modules/").size() + kMaxIdentityIdLength +
              std::string_view("/messages/events/").size());
 
-/// Checks the property limits above. Errors: Errc::MessageTooLarge naming the limit ("message has
-/// 300 properties (custom and system); the limit is 256", "custom property name 'x…' is longer
-/// than 256 bytes", "property 'x' has a value longer than 16384 bytes", "the properties take N
-/// bytes in the MQTT topic; the limit is 65245").
-[[nodiscard]] core::Result<void> validateMessageLimits(const OutgoingMessage& message);
-
-/// The hub's message size limit: 256 KB (protocol doc section 4).
-inline constexpr std::size_t kMaxTelemetryBytes = 262144;
-
-/// The size the hub counts against kMaxTelemetryBytes (protocol doc section 4): body + values of
-/// the system properties + names and values of the custom properties, where the creation time
-/// counts as the custom property `iothub-creation-time-utc` (name and value). Unencoded bytes.
-[[nodiscard]] std::size_t hubMessageSize(const OutgoingMessage& message);
+/// Everything a device-to-cloud message must satisfy before it is accepted, in one place: the
+/// D-Bus methods that take messages (SendMessage, QueueMessage and their batch and binary
+/// variants), the outbox and the session all call it. Checks, cheapest first so that the count
+/// bounds the work of the rest:
+/// - at most kMaxMessageProperties properties, custom and system together;
+/// - validateCustomProperties (Errc::InvalidArgument);
+/// - names at most kMaxPropertyNameLength, values at most kMaxPropertyValueLength bytes;
+/// - hubMessageSize at most kMaxTelemetryBytes;
+/// - the percent-encoded property bag at most kMaxPropertyBagBytes.
+/// Errors: Errc::InvalidArgument as validateCustomProperties; Errc::MessageTooLarge naming the
+/// limit ("message has 300 properties (custom and system); the limit is 256", "custom property
+/// name 'x...' is longer than 256 bytes", "property 'x' has a value longer than 16384 bytes",
+/// "message is N bytes as IoT Hub counts it; the limit is 262144", "the properties take N bytes
+/// in the MQTT topic (percent-encoded); the limit is 65245"). Names in messages are cut to 32
+/// bytes.
+[[nodiscard]] core::Result<void> validateOutgoingMessage(const OutgoingMessage& message);
 
 }  // namespace iothubd::proto

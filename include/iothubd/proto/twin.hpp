@@ -23,15 +23,15 @@ inline constexpr std::size_t kMaxJsonPayloadBytes = 128 * 1024;
 
 /// Checks a reported-properties patch before it is sent (protocol doc section 7: a JSON merge
 /// patch, so it must be an object). Text must be valid UTF-8 JSON, one value, no NUL bytes.
-/// Errors: Errc::MessageTooLarge beyond kMaxReportedPatchBytes; Errc::InvalidArgument "invalid
-/// JSON at offset N: <reason>", "JSON nested deeper than 32 levels at offset N", "patch must be a
-/// JSON object, got array".
+/// Errors: Errc::MessageTooLarge beyond kMaxReportedPatchBytes; Errc::LimitExceeded "JSON nested
+/// deeper than 32 levels at offset N"; Errc::InvalidArgument "invalid JSON at offset N: <reason>",
+/// "patch must be a JSON object, got array".
 [[nodiscard]] core::Result<void> validateReportedPatch(std::string_view json);
 
 /// Checks a method response payload: empty means "no payload" and is fine; anything else must be
 /// one valid JSON value of any type, within kMaxJsonDepth (protocol doc section 6).
-/// Errors: Errc::MessageTooLarge beyond kMaxJsonPayloadBytes; Errc::InvalidArgument as
-/// validateReportedPatch.
+/// Errors: Errc::MessageTooLarge beyond kMaxJsonPayloadBytes; Errc::LimitExceeded and
+/// Errc::InvalidArgument as validateReportedPatch.
 [[nodiscard]] core::Result<void> validateJsonPayload(std::string_view json);
 
 /// `desired.$version` of a twin GET result `{"desired":{...,"$version":N},"reported":{...}}`.

@@ -8,7 +8,7 @@
 namespace iothubd::dbusapi {
 namespace {
 
-TEST(CallQuota, RefusesACallerBeyondItsLimitWithQueueFullNamingIt) {
+TEST(CallQuota, RefusesACallerBeyondItsLimitWithLimitExceededNamingIt) {
   CallQuota quota(3);
   std::vector<CallQuota::Ticket> held;
   for (int i = 0; i < 3; ++i) {
@@ -18,7 +18,7 @@ TEST(CallQuota, RefusesACallerBeyondItsLimitWithQueueFullNamingIt) {
   }
   auto refused = quota.acquire(":1.7");
   ASSERT_FALSE(refused);
-  EXPECT_EQ(refused.error().code, core::Errc::QueueFull);
+  EXPECT_EQ(refused.error().code, core::Errc::LimitExceeded);
   EXPECT_NE(refused.error().message.find("limit per caller is 3"), std::string::npos)
       << refused.error().message;
   // Another caller is served meanwhile.
@@ -78,6 +78,20 @@ TEST(CallQuota, ACallerThatLeavesIsForgottenAtOnceAndItsLateAnswersFreeNothing) 
   a->release();
   b->release();
   EXPECT_EQ(quota.outstanding(":1.1"), 1u);
+}
+
+TEST(CallQuota, ANewLimitAppliesToLaterCallsOnly) {
+  CallQuota quota(2);
+  auto a = quota.acquire(":1.1");
+  auto b = quota.acquire(":1.1");
+  ASSERT_TRUE(a && b);
+  quota.setMaxPerPeer(1);
+  EXPECT_EQ(quota.outstanding(":1.1"), 2u) << "calls already admitted stay";
+  EXPECT_FALSE(quota.acquire(":1.1"));
+  a->release();
+  EXPECT_FALSE(quota.acquire(":1.1")) << "one outstanding is the new limit";
+  b->release();
+  EXPECT_TRUE(quota.acquire(":1.1"));
 }
 
 TEST(CallQuota, TicketsMayOutliveTheirQuota) {
