@@ -151,13 +151,10 @@ std::size_t hubMessageSize(const OutgoingMessage& message) {
 }
 
 core::Result<void> validateOutgoingMessage(const OutgoingMessage& message) {
-  std::size_t count = message.properties.size();
-  for (const auto& key : kSystemKeys) {
-    count += message.system.*(key.field) ? 1 : 0;
-  }
-  if (count > kMaxMessageProperties) {
+  // System properties are a fixed set; the count bounds the work of everything below.
+  if (const std::size_t count = message.properties.size(); count > kMaxMessageProperties) {
     return core::fail(Errc::MessageTooLarge, "message has " + std::to_string(count) +
-                                                 " properties (custom and system); the limit is " +
+                                                 " custom properties; the limit is " +
                                                  std::to_string(kMaxMessageProperties));
   }
   if (auto valid = validateCustomProperties(message.properties); !valid) {

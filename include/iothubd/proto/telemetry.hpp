@@ -86,7 +86,7 @@ inline constexpr std::size_t kMaxTelemetryBytes = 262144;
 /// property bag travels in the MQTT topic, which holds at most 65 535 bytes (MQTT 3.1.1 1.5.3;
 /// libmosquitto refuses a longer one): a message whose bag does not fit could be stored but
 /// never sent, and would hold up everything queued behind it.
-inline constexpr std::size_t kMaxMessageProperties = 256;  ///< custom and system together
+inline constexpr std::size_t kMaxMessageProperties = 256;  ///< custom ones (system: a fixed set)
 inline constexpr std::size_t kMaxPropertyNameLength = 256;
 inline constexpr std::size_t kMaxPropertyValueLength = 16 * 1024;  ///< custom and system values
 /// The percent-encoded bag, so that even the longest telemetry topic prefix
@@ -100,13 +100,13 @@ inline constexpr std::size_t kMaxPropertyBagBytes =
 /// D-Bus methods that take messages (SendMessage, QueueMessage and their batch and binary
 /// variants), the outbox and the session all call it. Checks, cheapest first so that the count
 /// bounds the work of the rest:
-/// - at most kMaxMessageProperties properties, custom and system together;
+/// - at most kMaxMessageProperties custom properties;
 /// - validateCustomProperties (Errc::InvalidArgument);
 /// - names at most kMaxPropertyNameLength, values at most kMaxPropertyValueLength bytes;
 /// - hubMessageSize at most kMaxTelemetryBytes;
 /// - the percent-encoded property bag at most kMaxPropertyBagBytes.
 /// Errors: Errc::InvalidArgument as validateCustomProperties; Errc::MessageTooLarge naming the
-/// limit ("message has 300 properties (custom and system); the limit is 256", "custom property
+/// limit ("message has 300 custom properties; the limit is 256", "custom property
 /// name 'x...' is longer than 256 bytes", "property 'x' has a value longer than 16384 bytes",
 /// "message is N bytes as IoT Hub counts it; the limit is 262144", "the properties take N bytes
 /// in the MQTT topic (percent-encoded); the limit is 65245"). Names in messages are cut to 32
