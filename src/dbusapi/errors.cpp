@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "errors.hpp"
 
+#include "iothubd/core/utf8.hpp"
+
 namespace iothubd::dbusapi {
 
 sdbus::Error toDbusError(const core::Error& error) {
@@ -61,7 +63,9 @@ sdbus::Error toDbusError(const core::Error& error) {
       name = "org.freedesktop.DBus.Error.Failed";
       break;
   }
-  return sdbus::Error(name, error.message);
+  // Messages may quote what a caller sent (cut to a length anywhere): sd-bus would refuse to
+  // build the reply from invalid UTF-8, and the caller would never be answered.
+  return sdbus::Error(name, core::validUtf8(error.message));
 }
 
 }  // namespace iothubd::dbusapi

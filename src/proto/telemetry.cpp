@@ -3,6 +3,7 @@
 
 #include <array>
 
+#include "iothubd/core/utf8.hpp"
 #include "iothubd/proto/property_bag.hpp"
 
 namespace iothubd::proto {
@@ -48,10 +49,10 @@ bool startsWithIgnoreAsciiCase(std::string_view text, std::string_view prefix) {
   return true;
 }
 
-/// A name for an error message: at most 32 bytes of it, so that a huge name cannot make a huge
-/// error (or log line).
+/// A name for an error message: at most 32 bytes of it, cut at a character boundary, so that a
+/// huge name cannot make a huge error (or log line) nor an invalid UTF-8 one.
 std::string shown(std::string_view name) {
-  return name.size() <= 32 ? std::string(name) : std::string(name.substr(0, 32)) + "...";
+  return core::validUtf8(name, 32);
 }
 
 }  // namespace
