@@ -52,6 +52,11 @@ constexpr bool kSanitized = false;
 /// Anything held per call, per client or per message would exceed it within the run.
 constexpr long kRssBandKiB = 8 * 1024;
 
+/// Descriptors may end this many above the baseline: a connection to the hub or an upload's
+/// socket may be open or closed at either moment. A descriptor kept per call or per client
+/// would exceed it by hundreds.
+constexpr int kFdBand = 2;
+
 constexpr std::size_t kMaxClients = 12;
 /// Below dbus-daemon's 128 pending replies per connection, so that the bus does not refuse us.
 constexpr std::size_t kMaxOutstandingPerClient = 64;
@@ -1170,7 +1175,7 @@ class BusFuzzTest : public DaemonTest {
     // event for another process closing one, so this polls (bounded).
     auto f = footprintOf(daemon_->pid());
     const auto fdDeadline = Clock::now() + std::chrono::seconds(20);
-    while (expectedFds >= 0 && f.fds != expectedFds && Clock::now() < fdDeadline) {
+    while (expectedFds >= 0 && f.fds > expectedFds && Clock::now() < fdDeadline) {
       std::this_thread::sleep_for(100ms);
       f = footprintOf(daemon_->pid());
     }
@@ -1223,10 +1228,10 @@ TEST_F(BusFuzzTest, DaemonSurvivesHostileCallersAndReturnsToItsStartingBand) {
   reportFindings();
   ASSERT_TRUE(fuzzer.findings().empty());
 
-  const Footprint after = quiesce(service, "run", baseline.fds);
+  const Footprint after = quiesce(service, "run", baseline.fds + kFdBand);
   std::cout << "bus fuzzer: after the run: " << describe(after) << "\n";
-  EXPECT_EQ(after.fds, baseline.fds) << "descriptors: " << describe(baseline) << " before, "
-                                     << describe(after) << " after";
+  EXPECT_LE(after.fds, baseline.fds + kFdBand)
+      << "descriptors: " << describe(baseline) << " before, " << describe(after) << " after";
   if (!kSanitized) {
     EXPECT_LE(after.rssKiB, baseline.rssKiB + kRssBandKiB)
         << "RSS grew beyond the band: " << describe(baseline) << " before, " << describe(after)
