@@ -43,7 +43,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       const auto code = fed.error().code;
       FUZZ_CHECK(code == core::Errc::Protocol || code == core::Errc::Unauthorized ||
                  code == core::Errc::ConnectionFailed);
-      FUZZ_CHECK(fed.error().message.find(kPassword) == std::string::npos);
+      // Only a proxy that sent the text itself may see it quoted back (a status line).
+      FUZZ_CHECK(fed.error().message.find(kPassword) == std::string::npos ||
+                 std::string_view(reinterpret_cast<const char*>(data), size).find(kPassword) !=
+                     std::string_view::npos);
       return 0;
     }
     (void)handshake->takeOutput();
