@@ -114,7 +114,15 @@ iothubd::session::SessionOptions sessionOptions(const iothubd::config::Settings&
   o.connectionRetryInterval = std::chrono::seconds(s.connectionRetryInterval);
   o.operationTimeout = std::chrono::seconds(s.operationTimeout);
   o.ensureDesiredProperties = s.ensureDesiredProperties;
+  o.maxQueuedMessages = s.maxQueuedMessages;
+  o.maxQueuedBytes = s.maxQueuedBytes;
   return o;
+}
+
+iothubd::dbusapi::BusLimits busLimits(const iothubd::config::Settings& s) {
+  return {.maxPendingCallsPerApp = s.maxPendingCallsPerApp,
+          .maxMethodClaimsPerApp = s.maxMethodClaimsPerApp,
+          .maxPendingMethodRequests = s.maxPendingMethodRequests};
 }
 
 /// Configuration and credentials as read at start or at a reload, validated.
@@ -268,6 +276,7 @@ void reload(const std::string& configPath, HubSession& session,
   } else {
     applyLogLevel(loaded->settings);
     object.setMethodResponseTimeout(std::chrono::seconds(loaded->settings.methodResponseTimeout));
+    object.setLimits(busLimits(loaded->settings));
     bool reconnects = session.reconfigure(
         sessionOptions(loaded->settings, std::move(loaded->identity), std::move(loaded->proxy)));
     if (reconnects) {
@@ -367,7 +376,7 @@ int run(const Options& opts) {
 
   auto object = iothubd::dbusapi::createDeviceObject(
       *bus, {session, ev, std::chrono::seconds(settings.methodResponseTimeout), telemetry,
-             uploads.get()});
+             uploads.get(), busLimits(settings)});
   StatusReporter status(session);
   if (auto r = ev.attachBus(*bus); !r) {
     logf(LogLevel::Error, r.error().message);

@@ -602,8 +602,8 @@ core::Result<void> BlobUploader::getStorageInfo(std::string blobName, StorageInf
 
 core::Result<void> BlobUploader::notifyStatus(const proto::UploadNotification& notification,
                                               NotifyDone done) {
-  if (notification.correlationId.empty()) {
-    return fail(Errc::InvalidArgument, "the correlation id is empty");
+  if (auto valid = proto::validateUploadNotification(notification); !valid) {
+    return fail(valid.error());
   }
   auto requestId = std::make_shared<http::HttpClient::RequestId>(0);
   auto id = hubRequest(proto::notificationPath(hub_.deviceId, hub_.apiVersion),

@@ -189,6 +189,13 @@ const std::map<std::string, Handler, std::less<>>& keyTable() {
       {"file_upload.block_size", count(&Settings::blockSize, 64 * 1024, 100 * 1024 * 1024)},
       {"file_upload.max_concurrent_uploads", number(&Settings::maxConcurrentUploads, 1, 10)},
       {"file_upload.upload_timeout", number(&Settings::uploadTimeout, 10, 7 * 24 * 3600)},
+      {"limits.max_pending_calls_per_app", count(&Settings::maxPendingCallsPerApp, 1, 1000000)},
+      {"limits.max_method_claims_per_app", count(&Settings::maxMethodClaimsPerApp, 1, 1000000)},
+      {"limits.max_pending_method_requests",
+       count(&Settings::maxPendingMethodRequests, 1, 1000000)},
+      {"limits.max_queued_messages", count(&Settings::maxQueuedMessages, 1, 100000000)},
+      // At least one largest message (256 KiB body and a 64 KiB topic) must fit.
+      {"limits.max_queued_bytes", count(&Settings::maxQueuedBytes, 1024 * 1024, 1ull << 40)},
       {"daemon.log_level",
        [](Settings& s, std::string_view v) -> std::string {
          static constexpr std::string_view kLevels[] = {"error", "warning", "notice", "info",

@@ -25,6 +25,8 @@ const char* errcName(Errc code) noexcept {
       return "message-too-large";
     case Errc::QueueFull:
       return "queue-full";
+    case Errc::LimitExceeded:
+      return "limit-exceeded";
     case Errc::Protocol:
       return "protocol";
     case Errc::Service:

@@ -6,11 +6,15 @@
 
 #include <cerrno>
 #include <cstring>
+#include <functional>
+#include <optional>
 
 #include <sdbus-c++/sdbus-c++.h>
 
+#include "call_quota.hpp"
 #include "errors.hpp"
 #include "iothubd/core/log.hpp"
+#include "iothubd/proto/telemetry.hpp"
 #include "iothubd/proto/twin.hpp"
 #include "method_router.hpp"
 #include "org_iothubd_device1_adaptor.h"
@@ -25,25 +29,30 @@ using Adaptor = org::iothubd::Device1_adaptor;
 
 /// Runs a handler body so that nothing but a D-Bus error reply leaves it: sdbus-c++ 1.2 catches
 /// only sdbus::Error in its method trampoline, and anything else would unwind through sd-bus's C
-/// frames (architecture doc 6.5).
-template <class ResultT, class Body>
-void replyGuard(ResultT& result, const char* method, Body&& body) noexcept {
+/// frames (architecture doc 6.5). `fail` sends the error reply; if even that throws (the caller's
+/// connection is gone), the error is logged and dropped.
+template <class Fail, class Body>
+void guarded(const char* method, Fail&& fail, Body&& body) noexcept {
+  std::optional<sdbus::Error> error;
   try {
     body();
   } catch (const sdbus::Error& e) {
-    result.returnError(e);
+    error = e;
   } catch (const std::exception& e) {
     logf(LogLevel::Error, method, " failed: ", e.what());
-    try {
-      result.returnError(sdbus::Error("org.freedesktop.DBus.Error.Failed",
-                                      std::string("internal error: ") + e.what()));
-    } catch (...) {
-    }
+    error = sdbus::Error("org.freedesktop.DBus.Error.Failed",
+                         std::string("internal error: ") + e.what());
   } catch (...) {
-    try {
-      result.returnError(sdbus::Error("org.freedesktop.DBus.Error.Failed", "internal error"));
-    } catch (...) {
-    }
+    error = sdbus::Error("org.freedesktop.DBus.Error.Failed", "internal error");
+  }
+  if (!error) {
+    return;
+  }
+  try {
+    fail(*error);
+  } catch (const std::exception& e) {
+    logf(LogLevel::Warning, method, ": cannot send the error reply: ", e.what());
+  } catch (...) {
   }
 }
 
@@ -90,7 +99,9 @@ class DeviceObjectImpl final : public DeviceObject,
         session_(services.session),
         telemetry_(services.telemetry),
         uploads_(services.uploads),
-        router_(services.scheduler, services.methodResponseTimeout, routerHooks()),
+        router_(services.scheduler, services.methodResponseTimeout, routerHooks(),
+                routerLimits(services.limits)),
+        quota_(services.limits.maxPendingCallsPerApp),
         connected_(session_.connected()) {
     registerAdaptor();
     session_.addObserver(this);
@@ -111,11 +122,21 @@ class DeviceObjectImpl final : public DeviceObject,
     router_.setResponseTimeout(timeout);
   }
 
+  void setLimits(const BusLimits& limits) override {
+    router_.setLimits(routerLimits(limits));
+    quota_.setMaxPerPeer(limits.maxPendingCallsPerApp);
+  }
+
   void identityChanged() override {
     emitChanged({"DeviceId", "ModuleId", "HostName", "GatewayHostName", "AuthenticationType"});
   }
 
  private:
+  static MethodRouter::Limits routerLimits(const BusLimits& limits) {
+    return {.maxClaimsPerPeer = limits.maxMethodClaimsPerApp,
+            .maxPendingRequests = limits.maxPendingMethodRequests};
+  }
+
   MethodRouter::Hooks routerHooks() {
     MethodRouter::Hooks hooks;
     hooks.deliver = [this](const std::string& peer, const std::string& rid, const std::string& name,
@@ -147,6 +168,7 @@ class DeviceObjectImpl final : public DeviceObject,
                      const std::string& newOwner) {
           if (!name.empty() && name[0] == ':' && !oldOwner.empty() && newOwner.empty()) {
             router_.peerGone(name);
+            quota_.peerGone(name);
           }
         });
     busProxy_->finishRegistration();
@@ -157,23 +179,69 @@ class DeviceObjectImpl final : public DeviceObject,
     return message != nullptr ? message->getSender() : std::string();
   }
 
-  /// A reply that is sent at most once, even if the object goes away first.
+  /// Runs an asynchronous method's body: admits the call against its caller's quota first
+  /// (QueueFull beyond it; the ticket then travels with the Result into completion()), and turns
+  /// whatever the body throws into an error reply, sent through the completion if the body had
+  /// already handed the Result to one (an operation that refused it at once).
+  template <class ResultT, class Body>
+  void replyGuard(ResultT& result, const char* method, Body&& body) noexcept {
+    guarded(
+        method,
+        [&](const sdbus::Error& e) {
+          if (handedOver_) {
+            handedOver_(e);
+          } else {
+            result.returnError(e);
+          }
+        },
+        [&] {
+          auto ticket = quota_.acquire(caller());
+          if (!ticket) {
+            throw toDbusError(ticket.error());
+          }
+          admitted_ = std::move(*ticket);
+          handedOver_ = nullptr;
+          body();
+        });
+    handedOver_ = nullptr;
+    admitted_.release();  // answered at once, or no completion took it
+  }
+
+  /// The completion of an asynchronous call: answers it at most once, even if the object goes
+  /// away first, and frees the caller's quota slot (admitted by replyGuard) when it answers.
   template <class ResultT, class OnSuccess>
   auto completion(ResultT result, OnSuccess onSuccess) {
-    auto alive = alive_;
+    struct Call {
+      std::optional<ResultT> result;
+      CallQuota::Ticket ticket;
+    };
     // sdbus::Result is move-only and a session Completion is a std::function: share it.
-    auto shared = std::make_shared<ResultT>(std::move(result));
-    return [shared, onSuccess = std::move(onSuccess), alive](auto outcome) mutable {
-      if (!*alive) {
+    auto call = std::make_shared<Call>(Call{std::move(result), std::move(admitted_)});
+    handedOver_ = [call](const sdbus::Error& e) {
+      if (call->result) {
+        auto r = std::move(*call->result);
+        call->result.reset();
+        call->ticket.release();
+        r.returnError(e);
+      }
+    };
+    auto alive = alive_;
+    return [call, onSuccess = std::move(onSuccess), alive](auto outcome) mutable {
+      if (!*alive || !call->result) {
         return;
       }
-      replyGuard(*shared, "reply", [&] {
-        if (outcome) {
-          onSuccess(*shared, outcome);
-        } else {
-          shared->returnError(toDbusError(outcome.error()));
-        }
-      });
+      auto r = std::move(*call->result);
+      call->result.reset();
+      call->ticket.release();
+      guarded(
+          "reply", [&](const sdbus::Error& e) { r.returnError(e); },
+          [&] {
+            if (outcome) {
+              onSuccess(r, outcome);
+            } else {
+              r.returnError(toDbusError(outcome.error()));
+            }
+          });
     };
   }
 
@@ -192,15 +260,14 @@ class DeviceObjectImpl final : public DeviceObject,
                [&] { session_.disconnect(completion(std::move(result), replyEmpty())); });
   }
 
-  /// Validates a message from the bus (system property names, reserved custom names) and
-  /// gives it an id if it has none.
+  /// A message from the bus, given an id if it has none and checked against every rule and
+  /// limit (proto::validateOutgoingMessage) before anything is stored or sent.
   proto::OutgoingMessage message(std::string body, std::map<std::string, std::string> properties,
                                  const std::map<std::string, std::string>& systemProperties) {
     auto system = proto::systemPropertiesFromBus(systemProperties);
     if (!system) {
       throw toDbusError(system.error());
     }
-    throwIfError(proto::validateCustomProperties(properties));
     proto::OutgoingMessage m;
     m.body = std::move(body);
     m.properties = std::move(properties);
@@ -208,6 +275,7 @@ class DeviceObjectImpl final : public DeviceObject,
     if (!m.system.messageId) {
       m.system.messageId = session_.newMessageId();
     }
+    throwIfError(proto::validateOutgoingMessage(m));
     return m;
   }
 
@@ -545,6 +613,10 @@ class DeviceObjectImpl final : public DeviceObject,
   delivery::TelemetryPipeline& telemetry_;
   blob::BlobUploader* uploads_;
   MethodRouter router_;
+  CallQuota quota_;
+  CallQuota::Ticket admitted_;  ///< the slot of the call being dispatched, for completion()
+  /// Answers the call being dispatched once completion() holds its Result.
+  std::function<void(const sdbus::Error&)> handedOver_;
   std::unique_ptr<sdbus::IProxy> busProxy_;
   bool connected_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

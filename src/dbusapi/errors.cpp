@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "errors.hpp"
 
+#include "iothubd/core/utf8.hpp"
+
 namespace iothubd::dbusapi {
 
 sdbus::Error toDbusError(const core::Error& error) {
@@ -34,6 +36,9 @@ sdbus::Error toDbusError(const core::Error& error) {
     case Errc::QueueFull:
       name = "org.iothubd.Error.QueueFull";
       break;
+    case Errc::LimitExceeded:
+      name = "org.iothubd.Error.LimitExceeded";
+      break;
     case Errc::Service:
       name = "org.iothubd.Error.Service";
       break;
@@ -58,7 +63,9 @@ sdbus::Error toDbusError(const core::Error& error) {
       name = "org.freedesktop.DBus.Error.Failed";
       break;
   }
-  return sdbus::Error(name, error.message);
+  // Messages may quote what a caller sent (cut to a length anywhere): sd-bus would refuse to
+  // build the reply from invalid UTF-8, and the caller would never be answered.
+  return sdbus::Error(name, core::validUtf8(error.message));
 }
 
 }  // namespace iothubd::dbusapi

@@ -30,8 +30,11 @@ std::string errorBody(const std::string& text) {
 }  // namespace
 
 MethodRouter::MethodRouter(core::Scheduler& scheduler, std::chrono::seconds responseTimeout,
-                           Hooks hooks)
-    : scheduler_(scheduler), responseTimeout_(responseTimeout), hooks_(std::move(hooks)) {}
+                           Hooks hooks, Limits limits)
+    : scheduler_(scheduler),
+      responseTimeout_(responseTimeout),
+      hooks_(std::move(hooks)),
+      limits_(limits) {}
 
 core::Result<void> MethodRouter::claim(const std::string& peer, const std::string& name) {
   if (name.empty() || name.find('/') != std::string::npos) {
@@ -48,9 +51,11 @@ core::Result<void> MethodRouter::claim(const std::string& peer, const std::strin
   }
   auto held = std::count_if(claims_.begin(), claims_.end(),
                             [&](const auto& entry) { return entry.second == peer; });
-  if (static_cast<std::size_t>(held) >= kMaxClaimsPerPeer) {
-    return fail(Errc::QueueFull,
-                "a peer may claim at most " + std::to_string(kMaxClaimsPerPeer) + " method names");
+  if (static_cast<std::size_t>(held) >= limits_.maxClaimsPerPeer) {
+    return fail(Errc::LimitExceeded, "the caller holds " + std::to_string(held) +
+                                         " method names; the limit per caller is " +
+                                         std::to_string(limits_.maxClaimsPerPeer) +
+                                         " (max_method_claims_per_app)");
   }
   claims_.emplace(name, peer);
   return {};
@@ -97,7 +102,9 @@ void MethodRouter::onRequest(const std::string& requestId, const std::string& me
     remember(requestId);
     return;
   }
-  if (pending_.size() >= kMaxPendingRequests) {
+  if (pending_.size() >= limits_.maxPendingRequests) {
+    core::logf(core::LogLevel::Warning, "direct method ", core::quoted(methodName), ": ",
+               pending_.size(), " requests are waiting for their apps already, answering 503");
     hooks_.answer(requestId, 503, errorBody("too many method requests pending"));
     remember(requestId);
     return;

@@ -17,6 +17,13 @@
 
 namespace iothubd::dbusapi {
 
+/// Bounds on what peers can grow in a MethodRouter (architecture doc 6.4; [limits] in
+/// iothubd.conf).
+struct MethodRouterLimits {
+  std::size_t maxClaimsPerPeer = 64;
+  std::size_t maxPendingRequests = 256;  ///< all peers together
+};
+
 /// Routes direct-method requests to the bus peers that claimed them and makes sure every request
 /// gets exactly one answer (dbus-contract-notes "Direct methods"): the claimer's, or the
 /// daemon's own 501 (nobody claimed it), 503 (the claimer left the bus) or 504 (no answer within
@@ -33,21 +40,21 @@ class MethodRouter {
         answer;
   };
 
-  /// Bounds on what one peer can grow (architecture doc 6.4).
-  static constexpr std::size_t kMaxClaimsPerPeer = 64;
-  static constexpr std::size_t kMaxPendingRequests = 256;
+  using Limits = MethodRouterLimits;
   static constexpr std::size_t kRememberedAnswers = 1024;
 
-  MethodRouter(core::Scheduler& scheduler, std::chrono::seconds responseTimeout, Hooks hooks);
+  MethodRouter(core::Scheduler& scheduler, std::chrono::seconds responseTimeout, Hooks hooks,
+               Limits limits = {});
 
-  /// InvalidArgument for "" or a name with '/', AlreadyClaimed if another peer holds it.
+  /// InvalidArgument for "" or a name with '/', AlreadyClaimed if another peer holds it,
+  /// LimitExceeded if the peer holds maxClaimsPerPeer names already.
   [[nodiscard]] core::Result<void> claim(const std::string& peer, const std::string& name);
   /// InvalidArgument if the peer does not hold the name.
   [[nodiscard]] core::Result<void> release(const std::string& peer, const std::string& name);
   /// The peer left the bus: its claims go, and its pending requests are answered 503 at once.
   void peerGone(const std::string& peer);
 
-  /// A request from the hub.
+  /// A request from the hub. Beyond maxPendingRequests it is answered 503 at once.
   void onRequest(const std::string& requestId, const std::string& methodName,
                  std::string_view payload);
 
@@ -58,6 +65,8 @@ class MethodRouter {
                                                 const std::string& requestId);
 
   void setResponseTimeout(std::chrono::seconds timeout) { responseTimeout_ = timeout; }
+  /// Later claims and requests are bounded by `limits`; what is held already stays.
+  void setLimits(Limits limits) { limits_ = limits; }
   [[nodiscard]] std::size_t pendingCount() const { return pending_.size(); }
 
  private:
@@ -73,6 +82,7 @@ class MethodRouter {
   core::Scheduler& scheduler_;
   std::chrono::seconds responseTimeout_;
   Hooks hooks_;
+  Limits limits_;
   std::map<std::string, std::string> claims_;  ///< method name (or "*") → peer
   std::unordered_map<std::string, Pending> pending_;
   std::deque<std::string> answeredOrder_;

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <future>
 #include <mutex>
@@ -141,6 +142,7 @@ class MosquittoTransport final : public MqttTransport {
       port = 0;
     }
     state_ = State::Resolving;
+    ++attempt_;
     sawConnack_ = false;
     connackCode_ = -1;
     lastLibError_.clear();
@@ -387,9 +389,12 @@ class MosquittoTransport final : public MqttTransport {
         return;
       }
     }
+    // A callback from inside libmosquitto (on_disconnect) may have let the listener start the
+    // next attempt: then this event belonged to the old one, and nothing of it is checked.
+    const std::uint64_t attempt = attempt_;
     if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
       rc = mosquitto_loop_read(handle_.get(), 1);
-      if (checkClosed(rc)) {
+      if (attempt_ != attempt || checkClosed(rc)) {
         return;
       }
     }
@@ -398,11 +403,11 @@ class MosquittoTransport final : public MqttTransport {
       rc = mosquitto_want_write(handle_.get()) && state_ == State::Connecting
                ? mosquitto_loop_read(handle_.get(), 1)
                : MOSQ_ERR_SUCCESS;
-      if (checkClosed(rc)) {
+      if (attempt_ != attempt || checkClosed(rc)) {
         return;
       }
       rc = mosquitto_loop_write(handle_.get(), 1);
-      if (checkClosed(rc)) {
+      if (attempt_ != attempt || checkClosed(rc)) {
         return;
       }
     }
@@ -413,8 +418,9 @@ class MosquittoTransport final : public MqttTransport {
     if (state_ != State::Connecting && state_ != State::Connected) {
       return;
     }
+    const std::uint64_t attempt = attempt_;
     int rc = mosquitto_loop_misc(handle_.get());
-    if (checkClosed(rc == MOSQ_ERR_NO_CONN ? MOSQ_ERR_CONN_LOST : rc)) {
+    if (attempt_ != attempt || checkClosed(rc == MOSQ_ERR_NO_CONN ? MOSQ_ERR_CONN_LOST : rc)) {
       return;
     }
     updateEvents();
@@ -446,9 +452,15 @@ class MosquittoTransport final : public MqttTransport {
     }
     watch_.reset();
     if (handle_ && mosquitto_socket(handle_.get()) >= 0) {
-      // Closes the socket without sending anything; the handle (and its in-flight QoS 1
-      // messages) stays for the next connect.
+      // Closes the socket; the handle (and its in-flight QoS 1 messages) stays for the next
+      // connect. libmosquitto 2.0.11 calls on_disconnect from inside mosquitto_disconnect
+      // (packet__write -> do_client_disconnect), which would report this close once with its
+      // own "No error." and re-enter the listener: a new connect() begun from there would then
+      // be marked Idle by the report below while its worker still used the handle (found by
+      // the bus fuzzer: a crash). This close reports once, below.
+      closingSelf_ = true;
       mosquitto_disconnect(handle_.get());
+      closingSelf_ = false;
     }
     report(rc);
   }
@@ -551,6 +563,9 @@ class MosquittoTransport final : public MqttTransport {
       return;  // a retired handle (retireHandle)
     }
     auto* t = self(obj);
+    if (t->closingSelf_) {
+      return;  // closeAndReport reports this close itself
+    }
     try {
       t->watch_.reset();
       t->report(rc);
@@ -645,6 +660,8 @@ class MosquittoTransport final : public MqttTransport {
   std::vector<std::unique_ptr<relay::Tunnel>> retiredTunnels_;  ///< finishing an orderly close
   State state_ = State::Idle;
   bool disconnectRequested_ = false;
+  bool closingSelf_ = false;  ///< inside closeAndReport's mosquitto_disconnect
+  std::uint64_t attempt_ = 0;  ///< counts connect()s, to tell an old attempt's events apart
   bool sawConnack_ = false;
   int connackCode_ = -1;
   bool inApiCall_ = false;

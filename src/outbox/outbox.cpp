@@ -91,16 +91,13 @@ core::Result<Outbox::Checked> Outbox::check(const proto::OutgoingMessage& messag
   if (!message.system.messageId || message.system.messageId->empty()) {
     return core::fail(Errc::InvalidArgument, "a message for the outbox needs a message id");
   }
-  if (auto valid = proto::validateCustomProperties(message.properties); !valid) {
+  // A message that cannot be published must not be stored: it would block the queue behind it.
+  if (auto valid = proto::validateOutgoingMessage(message); !valid) {
     return core::fail(valid.error());
   }
+  // (validateOutgoingMessage also bounds the size as the hub counts it.)
   Checked checked;
   checked.bytes = proto::hubMessageSize(message);
-  if (checked.bytes > proto::kMaxTelemetryBytes) {
-    return core::fail(Errc::MessageTooLarge, "message of " + std::to_string(checked.bytes) +
-                                                 " bytes is over the hub's limit of " +
-                                                 std::to_string(proto::kMaxTelemetryBytes));
-  }
   if (const auto& own = message.system.expiryTimeUtc) {
     // The sender's own expiry wins over the default TTL, earlier or later.
     checked.expiresAt = parseUtcTime(*own);

@@ -81,6 +81,21 @@ core::Result<void> validateBlobName(std::string_view name) {
   return {};
 }
 
+core::Result<void> validateUploadNotification(const UploadNotification& notification) {
+  if (notification.correlationId.empty()) {
+    return fail(Errc::InvalidArgument, "the correlation id is empty");
+  }
+  if (notification.correlationId.size() > kMaxCorrelationIdLength) {
+    return fail(Errc::InvalidArgument, "the correlation id is longer than " +
+                                           std::to_string(kMaxCorrelationIdLength) + " bytes");
+  }
+  if (notification.statusDescription.size() > kMaxStatusDescriptionLength) {
+    return fail(Errc::InvalidArgument, "the status description is longer than " +
+                                           std::to_string(kMaxStatusDescriptionLength) + " bytes");
+  }
+  return {};
+}
+
 std::string storageInfoPath(std::string_view deviceId, std::string_view apiVersion) {
   return "/devices/" + percentEncode(deviceId) + "/files?api-version=" + percentEncode(apiVersion);
 }

@@ -3,6 +3,7 @@
 
 #include <array>
 
+#include "iothubd/core/utf8.hpp"
 #include "iothubd/proto/property_bag.hpp"
 
 namespace iothubd::proto {
@@ -48,6 +49,12 @@ bool startsWithIgnoreAsciiCase(std::string_view text, std::string_view prefix) {
   return true;
 }
 
+/// A name for an error message: at most 32 bytes of it, cut at a character boundary, so that a
+/// huge name cannot make a huge error (or log line) nor an invalid UTF-8 one.
+std::string shown(std::string_view name) {
+  return core::validUtf8(name, 32);
+}
+
 }  // namespace
 
 core::Result<SystemProperties> systemPropertiesFromBus(
@@ -62,7 +69,7 @@ core::Result<SystemProperties> systemPropertiesFromBus(
       }
     }
     if (key == nullptr) {
-      return core::fail(Errc::InvalidArgument, "unknown system property '" + name + "'");
+      return core::fail(Errc::InvalidArgument, "unknown system property '" + shown(name) + "'");
     }
     if (value.empty()) {
       return core::fail(Errc::InvalidArgument,
@@ -97,7 +104,8 @@ core::Result<void> validateCustomProperties(const std::map<std::string, std::str
     // iothub-creation-time-utc, iothub-MessageType), so an app could spoof them.
     if (name.front() == '$' || startsWithIgnoreAsciiCase(name, "iothub-")) {
       return core::fail(Errc::InvalidArgument,
-                        "custom property '" + name + "' uses a reserved prefix ('$' or 'iothub-')");
+                        "custom property '" + shown(name) +
+                            "' uses a reserved prefix ('$' or 'iothub-')");
     }
   }
   return {};
@@ -141,6 +149,57 @@ std::size_t hubMessageSize(const OutgoingMessage& message) {
     size += name.size() + value.size();
   }
   return size;
+}
+
+core::Result<void> validateOutgoingMessage(const OutgoingMessage& message) {
+  // System properties are a fixed set; the count bounds the work of everything below.
+  if (const std::size_t count = message.properties.size(); count > kMaxMessageProperties) {
+    return core::fail(Errc::MessageTooLarge, "message has " + std::to_string(count) +
+                                                 " custom properties; the limit is " +
+                                                 std::to_string(kMaxMessageProperties));
+  }
+  if (auto valid = validateCustomProperties(message.properties); !valid) {
+    return valid;
+  }
+  for (const auto& key : kSystemKeys) {
+    if (const auto& value = message.system.*(key.field);
+        value && value->size() > kMaxPropertyValueLength) {
+      return core::fail(Errc::MessageTooLarge, "system property '" + std::string(key.busName) +
+                                                   "' has a value longer than " +
+                                                   std::to_string(kMaxPropertyValueLength) +
+                                                   " bytes");
+    }
+  }
+  for (const auto& [name, value] : message.properties) {
+    if (name.size() > kMaxPropertyNameLength) {
+      return core::fail(Errc::MessageTooLarge, "custom property name '" + shown(name) +
+                                                   "' is longer than " +
+                                                   std::to_string(kMaxPropertyNameLength) +
+                                                   " bytes");
+    }
+    if (value.size() > kMaxPropertyValueLength) {
+      return core::fail(Errc::MessageTooLarge, "custom property '" + shown(name) +
+                                                   "' has a value longer than " +
+                                                   std::to_string(kMaxPropertyValueLength) +
+                                                   " bytes");
+    }
+  }
+  // Protocol doc 4: the hub counts body + system property values + custom names and values.
+  if (const std::size_t size = hubMessageSize(message); size > kMaxTelemetryBytes) {
+    return core::fail(Errc::MessageTooLarge, "message is " + std::to_string(size) +
+                                                 " bytes as IoT Hub counts it; the limit is " +
+                                                 std::to_string(kMaxTelemetryBytes));
+  }
+  // Within 256 KiB unencoded, the encoded bag (at most three times that) is cheap to build.
+  const std::size_t bag =
+      telemetryTopic({}, {}, message).size() - std::string_view("devices//messages/events/").size();
+  if (bag > kMaxPropertyBagBytes) {
+    return core::fail(Errc::MessageTooLarge,
+                      "the properties take " + std::to_string(bag) +
+                          " bytes in the MQTT topic (percent-encoded); the limit is " +
+                          std::to_string(kMaxPropertyBagBytes));
+  }
+  return {};
 }
 
 }  // namespace iothubd::proto

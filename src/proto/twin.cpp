@@ -202,7 +202,9 @@ core::Result<void> parseJson(std::string_view json, rapidjson::Document& doc, Er
   doc.Populate(generator);
   if (tooDeep) {
     // RapidJSON reports the offset after the bracket it had just consumed; name the bracket.
-    return core::fail(code, "JSON nested deeper than " + std::to_string(kMaxJsonDepth) +
+    // From an app this is a limit of ours, not malformed input: say so with its own error.
+    return core::fail(code == Errc::InvalidArgument ? Errc::LimitExceeded : code,
+                      "JSON nested deeper than " + std::to_string(kMaxJsonDepth) +
                                 " levels at offset " + std::to_string(result.Offset() - 1));
   }
   if (result.IsError()) {
@@ -268,6 +270,11 @@ core::Result<const rapidjson::Value*> desiredOf(std::string_view twinJson,
 }  // namespace
 
 core::Result<void> validateReportedPatch(std::string_view json) {
+  if (json.size() > kMaxReportedPatchBytes) {
+    return core::fail(Errc::MessageTooLarge, "patch is " + std::to_string(json.size()) +
+                                                 " bytes; the limit is " +
+                                                 std::to_string(kMaxReportedPatchBytes));
+  }
   rapidjson::Document doc;
   if (auto ok = parseJson(json, doc, Errc::InvalidArgument); !ok) {
     return ok;
@@ -283,6 +290,11 @@ core::Result<void> validateReportedPatch(std::string_view json) {
 core::Result<void> validateJsonPayload(std::string_view json) {
   if (json.empty()) {
     return {};
+  }
+  if (json.size() > kMaxJsonPayloadBytes) {
+    return core::fail(Errc::MessageTooLarge, "payload is " + std::to_string(json.size()) +
+                                                 " bytes; the limit is " +
+                                                 std::to_string(kMaxJsonPayloadBytes));
   }
   rapidjson::Document doc;
   return parseJson(json, doc, Errc::InvalidArgument);

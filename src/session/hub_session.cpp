@@ -149,11 +149,8 @@ void HubSession::disconnect(Completion done) {
 }
 
 void HubSession::sendTelemetry(const proto::OutgoingMessage& message, Completion done) {
-  // Protocol doc 4: the hub counts body + system property values + custom names and values.
-  if (std::size_t size = proto::hubMessageSize(message); size > proto::kMaxTelemetryBytes) {
-    done(fail(Errc::MessageTooLarge, "message is " + std::to_string(size) +
-                                         " bytes as IoT Hub counts it; the limit is " +
-                                         std::to_string(proto::kMaxTelemetryBytes)));
+  if (auto valid = proto::validateOutgoingMessage(message); !valid) {
+    done(fail(valid.error()));
     return;
   }
   publishOrQueue(proto::telemetryTopic(options_.deviceId, options_.moduleId, message), message.body,
@@ -210,6 +207,14 @@ void HubSession::publishOrQueue(std::string topic, std::string payload, Completi
                                    std::to_string(options_.maxQueuedMessages) + ")"));
     return;
   }
+  const std::size_t bytes = topic.size() + payload.size();
+  if (queuedBytes_ + bytes > options_.maxQueuedBytes) {
+    done(fail(Errc::QueueFull, "messages waiting for the connection would take " +
+                                   std::to_string(queuedBytes_ + bytes) + " bytes; the limit is " +
+                                   std::to_string(options_.maxQueuedBytes)));
+    return;
+  }
+  queuedBytes_ += bytes;
   queued_.push_back(
       Queued{std::move(topic), std::move(payload), std::move(done), deadlineFromNow()});
   if (!inFlightTimer_->armed()) {
@@ -277,6 +282,7 @@ void HubSession::onInFlightTimer() {
   }
   while (!queued_.empty() && queued_.front().deadline <= now) {
     auto done = std::move(queued_.front().done);
+    queuedBytes_ -= queued_.front().topic.size() + queued_.front().payload.size();
     queued_.pop_front();
     std::string why = lastError_.message.empty() ? std::string("not connected")
                                                  : "not connected: " + lastError_.message;
@@ -368,8 +374,10 @@ void HubSession::onConnected() {
   }
   auto queued = std::move(queued_);
   queued_.clear();
+  queuedBytes_ = 0;
   for (auto& q : queued) {
     if (!linkUp_) {
+      queuedBytes_ += q.topic.size() + q.payload.size();
       queued_.push_back(std::move(q));  // dropped again inside a callback: keep waiting
       continue;
     }
@@ -895,6 +903,7 @@ void HubSession::failQueued(const core::Error& error) {
   }
   auto queued = std::move(queued_);
   queued_.clear();
+  queuedBytes_ = 0;
   for (auto& q : queued) {
     q.done(fail(error));
   }

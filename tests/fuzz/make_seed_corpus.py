@@ -122,6 +122,20 @@ def seeds() -> dict[str, list[bytes]]:
                               if b"=" in l] + connection_strings,
         "config": [l for l in from_tests("config/settings_test.cpp") if b"\n" in l]
                   + [(ROOT / "config" / "iothubd.conf").read_bytes()],
+        "file-upload": [l for l in from_tests("proto/file_upload_test.cpp") if any_text(l)],
+        # The first two bytes choose where the reader's input is split.
+        "http-head": [b"\x00\x08" + l for l in from_tests("relay/http_head_test.cpp",
+                                                            "relay/websocket_codec_test.cpp",
+                                                            "relay/proxy_handshake_test.cpp")
+                      if b"HTTP/" in l],
+        # FuzzedDataProvider takes the protocol and the read sizes from the end.
+        "proxy-handshake": [l + tail for l in from_tests("relay/proxy_handshake_test.cpp")
+                            if any_text(l) for tail in (b"\x10\x01\x00", b"\x10\x01\x01",
+                                                        b"\x10\x00\x02")],
+        # The first byte chooses the read size.
+        "websocket": [b"\x05" + l for l in from_tests("relay/websocket_codec_test.cpp")
+                      if any_text(l)],
+        "utc-time": [l for l in from_tests("outbox/utc_time_test.cpp") if b"-" in l],
     }
 
 

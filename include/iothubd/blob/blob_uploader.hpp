@@ -123,8 +123,8 @@ class BlobUploader {
   /// upload()'s. The StorageInfo's sasToken is a secret: never log it.
   [[nodiscard]] core::Result<void> getStorageInfo(std::string blobName, StorageInfoDone done);
   /// Step 3 alone (the seed's notify_blob_upload_status): POST /devices/{id}/files/notifications
-  /// with exactly these fields. Errors: Errc::Service/Unauthorized with the hub's status,
-  /// ConnectionFailed, Timeout.
+  /// with exactly these fields. Fails at once with validateUploadNotification's errors. Errors:
+  /// Errc::Service/Unauthorized with the hub's status, ConnectionFailed, Timeout.
   [[nodiscard]] core::Result<void> notifyStatus(const proto::UploadNotification& notification,
                                                 NotifyDone done);
 

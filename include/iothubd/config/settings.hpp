@@ -79,6 +79,13 @@ struct Settings {
   int outboxDefaultTtl = 0;                 ///< seconds; 0 = kept until delivered
   int maxInflight = 64;                     ///< telemetry messages awaiting PUBACK at once
 
+  // [limits]: what bus peers can make the daemon hold (architecture doc 6.4)
+  std::uint64_t maxPendingCallsPerApp = 256;     ///< calls one bus connection has unanswered
+  std::uint64_t maxMethodClaimsPerApp = 64;      ///< RegisterMethodHandler names per connection
+  std::uint64_t maxPendingMethodRequests = 256;  ///< direct-method requests awaiting an answer
+  std::uint64_t maxQueuedMessages = 10000;       ///< publishes waiting for the connection
+  std::uint64_t maxQueuedBytes = 16ull * 1024 * 1024;  ///< their topics and payloads
+
   // [daemon]
   std::string logLevel = "info";
 };

@@ -22,6 +22,7 @@ enum class Errc {
   Cancelled,          ///< an operation was abandoned (Disconnect, shutdown)
   MessageTooLarge,    ///< over the hub's 256 KB telemetry limit
   QueueFull,          ///< a bounded queue is full
+  LimitExceeded,      ///< a per-app bound (calls outstanding, method claims, JSON depth) is reached
   Protocol,           ///< the peer sent something that violates the protocol
   Service,            ///< the hub answered with a status >= 300
   NotSupported,       ///< valid request, but not available in this configuration

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <memory>
 #include <string>
 
@@ -22,11 +23,26 @@ inline constexpr const char* kObjectPath = "/org/iothubd/Device";
 /// The org.iothubd.Device1 object: turns D-Bus calls into HubSession operations and session
 /// events into signals and PropertiesChanged. Loop thread only. Must be destroyed before the
 /// connection it was created on.
+/// Bounds on what bus peers can make the object hold ([limits] in iothubd.conf). A peer is a
+/// bus connection (unique name): an app with several connections has a quota on each.
+struct BusLimits {
+  /// Calls of one peer dispatched and not yet answered; beyond it Errc::LimitExceeded.
+  std::size_t maxPendingCallsPerApp = 256;
+  /// RegisterMethodHandler names one peer holds; beyond it Errc::LimitExceeded.
+  std::size_t maxMethodClaimsPerApp = 64;
+  /// Direct-method requests delivered and not yet answered, all peers together; the hub's
+  /// request beyond it is answered 503 at once.
+  std::size_t maxPendingMethodRequests = 256;
+};
+
 class DeviceObject {
  public:
   virtual ~DeviceObject() = default;
   /// Configuration reload: the new method_response_timeout applies to later requests.
   virtual void setMethodResponseTimeout(std::chrono::seconds timeout) = 0;
+  /// Configuration reload: new limits apply to later calls, claims and requests; what is held
+  /// already stays.
+  virtual void setLimits(const BusLimits& limits) = 0;
   /// Configuration reload: emits PropertiesChanged for the identity properties.
   virtual void identityChanged() = 0;
 };
@@ -38,6 +54,7 @@ struct DeviceServices {
   std::chrono::seconds methodResponseTimeout;
   delivery::TelemetryPipeline& telemetry;
   blob::BlobUploader* uploads = nullptr;  ///< null: file upload not available (module identity)
+  BusLimits limits;
 };
 
 [[nodiscard]] std::unique_ptr<DeviceObject> createDeviceObject(sdbus::IConnection& connection,

@@ -41,6 +41,16 @@ struct UploadNotification {
   std::string statusDescription;
 };
 
+/// Bounds on what an app reports with NotifyBlobUploadStatus (architecture doc 6.4): the hub's
+/// correlation ids are short Base64 strings, and a description is a line of text.
+inline constexpr std::size_t kMaxCorrelationIdLength = 1024;
+inline constexpr std::size_t kMaxStatusDescriptionLength = 4096;
+
+/// Checks a notification an app asks for. Errors: Errc::InvalidArgument "the correlation id is
+/// empty", "the correlation id is longer than 1024 bytes", "the status description is longer than
+/// 4096 bytes".
+[[nodiscard]] core::Result<void> validateUploadNotification(const UploadNotification& notification);
+
 /// Checks a blob name the caller asks for: 1..1024 bytes, no control characters (they cannot be
 /// sent in JSON to the hub and back in a URL path unambiguously), no `\`, and not ending in `/`
 /// or `.` (Azure Storage would silently strip them, so the blob would get another name).

@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "iothubd/core/result.hpp"
+#include "iothubd/proto/mqtt_identity.hpp"
 
 namespace iothubd::proto {
 
@@ -80,5 +81,36 @@ inline constexpr std::size_t kMaxTelemetryBytes = 262144;
 /// the system properties + names and values of the custom properties, where the creation time
 /// counts as the custom property `iothub-creation-time-utc` (name and value). Unencoded bytes.
 [[nodiscard]] std::size_t hubMessageSize(const OutgoingMessage& message);
+
+/// Bounds on a message's properties (architecture doc 6.4), each over-limit MessageTooLarge. The
+/// property bag travels in the MQTT topic, which holds at most 65 535 bytes (MQTT 3.1.1 1.5.3;
+/// libmosquitto refuses a longer one): a message whose bag does not fit could be stored but
+/// never sent, and would hold up everything queued behind it.
+inline constexpr std::size_t kMaxMessageProperties = 256;  ///< custom ones (system: a fixed set)
+inline constexpr std::size_t kMaxPropertyNameLength = 256;
+inline constexpr std::size_t kMaxPropertyValueLength = 16 * 1024;  ///< custom and system values
+/// The percent-encoded bag, so that even the longest telemetry topic prefix
+/// (`devices/{128}/modules/{128}/messages/events/`) leaves the topic within 65 535 bytes.
+inline constexpr std::size_t kMaxPropertyBagBytes =
+    65535 - (std::string_view("devices/").size() + kMaxIdentityIdLength +
+             std::string_view("/modules/").size() + kMaxIdentityIdLength +
+             std::string_view("/messages/events/").size());
+
+/// Everything a device-to-cloud message must satisfy before it is accepted, in one place: the
+/// D-Bus methods that take messages (SendMessage, QueueMessage and their batch and binary
+/// variants), the outbox and the session all call it. Checks, cheapest first so that the count
+/// bounds the work of the rest:
+/// - at most kMaxMessageProperties custom properties;
+/// - validateCustomProperties (Errc::InvalidArgument);
+/// - names at most kMaxPropertyNameLength, values at most kMaxPropertyValueLength bytes;
+/// - hubMessageSize at most kMaxTelemetryBytes;
+/// - the percent-encoded property bag at most kMaxPropertyBagBytes.
+/// Errors: Errc::InvalidArgument as validateCustomProperties; Errc::MessageTooLarge naming the
+/// limit ("message has 300 custom properties; the limit is 256", "custom property
+/// name 'x...' is longer than 256 bytes", "property 'x' has a value longer than 16384 bytes",
+/// "message is N bytes as IoT Hub counts it; the limit is 262144", "the properties take N bytes
+/// in the MQTT topic (percent-encoded); the limit is 65245"). Names in messages are cut to 32
+/// bytes.
+[[nodiscard]] core::Result<void> validateOutgoingMessage(const OutgoingMessage& message);
 
 }  // namespace iothubd::proto

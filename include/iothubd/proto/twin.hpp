@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -13,15 +14,24 @@ namespace iothubd::proto {
 /// root is depth 0). Bounds the parser's work and memory for hostile input.
 inline constexpr unsigned kMaxJsonDepth = 32;
 
+/// Largest reported-properties patch accepted from an app. The hub keeps at most 32 KB of
+/// reported properties (counted without JSON syntax), so a larger text can only be refused by it
+/// after waiting in the twin queue.
+inline constexpr std::size_t kMaxReportedPatchBytes = 64 * 1024;
+/// Largest direct-method response payload: the hub's limit (protocol doc section 6, 128 KB).
+inline constexpr std::size_t kMaxJsonPayloadBytes = 128 * 1024;
+
 /// Checks a reported-properties patch before it is sent (protocol doc section 7: a JSON merge
 /// patch, so it must be an object). Text must be valid UTF-8 JSON, one value, no NUL bytes.
-/// Errors: Errc::InvalidArgument "invalid JSON at offset N: <reason>", "JSON nested deeper than 32
-/// levels at offset N", "patch must be a JSON object, got array".
+/// Errors: Errc::MessageTooLarge beyond kMaxReportedPatchBytes; Errc::LimitExceeded "JSON nested
+/// deeper than 32 levels at offset N"; Errc::InvalidArgument "invalid JSON at offset N: <reason>",
+/// "patch must be a JSON object, got array".
 [[nodiscard]] core::Result<void> validateReportedPatch(std::string_view json);
 
-/// Checks a method response (or other) payload: empty means "no payload" and is fine; anything
-/// else must be one valid JSON value of any type, within kMaxJsonDepth (protocol doc section 6).
-/// Errors: Errc::InvalidArgument as validateReportedPatch.
+/// Checks a method response payload: empty means "no payload" and is fine; anything else must be
+/// one valid JSON value of any type, within kMaxJsonDepth (protocol doc section 6).
+/// Errors: Errc::MessageTooLarge beyond kMaxJsonPayloadBytes; Errc::LimitExceeded and
+/// Errc::InvalidArgument as validateReportedPatch.
 [[nodiscard]] core::Result<void> validateJsonPayload(std::string_view json);
 
 /// `desired.$version` of a twin GET result `{"desired":{...,"$version":N},"reported":{...}}`.

@@ -57,8 +57,9 @@ struct SessionOptions {
   bool connectionRetry = true;
   std::chrono::seconds connectionRetryInterval{10};
   std::chrono::seconds operationTimeout{60};
-  /// Telemetry accepted while (re)connecting, waiting to be published; over it → QueueFull.
+  /// Telemetry accepted while (re)connecting, waiting to be published; over either → QueueFull.
   std::size_t maxQueuedMessages = 10000;
+  std::size_t maxQueuedBytes = 16 * 1024 * 1024;  ///< topics and payloads of those messages
   /// After every (re)connect fetch the twin and report the desired section if it moved
   /// (seed: ensure_desired_properties).
   bool ensureDesiredProperties = true;
@@ -274,6 +275,7 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   std::vector<Completion> connectWaiters_;
   std::vector<Completion> disconnectWaiters_;
   std::deque<Queued> queued_;
+  std::size_t queuedBytes_ = 0;  ///< topics and payloads in queued_
   std::unordered_map<int, InFlight> inFlight_;
   std::deque<int> inFlightOrder_;  ///< message ids by deadline (all share one timeout)
   bool dropped_ = false;           ///< an established connection was lost and not yet regained

@@ -76,6 +76,33 @@ TEST(Settings, ReadsEveryKindOfValue) {
   EXPECT_EQ(s->logLevel, "debug");
 }
 
+TEST(Settings, LimitsHaveDefaultsAndRanges) {
+  auto defaults = parse("");
+  ASSERT_TRUE(defaults) << defaults.error().message;
+  EXPECT_EQ(defaults->maxPendingCallsPerApp, 256u);
+  EXPECT_EQ(defaults->maxMethodClaimsPerApp, 64u);
+  EXPECT_EQ(defaults->maxPendingMethodRequests, 256u);
+  EXPECT_EQ(defaults->maxQueuedMessages, 10000u);
+  EXPECT_EQ(defaults->maxQueuedBytes, 16u * 1024 * 1024);
+
+  auto s = parse(
+      "[limits]\nmax_pending_calls_per_app = 8\nmax_method_claims_per_app = 2\n"
+      "max_pending_method_requests = 3\nmax_queued_messages = 5\nmax_queued_bytes = 2097152\n");
+  ASSERT_TRUE(s) << s.error().message;
+  EXPECT_EQ(s->maxPendingCallsPerApp, 8u);
+  EXPECT_EQ(s->maxMethodClaimsPerApp, 2u);
+  EXPECT_EQ(s->maxPendingMethodRequests, 3u);
+  EXPECT_EQ(s->maxQueuedMessages, 5u);
+  EXPECT_EQ(s->maxQueuedBytes, 2097152u);
+
+  EXPECT_EQ(errorOf("[limits]\nmax_pending_calls_per_app = 0\n"),
+            "/etc/iothubd/iothubd.conf:2: [limits] max_pending_calls_per_app: must be between 1 "
+            "and 1000000, got 0");
+  EXPECT_EQ(errorOf("[limits]\nmax_queued_bytes = 65536\n"),
+            "/etc/iothubd/iothubd.conf:2: [limits] max_queued_bytes: must be between 1048576 and "
+            "1099511627776, got 65536");
+}
+
 TEST(Settings, DropInsOverrideTheMainFileInOrder) {
   auto s =
       parseSettings({{"/etc/iothubd/iothubd.conf", "[connection]\nkeep_alive = 30\n"},

@@ -74,12 +74,34 @@ TEST_F(MethodRouterTest, ClaimRules) {
   EXPECT_TRUE(router_.claim(":1.2", "x"));
 }
 
-TEST_F(MethodRouterTest, ClaimsPerPeerAreBounded) {
-  for (std::size_t i = 0; i < MethodRouter::kMaxClaimsPerPeer; ++i) {
+TEST_F(MethodRouterTest, ClaimsPerPeerAreBoundedWithLimitExceeded) {
+  for (std::size_t i = 0; i < MethodRouter::Limits{}.maxClaimsPerPeer; ++i) {
     ASSERT_TRUE(router_.claim(":1.1", "m" + std::to_string(i)));
   }
-  EXPECT_EQ(router_.claim(":1.1", "one-more").error().code, core::Errc::QueueFull);
+  auto refused = router_.claim(":1.1", "one-more");
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, core::Errc::LimitExceeded);
+  EXPECT_NE(refused.error().message.find("max_method_claims_per_app"), std::string::npos)
+      << refused.error().message;
+  EXPECT_TRUE(router_.claim(":1.1", "m0")) << "claiming a held name again is no new claim";
   EXPECT_TRUE(router_.claim(":1.2", "one-more"));
+  ASSERT_TRUE(router_.release(":1.1", "m0"));
+  EXPECT_TRUE(router_.claim(":1.1", "m-new")) << "a released name frees its slot";
+}
+
+TEST_F(MethodRouterTest, LimitsFromTheConfigurationApplyToLaterClaimsAndRequests) {
+  router_.setLimits({.maxClaimsPerPeer = 2, .maxPendingRequests = 1});
+  ASSERT_TRUE(router_.claim(":1.1", "a"));
+  ASSERT_TRUE(router_.claim(":1.1", "b"));
+  EXPECT_EQ(router_.claim(":1.1", "c").error().code, core::Errc::LimitExceeded);
+  router_.onRequest("1", "a", "");
+  router_.onRequest("2", "b", "");
+  ASSERT_EQ(answered_.size(), 1u);
+  EXPECT_EQ(answered_[0].rid, "2");
+  EXPECT_EQ(answered_[0].status, 503);
+  EXPECT_TRUE(router_.takeResponse(":1.1", "1"));
+  router_.onRequest("3", "b", "");
+  EXPECT_EQ(answered_.size(), 1u) << "an answered request frees its slot";
 }
 
 TEST_F(MethodRouterTest, NoAnswerWithinTheTimeoutIsAnswered504AndALateAnswerIsRefused) {
@@ -118,7 +140,7 @@ TEST_F(MethodRouterTest, OnlyTheReceiverMayAnswerAndUnknownIdsAreInvalid) {
 
 TEST_F(MethodRouterTest, PendingRequestsAreBounded) {
   ASSERT_TRUE(router_.claim(":1.1", "m"));
-  for (std::size_t i = 0; i < MethodRouter::kMaxPendingRequests; ++i) {
+  for (std::size_t i = 0; i < MethodRouter::Limits{}.maxPendingRequests; ++i) {
     router_.onRequest(std::to_string(i), "m", "");
   }
   EXPECT_TRUE(answered_.empty());

@@ -199,5 +199,73 @@ TEST(HubMessageSize, ReachesExactlyTheLimit) {
   EXPECT_GT(hubMessageSize(message), kMaxTelemetryBytes);
 }
 
+TEST(ValidateOutgoingMessage, AcceptsAMessageAtEveryLimit) {
+  OutgoingMessage message;
+  message.system.messageId = "m1";
+  message.system.contentType = "text/plain";
+  for (std::size_t i = 1; i < kMaxMessageProperties; ++i) {
+    message.properties["p" + std::to_string(i)] = "v";
+  }
+  message.properties["p1"] = std::string(kMaxPropertyValueLength, 'v');
+  message.properties[std::string(kMaxPropertyNameLength, 'n')] = "v";
+  ASSERT_EQ(message.properties.size(), kMaxMessageProperties);
+  EXPECT_TRUE(validateOutgoingMessage(message).has_value())
+      << errorOf(validateOutgoingMessage(message));
+}
+
+TEST(ValidateOutgoingMessage, BoundsTheNumberOfCustomProperties) {
+  OutgoingMessage message;
+  for (std::size_t i = 0; i <= kMaxMessageProperties; ++i) {
+    message.properties["p" + std::to_string(i)] = "v";
+  }
+  EXPECT_TRUE(failedWith(validateOutgoingMessage(message), Errc::MessageTooLarge,
+                         "message has 257 custom properties; the limit is 256"));
+}
+
+TEST(ValidateOutgoingMessage, BoundsNamesAndValuesAndCutsHugeNamesInItsMessages) {
+  OutgoingMessage message;
+  message.properties[std::string(kMaxPropertyNameLength + 1, 'n')] = "v";
+  EXPECT_TRUE(failedWith(validateOutgoingMessage(message), Errc::MessageTooLarge,
+                         "custom property name '" + std::string(32, 'n') +
+                             "...' is longer than 256 bytes"));
+  message.properties = {{"k", std::string(kMaxPropertyValueLength + 1, 'v')}};
+  EXPECT_TRUE(failedWith(validateOutgoingMessage(message), Errc::MessageTooLarge,
+                         "custom property 'k' has a value longer than 16384 bytes"));
+  message.properties.clear();
+  message.system.correlationId = std::string(kMaxPropertyValueLength + 1, 'c');
+  EXPECT_TRUE(failedWith(validateOutgoingMessage(message), Errc::MessageTooLarge,
+                         "system property 'correlation-id' has a value longer than 16384 bytes"));
+}
+
+TEST(ValidateOutgoingMessage, AppliesTheCustomPropertyRulesAndTheHubSize) {
+  OutgoingMessage message;
+  message.properties = {{"$x", "v"}};
+  EXPECT_TRUE(failedWith(validateOutgoingMessage(message), Errc::InvalidArgument,
+                         "custom property '$x' uses a reserved prefix ('$' or 'iothub-')"));
+  message.properties.clear();
+  message.body = std::string(kMaxTelemetryBytes + 1, 'x');
+  EXPECT_TRUE(failedWith(validateOutgoingMessage(message), Errc::MessageTooLarge,
+                         "message is 262145 bytes as IoT Hub counts it; the limit is 262144"));
+}
+
+TEST(ValidateOutgoingMessage, KeepsTheEncodedPropertyBagWithinAnMqttTopic) {
+  // 200 values of 300 '/' are 60 000 bytes as IoT Hub counts them, but 180 000 encoded (%2F):
+  // such a topic could never be published.
+  OutgoingMessage message;
+  for (int i = 0; i < 200; ++i) {
+    message.properties["p" + std::to_string(i)] = std::string(300, '/');
+  }
+  const auto refused = validateOutgoingMessage(message);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, Errc::MessageTooLarge);
+  EXPECT_NE(refused.error().message.find("in the MQTT topic (percent-encoded); the limit is 65245"),
+            std::string::npos)
+      << refused.error().message;
+  // The longest ids leave the largest accepted bag within 65 535 bytes.
+  EXPECT_EQ(std::string("devices/").size() + kMaxIdentityIdLength + std::string("/modules/").size() +
+                kMaxIdentityIdLength + std::string("/messages/events/").size() + kMaxPropertyBagBytes,
+            65535u);
+}
+
 }  // namespace
 }  // namespace iothubd::proto

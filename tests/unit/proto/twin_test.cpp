@@ -87,9 +87,9 @@ TEST(ValidateReportedPatch, AcceptsNestingUpToTheDepthLimit) {
 
 TEST(ValidateReportedPatch, RejectsNestingBeyondTheDepthLimit) {
   EXPECT_TRUE(failedWith(validateReportedPatch(nestedObjects(kMaxJsonDepth + 1)),
-                         Errc::InvalidArgument, "JSON nested deeper than 32 levels at offset 160"));
+                         Errc::LimitExceeded, "JSON nested deeper than 32 levels at offset 160"));
   EXPECT_TRUE(failedWith(validateReportedPatch(R"({"a":)" + nestedArrays(kMaxJsonDepth) + "}"),
-                         Errc::InvalidArgument, "JSON nested deeper than 32 levels at offset 36"));
+                         Errc::LimitExceeded, "JSON nested deeper than 32 levels at offset 36"));
 }
 
 TEST(ValidateReportedPatch, RejectsHugeNestingQuickly) {
@@ -123,7 +123,7 @@ TEST(ValidateJsonPayload, RejectsInvalidJson) {
 TEST(ValidateJsonPayload, AppliesTheDepthLimit) {
   EXPECT_TRUE(validateJsonPayload(nestedArrays(kMaxJsonDepth)).has_value());
   EXPECT_TRUE(failedWith(validateJsonPayload(nestedArrays(kMaxJsonDepth + 1)),
-                         Errc::InvalidArgument, "JSON nested deeper than 32 levels at offset 32"));
+                         Errc::LimitExceeded, "JSON nested deeper than 32 levels at offset 32"));
 }
 
 constexpr std::string_view kTwin =

@@ -181,6 +181,42 @@ TEST_F(HubSessionTest, AutoConnectOpensTheConnectionAndPublishesQueuedMessages) 
   EXPECT_TRUE(sent.ok());
 }
 
+TEST_F(HubSessionTest, PublishesWaitingForTheConnectionAreBoundedInBytes) {
+  auto o = options();
+  o.maxQueuedBytes = 1024 * 1024;
+  auto& s = make(std::move(o));
+  // Three of 400 KiB fit within 1 MiB as topic plus payload only twice; the third is refused
+  // at once and holds nothing.
+  Outcome first, second, third;
+  s.sendMethodResponse("1", 200, std::string(400 * 1024, 'a'), first.callback());
+  s.sendMethodResponse("2", 200, std::string(400 * 1024, 'b'), second.callback());
+  s.sendMethodResponse("3", 200, std::string(400 * 1024, 'c'), third.callback());
+  EXPECT_FALSE(first.done());
+  EXPECT_FALSE(second.done());
+  ASSERT_TRUE(third.done());
+  EXPECT_EQ(third.code(), core::Errc::QueueFull);
+  transport_.acceptConnect();
+  ASSERT_EQ(transport_.published.size(), 2u);
+  // Published, the bytes are no longer waiting: the queue takes as much again.
+  transport_.drop();
+  Outcome fourth, fifth;
+  s.sendMethodResponse("4", 200, std::string(400 * 1024, 'd'), fourth.callback());
+  s.sendMethodResponse("5", 200, std::string(400 * 1024, 'e'), fifth.callback());
+  EXPECT_FALSE(fourth.done());
+  EXPECT_FALSE(fifth.done());
+}
+
+TEST_F(HubSessionTest, AMessageOverALimitIsRefusedBeforeAnythingIsQueued) {
+  auto& s = make();
+  Outcome sent;
+  auto m = message();
+  m.properties = {{"k", std::string(proto::kMaxPropertyValueLength + 1, 'v')}};
+  s.sendTelemetry(m, sent.callback());
+  ASSERT_TRUE(sent.done());
+  EXPECT_EQ(sent.code(), core::Errc::MessageTooLarge);
+  EXPECT_TRUE(transport_.connects.empty()) << "a refused message opens no connection";
+}
+
 TEST_F(HubSessionTest, AutoConnectMessageGetsTheFailedAttemptsError) {
   auto& s = make();
   Outcome sent;

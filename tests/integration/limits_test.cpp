@@ -1,0 +1,177 @@
+// SPDX-License-Identifier: MIT
+// Limits on what bus peers can make the daemon hold (issue 9), each over the real bus against
+// the real daemon and hub emulator: every over-limit call gets its named error at once, nothing
+// is held or sent for it, and other apps (and the next call) are served as before.
+#include <future>
+
+#include "daemon_fixture.hpp"
+
+namespace iothubd::testing {
+namespace {
+
+using Steady = std::chrono::steady_clock;
+
+class LimitsTest : public DaemonTest {
+ protected:
+  /// GetTwin without waiting for its answer; the future holds the error name ("" = success).
+  static std::future<std::string> getTwinAsync(DeviceClient& c) {
+    auto promise = std::make_shared<std::promise<std::string>>();
+    auto future = promise->get_future();
+    c.getProxyForTest()
+        .callMethodAsync("GetTwin")
+        .onInterface("org.iothubd.Device1")
+        .uponReplyInvoke([promise](const sdbus::Error* error, const std::string&) {
+          promise->set_value(error != nullptr ? error->getName() : std::string());
+        });
+    return future;
+  }
+};
+
+std::string deepJson(int depth) {
+  return std::string(static_cast<std::size_t>(depth), '[') + "1" +
+         std::string(static_cast<std::size_t>(depth), ']');
+}
+
+TEST_F(LimitsTest, MessagesAndPayloadsOverALimitGetTheirNamedErrorAndNothingIsSent) {
+  startDaemon();
+  hubemu::ServiceClient service(hub_);
+  awaitOnline();
+  auto& c = client();
+  StringMap manyProperties;
+  for (int i = 0; i < 257; ++i) {
+    manyProperties["p" + std::to_string(i)] = "v";
+  }
+  StringMap wideBag;  // 60 000 bytes as the hub counts them, 180 000 percent-encoded
+  for (int i = 0; i < 200; ++i) {
+    wideBag["p" + std::to_string(i)] = std::string(300, '/');
+  }
+  struct Case {
+    const char* what;
+    std::function<void()> call;
+    const char* error;
+  };
+  const std::vector<Case> cases = {
+      {"257 properties", [&] { c.SendMessage("x", manyProperties, {}); },
+       "org.iothubd.Error.MessageTooLarge"},
+      {"257 properties, queued", [&] { c.QueueMessage("x", manyProperties, {}); },
+       "org.iothubd.Error.MessageTooLarge"},
+      {"a property value over 16 KiB",
+       [&] { c.SendMessage("x", {{"k", std::string(16385, 'v')}}, {}); },
+       "org.iothubd.Error.MessageTooLarge"},
+      {"a property name over 256 bytes",
+       [&] { c.SendBinaryMessage({1, 2}, {{std::string(257, 'n'), "v"}}, {}); },
+       "org.iothubd.Error.MessageTooLarge"},
+      {"a property bag that no MQTT topic holds", [&] { c.SendMessage("x", wideBag, {}); },
+       "org.iothubd.Error.MessageTooLarge"},
+      {"a patch 33 levels deep",
+       [&] { c.PatchTwinReportedProperties("{\"a\":" + deepJson(32) + "}"); },
+       "org.iothubd.Error.LimitExceeded"},
+      {"a patch over 64 KiB",
+       [&] {
+         c.PatchTwinReportedProperties("{\"a\":\"" + std::string(64 * 1024, 'x') + "\"}");
+       },
+       "org.iothubd.Error.MessageTooLarge"},
+      {"a method response 33 levels deep",
+       [&] { c.SendMethodResponse("r", 200, deepJson(33)); }, "org.iothubd.Error.LimitExceeded"},
+      {"a method response over 128 KiB",
+       [&] { c.SendMethodResponse("r", 200, "\"" + std::string(128 * 1024, 'x') + "\""); },
+       "org.iothubd.Error.MessageTooLarge"},
+      {"an upload correlation id over 1024 bytes",
+       [&] { c.NotifyBlobUploadStatus(std::string(1025, 'c'), true, 200, "ok"); },
+       "org.freedesktop.DBus.Error.InvalidArgs"},
+  };
+  int sent = 0;
+  for (const auto& tc : cases) {
+    std::string message;
+    EXPECT_EQ(errorNameOf(tc.call, &message), tc.error) << tc.what << ": " << message;
+    EXPECT_LT(message.size(), 512u) << tc.what << ": the error names the limit, not the input";
+    EXPECT_FALSE(c.SendMessage(std::string("after ") + tc.what, {}, {}).empty()) << tc.what;
+    ++sent;
+  }
+  // The limits sit exactly at their values: these pass.
+  StringMap atLimit = manyProperties;
+  atLimit.erase("p0");
+  EXPECT_FALSE(c.SendMessage("256 properties", atLimit, {}).empty());
+  EXPECT_FALSE(c.SendMessage("long value", {{"k", std::string(16384, 'v')}}, {}).empty());
+  EXPECT_GT(c.PatchTwinReportedProperties("{\"a\":" + deepJson(31) + "}"), 0u);
+  sent += 2;
+  for (int i = 0; i < sent; ++i) {
+    ASSERT_TRUE(service.waitForTelemetry({}, 10s).has_value()) << i;
+  }
+  EXPECT_FALSE(service.waitForTelemetry({}, 500ms).has_value())
+      << "a refused message reached the hub";
+  EXPECT_EQ(c.OutboxLength(), 0u);
+}
+
+TEST_F(LimitsTest, MethodClaimsPerAppAreBoundedAndAReleasedNameFreesItsSlot) {
+  writeConfig("[limits]\nmax_method_claims_per_app = 3\n");
+  startDaemon();
+  auto& c = client();
+  c.RegisterMethodHandler("a");
+  c.RegisterMethodHandler("b");
+  c.RegisterMethodHandler("c");
+  c.RegisterMethodHandler("c");  // holding a name again is no new claim
+  std::string message;
+  EXPECT_EQ(errorNameOf([&] { c.RegisterMethodHandler("d"); }, &message),
+            "org.iothubd.Error.LimitExceeded");
+  EXPECT_NE(message.find("max_method_claims_per_app"), std::string::npos) << message;
+  auto other = newClient();
+  other->RegisterMethodHandler("d");  // per app: another connection has its own
+  c.UnregisterMethodHandler("a");
+  c.RegisterMethodHandler("e");
+}
+
+TEST_F(LimitsTest, PendingCallsArePerConnectionAndFreedWhenAnswered) {
+  writeConfig("[limits]\nmax_pending_calls_per_app = 2\n");
+  startDaemon();
+  hubemu::ServiceClient service(hub_);
+  awaitOnline();
+  service.twinFault(kDevice, hubemu::TwinFault{3s, 0, -1});  // twin answers come 3 s late
+  auto& c = client();
+  auto first = getTwinAsync(c);
+  auto second = getTwinAsync(c);
+  // Calls on one connection arrive in order: both are pending when this one is dispatched.
+  const auto start = Steady::now();
+  std::string message;
+  EXPECT_EQ(errorNameOf([&] { c.GetTwin(); }, &message), "org.iothubd.Error.LimitExceeded");
+  EXPECT_LT(Steady::now() - start, 2s) << "refused at once, not after the twin answers";
+  EXPECT_NE(message.find("max_pending_calls_per_app"), std::string::npos) << message;
+  // Another app is not affected.
+  auto other = newClient();
+  EXPECT_FALSE(other->GetTwin().empty());
+  EXPECT_EQ(first.get(), "");
+  EXPECT_EQ(second.get(), "");
+  service.clearFaults(kDevice);
+  EXPECT_FALSE(c.GetTwin().empty()) << "the answered calls freed their slots";
+}
+
+TEST_F(LimitsTest, MethodRequestsBeyondThePendingLimitAreAnswered503AtOnce) {
+  writeConfig("[limits]\nmax_pending_method_requests = 1\n[methods]\nmethod_response_timeout = 30\n");
+  startDaemon();
+  hubemu::ServiceClient service(hub_);
+  awaitOnline();
+  auto& c = client();
+  c.RegisterMethodHandler("slow");
+  auto first = std::async(std::launch::async,
+                          [&] { return service.invokeMethod(kDevice, "slow", "{}", 20s); });
+  auto request = c.waitForSignal("MethodRequestReceived");
+  ASSERT_TRUE(request.has_value());
+  const auto start = Steady::now();
+  const auto second = service.invokeMethod(kDevice, "slow", "{}", 20s);
+  EXPECT_EQ(second.status, 503);
+  EXPECT_NE(second.payload.find("too many method requests pending"), std::string::npos)
+      << second.payload;
+  EXPECT_LT(Steady::now() - start, 5s);
+  c.SendMethodResponse(request->args[0], 200, R"({"done":true})");
+  EXPECT_EQ(first.get().status, 200);
+  // The answered request freed the slot.
+  auto third = std::async(std::launch::async,
+                          [&] { return service.invokeMethod(kDevice, "slow", "{}", 20s); });
+  auto next = c.waitForSignal("MethodRequestReceived");
+  ASSERT_TRUE(next.has_value());
+  c.SendMethodResponse(next->args[0], 200, "{}");
+  EXPECT_EQ(third.get().status, 200);
+}
+
+}  // namespace
+}  // namespace iothubd::testing
