@@ -120,7 +120,7 @@ TEST_F(BatchTest, ABadElementRefusesTheWholeCallNamingItsIndexAndNothingIsStored
   auto tooLarge = numbered("t", 5);
   tooLarge[4] = message(std::string(262145, 'x'));
   refused(true, tooLarge, "org.iothubd.Error.MessageTooLarge",
-          "message 4: ", "over the hub's limit");
+          "message 4: ", "the limit is 262144");
   auto badExpiry = numbered("e", 2);
   badExpiry[0] = message("x", {}, {{"expiry-time-utc", "yesterday"}});
   refused(false, badExpiry, "org.freedesktop.DBus.Error.InvalidArgs",
