@@ -123,16 +123,24 @@ void TelemetryPipeline::sendBatch(std::string app, std::vector<proto::OutgoingMe
   enqueue(std::move(app), std::move(messages), true, true, nullptr, std::move(done));
 }
 
-void TelemetryPipeline::enqueue(std::string app, std::vector<proto::OutgoingMessage> messages,
-                                bool batch, bool forDelivery, Done single, BatchDone many) {
+bool TelemetryPipeline::answeredUpFront(const std::vector<proto::OutgoingMessage>& messages,
+                                        BatchDone& many) {
   if (messages.size() > kMaxMessagesPerCall) {
     many(fail(Errc::InvalidArgument, "at most " + std::to_string(kMaxMessagesPerCall) +
                                          " messages per call, not " +
                                          std::to_string(messages.size())));
-    return;
+    return true;
   }
   if (messages.empty()) {
     many(std::vector<std::string>{});
+    return true;
+  }
+  return false;
+}
+
+void TelemetryPipeline::enqueue(std::string app, std::vector<proto::OutgoingMessage> messages,
+                                bool batch, bool forDelivery, Done single, BatchDone many) {
+  if (answeredUpFront(messages, many)) {
     return;
   }
   Waiter w;
@@ -168,14 +176,7 @@ void TelemetryPipeline::enqueue(std::string app, std::vector<proto::OutgoingMess
 
 void TelemetryPipeline::sendDirect(std::vector<proto::OutgoingMessage> messages, bool batch,
                                    Done single, BatchDone many) {
-  if (messages.size() > kMaxMessagesPerCall) {
-    many(fail(Errc::InvalidArgument, "at most " + std::to_string(kMaxMessagesPerCall) +
-                                         " messages per call, not " +
-                                         std::to_string(messages.size())));
-    return;
-  }
-  if (messages.empty()) {
-    many(std::vector<std::string>{});
+  if (answeredUpFront(messages, many)) {
     return;
   }
   // The session checks each message's size; a batch is checked whole before any goes out.

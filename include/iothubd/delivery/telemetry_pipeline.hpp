@@ -100,6 +100,9 @@ class TelemetryPipeline final : private session::HubSession::Observer {
   };
   using Waiters = std::map<std::uint64_t, Waiter>;
 
+  /// A batch too long (InvalidArgument) or empty (no ids) is answered here: true if it was.
+  [[nodiscard]] static bool answeredUpFront(const std::vector<proto::OutgoingMessage>& messages,
+                                            BatchDone& many);
   void enqueue(std::string app, std::vector<proto::OutgoingMessage> messages, bool batch,
                bool forDelivery, Done single, BatchDone many);
   void sendDirect(std::vector<proto::OutgoingMessage> messages, bool batch, Done single,
