@@ -12,10 +12,10 @@ namespace iothubd::dbusapi {
 
 /// Bounds the calls one bus peer may have outstanding at once (architecture doc 6.4): every
 /// asynchronous method holds a Ticket from its dispatch until it is answered, and a peer's call
-/// beyond the limit is refused with LimitExceeded naming it (max_pending_calls_per_app). dbus-daemon's own bound (128 pending
-/// replies per connection by default) covers neither calls sent with NO_REPLY_EXPECTED, which
-/// the daemon still runs, nor buses configured otherwise. Peers are D-Bus unique names. Loop
-/// thread only.
+/// beyond the limit is refused with LimitExceeded naming it (max_pending_calls_per_app).
+/// dbus-daemon's own bound (128 pending replies per connection by default) covers neither calls
+/// sent with NO_REPLY_EXPECTED, which the daemon still runs, nor buses configured otherwise. Peers
+/// are D-Bus unique names. Loop thread only.
 class CallQuota {
   struct Counter;
 

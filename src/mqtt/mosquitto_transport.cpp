@@ -660,7 +660,7 @@ class MosquittoTransport final : public MqttTransport {
   std::vector<std::unique_ptr<relay::Tunnel>> retiredTunnels_;  ///< finishing an orderly close
   State state_ = State::Idle;
   bool disconnectRequested_ = false;
-  bool closingSelf_ = false;  ///< inside closeAndReport's mosquitto_disconnect
+  bool closingSelf_ = false;   ///< inside closeAndReport's mosquitto_disconnect
   std::uint64_t attempt_ = 0;  ///< counts connect()s, to tell an old attempt's events apart
   bool sawConnack_ = false;
   int connackCode_ = -1;

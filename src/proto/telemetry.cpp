@@ -103,9 +103,8 @@ core::Result<void> validateCustomProperties(const std::map<std::string, std::str
     // `$` keys are system properties on the wire; `iothub-` names belong to the hub (e.g.
     // iothub-creation-time-utc, iothub-MessageType), so an app could spoof them.
     if (name.front() == '$' || startsWithIgnoreAsciiCase(name, "iothub-")) {
-      return core::fail(Errc::InvalidArgument,
-                        "custom property '" + shown(name) +
-                            "' uses a reserved prefix ('$' or 'iothub-')");
+      return core::fail(Errc::InvalidArgument, "custom property '" + shown(name) +
+                                                   "' uses a reserved prefix ('$' or 'iothub-')");
     }
   }
   return {};
@@ -172,16 +171,14 @@ core::Result<void> validateOutgoingMessage(const OutgoingMessage& message) {
   }
   for (const auto& [name, value] : message.properties) {
     if (name.size() > kMaxPropertyNameLength) {
-      return core::fail(Errc::MessageTooLarge, "custom property name '" + shown(name) +
-                                                   "' is longer than " +
-                                                   std::to_string(kMaxPropertyNameLength) +
-                                                   " bytes");
+      return core::fail(Errc::MessageTooLarge,
+                        "custom property name '" + shown(name) + "' is longer than " +
+                            std::to_string(kMaxPropertyNameLength) + " bytes");
     }
     if (value.size() > kMaxPropertyValueLength) {
-      return core::fail(Errc::MessageTooLarge, "custom property '" + shown(name) +
-                                                   "' has a value longer than " +
-                                                   std::to_string(kMaxPropertyValueLength) +
-                                                   " bytes");
+      return core::fail(Errc::MessageTooLarge,
+                        "custom property '" + shown(name) + "' has a value longer than " +
+                            std::to_string(kMaxPropertyValueLength) + " bytes");
     }
   }
   // Protocol doc 4: the hub counts body + system property values + custom names and values.

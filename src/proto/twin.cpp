@@ -205,7 +205,7 @@ core::Result<void> parseJson(std::string_view json, rapidjson::Document& doc, Er
     // From an app this is a limit of ours, not malformed input: say so with its own error.
     return core::fail(code == Errc::InvalidArgument ? Errc::LimitExceeded : code,
                       "JSON nested deeper than " + std::to_string(kMaxJsonDepth) +
-                                " levels at offset " + std::to_string(result.Offset() - 1));
+                          " levels at offset " + std::to_string(result.Offset() - 1));
   }
   if (result.IsError()) {
     // The reader reports a value the handler refused as kParseErrorTermination.

@@ -164,10 +164,11 @@ class Gen {
   /// A short string with characters that mean something somewhere (topics, URLs, JSON, paths).
   std::string word() {
     static const std::vector<std::string> kWords = {
-        "",      "*",        "/",   "$x",    "iothub-x",          "IoThub-Ack", "%",  "&",
-        "=",     "#",        "+",   "\\",    "..",                "a/b",        "ok", "reboot",
-        "fuzz",  "fuzz2",    "\t",  "\x01",  "\xc3\xa9t\xc3\xa9", "$.mid",      "to", "ack",
-        "%24.x", "a=b&c=d", "\x7f", "../..", "?sig=x",            "\"q\""};
+        "",       "*",      "/",    "$x",    "iothub-x", "IoThub-Ack", "%",
+        "&",      "=",      "#",    "+",     "\\",       "..",         "a/b",
+        "ok",     "reboot", "fuzz", "fuzz2", "\t",       "\x01",       "\xc3\xa9t\xc3\xa9",
+        "$.mid",  "to",     "ack",  "%24.x", "a=b&c=d",  "\x7f",       "../..",
+        "?sig=x", "\"q\""};
     return percent(60) ? pick(kWords) : text(below(24));
   }
 
@@ -197,8 +198,8 @@ class Gen {
         const std::size_t members = pick(std::vector<std::size_t>{100, 1000, 20000});
         for (std::size_t i = 0; i < members; ++i) {
           // Small values: many members, not many megabytes.
-          s += (i > 0 ? ",\"k" : "\"k") + std::to_string(i) + "\":" +
-               pick(std::vector<std::string>{"1", "\"v\"", "null", "{}", "[]", "-0.5e3"});
+          s += (i > 0 ? ",\"k" : "\"k") + std::to_string(i) +
+               "\":" + pick(std::vector<std::string>{"1", "\"v\"", "null", "{}", "[]", "-0.5e3"});
         }
         return s + "}";
       }
@@ -235,11 +236,20 @@ class Gen {
   }
 
   std::map<std::string, std::string> systemProperties() {
-    static const std::vector<std::string> kKeys = {
-        "message-id",        "correlation-id", "content-type",      "content-encoding",
-        "user-id",           "expiry-time-utc", "output-name",      "component-name",
-        "creation-time-utc", "to",              "ack",              "$.mid",
-        "",                  "Message-Id"};
+    static const std::vector<std::string> kKeys = {"message-id",
+                                                   "correlation-id",
+                                                   "content-type",
+                                                   "content-encoding",
+                                                   "user-id",
+                                                   "expiry-time-utc",
+                                                   "output-name",
+                                                   "component-name",
+                                                   "creation-time-utc",
+                                                   "to",
+                                                   "ack",
+                                                   "$.mid",
+                                                   "",
+                                                   "Message-Id"};
     std::map<std::string, std::string> props;
     if (percent(50)) {
       return props;
@@ -502,8 +512,7 @@ class BusFuzzer {
     auto ping = newCall(watch_.get(), "Ping", "org.freedesktop.DBus.Peer", "/");
     auto outcome = callAndWait(watch_.get(), ping.get(), std::chrono::seconds(10));
     if (!outcome.errorName.empty()) {
-      finding("the daemon did not answer Ping: " + outcome.errorName + ": " +
-              outcome.errorMessage);
+      finding("the daemon did not answer Ping: " + outcome.errorName + ": " + outcome.errorMessage);
     }
   }
 
@@ -619,8 +628,8 @@ class BusFuzzer {
     }
     auto p = std::make_unique<Pending>(Pending{this, &c, actionCount_, what});
     // 120 s: longer than any operation the daemon bounds (operation_timeout is 60 s).
-    int r = sd_bus_call_async(c.bus.get(), nullptr, m.get(), &BusFuzzer::onReply, p.get(),
-                              120'000'000);
+    int r =
+        sd_bus_call_async(c.bus.get(), nullptr, m.get(), &BusFuzzer::onReply, p.get(), 120'000'000);
     if (r < 0) {
       return;  // e.g. the bus closed us for an earlier message; the client will be replaced
     }
@@ -630,17 +639,20 @@ class BusFuzzer {
 
   /// A Device1 call with the right signature, or (sometimes) any member with a random one.
   void call(Client& c) {
-    static const std::vector<std::string> kMembers = {
-        "SendMessage",   "SendBinaryMessage",
-        "QueueMessage",  "QueueBinaryMessage",
-        "GetTwin",       "PatchTwinReportedProperties",
-        "RegisterMethodHandler",
-        "UnregisterMethodHandler",
-        "SendMethodResponse",
-        "UpdateSasToken",
-        "GetStorageInfoForBlob",
-        "NotifyBlobUploadStatus",
-        "UploadFile",    "UploadFileFromPath"};
+    static const std::vector<std::string> kMembers = {"SendMessage",
+                                                      "SendBinaryMessage",
+                                                      "QueueMessage",
+                                                      "QueueBinaryMessage",
+                                                      "GetTwin",
+                                                      "PatchTwinReportedProperties",
+                                                      "RegisterMethodHandler",
+                                                      "UnregisterMethodHandler",
+                                                      "SendMethodResponse",
+                                                      "UpdateSasToken",
+                                                      "GetStorageInfoForBlob",
+                                                      "NotifyBlobUploadStatus",
+                                                      "UploadFile",
+                                                      "UploadFileFromPath"};
     const auto r = gen_.below(1000);
     sd_bus* bus = c.bus.get();
     try {
@@ -695,9 +707,9 @@ class BusFuzzer {
       check(sd_bus_message_append(raw, "s", patch.c_str()));
       what += " " + std::to_string(patch.size()) + " B: " + patch.substr(0, 40);
     } else if (member == "RegisterMethodHandler" || member == "UnregisterMethodHandler") {
-      const std::string name = gen_.percent(70) ? gen_.pick(std::vector<std::string>{
-                                                      "fuzz", "fuzz2", "reboot", "*", ""})
-                                                : gen_.word() + std::to_string(gen_.below(80));
+      const std::string name =
+          gen_.percent(70) ? gen_.pick(std::vector<std::string>{"fuzz", "fuzz2", "reboot", "*", ""})
+                           : gen_.word() + std::to_string(gen_.below(80));
       check(sd_bus_message_append(raw, "s", name.c_str()));
       what += " " + name.substr(0, 40);
     } else if (member == "SendMethodResponse") {
@@ -711,9 +723,9 @@ class BusFuzzer {
         rid = gen_.percent(50) ? std::to_string(gen_.below(50)) : gen_.word();
       }
       const std::int32_t status =
-          gen_.percent(70) ? static_cast<std::int32_t>(100 + gen_.below(500))
-                           : gen_.pick(std::vector<std::int32_t>{0, 99, 600, -1, INT32_MAX,
-                                                                 INT32_MIN});
+          gen_.percent(70)
+              ? static_cast<std::int32_t>(100 + gen_.below(500))
+              : gen_.pick(std::vector<std::int32_t>{0, 99, 600, -1, INT32_MAX, INT32_MIN});
       const std::string payload = gen_.json();
       check(sd_bus_message_append(raw, "sis", rid.c_str(), status, payload.c_str()));
       what += " " + rid.substr(0, 20) + " " + std::to_string(status) + " payload " +
@@ -789,8 +801,8 @@ class BusFuzzer {
 
   std::string somePath() {
     static const std::vector<std::string> kPaths = {
-        "/dev/null", "/dev/zero",   "/etc/shadow",     "/nonexistent/file", "/proc/self/status",
-        "/",         "relative",    "/dev/stdin",      "/proc/self/fd/0",   "/dev/urandom",
+        "/dev/null", "/dev/zero",   "/etc/shadow",      "/nonexistent/file", "/proc/self/status",
+        "/",         "relative",    "/dev/stdin",       "/proc/self/fd/0",   "/dev/urandom",
         "",          "/etc/passwd", "/tmp/../etc/hosts"};
     if (gen_.percent(10)) {
       return "/" + std::string(gen_.pick(std::vector<std::size_t>{255, 4096, 70000}), 'p');
@@ -803,10 +815,9 @@ class BusFuzzer {
 
   void propertiesCall(Client& c) {
     static const std::vector<std::string> kNames = {
-        "Connected",  "ConnectionState",    "LastError",    "DeviceId",         "ModuleId",
-        "HostName",   "GatewayHostName",    "AuthenticationType", "SasTokenExpiry",
-        "OutboxLength", "OutboxBytes",      "MessagesDropped",    "MessagesDelivered",
-        "Nope",       ""};
+        "Connected",   "ConnectionState", "LastError",          "DeviceId",       "ModuleId",
+        "HostName",    "GatewayHostName", "AuthenticationType", "SasTokenExpiry", "OutboxLength",
+        "OutboxBytes", "MessagesDropped", "MessagesDelivered",  "Nope",           ""};
     const std::string iface = gen_.percent(85) ? "org.iothubd.Device1" : gen_.word();
     sd_bus* bus = c.bus.get();
     switch (gen_.below(3)) {
@@ -867,8 +878,9 @@ class BusFuzzer {
   /// of our code reads it, and nothing may break.
   void wrongSignature(Client& c, const std::string& member) {
     static const std::vector<std::string> kTypes = {
-        "s", "i", "b", "t", "y", "d", "n", "q", "u", "x", "o", "g", "h", "v",
-        "ay", "as", "a{ss}", "a{sv}", "(si)", "a{sa{ss}}", "aay", "a(sv)", "a{ss}a{ss}"};
+        "s",     "i",     "b",    "t",         "y",   "d",     "n",         "q",
+        "u",     "x",     "o",    "g",         "h",   "v",     "ay",        "as",
+        "a{ss}", "a{sv}", "(si)", "a{sa{ss}}", "aay", "a(sv)", "a{ss}a{ss}"};
     std::string signature;
     for (std::size_t i = gen_.below(5); i > 0; --i) {
       signature += gen_.pick(kTypes);
@@ -1073,8 +1085,7 @@ class CloudSide {
       try {
         switch (rng() % 5) {
           case 0:
-            cloud.sendC2d(device, std::string(rng() % 2048, 'c'), {{"$.mid", "c2d"}},
-                          {{"k", "v"}});
+            cloud.sendC2d(device, std::string(rng() % 2048, 'c'), {{"$.mid", "c2d"}}, {{"k", "v"}});
             break;
           case 1:
             (void)cloud.patchDesired(device, "{\"fuzz\":" + std::to_string(rng() % 1000) + "}");
@@ -1108,9 +1119,8 @@ class BusFuzzTest : public DaemonTest {
     // port where nothing listens (their error paths); a short method timeout keeps the hub's
     // direct-method calls moving; notice-level logs keep the log readable.
     tokenExpiry_ = static_cast<std::int64_t>(std::time(nullptr)) + 2 * 24 * 3600;
-    writeCredential("connection-string",
-                    "HostName=" + hub_.hubHost() + ";DeviceId=" + kDevice +
-                        ";SharedAccessSignature=" + goodToken() + "\n");
+    writeCredential("connection-string", "HostName=" + hub_.hubHost() + ";DeviceId=" + kDevice +
+                                             ";SharedAccessSignature=" + goodToken() + "\n");
     writeConfig("[methods]\nmethod_response_timeout = 2\n[file_upload]\nhttps_port = " +
                 std::to_string(hubemu::freeLoopbackPort()) + "\n[daemon]\nlog_level = notice\n");
     const std::string fifo = dir_ / "fifo";
@@ -1137,8 +1147,8 @@ class BusFuzzTest : public DaemonTest {
       case 4:
         return gen.text(gen.length());
       case 5:
-        return gen.percent(10) ? hubemu::makeSasToken(hub_.hubHost(), kDevice,
-                                                      hubemu::randomKey(), tokenExpiry_)
+        return gen.percent(10) ? hubemu::makeSasToken(hub_.hubHost(), kDevice, hubemu::randomKey(),
+                                                      tokenExpiry_)
                                : "";
       default:
         return goodToken();
@@ -1153,14 +1163,13 @@ class BusFuzzTest : public DaemonTest {
     c.UpdateSasToken(goodToken());
     c.Connect();
     const std::string mid = "final-" + label;
-    EXPECT_EQ(c.SendMessage("{\"after\":\"" + label + "\"}", {{"check", "final"}},
-                            {{"message-id", mid}}),
-              mid);
+    EXPECT_EQ(
+        c.SendMessage("{\"after\":\"" + label + "\"}", {{"check", "final"}}, {{"message-id", mid}}),
+        mid);
     EXPECT_TRUE(service
-                    .waitForTelemetry([&](const hubemu::Telemetry& t) {
-                      return t.property("$.mid") == mid;
-                    },
-                                      std::chrono::seconds(30))
+                    .waitForTelemetry(
+                        [&](const hubemu::Telemetry& t) { return t.property("$.mid") == mid; },
+                        std::chrono::seconds(30))
                     .has_value())
         << "the normal message after the " << label << " did not reach the hub";
     // Everything the fuzzers queued is delivered or expired.
@@ -1188,8 +1197,8 @@ class BusFuzzTest : public DaemonTest {
 
 TEST_F(BusFuzzTest, DaemonSurvivesHostileCallersAndReturnsToItsStartingBand) {
   const std::uint64_t seed = envNumber("IOTHUBD_BUS_FUZZ_SEED", 0x10717b5dULL);
-  const std::uint64_t seconds = std::max<std::uint64_t>(
-      envNumber("IOTHUBD_BUS_FUZZ_SECONDS", kSanitized ? 20 : 40), 6);
+  const std::uint64_t seconds =
+      std::max<std::uint64_t>(envNumber("IOTHUBD_BUS_FUZZ_SECONDS", kSanitized ? 20 : 40), 6);
   const std::string replay = "replay: IOTHUBD_BUS_FUZZ_SEED=" + std::to_string(seed) +
                              " IOTHUBD_BUS_FUZZ_SECONDS=" + std::to_string(seconds);
   SCOPED_TRACE(replay);
@@ -1218,8 +1227,8 @@ TEST_F(BusFuzzTest, DaemonSurvivesHostileCallersAndReturnsToItsStartingBand) {
   reportFindings();
   ASSERT_TRUE(fuzzer.findings().empty());
   const Footprint baseline = quiesce(service, "warm-up", -1);
-  std::cout << "bus fuzzer: baseline after " << warmUp.count() << " s warm-up: "
-            << describe(baseline) << "\n";
+  std::cout << "bus fuzzer: baseline after " << warmUp.count()
+            << " s warm-up: " << describe(baseline) << "\n";
 
   fuzzer.runUntil(Clock::now() + std::chrono::seconds(seconds) - warmUp);
   fuzzer.closeAll();

@@ -56,10 +56,14 @@ TEST_F(LimitsTest, MessagesAndPayloadsOverALimitGetTheirNamedErrorAndNothingIsSe
       {"257 properties, queued", [&] { c.QueueMessage("x", manyProperties, {}); },
        "org.iothubd.Error.MessageTooLarge"},
       {"a property value over 16 KiB",
-       [&] { c.SendMessage("x", {{"k", std::string(16385, 'v')}}, {}); },
+       [&] {
+         c.SendMessage("x", {{"k", std::string(16385, 'v')}}, {});
+       },
        "org.iothubd.Error.MessageTooLarge"},
       {"a property name over 256 bytes",
-       [&] { c.SendBinaryMessage({1, 2}, {{std::string(257, 'n'), "v"}}, {}); },
+       [&] {
+         c.SendBinaryMessage({1, 2}, {{std::string(257, 'n'), "v"}}, {});
+       },
        "org.iothubd.Error.MessageTooLarge"},
       {"a property bag that no MQTT topic holds", [&] { c.SendMessage("x", wideBag, {}); },
        "org.iothubd.Error.MessageTooLarge"},
@@ -67,12 +71,10 @@ TEST_F(LimitsTest, MessagesAndPayloadsOverALimitGetTheirNamedErrorAndNothingIsSe
        [&] { c.PatchTwinReportedProperties("{\"a\":" + deepJson(32) + "}"); },
        "org.iothubd.Error.LimitExceeded"},
       {"a patch over 64 KiB",
-       [&] {
-         c.PatchTwinReportedProperties("{\"a\":\"" + std::string(64 * 1024, 'x') + "\"}");
-       },
+       [&] { c.PatchTwinReportedProperties("{\"a\":\"" + std::string(64 * 1024, 'x') + "\"}"); },
        "org.iothubd.Error.MessageTooLarge"},
-      {"a method response 33 levels deep",
-       [&] { c.SendMethodResponse("r", 200, deepJson(33)); }, "org.iothubd.Error.LimitExceeded"},
+      {"a method response 33 levels deep", [&] { c.SendMethodResponse("r", 200, deepJson(33)); },
+       "org.iothubd.Error.LimitExceeded"},
       {"a method response over 128 KiB",
        [&] { c.SendMethodResponse("r", 200, "\"" + std::string(128 * 1024, 'x') + "\""); },
        "org.iothubd.Error.MessageTooLarge"},
@@ -146,7 +148,8 @@ TEST_F(LimitsTest, PendingCallsArePerConnectionAndFreedWhenAnswered) {
 }
 
 TEST_F(LimitsTest, MethodRequestsBeyondThePendingLimitAreAnswered503AtOnce) {
-  writeConfig("[limits]\nmax_pending_method_requests = 1\n[methods]\nmethod_response_timeout = 30\n");
+  writeConfig(
+      "[limits]\nmax_pending_method_requests = 1\n[methods]\nmethod_response_timeout = 30\n");
   startDaemon();
   hubemu::ServiceClient service(hub_);
   awaitOnline();

@@ -46,9 +46,8 @@ int appendStringMap(sd_bus_message* m, const std::map<std::string, std::string>&
 CallOutcome callAndWait(sd_bus* bus, sd_bus_message* call, std::chrono::milliseconds timeout) {
   sd_bus_error error = SD_BUS_ERROR_NULL;
   sd_bus_message* reply = nullptr;
-  const auto usec =
-      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(timeout)
-                                     .count());
+  const auto usec = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(timeout).count());
   int r = sd_bus_call(bus, call, usec, &error, &reply);
   CallOutcome outcome;
   if (r < 0) {

@@ -225,9 +225,9 @@ TEST(ValidateOutgoingMessage, BoundsTheNumberOfCustomProperties) {
 TEST(ValidateOutgoingMessage, BoundsNamesAndValuesAndCutsHugeNamesInItsMessages) {
   OutgoingMessage message;
   message.properties[std::string(kMaxPropertyNameLength + 1, 'n')] = "v";
-  EXPECT_TRUE(failedWith(validateOutgoingMessage(message), Errc::MessageTooLarge,
-                         "custom property name '" + std::string(32, 'n') +
-                             "...' is longer than 256 bytes"));
+  EXPECT_TRUE(failedWith(
+      validateOutgoingMessage(message), Errc::MessageTooLarge,
+      "custom property name '" + std::string(32, 'n') + "...' is longer than 256 bytes"));
   message.properties = {{"k", std::string(kMaxPropertyValueLength + 1, 'v')}};
   EXPECT_TRUE(failedWith(validateOutgoingMessage(message), Errc::MessageTooLarge,
                          "custom property 'k' has a value longer than 16384 bytes"));
@@ -262,8 +262,9 @@ TEST(ValidateOutgoingMessage, KeepsTheEncodedPropertyBagWithinAnMqttTopic) {
             std::string::npos)
       << refused.error().message;
   // The longest ids leave the largest accepted bag within 65 535 bytes.
-  EXPECT_EQ(std::string("devices/").size() + kMaxIdentityIdLength + std::string("/modules/").size() +
-                kMaxIdentityIdLength + std::string("/messages/events/").size() + kMaxPropertyBagBytes,
+  EXPECT_EQ(std::string("devices/").size() + kMaxIdentityIdLength +
+                std::string("/modules/").size() + kMaxIdentityIdLength +
+                std::string("/messages/events/").size() + kMaxPropertyBagBytes,
             65535u);
 }
 

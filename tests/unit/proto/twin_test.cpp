@@ -122,8 +122,8 @@ TEST(ValidateJsonPayload, RejectsInvalidJson) {
 
 TEST(ValidateJsonPayload, AppliesTheDepthLimit) {
   EXPECT_TRUE(validateJsonPayload(nestedArrays(kMaxJsonDepth)).has_value());
-  EXPECT_TRUE(failedWith(validateJsonPayload(nestedArrays(kMaxJsonDepth + 1)),
-                         Errc::LimitExceeded, "JSON nested deeper than 32 levels at offset 32"));
+  EXPECT_TRUE(failedWith(validateJsonPayload(nestedArrays(kMaxJsonDepth + 1)), Errc::LimitExceeded,
+                         "JSON nested deeper than 32 levels at offset 32"));
 }
 
 constexpr std::string_view kTwin =
