@@ -180,9 +180,9 @@ class DeviceObjectImpl final : public DeviceObject,
   }
 
   /// Runs an asynchronous method's body: admits the call against its caller's quota first
-  /// (QueueFull beyond it; the ticket then travels with the Result into completion()), and turns
-  /// whatever the body throws into an error reply, sent through the completion if the body had
-  /// already handed the Result to one (an operation that refused it at once).
+  /// (LimitExceeded beyond it; the ticket then travels with the Result into completion()), and
+  /// turns whatever the body throws into an error reply, sent through the completion if the body
+  /// had already handed the Result to one (an operation that refused it at once).
   template <class ResultT, class Body>
   void replyGuard(ResultT& result, const char* method, Body&& body) noexcept {
     guarded(

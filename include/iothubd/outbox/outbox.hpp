@@ -100,7 +100,8 @@ class Outbox {
   /// never inside enqueue().
   using Committed = std::function<void(core::Result<void>)>;
 
-  /// Runs `work` on a worker thread, then `done` on the loop thread: loop::EventLoop::runOffLoop.
+  /// Runs `work` on a worker thread, then `done` on the loop thread, in submission order:
+  /// loop::EventLoop::runOnWorker.
   using OffLoopRunner = std::function<void(std::function<void()> work, std::function<void()> done)>;
 
   struct Opened {
