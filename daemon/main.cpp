@@ -75,6 +75,16 @@ std::string userAgent() {
   return ua;
 }
 
+/// TLS trust and identity: one set for MQTT (direct or tunnelled) and the HTTPS calls.
+iothubd::core::TlsSettings tlsSettings(const iothubd::config::Settings& s,
+                                       const iothubd::config::DeviceIdentity& id) {
+  return {.caFile = s.serverVerificationCert,
+          .ciphers = s.cipher,
+          .certFile = id.x509CertFile,
+          .keyFile = id.x509KeyFile,
+          .keyPassphrase = id.x509PassPhrase};
+}
+
 iothubd::session::SessionOptions sessionOptions(const iothubd::config::Settings& s,
                                                 iothubd::config::DeviceIdentity id,
                                                 iothubd::core::ProxySettings proxy) {
@@ -98,11 +108,7 @@ iothubd::session::SessionOptions sessionOptions(const iothubd::config::Settings&
   }
   o.sharedAccessKey = std::move(id.sharedAccessKey);
   o.sasToken = std::move(id.sasToken);
-  o.tls.caFile = s.serverVerificationCert;
-  o.tls.ciphers = s.cipher;
-  o.tls.certFile = id.x509CertFile;
-  o.tls.keyFile = id.x509KeyFile;
-  o.tls.keyPassphrase = std::move(id.x509PassPhrase);
+  o.tls = tlsSettings(s, id);
   o.websockets = s.websockets;
   o.proxy = std::move(proxy);
   o.userAgent = userAgent();
@@ -159,13 +165,7 @@ iothubd::core::Result<Loaded> loadConfiguration(const std::string& configPath,
   }
   // Certificates, key and cipher list are checked now, so that a mistake is a configuration
   // error at start or reload, not a connection failure later.
-  iothubd::relay::TlsClientConfig tls;
-  tls.caFile = settings->serverVerificationCert;
-  tls.ciphers = settings->cipher;
-  tls.certFile = identity->x509CertFile;
-  tls.keyFile = identity->x509KeyFile;
-  tls.keyPassphrase = identity->x509PassPhrase;
-  if (auto r = iothubd::relay::checkTlsConfig(tls); !r) {
+  if (auto r = iothubd::relay::checkTlsConfig(tlsSettings(*settings, *identity)); !r) {
     return fail(Errc::Config, "configuration: " + r.error().message);
   }
   return Loaded{std::move(*settings), std::move(*identity), std::move(*proxy)};
@@ -336,11 +336,7 @@ int run(const Options& opts) {
   // File upload (protocol doc 8): HTTPS to the hub itself, never the gateway; the same trust
   // settings as MQTT (libcurl keeps the system CA path besides server_verification_cert).
   iothubd::http::CurlOptions curlOptions;
-  curlOptions.tls.caFile = settings.serverVerificationCert;
-  curlOptions.tls.ciphers = settings.cipher;
-  curlOptions.tls.certFile = session.options().tls.certFile;
-  curlOptions.tls.keyFile = session.options().tls.keyFile;
-  curlOptions.tls.keyPassphrase = session.options().tls.keyPassphrase;
+  curlOptions.tls = session.options().tls;
   curlOptions.proxy = session.options().proxy;
   curlOptions.userAgent = userAgent();
   auto http = iothubd::http::createCurlMultiClient(ev, curlOptions);

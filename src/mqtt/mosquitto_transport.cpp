@@ -123,11 +123,7 @@ class MosquittoTransport final : public MqttTransport {
       relay::TunnelOptions t;
       t.host = options.host;
       t.port = options.port;
-      t.tls.caFile = options.tls.caFile;
-      t.tls.ciphers = options.tls.ciphers;
-      t.tls.certFile = options.tls.certFile;
-      t.tls.keyFile = options.tls.keyFile;
-      t.tls.keyPassphrase = options.tls.keyPassphrase;
+      t.tls = options.tls;
       t.websockets = options.websockets;
       t.websocketPath = options.websocketPath;
       t.userAgent = options.userAgent;

@@ -20,17 +20,11 @@
 
 #include "iothubd/core/result.hpp"
 #include "iothubd/core/secret.hpp"
+#include "iothubd/core/tls_settings.hpp"
 
 namespace iothubd::http {
 
-/// TLS trust and identity (protocol doc 1.5): the same settings the MQTT connection uses.
-struct TlsSettings {
-  std::string caFile;    ///< PEM bundle to trust; empty = the system store
-  std::string ciphers;   ///< OpenSSL cipher list for TLS 1.2; empty = OpenSSL's default
-  std::string certFile;  ///< X.509 client certificate (PEM), empty for SAS auth
-  std::string keyFile;   ///< its private key
-  core::Secret<> keyPassphrase;
-};
+using TlsSettings = core::TlsSettings;
 
 enum class Method { Get, Head, Post, Put, Delete };
 

@@ -7,17 +7,11 @@
 #include "iothubd/core/proxy.hpp"
 #include "iothubd/core/result.hpp"
 #include "iothubd/core/secret.hpp"
+#include "iothubd/core/tls_settings.hpp"
 
 namespace iothubd::mqtt {
 
-/// TLS trust and identity for the hub connection (protocol doc 1.5).
-struct TlsSettings {
-  std::string caFile;    ///< PEM bundle to trust; empty = the system store
-  std::string ciphers;   ///< OpenSSL cipher list for TLS 1.2; empty = OpenSSL's default
-  std::string certFile;  ///< X.509 client certificate (PEM), empty for SAS auth
-  std::string keyFile;   ///< its private key
-  core::Secret<> keyPassphrase;
-};
+using TlsSettings = core::TlsSettings;
 
 /// One MQTT 3.1.1 CONNECT (protocol doc 1.2). CleanSession is always 0, as in every SDK.
 struct ConnectOptions {

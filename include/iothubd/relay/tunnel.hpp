@@ -8,19 +8,13 @@
 #include "iothubd/core/proxy.hpp"
 #include "iothubd/core/result.hpp"
 #include "iothubd/core/secret.hpp"
+#include "iothubd/core/tls_settings.hpp"
 #include "iothubd/loop/event_loop.hpp"
 
 namespace iothubd::relay {
 
-/// TLS as the hub connection needs it (protocol doc 1.5): TLS 1.2 or later, the server
-/// certificate verified against `caFile` (or the system store) and the host name, SNI set.
-struct TlsClientConfig {
-  std::string caFile;    ///< PEM bundle to trust; empty = the system store
-  std::string ciphers;   ///< OpenSSL cipher list (TLS 1.2); empty = OpenSSL's default
-  std::string certFile;  ///< X.509 client certificate chain (PEM), empty for SAS
-  std::string keyFile;
-  core::Secret<> keyPassphrase;
-};
+/// TLS as the hub connection needs it; the tunnel also sets SNI.
+using TlsClientConfig = core::TlsSettings;
 
 /// Builds the TLS context for `tls` once, to find at start-up what would otherwise fail every
 /// connection attempt: an unreadable CA file, an invalid cipher list, a client certificate or key
