@@ -18,7 +18,7 @@ IOTHUBD_PACKAGES=(
   # CLI for the upload benchmark
   curl
   # helpers used by the harness scripts
-  python3 procps util-linux passwd
+  python3 procps util-linux passwd acl
   # the README's python example (examples/iothubd_app.py)
   python3-dbus python3-gi
   # packaging suite: build and check the .deb, boot it in a Debian 12 container
@@ -72,6 +72,25 @@ ensure_service_user() {
   if ! getent passwd iothubd >/dev/null; then
     as_root useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin iothubd
   fi
+}
+
+# The tests and the demo run the freshly built daemon as user iothubd, so that user must be able
+# to reach it: a checkout under /root or in a `mktemp -d` directory (mode 0700) is not. Each
+# directory on the way that iothubd cannot traverse gets an ACL entry letting that one user
+# traverse it (not list or read it); nothing else changes.
+ensure_service_user_can_reach() {
+  local path part dir=""
+  path=$(realpath "$1")
+  local -a parts
+  IFS=/ read -ra parts <<<"${path#/}"
+  # From / down, so that only the directories that really stop iothubd get an entry.
+  for part in "" "${parts[@]}"; do
+    dir=${dir%/}/$part
+    if ! as_root runuser -u iothubd -- test -x "$dir"; then
+      log "letting user iothubd traverse $dir (setfacl -m u:iothubd:x)"
+      as_root setfacl -m u:iothubd:x "$dir"
+    fi
+  done
 }
 
 # ensure_node_modules DIR CHECK: the npm packages pinned in DIR/package.json + package-lock.json.
