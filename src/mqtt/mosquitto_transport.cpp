@@ -2,12 +2,10 @@
 #include "iothubd/mqtt/mosquitto_transport.hpp"
 
 #include <sys/epoll.h>
-#include <sys/socket.h>
 
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
-#include <future>
 #include <mutex>
 
 #include <mosquitto.h>
@@ -24,26 +22,6 @@ using core::fail;
 /// How often keep-alive bookkeeping (mosquitto_loop_misc: PINGREQ, ping timeout) runs while a
 /// socket is open. libmosquitto's own threaded loop uses the same one-second granularity.
 constexpr std::chrono::seconds kMiscInterval{1};
-/// Debian's OpenSSL certificate directory: libmosquitto's mosquitto_tls_set() wants a CA file or
-/// directory even when MOSQ_OPT_TLS_USE_OS_CERTS already trusts the system store.
-constexpr const char* kSystemCaPath = "/etc/ssl/certs";
-
-/// libmosquitto 2.0.11 speaks neither WebSockets nor HTTP CONNECT/SOCKS4 (protocol doc 1.6):
-/// those connections go through a relay::Tunnel, libmosquitto itself then speaks plain MQTT to
-/// the tunnel's local socket.
-bool needsTunnel(const ConnectOptions& o) {
-  return o.websockets || o.proxy.enabled();
-}
-
-/// A clearer text for the TLS failures libmosquitto reports only through its log.
-std::string explainLibError(const std::string& line, const ConnectOptions& o) {
-  if (line.find("certificate verify failed") != std::string::npos) {
-    return "TLS: certificate verification failed for " + o.host + ":" + std::to_string(o.port) +
-           (o.tls.caFile.empty() ? " (system CA store)" : " (CA file " + o.tls.caFile + ")") +
-           ": " + line;
-  }
-  return line;
-}
 
 struct MosquittoDeleter {
   void operator()(mosquitto* m) const noexcept { mosquitto_destroy(m); }
@@ -81,12 +59,7 @@ class MosquittoTransport final : public MqttTransport {
       : loop_(loop), miscTimer_(loop.createTimer([this] { onMiscTimer(); })) {}
 
   ~MosquittoTransport() override {
-    // A worker may still be inside mosquitto_connect_async on our handle: the loop joins workers
-    // before it is destroyed, but we own the handle, so wait for the worker here.
     *alive_ = false;
-    if (pendingConnect_.valid()) {
-      pendingConnect_.wait();
-    }
     watch_.reset();
   }
 
@@ -117,63 +90,45 @@ class MosquittoTransport final : public MqttTransport {
     options_ = options;
     options_.password = core::Secret<>();  // not kept longer than needed
     options_.proxy.password = core::Secret<>();
-    std::string host = options.host;
-    int port = options.port;
-    if (needsTunnel(options)) {
-      relay::TunnelOptions t;
-      t.host = options.host;
-      t.port = options.port;
-      t.tls = options.tls;
-      t.websockets = options.websockets;
-      t.websocketPath = options.websocketPath;
-      t.userAgent = options.userAgent;
-      t.proxy = options.proxy;
-      auto tunnel = relay::Tunnel::open(loop_, std::move(t));
-      if (!tunnel) {
-        return fail(tunnel.error());
-      }
-      tunnel_ = std::move(*tunnel);
-      // Port 0 makes libmosquitto connect to a Unix socket path (lib/net_mosq.c).
-      host = tunnel_->localPath();
-      port = 0;
+    // Every connection goes through a relay::Tunnel (src/relay/README.md): libmosquitto 2.0.11
+    // would connect to the first address of the name only (lib/net_mosq.c), so `::1 localhost`
+    // before an IPv4-only hub, or a broken IPv6 route, would fail where any SDK falls back; it
+    // also has no WebSockets, HTTP CONNECT or SOCKS4. The tunnel resolves off the loop, tries
+    // every address (RFC 8305), does TLS with SNI and certificate checks on the name, and
+    // libmosquitto speaks plain MQTT to its local socket.
+    relay::TunnelOptions t;
+    t.host = options.host;
+    t.port = options.port;
+    t.tls = options.tls;
+    t.websockets = options.websockets;
+    t.websocketPath = options.websocketPath;
+    t.userAgent = options.userAgent;
+    t.proxy = options.proxy;
+    auto tunnel = relay::Tunnel::open(loop_, std::move(t));
+    if (!tunnel) {
+      return fail(tunnel.error());
     }
-    state_ = State::Resolving;
+    tunnel_ = std::move(*tunnel);
     ++attempt_;
     sawConnack_ = false;
     connackCode_ = -1;
     lastLibError_.clear();
-    socketFailure_.clear();
     disconnectRequested_ = false;
-    // mosquitto_connect_async resolves the host with a blocking getaddrinfo() (architecture doc
-    // 6.1): it runs on a worker while the loop leaves the handle alone.
-    auto* handle = handle_.get();
-    int keepAlive = options.keepAliveSeconds;
-    auto rcHolder = std::make_shared<int>(MOSQ_ERR_SUCCESS);
-    auto errnoHolder = std::make_shared<int>(0);
-    auto alive = alive_;
-    auto finished = std::make_shared<std::promise<void>>();
-    pendingConnect_ = finished->get_future().share();
-    loop_.runOffLoop(
-        [handle, host, port, keepAlive, rcHolder, errnoHolder, finished] {
-          errno = 0;
-          *rcHolder = mosquitto_connect_async(handle, host.c_str(), port, keepAlive);
-          *errnoHolder = errno;
-          finished->set_value();
-        },
-        [this, rcHolder, errnoHolder, alive] {
-          if (*alive) {
-            onConnectStarted(*rcHolder, *errnoHolder);
-          }
-        });
+    state_ = State::Connecting;
+    // Port 0: a Unix socket path (lib/net_mosq.c). That connect completes at once and needs no
+    // name lookup, so it runs on the loop; libmosquitto queues its CONNECT in the socket, and the
+    // tunnel forwards it once the hub side is up.
+    ApiCallScope scope(*this);
+    errno = 0;
+    const int rc = mosquitto_connect_async(handle_.get(), tunnel_->localPath().c_str(), 0,
+                                           options.keepAliveSeconds);
+    onConnectStarted(rc, errno);
     return {};
   }
 
   void disconnect() override {
     switch (state_) {
       case State::Idle:
-        return;
-      case State::Resolving:
-        disconnectRequested_ = true;  // acted upon when the worker returns
         return;
       case State::Connecting:
       case State::Connected: {
@@ -226,7 +181,7 @@ class MosquittoTransport final : public MqttTransport {
   }
 
  private:
-  enum class State { Idle, Resolving, Connecting, Connected };
+  enum class State { Idle, Connecting, Connected };
 
   /// Marks a call made by the session into this transport: libmosquitto can invoke callbacks
   /// synchronously from inside such a call (e.g. on_disconnect after writing DISCONNECT), and the
@@ -252,12 +207,7 @@ class MosquittoTransport final : public MqttTransport {
                   std::string("cannot create MQTT client: ") + std::strerror(errno));
     }
     mosquitto_int_option(handle.get(), MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);
-    // Through a tunnel libmosquitto speaks plain MQTT to the local socket; TLS is the tunnel's.
-    if (!needsTunnel(o)) {
-      if (auto r = configureTls(handle.get(), o.tls); !r) {
-        return r;
-      }
-    }
+    // No TLS here: the tunnel does TLS (on the hub's name), libmosquitto plain MQTT to it.
     mosquitto_connect_callback_set(handle.get(), &MosquittoTransport::onConnectCb);
     mosquitto_disconnect_callback_set(handle.get(), &MosquittoTransport::onDisconnectCb);
     mosquitto_publish_callback_set(handle.get(), &MosquittoTransport::onPublishCb);
@@ -265,9 +215,7 @@ class MosquittoTransport final : public MqttTransport {
     mosquitto_message_callback_set(handle.get(), &MosquittoTransport::onMessageCb);
     mosquitto_log_callback_set(handle.get(), &MosquittoTransport::onLogCb);
     handle_ = std::move(handle);
-    handleTunnelled_ = needsTunnel(o);
     clientId_ = o.clientId;
-    passphrase_ = o.tls.keyPassphrase;
     return {};
   }
 
@@ -282,33 +230,6 @@ class MosquittoTransport final : public MqttTransport {
     loop_.post([old] {});
   }
 
-  static core::Result<void> configureTls(mosquitto* m, const TlsSettings& tls) {
-    int rc = MOSQ_ERR_SUCCESS;
-    const char* cert = tls.certFile.empty() ? nullptr : tls.certFile.c_str();
-    const char* key = tls.keyFile.empty() ? nullptr : tls.keyFile.c_str();
-    auto* pw = tls.keyPassphrase.empty() ? nullptr : &MosquittoTransport::passwordCallback;
-    if (tls.caFile.empty()) {
-      rc = mosquitto_int_option(m, MOSQ_OPT_TLS_USE_OS_CERTS, 1);
-      // X.509 client certificate (protocol doc 1.2, 1.5) with the system store as trust.
-      if (rc == MOSQ_ERR_SUCCESS && cert != nullptr) {
-        rc = mosquitto_tls_set(m, nullptr, kSystemCaPath, cert, key, pw);
-      }
-    } else {
-      rc = mosquitto_tls_set(m, tls.caFile.c_str(), nullptr, cert, key, pw);
-    }
-    if (rc != MOSQ_ERR_SUCCESS) {
-      return fail(Errc::Config, std::string("invalid TLS settings: ") + mosquitto_strerror(rc));
-    }
-    // Verify the server certificate and its host name; "tlsv1.2" is libmosquitto's minimum
-    // version setting, so TLS 1.3 is still negotiated where the server offers it (doc 1.5).
-    rc = mosquitto_tls_opts_set(m, 1, "tlsv1.2",
-                                tls.ciphers.empty() ? nullptr : tls.ciphers.c_str());
-    if (rc != MOSQ_ERR_SUCCESS) {
-      return fail(Errc::Config, std::string("invalid TLS options: ") + mosquitto_strerror(rc));
-    }
-    return {};
-  }
-
   /// Why the connection failed as best we know: the tunnel's reason, else libmosquitto's last
   /// error line, else `fallback`.
   std::string failureDetail(const std::string& fallback) const {
@@ -316,7 +237,7 @@ class MosquittoTransport final : public MqttTransport {
       return tunnel_->failure()->message;
     }
     if (!lastLibError_.empty()) {
-      return fallback + " (" + explainLibError(lastLibError_, options_) + ")";
+      return fallback + " (" + lastLibError_ + ")";
     }
     return fallback;
   }
@@ -341,22 +262,18 @@ class MosquittoTransport final : public MqttTransport {
   }
 
   void onConnectStarted(int rc, int err) {
+    if (state_ == State::Idle) {
+      return;  // libmosquitto already reported the end from inside the call
+    }
     if (rc != MOSQ_ERR_SUCCESS) {
       std::string why = mosquitto_strerror(rc);
       if (rc == MOSQ_ERR_ERRNO && err != 0) {
         why = std::strerror(err);
-      } else if (rc == MOSQ_ERR_EAI) {
-        why = "cannot resolve host name " + core::quoted(options_.host);
       }
       finish(Disconnect{
           core::Error{tunnelRefusedCredentials() ? Errc::Unauthorized : Errc::ConnectionFailed,
                       "cannot connect to " + peerName() + ": " + failureDetail(why), err},
           disconnectRequested_, -1});
-      return;
-    }
-    state_ = State::Connecting;
-    if (disconnectRequested_) {
-      closeAndReport(MOSQ_ERR_SUCCESS);
       return;
     }
     auto watch = loop_.watchIo(mosquitto_socket(handle_.get()), EPOLLIN | EPOLLOUT,
@@ -371,20 +288,8 @@ class MosquittoTransport final : public MqttTransport {
 
   void onSocketReady(std::uint32_t revents) {
     int rc = MOSQ_ERR_SUCCESS;
-    if (state_ == State::Connecting && (revents & (EPOLLERR | EPOLLHUP)) != 0) {
-      // libmosquitto 2.0.11 treats a failed TCP connect under TLS as SSL_ERROR_SYSCALL and
-      // keeps "continuing" the handshake (lib/net_mosq.c net__socket_connect_tls): a refused or
-      // reset connection would never be reported. Ask the socket ourselves; its SO_ERROR may
-      // already have been consumed by SSL_connect, but a hang-up before CONNACK is final too.
-      int err = 0;
-      socklen_t len = sizeof err;
-      ::getsockopt(mosquitto_socket(handle_.get()), SOL_SOCKET, SO_ERROR, &err, &len);
-      if (err != 0 || (revents & EPOLLHUP) != 0) {
-        socketFailure_ = err != 0 ? std::strerror(err) : "connection refused or closed by the peer";
-        closeAndReport(MOSQ_ERR_ERRNO);
-        return;
-      }
-    }
+    // The local socket to the tunnel: what the hub said last (a CONNACK refusal) is read before
+    // the end of the stream is noticed.
     // A callback from inside libmosquitto (on_disconnect) may have let the listener start the
     // next attempt: then this event belonged to the old one, and nothing of it is checked.
     const std::uint64_t attempt = attempt_;
@@ -395,13 +300,6 @@ class MosquittoTransport final : public MqttTransport {
       }
     }
     if (revents & EPOLLOUT) {
-      // While the TLS handshake is in progress libmosquitto continues it from loop_read only.
-      rc = mosquitto_want_write(handle_.get()) && state_ == State::Connecting
-               ? mosquitto_loop_read(handle_.get(), 1)
-               : MOSQ_ERR_SUCCESS;
-      if (attempt_ != attempt || checkClosed(rc)) {
-        return;
-      }
       rc = mosquitto_loop_write(handle_.get(), 1);
       if (attempt_ != attempt || checkClosed(rc)) {
         return;
@@ -474,8 +372,7 @@ class MosquittoTransport final : public MqttTransport {
     } else if (disconnectRequested_) {
       d.error = core::Error{Errc::Cancelled, "disconnected on request"};
     } else {
-      std::string why =
-          !socketFailure_.empty() ? socketFailure_ : std::string(mosquitto_strerror(rc));
+      std::string why = mosquitto_strerror(rc);
       if (rc == MOSQ_ERR_KEEPALIVE) {
         why = "no answer to keep-alive ping";
       }
@@ -629,29 +526,13 @@ class MosquittoTransport final : public MqttTransport {
     }
   }
 
-  static int passwordCallback(char* buf, int size, int, void* userdata) noexcept {
-    auto* t =
-        static_cast<MosquittoTransport*>(mosquitto_userdata(static_cast<mosquitto*>(userdata)));
-    if (t == nullptr || size <= 0) {
-      return 0;
-    }
-    const std::string& p = t->passphrase_.reveal();
-    int n = static_cast<int>(std::min<size_t>(p.size(), static_cast<size_t>(size - 1)));
-    std::memcpy(buf, p.data(), static_cast<size_t>(n));
-    buf[n] = '\0';
-    return n;
-  }
-
   loop::EventLoop& loop_;
   Listener* listener_ = nullptr;
   MosquittoPtr handle_;
   std::string clientId_;
-  core::Secret<> passphrase_;
   ConnectOptions options_;
   std::unique_ptr<loop::IoWatch> watch_;
   std::unique_ptr<core::Timer> miscTimer_;
-  std::string socketFailure_;              ///< why the TCP connection failed (see onSocketReady)
-  bool handleTunnelled_ = false;           ///< handle_ was set up for a tunnel (no TLS of its own)
   std::unique_ptr<relay::Tunnel> tunnel_;  ///< the current attempt's tunnel, if any
   std::vector<std::unique_ptr<relay::Tunnel>> retiredTunnels_;  ///< finishing an orderly close
   State state_ = State::Idle;
@@ -663,8 +544,6 @@ class MosquittoTransport final : public MqttTransport {
   bool inApiCall_ = false;
   std::string lastLibError_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
-  /// Set while a worker runs mosquitto_connect_async on handle_; the destructor waits for it.
-  std::shared_future<void> pendingConnect_;
 };
 
 }  // namespace

@@ -24,6 +24,8 @@
 
 #include "iothubd/core/log.hpp"
 #include "proxy_handshake.hpp"
+#include "socket_address.hpp"
+#include "tcp_connector.hpp"
 #include "websocket_codec.hpp"
 
 namespace iothubd::relay {
@@ -292,8 +294,7 @@ class TunnelImpl final : public Tunnel {
   // ---- the hub end: DNS, TCP ---------------------------------------------------------------
 
   struct Resolved {
-    std::vector<sockaddr_storage> addresses;
-    std::vector<socklen_t> lengths;
+    std::vector<SocketAddress> addresses;
     int error = 0;
     std::string targetIpv4;  ///< SOCKS4: the hub's IPv4 address
     int targetError = 0;
@@ -334,16 +335,23 @@ class TunnelImpl final : public Tunnel {
               ::freeaddrinfo(list);
             }
           }
+          // Every address of the name, both families (no AI_ADDRCONFIG: glibc does not count
+          // loopback addresses as configured, so it would hide `::1 localhost`): the connector
+          // tries them all (RFC 8305).
           addrinfo hints{};
           hints.ai_socktype = SOCK_STREAM;
-          hints.ai_flags = AI_ADDRCONFIG;
+          hints.ai_protocol = IPPROTO_TCP;
           addrinfo* list = nullptr;
           result->error = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &list);
           for (addrinfo* a = list; a != nullptr; a = a->ai_next) {
-            sockaddr_storage ss{};
-            std::memcpy(&ss, a->ai_addr, a->ai_addrlen);
-            result->addresses.push_back(ss);
-            result->lengths.push_back(a->ai_addrlen);
+            if ((a->ai_family != AF_INET && a->ai_family != AF_INET6) ||
+                a->ai_addrlen > sizeof(sockaddr_storage)) {
+              continue;
+            }
+            SocketAddress address;
+            std::memcpy(&address.storage, a->ai_addr, a->ai_addrlen);
+            address.length = a->ai_addrlen;
+            result->addresses.push_back(address);
           }
           if (list != nullptr) {
             ::freeaddrinfo(list);
@@ -368,8 +376,11 @@ class TunnelImpl final : public Tunnel {
       return;
     }
     if (r.error != 0 || r.addresses.empty()) {
-      giveUp(Errc::ConnectionFailed, "cannot resolve " + hopName() + ": " +
-                                         (r.error != 0 ? gai_strerror(r.error) : "no address"));
+      // The transport names the hub and the proxy around this text.
+      giveUp(Errc::ConnectionFailed,
+             "cannot resolve " + std::string(options_.proxy.enabled() ? "the proxy's name " : "") +
+                 core::quoted(hopHost_) + ": " +
+                 (r.error != 0 ? gai_strerror(r.error) : "no address"));
       return;
     }
     if (options_.proxy.type == core::ProxySettings::Type::Socks4) {
@@ -385,59 +396,31 @@ class TunnelImpl final : public Tunnel {
     } else {
       proxyTarget_ = options_.host;
     }
-    addresses_ = r.addresses;
-    lengths_ = r.lengths;
-    nextAddress_ = 0;
     phase_ = Phase::Connecting;
-    tryNextAddress();
+    connector_ = std::make_unique<TcpConnector>(
+        loop_, interleaveFamilies(r.addresses), options_.connectionAttemptDelay,
+        [this](core::Result<TcpConnector::Connected> c) { onConnected(std::move(c)); });
+    connector_->start();
   }
 
-  void tryNextAddress() {
-    while (nextAddress_ < addresses_.size()) {
-      const std::size_t i = nextAddress_++;
-      up_ = Fd(::socket(addresses_[i].ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-      if (!up_.valid()) {
-        lastConnectErrno_ = errno;
-        continue;
-      }
-      int one = 1;
-      ::setsockopt(up_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-      if (::connect(up_.get(), reinterpret_cast<const sockaddr*>(&addresses_[i]), lengths_[i]) !=
-              0 &&
-          errno != EINPROGRESS) {
-        lastConnectErrno_ = errno;
-        up_.reset();
-        continue;
-      }
-      auto watch = loop_.watchIo(up_.get(), EPOLLOUT, [this](std::uint32_t ev) { onUpstream(ev); });
-      if (!watch) {
-        giveUp(watch.error());
-        return;
-      }
-      upWatch_ = std::move(*watch);
+  void onConnected(core::Result<TcpConnector::Connected> connected) {
+    // Dropped from the loop, after its own callback has returned.
+    std::shared_ptr<TcpConnector> done(std::move(connector_));
+    loop_.post([done] {});
+    if (!connected) {
+      giveUp(Errc::ConnectionFailed, (options_.proxy.enabled() ? "cannot reach the proxy: " : "") +
+                                         connected.error().message);
       return;
     }
-    giveUp(Errc::ConnectionFailed,
-           "cannot connect to " + hopName() + ": " +
-               std::strerror(lastConnectErrno_ != 0 ? lastConnectErrno_ : ECONNREFUSED));
-  }
-
-  void onUpstream(std::uint32_t revents) {
-    if (phase_ == Phase::Connecting) {
-      int err = 0;
-      socklen_t len = sizeof err;
-      ::getsockopt(up_.get(), SOL_SOCKET, SO_ERROR, &err, &len);
-      if (err == 0 && (revents & EPOLLERR) == 0) {
-        onTcpConnected();
-      } else if (err != 0 || (revents & (EPOLLERR | EPOLLHUP)) != 0) {
-        lastConnectErrno_ = err != 0 ? err : ECONNREFUSED;
-        upWatch_.reset();
-        up_.reset();
-        tryNextAddress();
-      }
+    peerAddress_ = connected->address.toString();
+    up_ = Fd(connected->fd.release());
+    auto watch = loop_.watchIo(up_.get(), EPOLLIN, [this](std::uint32_t) { step(); });
+    if (!watch) {
+      giveUp(watch.error());
       return;
     }
-    step();
+    upWatch_ = std::move(*watch);
+    onTcpConnected();
   }
 
   void onTcpConnected() {
@@ -633,7 +616,7 @@ class TunnelImpl final : public Tunnel {
   void becomeOpen(const std::string& firstBytes) {
     phase_ = Phase::Open;
     logf(LogLevel::Debug, "MQTT relay: ", options_.websockets ? "WebSocket " : "TLS ", "tunnel to ",
-         hostPort(options_.host, options_.port),
+         hostPort(options_.host, options_.port), " (", peerAddress_, ")",
          options_.proxy.enabled() ? " through the " + hopName() : "", " is open");
     if (!firstBytes.empty() && !fromHub(firstBytes)) {
       return;
@@ -906,6 +889,7 @@ class TunnelImpl final : public Tunnel {
     if (closeTimer_) {
       closeTimer_->disarm();
     }
+    connector_.reset();
     upWatch_.reset();
     downWatch_.reset();
     listenWatch_.reset();
@@ -933,10 +917,8 @@ class TunnelImpl final : public Tunnel {
   std::unique_ptr<core::Timer> closeTimer_;
   std::string hopHost_;
   int hopPort_ = 0;
-  std::vector<sockaddr_storage> addresses_;
-  std::vector<socklen_t> lengths_;
-  std::size_t nextAddress_ = 0;
-  int lastConnectErrno_ = 0;
+  std::unique_ptr<TcpConnector> connector_;  ///< while Connecting
+  std::string peerAddress_;                  ///< the address that answered, for logs
   std::unique_ptr<ProxyHandshake> proxy_;
   std::string proxyTarget_;  ///< host named in the proxy request (SOCKS4: an IPv4 literal)
   std::string rawOut_;       ///< proxy handshake bytes (may hold credentials)

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -31,6 +32,9 @@ struct TunnelOptions {
   std::string websocketSubprotocol = "mqtt";
   std::string userAgent;      ///< User-Agent of the Upgrade request, if not empty
   core::ProxySettings proxy;  ///< Type None: straight TCP to host:port
+  /// Between the starts of two TCP connection attempts to the first hop's addresses (RFC 8305
+  /// section 5; see relay/README.md).
+  std::chrono::milliseconds connectionAttemptDelay{250};
 };
 
 /// One tunnelled MQTT connection, for what libmosquitto 2.0.11 cannot do itself: WebSockets,
