@@ -245,7 +245,7 @@ X509Ptr makeCertificate(EVP_PKEY* key, const char* commonName, X509* issuer, EVP
     addExtension(cert.get(), signer, NID_basic_constraints, "CA:FALSE");
     addExtension(cert.get(), signer, NID_key_usage, "critical,digitalSignature,keyEncipherment");
     addExtension(cert.get(), signer, NID_ext_key_usage, "serverAuth");
-    addExtension(cert.get(), signer, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1");
+    addExtension(cert.get(), signer, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1,IP:::1");
     addExtension(cert.get(), signer, NID_authority_key_identifier, "keyid");
   }
   if (X509_sign(cert.get(), issuerKey, EVP_sha256()) <= 0)
@@ -387,6 +387,11 @@ class JsonArgs {
   JsonArgs& num(const char* key, int64_t value) {
     writer_.Key(key);
     writer_.Int64(value);
+    return *this;
+  }
+  JsonArgs& boolean(const char* key, bool value) {
+    writer_.Key(key);
+    writer_.Bool(value);
     return *this;
   }
   JsonArgs& raw(const char* key, const std::string& json) {
@@ -626,14 +631,34 @@ void HubEmulator::writeConfig() const {
   // As root, mosquitto would switch to user "mosquitto", which cannot read this 0600 state.
   if (::geteuid() == 0)
     conf << "user root\n";
+  std::vector<std::string> addresses;
+  if (options_.listen != Options::Listen::Ipv6)
+    addresses.emplace_back("127.0.0.1");
+  if (options_.listen != Options::Listen::Ipv4)
+    addresses.emplace_back("::1");
   conf << "plugin " << options_.pluginPath << "\n"
        << "plugin_opt_registry " << dir_ << "/registry\n"
        << "plugin_opt_hub_host " << options_.hubHost << "\n"
-       << "plugin_opt_service_password " << servicePassword_ << "\n"
-       << "listener " << port_ << " 127.0.0.1\n"
-       << "cafile " << dir_ << "/ca.crt\n"
-       << "certfile " << dir_ << "/server.crt\n"
-       << "keyfile " << dir_ << "/server.key\n";
+       << "plugin_opt_service_password " << servicePassword_ << "\n";
+  if (options_.shaping) {
+    // The plugin's front serves the hub's port with TLS and relays to a plain inner listener.
+    std::string listen;
+    for (const auto& a : addresses)
+      listen += (listen.empty() ? "" : ",") + a;
+    conf << "plugin_opt_front_port " << port_ << "\n"
+         << "plugin_opt_front_backend_port " << innerPort_ << "\n"
+         << "plugin_opt_front_listen " << listen << "\n"
+         << "plugin_opt_front_cert " << dir_ << "/server.crt\n"
+         << "plugin_opt_front_key " << dir_ << "/server.key\n"
+         << "listener " << innerPort_ << " 127.0.0.1\n";
+  } else {
+    for (const auto& address : addresses) {
+      conf << "listener " << port_ << " " << address << "\n"
+           << "cafile " << dir_ << "/ca.crt\n"
+           << "certfile " << dir_ << "/server.crt\n"
+           << "keyfile " << dir_ << "/server.key\n";
+    }
+  }
   if (options_.x509Listener) {
     // The broker verifies the client chain against cafile; the plugin checks the subject CN.
     conf << "listener " << x509Port_ << " 127.0.0.1\n"
@@ -722,6 +747,7 @@ void HubEmulator::start() {
   for (int attempt = 0; attempt < 8; ++attempt) {
     if (!keepPort) {
       port_ = freePort();
+      innerPort_ = options_.shaping ? freePort() : 0;
       x509Port_ = options_.x509Listener ? freePort() : 0;
       gatewayPort_ = options_.gatewayListener ? freePort() : 0;
       websocketsPort_ = options_.websocketsListener ? freePort() : 0;
@@ -1035,8 +1061,9 @@ MethodResult ServiceClient::invokeMethod(const std::string& device, const std::s
                                            .str("method", name)
                                            .str("rid", rid)
                                            .raw("payload", payloadJson)
+                                           .num("timeoutMs", timeout.count())
                                            .done(),
-                                       timeout, true);
+                                       kDefaultTimeout, true);
   const rapidjson::Document doc = parseJson(response);
   const int64_t status = memberInt(doc, "status");
   if (status == 404) {
@@ -1049,10 +1076,10 @@ MethodResult ServiceClient::invokeMethod(const std::string& device, const std::s
   }
   if (status != 200)
     fail("invoke-method failed: " + response);
-  const auto event = takeEvent("method-response", device, rid, timeout);
-  // Like the hub's 504 GatewayTimeout when the device does not answer in time.
+  // The hub itself answers 504 once `timeout` passed; the margin covers its TICK granularity.
+  const auto event = takeEvent("method-response", device, rid, timeout + kDefaultTimeout);
   if (!event)
-    return {504, ""};
+    fail("no answer from the hub to method '" + name + "' (rid " + rid + ")");
   const rapidjson::Document ev = parseJson(event->json);
   return {static_cast<int>(memberInt(ev, "status")), memberString(ev, "payload")};
 }
@@ -1113,6 +1140,25 @@ void ServiceClient::capTokenLifetime(const std::string& device, std::chrono::sec
   if (!device.empty())
     args.str("device", device);
   request("cap-token-lifetime", args.num("seconds", lifetime.count()).done());
+}
+
+void ServiceClient::throttle(const std::string& device, Ms delay) {
+  request("throttle", JsonArgs().str("device", device).num("pubackDelayMs", delay.count()).done());
+}
+
+std::string ServiceClient::setBehaviour(const HubBehaviour& b) {
+  JsonArgs args;
+  if (b.strictTopics)
+    args.boolean("strictTopics", *b.strictTopics);
+  if (b.twinLimits)
+    args.boolean("twinLimits", *b.twinLimits);
+  if (b.connectsPerSecond)
+    args.num("connectsPerSecond", *b.connectsPerSecond);
+  if (b.clockOffset)
+    args.num("clockOffsetMs", b.clockOffset->count());
+  if (b.subackDelay)
+    args.num("subackDelayMs", b.subackDelay->count());
+  return request("behaviour", args.done());
 }
 
 void ServiceClient::clearFaults(const std::string& device) {

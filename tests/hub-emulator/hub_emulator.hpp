@@ -69,6 +69,16 @@ class HubEmulator {
     // The broker log has a line per MQTT packet (log_type all); benchmarks turn that off so the
     // broker's own logging does not compete for the CPU with what they measure.
     bool logEveryPacket = true;
+    // The addresses the hub's port (port()) listens on. IPv4 only by default, like many real
+    // networks' servers: with `::1 localhost` first in /etc/hosts (a stock Debian), a client
+    // must fall back to 127.0.0.1 to get in.
+    enum class Listen { Ipv4, Ipv6, Both };
+    Listen listen = Listen::Ipv4;
+    // Traffic shaping on port(): the plugin's front (plugin/front.hpp, README "Traffic shaping")
+    // terminates TLS and relays to the broker, so that ServiceClient::throttle() and a SUBACK
+    // delay (HubBehaviour::subackDelay) can hold acknowledgements back per connection without
+    // stalling the broker. Off by default (one more hop).
+    bool shaping = false;
   };
 
   // Creates the per-test directory (mkdtemp under $TMPDIR) with the PKI; does not start the
@@ -95,6 +105,8 @@ class HubEmulator {
   pid_t pid() const { return pid_; }  // the broker process (its CPU time, for benchmarks)
 
   int port() const { return port_; }
+  // With Options::shaping: the broker's own plain listener behind the front (127.0.0.1).
+  int innerPort() const { return innerPort_; }
   int x509Port() const { return x509Port_; }
   int gatewayPort() const { return gatewayPort_; }
   int websocketsPort() const { return websocketsPort_; }
@@ -126,6 +138,7 @@ class HubEmulator {
   std::string servicePassword_;
   std::map<std::string, std::string> devices_;
   int port_ = 0;
+  int innerPort_ = 0;
   int x509Port_ = 0;
   int gatewayPort_ = 0;
   int websocketsPort_ = 0;
@@ -170,6 +183,23 @@ struct TwinFault {
   int count = -1;                      // ... for the next `count` requests, -1 = until cleared
 };
 
+// Hub-wide switches of the emulator (README, "Strictness"); unset members stay as they are.
+struct HubBehaviour {
+  // Close the connection on a QoS 2 publish or a publish to a topic the hub does not serve, as
+  // IoT Hub does (default on). Off: such publishes are only denied by the ACL (still PUBACKed).
+  std::optional<bool> strictTopics{};
+  // Refuse reported patches beyond the hub's twin limits with 400 (default on).
+  std::optional<bool> twinLimits{};
+  // Hub-wide CONNECT rate limit; more in one second are closed without CONNACK (0 = none).
+  std::optional<int64_t> connectsPerSecond{};
+  // The hub's clock minus this machine's: tokens are checked against the hub's clock (expired
+  // when `se` lies more than 5 minutes before it), and expiry kicks follow it.
+  std::optional<std::chrono::milliseconds> clockOffset{};
+  // New subscriptions take effect, and are acknowledged, this long after the SUBSCRIBE: a twin
+  // request the hub gets before then is lost, as on a busy hub. Needs Options::shaping.
+  std::optional<std::chrono::milliseconds> subackDelay{};
+};
+
 struct Ledger {
   int64_t total = 0;
   int64_t withoutId = 0;
@@ -212,9 +242,12 @@ class ServiceClient {
                                             Ms timeout = kDefaultTimeout);
   size_t disconnectCount(const std::string& device) const;
 
-  // Direct method; {404, …} if the device is not connected, throws on timeout.
+  // Direct method with the hub's responseTimeout `timeout` (the hub's default is 30 s): {404, …}
+  // if the device is not connected or not subscribed, {504, …} when it did not answer in time
+  // (the hub then drops a late answer: event "method-response-late").
   MethodResult invokeMethod(const std::string& device, const std::string& name,
-                            const std::string& payloadJson = "null", Ms timeout = kDefaultTimeout);
+                            const std::string& payloadJson = "null",
+                            Ms timeout = std::chrono::seconds(30));
   // Desired-properties merge patch; returns the new desired $version.
   int64_t patchDesired(const std::string& device, const std::string& patchJson);
   // {"desired":{…,"$version":N},"reported":{…,"$version":M}}
@@ -232,7 +265,12 @@ class ServiceClient {
   void refuseConnects(const std::string& device, int count = -1, bool closeWithoutConnack = false);
   void twinFault(const std::string& device, const TwinFault& fault);
   void capTokenLifetime(const std::string& device, std::chrono::seconds lifetime);  // 0 clears
+  // Holds every PUBACK to `device` back by `delay` (0 clears), like a hub shaping a device's
+  // traffic, without stalling other clients. Needs Options::shaping.
+  void throttle(const std::string& device, Ms delay);
   void clearFaults(const std::string& device = "");
+  // Sets the members of `behaviour` that are set; returns the response (every current value).
+  std::string setBehaviour(const HubBehaviour& behaviour);
 
   Ledger ledger(const std::string& device);
   void clearLedger(const std::string& device = "");

@@ -1,5 +1,10 @@
 // SPDX-License-Identifier: MIT
 // Tests of the hub emulator itself: a real mosquitto with the plugin, libmosquitto as the device.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 #include <mosquitto.h>
 
@@ -14,6 +19,11 @@
 #include <thread>
 #include <vector>
 
+#include <curl/curl.h>
+
+#include <iostream>
+
+#include "file_upload_hub.hpp"
 #include "hub_emulator.hpp"
 
 namespace iothubd::hubemu {
@@ -39,8 +49,9 @@ struct Received {
 // never reconnects on its own, so kicks and refusals stay observable.
 class FakeDevice {
  public:
-  FakeDevice(const HubEmulator& hub, std::string clientId, bool cleanSession = false)
-      : hub_(hub), clientId_(std::move(clientId)) {
+  FakeDevice(const HubEmulator& hub, std::string clientId, bool cleanSession = false,
+             std::string host = "localhost")
+      : hub_(hub), clientId_(std::move(clientId)), host_(std::move(host)) {
     static std::once_flag init;
     std::call_once(init, [] { mosquitto_lib_init(); });
     mosq_.reset(mosquitto_new(clientId_.c_str(), cleanSession, this));
@@ -81,14 +92,14 @@ class FakeDevice {
     }
   }
 
-  // CONNACK return code, or -1 if none arrived in time.
+  // CONNACK return code, or -1 if none arrived in time or the hub closed the connection first.
   int connect(const std::string& username, const std::string& password) {
     mosquitto_username_pw_set(mosq_.get(), username.c_str(), password.c_str());
-    if (mosquitto_connect(mosq_.get(), "localhost", hub_.port(), 60) != MOSQ_ERR_SUCCESS)
+    if (mosquitto_connect(mosq_.get(), host_.c_str(), hub_.port(), 60) != MOSQ_ERR_SUCCESS)
       return -1;
     mosquitto_loop_start(mosq_.get());
     std::unique_lock lock(mutex_);
-    cv_.wait_for(lock, kTimeout, [&] { return connack_ >= 0; });
+    cv_.wait_for(lock, kTimeout, [&] { return connack_ >= 0 || disconnected_; });
     return connack_;
   }
 
@@ -103,12 +114,24 @@ class FakeDevice {
 
   // Granted QoS (128 = refused), or -1 on timeout.
   int subscribe(const std::string& filter, int qos = 1) {
+    return waitSuback(subscribeNoWait(filter, qos));
+  }
+
+  // Sends a SUBSCRIBE and returns its message id (-1 on failure) without waiting for the SUBACK.
+  int subscribeNoWait(const std::string& filter, int qos = 1) {
     int mid = 0;
     if (mosquitto_subscribe(mosq_.get(), &mid, filter.c_str(), qos) != MOSQ_ERR_SUCCESS)
       return -1;
+    return mid;
+  }
+
+  // Granted QoS of the SUBACK for `mid`, or -1 on timeout.
+  int waitSuback(int mid, Ms timeout = kTimeout) {
+    if (mid < 0)
+      return -1;
     std::unique_lock lock(mutex_);
     int granted = -1;
-    cv_.wait_for(lock, kTimeout, [&] {
+    cv_.wait_for(lock, timeout, [&] {
       for (auto& [m, g] : subacks_) {
         if (m == mid)
           granted = g;
@@ -116,6 +139,29 @@ class FakeDevice {
       return granted >= 0;
     });
     return granted;
+  }
+
+  // Sends a PUBLISH without waiting for an acknowledgement; its message id, or -1.
+  int send(const std::string& topic, const std::string& payload, int qos = 1) {
+    int mid = 0;
+    if (mosquitto_publish(mosq_.get(), &mid, topic.c_str(), static_cast<int>(payload.size()),
+                          payload.data(), qos, false) != MOSQ_ERR_SUCCESS) {
+      return -1;
+    }
+    return mid;
+  }
+
+  // Whether the PUBACK for `mid` arrived (within `timeout`).
+  bool waitAcked(int mid, Ms timeout = kTimeout) {
+    std::unique_lock lock(mutex_);
+    return cv_.wait_for(lock, timeout, [&] {
+      return std::find(acked_.begin(), acked_.end(), mid) != acked_.end();
+    });
+  }
+
+  bool acked(int mid) {
+    std::lock_guard lock(mutex_);
+    return std::find(acked_.begin(), acked_.end(), mid) != acked_.end();
   }
 
   // Publishes and, for QoS 1, waits for the PUBACK; returns the time until it (nullopt = none).
@@ -182,6 +228,7 @@ class FakeDevice {
 
   const HubEmulator& hub_;
   std::string clientId_;
+  std::string host_;
   std::mutex mutex_;
   std::condition_variable cv_;
   int connack_ = -1;
@@ -194,6 +241,9 @@ class FakeDevice {
 
 class HubEmulatorTest : public ::testing::Test {
  protected:
+  HubEmulatorTest() = default;
+  explicit HubEmulatorTest(HubEmulator::Options options) : hub_(std::move(options)) {}
+
   void SetUp() override {
     key1_ = hub_.addDevice("dev1");
     key2_ = hub_.addDevice("dev2");
@@ -265,8 +315,9 @@ TEST_F(HubEmulatorTest, ModuleIdentityConnects) {
   ASSERT_TRUE(t.has_value());
   EXPECT_EQ(t->device, "dev1/mod1");
   EXPECT_EQ(t->property("$.mid"), "7");
-  // The module cannot speak for its device.
-  ASSERT_TRUE(module.publish("devices/dev1/messages/events/", "forged"));
+  // The module cannot speak for its device: the hub closes its connection.
+  module.send("devices/dev1/messages/events/", "forged");
+  EXPECT_TRUE(module.waitDisconnected());
   EXPECT_EQ(service_->ledger("dev1/mod1").total, 1);
   EXPECT_EQ(service_->ledger("dev1").total, 0);
   // A module token does not authenticate the device, and vice versa.
@@ -283,9 +334,17 @@ TEST_F(HubEmulatorTest, RefusesWrongKey) {
   EXPECT_EQ(service_->authCount("dev1"), 0u);
 }
 
-TEST_F(HubEmulatorTest, RefusesExpiredToken) {
+TEST_F(HubEmulatorTest, RefusesATokenExpiredMoreThanFiveMinutesAgo) {
+  // The hub allows 5 minutes of clock skew on a token's expiry when it authenticates, not more
+  // (the connection still ends at `se`, below).
+  FakeDevice late(hub_, "dev1");
+  EXPECT_EQ(late.connectWithToken(-240), 0);
+  EXPECT_TRUE(late.waitDisconnected());
+  const auto kick = service_->waitForEvent("kick", "dev1");
+  ASSERT_TRUE(kick.has_value());
+  EXPECT_NE(kick->json.find("token expired"), std::string::npos) << kick->json;
   FakeDevice device(hub_, "dev1");
-  EXPECT_EQ(device.connectWithToken(-10), kConnackNotAuthorised);
+  EXPECT_EQ(device.connectWithToken(-360), kConnackNotAuthorised);
   const auto refused = service_->waitForEvent("auth-refused", "dev1");
   ASSERT_TRUE(refused.has_value());
   EXPECT_NE(refused->json.find("expired"), std::string::npos) << refused->json;
@@ -337,7 +396,8 @@ TEST_F(HubEmulatorTest, TelemetryIsObservedWithDecodedProperties) {
   EXPECT_EQ(t->property("alert level"), "high");
 }
 
-TEST_F(HubEmulatorTest, DeviceCannotUseAnotherDevicesTopics) {
+TEST_F(HubEmulatorTest, WithoutStrictTopicsForeignPublishesAreOnlyDenied) {
+  service_->setBehaviour({.strictTopics = false});
   auto device = connectedDevice();
   // Denied publishes are still PUBACKed under MQTT 3.1.1 but never routed, so the own message that
   // follows must be the first thing the service sees.
@@ -602,6 +662,384 @@ TEST_F(HubEmulatorTest, RestartKeepsThePort) {
   auto device = connectedDevice();
   EXPECT_TRUE(device->publish("devices/dev1/messages/events/", "after restart").has_value());
   EXPECT_TRUE(service_->waitForTelemetry().has_value());
+}
+
+// ---- strictness: each switch of README "Strictness" ---------------------------------------------
+
+TEST_F(HubEmulatorTest, Qos2PublishClosesTheConnection) {
+  auto device = connectedDevice();
+  ASSERT_GE(device->send("devices/dev1/messages/events/%24.mid=q2", "x", 2), 0);
+  EXPECT_TRUE(device->waitDisconnected());
+  const auto violation = service_->waitForEvent("protocol-violation", "dev1");
+  ASSERT_TRUE(violation.has_value());
+  EXPECT_NE(violation->json.find("QoS 2"), std::string::npos) << violation->json;
+  const auto disconnect = service_->waitForDisconnect("dev1");
+  ASSERT_TRUE(disconnect.has_value());
+  EXPECT_NE(disconnect->json.find("QoS 2"), std::string::npos) << disconnect->json;
+  EXPECT_EQ(service_->ledger("dev1").total, 0);
+}
+
+TEST_F(HubEmulatorTest, PublishToATopicTheHubDoesNotServeClosesTheConnection) {
+  for (const std::string topic :
+       {"devices/dev2/messages/events/", "devices/dev1/messages/devicebound/x", "somewhere/else",
+        "$iothub/methods/POST/evil/?$rid=1", "devices/dev1/modules/mod1/messages/events/"}) {
+    FakeDevice device(hub_, "dev1");
+    ASSERT_EQ(device.connectWithToken(), 0);
+    ASSERT_GE(device.send(topic, "x"), 0);
+    EXPECT_TRUE(device.waitDisconnected()) << topic;
+    const auto violation = service_->waitForEvent("protocol-violation", "dev1");
+    ASSERT_TRUE(violation.has_value()) << topic;
+    EXPECT_NE(violation->json.find("does not serve"), std::string::npos) << violation->json;
+  }
+  EXPECT_TRUE(service_->telemetry().empty());
+  // What the hub serves keeps the connection.
+  auto device = connectedDevice();
+  EXPECT_TRUE(device->publish("devices/dev1/messages/events/%24.mid=ok", "x").has_value());
+  EXPECT_TRUE(device->publish("devices/dev1/messages/events", "no properties").has_value());
+}
+
+TEST_F(HubEmulatorTest, ConnectionRateLimitClosesExcessConnectsWithoutConnack) {
+  service_->setBehaviour({.connectsPerSecond = 1});
+  // Two connects at the same moment: the hub admits one and closes the other without a CONNACK.
+  FakeDevice a(hub_, "dev1");
+  FakeDevice b(hub_, "dev2");
+  int ra = 0;
+  int rb = 0;
+  std::thread first([&] { ra = a.connectWithToken(); });
+  std::thread second([&] { rb = b.connectWithToken(); });
+  first.join();
+  second.join();
+  EXPECT_EQ(std::min(ra, rb), -1) << ra << " " << rb;
+  EXPECT_EQ(std::max(ra, rb), 0) << ra << " " << rb;
+  const auto throttled = service_->waitForEvent("connect-throttled");
+  ASSERT_TRUE(throttled.has_value());
+  EXPECT_EQ(throttled->device, ra == 0 ? "dev2" : "dev1");
+  service_->setBehaviour({.connectsPerSecond = 0});
+  FakeDevice c(hub_, "dev1/mod1");
+  EXPECT_EQ(c.connectWithToken(), 0);
+}
+
+TEST_F(HubEmulatorTest, HubClockDecidesWhetherATokenHasExpired) {
+  // The device's clock 6 minutes behind the hub's: its 60-second token expired 5 minutes before
+  // the hub's now, beyond the 5 minutes of skew the hub allows.
+  service_->setBehaviour({.clockOffset = std::chrono::minutes(6)});
+  FakeDevice behind(hub_, "dev1");
+  EXPECT_EQ(behind.connectWithToken(30), kConnackNotAuthorised);
+  const auto refused = service_->waitForEvent("auth-refused", "dev1");
+  ASSERT_TRUE(refused.has_value());
+  EXPECT_NE(refused->json.find("hub clock"), std::string::npos) << refused->json;
+  // The clock is right again: the same kind of token is accepted.
+  service_->setBehaviour({.clockOffset = 0ms});
+  FakeDevice synced(hub_, "dev1");
+  EXPECT_EQ(synced.connectWithToken(30), 0);
+  // A jump of the hub's clock past a live connection's expiry ends it, as on the hub.
+  service_->setBehaviour({.clockOffset = std::chrono::hours(1)});
+  EXPECT_TRUE(synced.waitDisconnected());
+  const auto kick = service_->waitForEvent("kick", "dev1");
+  ASSERT_TRUE(kick.has_value());
+  EXPECT_NE(kick->json.find("token expired"), std::string::npos) << kick->json;
+}
+
+TEST_F(HubEmulatorTest, ASecondConnectionOfAnIdentityClosesTheFirst) {
+  auto first = connectedDevice();
+  FakeDevice second(hub_, "dev1");
+  ASSERT_EQ(second.connectWithToken(), 0);
+  EXPECT_TRUE(first->waitDisconnected());
+  const auto kick = service_->waitForEvent("kick", "dev1");
+  ASSERT_TRUE(kick.has_value());
+  EXPECT_NE(kick->json.find("400027"), std::string::npos) << kick->json;
+  const auto disconnect = service_->waitForDisconnect("dev1");
+  ASSERT_TRUE(disconnect.has_value());
+  EXPECT_NE(disconnect->json.find("duplicate identity"), std::string::npos) << disconnect->json;
+  EXPECT_EQ(service_->connectedDevices(), std::vector<std::string>{"dev1"});
+  EXPECT_TRUE(second.publish("devices/dev1/messages/events/", "the new one").has_value());
+}
+
+/// `levels` nested objects: {"l1":{"l2":…{"lN":1}}}.
+std::string nestedPatch(int levels) {
+  std::string json = "1";
+  for (int i = levels; i >= 1; --i)
+    json = "{\"l" + std::to_string(i) + "\":" + json + "}";
+  return json;
+}
+
+TEST_F(HubEmulatorTest, ReportedPatchesBeyondTheTwinLimitsAreRefused) {
+  auto device = connectedDevice();
+  ASSERT_EQ(device->subscribe("$iothub/twin/res/#", 0), 0);
+  int rid = 0;
+  auto patch = [&](const std::string& json) {
+    const std::string id = std::to_string(++rid);
+    device->publish("$iothub/twin/PATCH/properties/reported/?$rid=" + id, json, 0);
+    auto res = device->waitForTopicPrefix("$iothub/twin/res/");
+    EXPECT_TRUE(res.has_value()) << json;
+    return res ? res->topic.substr(17, 3) + " " + res->payload : std::string("none");
+  };
+  EXPECT_NE(patch(R"({"a.b":1})").find("400 "), std::string::npos);
+  EXPECT_NE(patch(R"({"a$b":1})").find("contains '$'"), std::string::npos);
+  EXPECT_NE(patch(R"({"a b":1})").find("contains ' '"), std::string::npos);
+  EXPECT_NE(patch(R"({"ctl\u0001":1})").find("control"), std::string::npos);
+  EXPECT_NE(patch("{\"" + std::string(1025, 'k') + "\":1}").find("1 KB"), std::string::npos);
+  EXPECT_NE(patch(R"({"s":")" + std::string(4097, 'x') + "\"}").find("4 KB"), std::string::npos);
+  EXPECT_EQ(patch(R"({"s":")" + std::string(4096, 'x') + "\"}").substr(0, 3), "204");
+  EXPECT_NE(patch(R"({"big":4503599627370496})").find("integer"), std::string::npos);
+  // Ten objects below the section are allowed (the docs' example), an eleventh is not.
+  EXPECT_EQ(patch(R"({"deep":)" + nestedPatch(10) + "}").substr(0, 3), "204");
+  EXPECT_NE(patch(R"({"deep":)" + nestedPatch(11) + "}").find("deeper than 10"), std::string::npos);
+  // 32 KB for the whole reported section, counted the hub's way: it holds about 4 KB now.
+  for (int i = 0; i < 7; ++i) {
+    EXPECT_EQ(
+        patch("{\"k" + std::to_string(i) + "\":\"" + std::string(4000, 'v') + "\"}").substr(0, 3),
+        "204");
+  }
+  const std::string over = patch(R"({"last":")" + std::string(4000, 'v') + "\"}");
+  EXPECT_NE(over.find("over the hub's limit of 32 KB"), std::string::npos) << over;
+  // Refused patches changed nothing.
+  EXPECT_EQ(service_->getTwin("dev1").find("last"), std::string::npos);
+  // Switched off, the emulator takes what the hub would refuse.
+  service_->setBehaviour({.twinLimits = false});
+  EXPECT_EQ(patch(R"({"a.b":1})").substr(0, 3), "204");
+}
+
+TEST_F(HubEmulatorTest, AnUnansweredMethodTimesOutAtTheHubWhichDropsTheLateAnswer) {
+  auto device = connectedDevice();
+  ASSERT_EQ(device->subscribe("$iothub/methods/POST/#", 0), 0);
+  std::optional<MethodResult> result;
+  std::thread caller([&] { result = service_->invokeMethod("dev1", "slow", "{}", 300ms); });
+  const auto request = device->waitForTopicPrefix("$iothub/methods/POST/");
+  ASSERT_TRUE(request.has_value());
+  const std::string rid = request->topic.substr(request->topic.find("$rid=") + 5);
+  caller.join();
+  ASSERT_TRUE(result.has_value());
+  EXPECT_EQ(result->status, 504);
+  EXPECT_NE(result->payload.find("504101"), std::string::npos) << result->payload;
+  // Too late: the hub logs it and the service never sees it.
+  device->publish("$iothub/methods/res/200/?$rid=" + rid, R"({"late":true})", 0);
+  const auto late = service_->waitForEvent("method-response-late", "dev1");
+  ASSERT_TRUE(late.has_value());
+  EXPECT_NE(late->json.find(rid), std::string::npos) << late->json;
+  EXPECT_TRUE(service_->events("method-response", "dev1").size() == 1u);
+}
+
+/// Whether a plain TCP connect to `address`:`port` succeeds (false: refused).
+bool tcpConnects(const char* address, int port) {
+  const bool v6 = std::string(address).find(':') != std::string::npos;
+  const int fd = ::socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  if (v6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons(static_cast<uint16_t>(port));
+    inet_pton(AF_INET6, address, &a->sin6_addr);
+    len = sizeof *a;
+  } else {
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    a->sin_family = AF_INET;
+    a->sin_port = htons(static_cast<uint16_t>(port));
+    inet_pton(AF_INET, address, &a->sin_addr);
+    len = sizeof *a;
+  }
+  const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0;
+  ::close(fd);
+  return ok;
+}
+
+TEST_F(HubEmulatorTest, TheHubListensOnIPv4OnlyByDefault) {
+  EXPECT_TRUE(tcpConnects("127.0.0.1", hub_.port()));
+  EXPECT_FALSE(tcpConnects("::1", hub_.port()));
+}
+
+TEST(HubEmulatorListen, IPv6OnlyAndBothFamiliesOnRequest) {
+  for (const auto family :
+       {HubEmulator::Options::Listen::Ipv6, HubEmulator::Options::Listen::Both}) {
+    for (const bool shaping : {false, true}) {
+      HubEmulator::Options options;
+      options.listen = family;
+      options.shaping = shaping;
+      HubEmulator hub(options);
+      hub.addDevice("dev1");
+      hub.start();
+      EXPECT_TRUE(tcpConnects("::1", hub.port())) << shaping;
+      EXPECT_EQ(tcpConnects("127.0.0.1", hub.port()), family == HubEmulator::Options::Listen::Both)
+          << shaping;
+      // The certificate names ::1 too, so a device can verify the hub over IPv6.
+      FakeDevice device(hub, "dev1", false, "::1");
+      EXPECT_EQ(device.connectWithToken(), 0) << shaping;
+      hub.printBrokerLogIf(::testing::Test::HasFailure());
+    }
+  }
+}
+
+// ---- traffic shaping (the front) ----------------------------------------------------------------
+
+HubEmulator::Options shapingOptions() {
+  HubEmulator::Options o;
+  o.shaping = true;
+  return o;
+}
+
+class ShapingTest : public HubEmulatorTest {
+ protected:
+  ShapingTest() : HubEmulatorTest(shapingOptions()) {}
+};
+
+TEST_F(ShapingTest, TheFrontCarriesTheUsualTraffic) {
+  auto device = connectedDevice();
+  ASSERT_EQ(device->subscribe("$iothub/twin/res/#", 0), 0);
+  ASSERT_TRUE(device->publish("devices/dev1/messages/events/%24.mid=1", "through the front"));
+  const auto t = service_->waitForTelemetry();
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->payload, "through the front");
+  device->publish("$iothub/twin/GET/?$rid=1", "", 0);
+  EXPECT_TRUE(device->waitForTopicPrefix("$iothub/twin/res/200/").has_value());
+  service_->dropConnection("dev1");
+  EXPECT_TRUE(device->waitDisconnected());
+}
+
+TEST_F(ShapingTest, AThrottleHoldsOneDevicesPubacksWhileOthersGoOn) {
+  auto slow = connectedDevice("dev1");
+  auto other = connectedDevice("dev2");
+  service_->throttle("dev1", 800ms);
+  const auto start = SteadyClock::now();
+  const int held = slow->send("devices/dev1/messages/events/%24.mid=held", "x");
+  ASSERT_GE(held, 0);
+  // The broker took the message at once (the service sees it) and is not blocked: another device
+  // gets its PUBACK while dev1's is still held back.
+  const auto t = service_->waitForTelemetry();
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->property("$.mid"), "held");
+  ASSERT_TRUE(other->publish("devices/dev2/messages/events/%24.mid=free", "y").has_value());
+  EXPECT_FALSE(slow->acked(held));
+  ASSERT_TRUE(slow->waitAcked(held));
+  EXPECT_GE(SteadyClock::now() - start, 800ms);
+  service_->throttle("dev1", 0ms);
+  const auto fast = slow->publish("devices/dev1/messages/events/%24.mid=next", "z");
+  ASSERT_TRUE(fast.has_value());
+  EXPECT_LT(*fast, 800ms);
+}
+
+TEST_F(ShapingTest, ATwinRequestBeforeTheDelayedSubackIsLost) {
+  service_->setBehaviour({.subackDelay = 600ms});
+  auto device = connectedDevice();
+  const auto start = SteadyClock::now();
+  const int mid = device->subscribeNoWait("$iothub/twin/res/#", 0);
+  device->send("$iothub/twin/GET/?$rid=early", "", 0);  // the hub has no subscription yet
+  ASSERT_EQ(device->waitSuback(mid), 0);
+  EXPECT_GE(SteadyClock::now() - start, 600ms);
+  device->send("$iothub/twin/GET/?$rid=after", "", 0);
+  const auto res = device->waitForTopicPrefix("$iothub/twin/res/");
+  ASSERT_TRUE(res.has_value());
+  // Responses come in order: had the early one been answered, it would be first.
+  EXPECT_EQ(res->topic, "$iothub/twin/res/200/?$rid=after");
+  EXPECT_NE(hub_.brokerLog().find("dropping twin response '$iothub/twin/res/200/?$rid=early'"),
+            std::string::npos);
+}
+
+TEST_F(HubEmulatorTest, ShapingSwitchesNeedTheFront) {
+  EXPECT_THROW(service_->throttle("dev1", 100ms), std::runtime_error);
+  EXPECT_THROW(service_->setBehaviour({.subackDelay = 100ms}), std::runtime_error);
+}
+
+// ---- file upload's hub endpoints (file-upload/file_upload_hub.py) -------------------------------
+
+class FileUploadHubTest : public ::testing::Test {
+ protected:
+  struct Answer {
+    long status = 0;
+    std::string body;
+    std::string retryAfter;
+  };
+
+  void SetUp() override {
+    hub_.addDevice("dev1");
+    hub_.start();
+    files_ = std::make_unique<FileUploadHub>(hub_, nullptr);
+    files_->start();
+  }
+  void TearDown() override {
+    if (HasFailure())
+      std::cerr << files_->log();
+  }
+
+  /// POST /devices/dev1/files[/notifications] as the device would.
+  Answer post(const std::string& what, const std::string& body) {
+    std::unique_ptr<CURL, void (*)(CURL*)> curl(curl_easy_init(), curl_easy_cleanup);
+    const std::string url =
+        files_->baseUrl() + "/devices/dev1/files" + what + "?api-version=2021-04-12";
+    const std::string auth =
+        "Authorization: " +
+        makeSasToken(hub_.hubHost(), "dev1", hub_.deviceKey("dev1"), unixNow() + 3600);
+    curl_slist* headers = curl_slist_append(nullptr, auth.c_str());
+    headers = curl_slist_append(headers, "Content-Type: application/json");
+    std::unique_ptr<curl_slist, void (*)(curl_slist*)> list(headers, curl_slist_free_all);
+    Answer answer;
+    curl_easy_setopt(curl.get(), CURLOPT_URL, url.c_str());
+    curl_easy_setopt(curl.get(), CURLOPT_CAINFO, files_->caFile().c_str());
+    curl_easy_setopt(curl.get(), CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(curl.get(), CURLOPT_POSTFIELDS, body.c_str());
+    curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT, 30L);
+    curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &answer.body);
+    curl_easy_setopt(
+        curl.get(), CURLOPT_WRITEFUNCTION, +[](char* data, size_t size, size_t n, void* out) {
+          static_cast<std::string*>(out)->append(data, size * n);
+          return size * n;
+        });
+    curl_easy_setopt(curl.get(), CURLOPT_HEADERDATA, &answer.retryAfter);
+    curl_easy_setopt(
+        curl.get(), CURLOPT_HEADERFUNCTION, +[](char* data, size_t size, size_t n, void* out) {
+          const std::string line(data, size * n);
+          if (line.rfind("Retry-After:", 0) == 0)
+            *static_cast<std::string*>(out) = line.substr(13, line.find('\r') - 13);
+          return size * n;
+        });
+    EXPECT_EQ(curl_easy_perform(curl.get()), CURLE_OK);
+    curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &answer.status);
+    return answer;
+  }
+
+  std::string storageInfo(const std::string& name, long expected = 200) {
+    const Answer a = post("", R"({"blobName":")" + name + "\"}");
+    EXPECT_EQ(a.status, expected) << a.body;
+    const auto at = a.body.find("\"correlationId\": \"");
+    return at == std::string::npos ? ""
+                                   : a.body.substr(at + 18, a.body.find('"', at + 18) - at - 18);
+  }
+
+  HubEmulator hub_;
+  std::unique_ptr<FileUploadHub> files_;
+};
+
+TEST_F(FileUploadHubTest, TenUploadsAtOnceThenTheHubRefusesUntilOneIsNotified) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 10; ++i)
+    ids.push_back(storageInfo("f" + std::to_string(i)));
+  EXPECT_EQ(files_->activeUploads("dev1"), 10);
+  const Answer refused = post("", R"({"blobName":"eleventh"})");
+  EXPECT_EQ(refused.status, 403);
+  EXPECT_NE(refused.body.find("403006"), std::string::npos) << refused.body;
+  // A notification frees the slot.
+  const Answer notified = post("/notifications", R"({"correlationId":")" + ids[3] +
+                                                     R"(","isSuccess":true,"statusCode":201,)"
+                                                     R"("statusDescription":"ok"})");
+  EXPECT_EQ(notified.status, 204) << notified.body;
+  EXPECT_EQ(files_->activeUploads("dev1"), 9);
+  storageInfo("eleventh");
+  // Slots also end when the hub's SAS does (one hour; shortened here).
+  files_->setFaults(R"({"limits":{"slotSeconds":0}})");
+  EXPECT_EQ(files_->activeUploads("dev1"), 0);
+}
+
+TEST_F(FileUploadHubTest, AThrottledStorageInfoRequestIsAnswered429WithRetryAfter) {
+  files_->setFaults(R"({"files":{"status":429,"count":1,"retryAfter":2}})");
+  const Answer throttled = post("", R"({"blobName":"a"})");
+  EXPECT_EQ(throttled.status, 429);
+  EXPECT_EQ(throttled.retryAfter, "2");
+  EXPECT_EQ(files_->activeUploads("dev1"), 0);
+  storageInfo("a");
+  const auto requests = files_->hubRequests();
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_EQ(requests[0].status, 429);
+  EXPECT_EQ(requests[1].status, 200);
 }
 
 }  // namespace

@@ -387,6 +387,13 @@ std::vector<HubRequestRecord> FileUploadHub::hubRequests() {
   return out;
 }
 
+int FileUploadHub::activeUploads(const std::string& device) {
+  auto doc = parse(control("GET", "/_emu/active-uploads"));
+  const auto& devices = doc["devices"];
+  const auto it = devices.FindMember(device.c_str());
+  return it == devices.MemberEnd() ? 0 : it->value.GetInt();
+}
+
 BlobRecord FileUploadHub::blob(const std::string& name) {
   auto doc = parse(control("GET", "/_emu/blob?name=" + urlEncode(name)));
   return {flag(doc, "exists"), static_cast<std::uint64_t>(num(doc, "size")), str(doc, "sha256"),

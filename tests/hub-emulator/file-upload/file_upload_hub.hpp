@@ -110,7 +110,8 @@ struct BlobRecord {
 /// Azurite (`localhost:{port}/devstoreaccount1`, Azurite's path-style account).
 class FileUploadHub {
  public:
-  /// `azurite` may be null: then only the /_test/ diagnostics are served (HTTP client tests).
+  /// `azurite` may be null: then the storage info names a host where nothing listens (tests of
+  /// the hub endpoints alone) and the /_test/ diagnostics serve HTTP client tests.
   FileUploadHub(const HubEmulator& hub, const Azurite* azurite);
   /// Without a hub emulator: PKI from `pkiDir`, no devices.
   FileUploadHub(std::string pkiDir, const Azurite* azurite);
@@ -132,6 +133,9 @@ class FileUploadHub {
   void clearFaults() { setFaults("{}"); }
   [[nodiscard]] std::vector<UploadNotificationRecord> notifications();
   [[nodiscard]] std::vector<HubRequestRecord> hubRequests();
+  /// Upload slots `device` holds: handed out by a storage-info request, freed by its
+  /// notification or when the SAS expires (the hub allows 10 at once).
+  [[nodiscard]] int activeUploads(const std::string& device);
   /// Size and sha256 of a blob in Azurite (`name` as in the storage info: "{device}/{name}").
   [[nodiscard]] BlobRecord blob(const std::string& name);
   /// A writable SAS URL for blob `name`, made like the hub's (for tools that bypass the hub).

@@ -34,6 +34,10 @@ import uuid
 
 SAS_VERSION = "2018-03-28"  # the version IoT Hub hands out; its string-to-sign has no sr line
 ACCOUNT_SAS_VERSION = "2020-08-04"
+# IoT Hub quotas: at most 10 file uploads per device at once; a slot is freed by the upload's
+# notification, or when the SAS it handed out expires (1 hour).
+MAX_ACTIVE_UPLOADS = 10
+SLOT_SECONDS = 3600
 
 
 def enc(text):
@@ -57,6 +61,7 @@ class State:
         self.notifications = []
         self.hub_requests = []
         self.uploads = {}
+        self.active = {}  # correlation id -> (device, monotonic time the slot was handed out)
         self.registry = {}
         self.account_key = base64.b64decode(args.account_key)
         self.port = 0
@@ -87,6 +92,20 @@ class State:
             if count > 0:
                 fault["count"] = count - 1
             return dict(fault)
+
+    def limit(self, name, default):
+        with self.lock:
+            return int(self.faults.get("limits", {}).get(name, default))
+
+    def active_uploads(self, device=None):
+        """Active upload slots per device (expired ones are dropped first)."""
+        oldest = time.monotonic() - self.limit("slotSeconds", SLOT_SECONDS)
+        with self.lock:
+            self.active = {c: (d, since) for c, (d, since) in self.active.items() if since > oldest}
+            counts = {}
+            for d, _ in self.active.values():
+                counts[d] = counts.get(d, 0) + 1
+        return counts if device is None else counts.get(device, 0)
 
     def take_storage_fault(self, method, target):
         with self.lock:
@@ -286,7 +305,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return answer(400, {"Message": "body is not JSON"})
         fault = state.take_fault("notifications" if is_notification else "files")
         if fault and fault.get("status"):
-            return answer(int(fault["status"]), {"Message": "emulated fault", "ErrorCode": int(fault["status"])})
+            status = int(fault["status"])
+            record["status"] = status
+            with state.lock:
+                state.hub_requests.append(record)
+            headers = {"Retry-After": str(fault["retryAfter"])} if "retryAfter" in fault else None
+            return self.reply(status, {"Message": "emulated fault", "ErrorCode": status}, headers=headers)
         if is_notification:
             return self.notification(device, request, answer)
         return self.storage_info(device, request, answer)
@@ -297,16 +321,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not isinstance(name, str) or not name:
             return answer(400, {"Message": "blobName is required"})
         blob_path = "%s/%s" % (device, name)
+        limit = state.limit("activeUploads", MAX_ACTIVE_UPLOADS)
+        if limit > 0 and state.active_uploads(device) >= limit:
+            return answer(403, {"Message": "DeviceMaximumActiveFileUploadLimitExceeded", "ErrorCode": 403006,
+                                "ExceptionMessage": "Number of active file upload requests cannot exceed %d" % limit})
         fault = state.take_fault("sas") or {}
         host = fault.get("storageHost")
         if fault.get("proxy"):
             host = "localhost:%d/_storage" % state.port
         if host is None:
-            host = "localhost:%s" % state.args.storage.rsplit(":", 1)[1]
+            # Without storage (tests of the hub endpoints alone) the host points nowhere.
+            host = "localhost:%s" % (state.args.storage.rsplit(":", 1)[1] if state.args.storage else "1")
         key = b"wrong key for this account" if fault.get("bad") else None
         correlation_id = base64.b64encode(uuid.uuid4().bytes).decode()
         with state.lock:
             state.uploads[correlation_id] = {"device": device, "blobName": blob_path}
+            state.active[correlation_id] = (device, time.monotonic())
         answer(200, {
             "correlationId": correlation_id,
             "hostName": "%s/%s" % (host, state.args.account),  # Azurite is path-style: /{account}/...
@@ -328,6 +358,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             known = upload is not None and upload["device"] == device
             entry = dict(request, device=device, known=known, blobName=upload["blobName"] if upload else "")
             state.notifications.append(entry)
+            if known:
+                state.active.pop(request["correlationId"], None)  # the slot is free again
         if not known:
             return answer(400, {"Message": "unknown correlationId"})
         answer(204, b"")
@@ -368,6 +400,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if path == "/_emu/notifications":
             with state.lock:
                 return self.reply(200, {"notifications": list(state.notifications)})
+        if path == "/_emu/active-uploads":
+            return self.reply(200, {"devices": state.active_uploads()})
         if path == "/_emu/hub-requests":
             with state.lock:
                 return self.reply(200, {"requests": list(state.hub_requests)})

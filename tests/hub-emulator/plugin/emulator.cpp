@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "sas.hpp"
+#include "twin_limits.hpp"
 
 namespace iothubd::hubemu {
 namespace {
@@ -23,6 +24,12 @@ namespace {
 constexpr int64_t kMaxPubackDelayMs = 10'000;
 // An X.509 identity has no token to expire: its "expiry" lies beyond any test (year 33658).
 constexpr int64_t kNoExpirySeconds = 1'000'000'000'000;
+// The hub accepts a token until 5 minutes after its `se` (the service's SharedAccessSignature
+// IsExpired(): ExpiresOn + MaxClockSkew < now, MaxClockSkew = 5 min): a device whose clock is
+// further behind than its token lifetime plus these 5 minutes is refused.
+constexpr int64_t kTokenClockSkewSeconds = 300;
+// The service's default responseTimeoutInSeconds for a direct method.
+constexpr int64_t kDefaultMethodTimeoutMs = 30'000;
 
 // The subject CN of the client's TLS certificate, or nullopt without one. The broker already
 // verified the chain against the listener's cafile (require_certificate true).
@@ -47,6 +54,13 @@ int64_t nowMs() {
   // Wall clock on purpose: token expiry (se) is absolute Unix time.
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// For delays and rates, which must not follow clock changes.
+int64_t steadyMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
 
@@ -93,8 +107,16 @@ bool startsWith(std::string_view s, std::string_view prefix) {
 
 Emulator::Emulator(Options options) : options_(std::move(options)) {
   loadRegistry();
+  if (options_.frontPort != 0) {
+    front_ = std::make_unique<Front>(
+        Front::Options{options_.frontListen, options_.frontPort, options_.frontBackendPort,
+                       options_.frontCert, options_.frontKey},
+        shaping_);
+  }
   commands_ = {
       {"status", &Emulator::cmdStatus},
+      {"behaviour", &Emulator::cmdBehaviour},
+      {"throttle", &Emulator::cmdThrottle},
       {"register-device", &Emulator::cmdRegisterDevice},
       {"clear-faults", &Emulator::cmdClearFaults},
       {"delay-puback", &Emulator::cmdDelayPuback},
@@ -109,6 +131,12 @@ Emulator::Emulator(Options options) : options_(std::move(options)) {
       {"ledger", &Emulator::cmdLedger},
       {"ledger-clear", &Emulator::cmdLedgerClear},
   };
+}
+
+Emulator::~Emulator() = default;
+
+int64_t Emulator::hubNowMs() const {
+  return nowMs() + behaviour_.clockOffsetMs;
 }
 
 void Emulator::loadRegistry() {
@@ -196,10 +224,15 @@ int Emulator::onBasicAuth(const mosquitto_evt_basic_auth& event) {
     return faults.refuseByClosing ? MOSQ_ERR_UNKNOWN : rc;
   }
 
+  if (connectThrottled(clientId)) {
+    // Like refuseByClosing above: a throttled hub closes the connection without a CONNACK.
+    return MOSQ_ERR_UNKNOWN;
+  }
+
   const auto key = registry_.find(clientId);
   if (key == registry_.end())
     return refuse(clientId, "unknown identity");
-  const int64_t now = nowMs();
+  const int64_t now = hubNowMs();
   int64_t expiry = kNoExpirySeconds;
   std::string method = "sas";
   if (event.password == nullptr) {
@@ -216,9 +249,15 @@ int Emulator::onBasicAuth(const mosquitto_evt_basic_auth& event) {
     std::string resource = options_.hubHost + "/devices/" + identity.device;
     if (!identity.module.empty())
       resource += "/modules/" + identity.module;
-    const SasCheck check = verifySasToken(password, resource, key->second, now / 1000);
-    if (!check.ok)
-      return refuse(clientId, check.reason);
+    const SasCheck check =
+        verifySasToken(password, resource, key->second, now / 1000 - kTokenClockSkewSeconds);
+    if (!check.ok) {
+      std::string reason = check.reason;
+      if (reason.starts_with("token expired"))
+        reason +=
+            " (hub clock " + std::to_string(now / 1000) + ", 5 minutes of clock skew allowed)";
+      return refuse(clientId, reason);
+    }
     expiry = check.expiry;
   }
 
@@ -230,6 +269,7 @@ int Emulator::onBasicAuth(const mosquitto_evt_basic_auth& event) {
   info.expiresAtMs = effectiveExpiryMs(clientId, expiry, now);
   const bool cleanSession = mosquitto_client_clean_session(event.client);
   info.cleanSession = cleanSession;
+  closeOlderConnections(clientId, event.client);
   clients_[event.client] = info;
   persistentSession_[clientId] = !cleanSession;
   // A clean session starts without subscriptions; a resumed one keeps them in the broker.
@@ -264,6 +304,40 @@ int64_t Emulator::effectiveExpiryMs(const std::string& clientId, int64_t se, int
   return cap > 0 ? std::min(expiry, authMs + cap * 1000) : expiry;
 }
 
+bool Emulator::connectThrottled(const std::string& clientId) {
+  if (behaviour_.connectsPerSecond <= 0)
+    return false;
+  const int64_t now = steadyMs();
+  while (!recentConnects_.empty() && recentConnects_.front() <= now - 1000)
+    recentConnects_.pop_front();
+  if (static_cast<int64_t>(recentConnects_.size()) < behaviour_.connectsPerSecond) {
+    recentConnects_.push_back(now);
+    return false;
+  }
+  logf(MOSQ_LOG_NOTICE, "hub-emulator: throttling the CONNECT of '%s' (%lld per second)",
+       clientId.c_str(), static_cast<long long>(behaviour_.connectsPerSecond));
+  emitEvent("connect-throttled", JsonOut()
+                                     .str("device", clientId)
+                                     .num("connectsPerSecond", behaviour_.connectsPerSecond)
+                                     .finish());
+  return true;
+}
+
+void Emulator::closeOlderConnections(const std::string& clientId, const mosquitto* newer) {
+  // One live connection per identity: the hub closes the older one (400027
+  // ConnectionForcefullyClosedOnNewConnection). mosquitto does the closing itself when the new
+  // connection is accepted (session takeover); this names the reason in the events.
+  for (auto& [client, info] : clients_) {
+    if (client != newer && !info.isService && info.clientId == clientId &&
+        info.kickReason.empty()) {
+      info.kickReason = "duplicate identity (400027 ConnectionForcefullyClosedOnNewConnection)";
+      logf(MOSQ_LOG_NOTICE, "hub-emulator: a new connection of '%s' replaces the older one",
+           clientId.c_str());
+      emitEvent("kick", JsonOut().str("device", clientId).str("reason", info.kickReason).finish());
+    }
+  }
+}
+
 void Emulator::applyTokenCaps() {
   for (auto& [client, info] : clients_) {
     if (!info.isService)
@@ -278,6 +352,22 @@ int Emulator::onAclCheck(const mosquitto_evt_acl_check& event) {
   if (it->second.isService)
     return MOSQ_ERR_SUCCESS;
   const std::string_view topic = event.topic ? event.topic : "";
+  if (event.access == MOSQ_ACL_WRITE && behaviour_.strictTopics &&
+      (event.qos > 1 || !hubServesPublish(it->second, topic))) {
+    // IoT Hub closes the connection on a QoS 2 publish and on a publish to a topic it does not
+    // serve (IoT Hub MQTT support doc). An ACL result other than success or denial makes
+    // mosquitto 2.0.11 drop the client (handle_publish.c).
+    ClientInfo& info = it->second;
+    const std::string reason =
+        event.qos > 1 ? "QoS 2 publish to '" + std::string(topic) + "'"
+                      : "publish to a topic the hub does not serve: '" + std::string(topic) + "'";
+    if (info.kickReason.empty())
+      info.kickReason = reason;
+    logf(MOSQ_LOG_NOTICE, "hub-emulator: closing '%s': %s", info.clientId.c_str(), reason.c_str());
+    emitEvent("protocol-violation",
+              JsonOut().str("device", info.clientId).str("reason", reason).finish());
+    return MOSQ_ERR_UNKNOWN;
+  }
   if (topicAllowed(it->second, topic, event.access)) {
     recordSubscription(it->second.clientId, std::string(topic), event.access);
     return MOSQ_ERR_SUCCESS;
@@ -320,10 +410,24 @@ bool Emulator::topicAllowed(const ClientInfo& info, std::string_view topic, int 
   return false;
 }
 
+bool Emulator::hubServesPublish(const ClientInfo& info, std::string_view topic) const {
+  const Identity& id = info.identity;
+  const std::string events =
+      id.module.empty() ? "devices/" + id.device + "/messages/events"
+                        : "devices/" + id.device + "/modules/" + id.module + "/messages/events";
+  if (topic == events || startsWith(topic, events + "/"))
+    return true;
+  return startsWith(topic, "$iothub/twin/GET/") ||
+         startsWith(topic, "$iothub/twin/PATCH/properties/reported/") ||
+         startsWith(topic, "$iothub/methods/res/");
+}
+
 void Emulator::recordSubscription(const std::string& clientId, const std::string& filter,
                                   int access) {
   if (access == MOSQ_ACL_SUBSCRIBE) {
-    subscriptions_[clientId].insert(filter);
+    // A filter the identity already has stays in effect (a resubscription after a reconnect of
+    // a persistent session); a new one takes effect when its (possibly delayed) SUBACK goes out.
+    subscriptions_[clientId].try_emplace(filter, steadyMs() + shaping_.subackDelayMs());
     // The SUBACK goes out before our publish is processed (next loop pass), so held C2D arrives
     // after the subscription exists, as on the hub.
     flushHeldC2d(clientId);
@@ -337,9 +441,12 @@ bool Emulator::subscribed(const std::string& clientId, const std::string& topic)
   const auto it = subscriptions_.find(clientId);
   if (it == subscriptions_.end())
     return false;
-  return std::any_of(it->second.begin(), it->second.end(), [&](const std::string& filter) {
+  const int64_t now = steadyMs();
+  return std::any_of(it->second.begin(), it->second.end(), [&](const auto& entry) {
+    const auto& [filter, activeAtMs] = entry;
     bool match = false;
-    return mosquitto_topic_matches_sub(filter.c_str(), topic.c_str(), &match) == MOSQ_ERR_SUCCESS &&
+    return activeAtMs <= now &&
+           mosquitto_topic_matches_sub(filter.c_str(), topic.c_str(), &match) == MOSQ_ERR_SUCCESS &&
            match;
   });
 }
@@ -446,7 +553,7 @@ void Emulator::handleTwinRequest(const ClientInfo& info, std::string_view topic,
   Faults& faults = faults_[info.clientId];
   Outgoing reply;
   reply.clientId = info.clientId;
-  reply.dueMs = nowMs() + faults.twinDelayMs;
+  reply.dueMs = steadyMs() + faults.twinDelayMs;
 
   if (faults.twinStatus != 0 && faults.twinStatusCount != 0) {
     if (faults.twinStatusCount > 0)
@@ -461,23 +568,33 @@ void Emulator::handleTwinRequest(const ClientInfo& info, std::string_view topic,
   } else if (isGet) {
     reply.topic = "$iothub/twin/res/200/?$rid=" + rid;
     reply.payload = twinJson(twins_[info.clientId]);
-  } else if (auto patch = parseObject(payload)) {
-    Twin& twin = twins_[info.clientId];
-    mergePatch(twin.reported, *patch, twin.reported.GetAllocator());
-    ++twin.reportedVersion;
-    reply.topic =
-        "$iothub/twin/res/204/?$rid=" + rid + "&$version=" + std::to_string(twin.reportedVersion);
-    emitEvent("twin-reported", JsonOut()
-                                   .str("device", info.clientId)
-                                   .num("version", twin.reportedVersion)
-                                   .value("patch", *patch)
-                                   .finish());
   } else {
-    reply.topic = "$iothub/twin/res/400/?$rid=" + rid;
-    reply.payload = JsonOut()
-                        .num("errorCode", 400004)
-                        .str("message", "reported patch must be a JSON object")
-                        .finish();
+    auto patch = parseObject(payload);
+    const auto violation =
+        patch && behaviour_.twinLimits ? twinLimitViolation(info.clientId, *patch) : std::nullopt;
+    if (!patch || violation) {
+      reply.topic = "$iothub/twin/res/400/?$rid=" + rid;
+      reply.payload =
+          JsonOut()
+              .num("errorCode", 400004)
+              .str("message", violation.value_or("reported patch must be a JSON object"))
+              .finish();
+      if (violation) {
+        logf(MOSQ_LOG_NOTICE, "hub-emulator: refusing a reported patch of '%s': %s",
+             info.clientId.c_str(), violation->c_str());
+      }
+    } else {
+      Twin& twin = twins_[info.clientId];
+      mergePatch(twin.reported, *patch, twin.reported.GetAllocator());
+      ++twin.reportedVersion;
+      reply.topic =
+          "$iothub/twin/res/204/?$rid=" + rid + "&$version=" + std::to_string(twin.reportedVersion);
+      emitEvent("twin-reported", JsonOut()
+                                     .str("device", info.clientId)
+                                     .num("version", twin.reportedVersion)
+                                     .value("patch", *patch)
+                                     .finish());
+    }
   }
 
   if (faults.twinDelayMs > 0) {
@@ -485,6 +602,21 @@ void Emulator::handleTwinRequest(const ClientInfo& info, std::string_view topic,
   } else {
     sendTwinResponse(reply);
   }
+}
+
+std::optional<std::string> Emulator::twinLimitViolation(const std::string& clientId,
+                                                        const rapidjson::Value& patch) {
+  if (auto bad = twinFormatViolation(patch))
+    return "reported properties: " + *bad;
+  // The hub refuses an update that would take the section over its size limit.
+  rapidjson::Document merged;
+  merged.CopyFrom(twins_[clientId].reported, merged.GetAllocator());
+  mergePatch(merged, patch, merged.GetAllocator());
+  if (const int64_t size = twinSize(merged); size > kTwinSectionMaxBytes) {
+    return "reported properties would be " + std::to_string(size) +
+           " bytes, over the hub's limit of 32 KB";
+  }
+  return std::nullopt;
 }
 
 void Emulator::sendTwinResponse(const Outgoing& reply) {
@@ -509,6 +641,22 @@ void Emulator::handleMethodResponse(const ClientInfo& info, std::string_view top
          static_cast<int>(topic.size()), topic.data(), info.clientId.c_str());
     return;
   }
+  const auto pending = pendingMethods_.find(rid);
+  if (pending == pendingMethods_.end() || pending->second.device != info.clientId) {
+    // The hub already answered the service (504 after its timeout) or never asked: the device's
+    // answer goes nowhere.
+    logf(MOSQ_LOG_NOTICE,
+         "hub-emulator: dropping a method response of '%s' for rid '%s': no "
+         "invocation waits for it",
+         info.clientId.c_str(), rid.c_str());
+    emitEvent("method-response-late", JsonOut()
+                                          .str("device", info.clientId)
+                                          .str("rid", rid)
+                                          .num("status", std::stoll(status))
+                                          .finish());
+    return;
+  }
+  pendingMethods_.erase(pending);
   emitEvent("method-response", JsonOut()
                                    .str("device", info.clientId)
                                    .str("rid", rid)
@@ -578,6 +726,49 @@ void Emulator::cmdStatus(const Request&, JsonOut& out) {
   out.value("connected", connectedIds).value("registered", registered);
 }
 
+void Emulator::cmdBehaviour(const Request& req, JsonOut& out) {
+  const rapidjson::Value& args = req.args;
+  auto flag = [&](const char* name, bool& target) {
+    if (const auto it = args.FindMember(name); it != args.MemberEnd()) {
+      if (!it->value.IsBool())
+        throw CommandError(400, std::string("'") + name + "' must be true or false");
+      target = it->value.GetBool();
+    }
+  };
+  Behaviour next = behaviour_;
+  flag("strictTopics", next.strictTopics);
+  flag("twinLimits", next.twinLimits);
+  next.connectsPerSecond =
+      std::max<int64_t>(0, intOr(args, "connectsPerSecond", next.connectsPerSecond));
+  next.clockOffsetMs = intOr(args, "clockOffsetMs", next.clockOffsetMs);
+  if (args.HasMember("subackDelayMs")) {
+    const int64_t ms = std::clamp<int64_t>(intOr(args, "subackDelayMs", 0), 0, 600'000);
+    if (ms > 0 && !front_)
+      throw CommandError(400, "a SUBACK delay needs the front (HubEmulator::Options::shaping)");
+    shaping_.setSubackDelayMs(ms);
+  }
+  if (next.clockOffsetMs != behaviour_.clockOffsetMs) {
+    logf(MOSQ_LOG_NOTICE, "hub-emulator: the hub's clock is now %lld ms off this machine's",
+         static_cast<long long>(next.clockOffsetMs));
+  }
+  behaviour_ = next;
+  out.boolean("strictTopics", behaviour_.strictTopics)
+      .boolean("twinLimits", behaviour_.twinLimits)
+      .num("connectsPerSecond", behaviour_.connectsPerSecond)
+      .num("clockOffsetMs", behaviour_.clockOffsetMs)
+      .num("hubTimeMs", hubNowMs())
+      .num("subackDelayMs", shaping_.subackDelayMs())
+      .boolean("shaping", front_ != nullptr);
+}
+
+void Emulator::cmdThrottle(const Request& req, JsonOut&) {
+  const std::string device = requireDevice(req);
+  const int64_t ms = std::clamp<int64_t>(intOr(req.args, "pubackDelayMs", 0), 0, 600'000);
+  if (ms > 0 && !front_)
+    throw CommandError(400, "a throttle needs the front (HubEmulator::Options::shaping)");
+  shaping_.setPubackDelayMs(device, ms);
+}
+
 void Emulator::cmdRegisterDevice(const Request& req, JsonOut&) {
   const std::string device = requireString(req.args, "device");
   const std::string key = requireString(req.args, "key");
@@ -589,9 +780,11 @@ void Emulator::cmdRegisterDevice(const Request& req, JsonOut&) {
 void Emulator::cmdClearFaults(const Request& req, JsonOut&) {
   if (auto device = optionalString(req.args, "device")) {
     faults_.erase(*device);
+    shaping_.setPubackDelayMs(*device, 0);
   } else {
     faults_.clear();
     globalTokenCapSeconds_ = 0;
+    shaping_.clearPubackDelays();
   }
   applyTokenCaps();
 }
@@ -700,6 +893,11 @@ void Emulator::cmdInvokeMethod(const Request& req, JsonOut& out) {
                                      .finish());
     throw CommandError(404, error);
   }
+  // responseTimeoutInSeconds of the service API, in ms here; the hub answers 504 after it.
+  const int64_t timeoutMs =
+      std::clamp<int64_t>(intOr(req.args, "timeoutMs", kDefaultMethodTimeoutMs), 0, 300'000);
+  pendingMethods_[rid] = PendingMethod{device, steadyMs() + timeoutMs};
+  out.num("timeoutMs", timeoutMs);
   publishTo(device, topic, payload, 0);
 }
 
@@ -794,7 +992,40 @@ void Emulator::cmdLedgerClear(const Request& req, JsonOut&) {
 // Tick and disconnect
 
 void Emulator::onTick() {
-  const int64_t now = nowMs();
+  for (const std::string& line : shaping_.takeLog())
+    logf(MOSQ_LOG_NOTICE, "hub-emulator: %s", line.c_str());
+  const int64_t steady = steadyMs();
+  for (auto it = pendingMethods_.begin(); it != pendingMethods_.end();) {
+    if (it->second.dueMs > steady) {
+      ++it;
+      continue;
+    }
+    logf(MOSQ_LOG_NOTICE, "hub-emulator: method rid '%s' of '%s' timed out", it->first.c_str(),
+         it->second.device.c_str());
+    // What the service API answers: 504 GatewayTimeout, errorCode 504101.
+    emitEvent("method-response",
+              JsonOut()
+                  .str("device", it->second.device)
+                  .str("rid", it->first)
+                  .num("status", 504)
+                  .str("payload", JsonOut()
+                                      .num("errorCode", 504101)
+                                      .str("message",
+                                           "Timed out waiting for the response from "
+                                           "device.")
+                                      .finish())
+                  .boolean("timeout", true)
+                  .finish());
+    it = pendingMethods_.erase(it);
+  }
+  // Subscriptions that took effect after a SUBACK delay release the C2D held for them.
+  std::vector<std::string> holding;
+  for (const auto& entry : heldC2d_)
+    holding.push_back(entry.first);
+  for (const std::string& device : holding)
+    flushHeldC2d(device);
+
+  const int64_t now = hubNowMs();
   std::vector<std::pair<std::string, std::string>> kicks;
   kicks.swap(pendingKicks_);
   for (auto& [client, info] : clients_) {
@@ -818,7 +1049,7 @@ void Emulator::onTick() {
     // Every delayed reply of a device carries the same delay, so the queue is ordered by due time
     // per device; stopping at the first not-yet-due entry keeps replies in request order.
     auto due = std::find_if(delayed_.begin(), delayed_.end(),
-                            [&](const Outgoing& o) { return o.dueMs <= now; });
+                            [&](const Outgoing& o) { return o.dueMs <= steady; });
     if (due == delayed_.end())
       break;
     sendTwinResponse(*due);

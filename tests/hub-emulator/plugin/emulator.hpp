@@ -10,12 +10,15 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
 
+#include "front.hpp"
 #include "json_util.hpp"
 
 namespace iothubd::hubemu {
@@ -32,10 +35,18 @@ class Emulator {
     std::string registryPath;
     std::string hubHost = "localhost";
     std::string servicePassword;
+    // The front (front.hpp) on the public port when frontPort != 0, in front of the broker's
+    // plain listener on 127.0.0.1:frontBackendPort.
+    int frontPort = 0;
+    int frontBackendPort = 0;
+    std::vector<std::string> frontListen;  // numeric addresses
+    std::string frontCert;
+    std::string frontKey;
   };
 
-  // Throws std::runtime_error when the registry cannot be read.
+  // Throws std::runtime_error when the registry cannot be read or the front cannot listen.
   explicit Emulator(Options options);
+  ~Emulator();
 
   int onBasicAuth(const mosquitto_evt_basic_auth& event);
   int onAclCheck(const mosquitto_evt_acl_check& event);
@@ -65,6 +76,19 @@ class Emulator {
     rapidjson::Document reported{rapidjson::kObjectType};
     int64_t desiredVersion = 1;
     int64_t reportedVersion = 1;
+  };
+
+  // Hub-wide behaviour switches (control command "behaviour"; README, "Strictness").
+  struct Behaviour {
+    bool strictTopics = true;       // close the connection on a publish the hub does not serve
+    bool twinLimits = true;         // refuse reported patches beyond the hub's twin limits
+    int64_t connectsPerSecond = 0;  // hub-wide CONNECT rate limit; 0 = none
+    int64_t clockOffsetMs = 0;      // the hub's clock minus this machine's
+  };
+
+  struct PendingMethod {
+    std::string device;
+    int64_t dueMs = 0;  // steady clock
   };
 
   struct Faults {
@@ -101,7 +125,13 @@ class Emulator {
   using Handler = void (Emulator::*)(const Request&, JsonOut&);
 
   void loadRegistry();
+  // The hub's wall clock in Unix ms (this machine's plus Behaviour::clockOffsetMs).
+  int64_t hubNowMs() const;
   int refuse(const std::string& clientId, const std::string& reason);
+  bool connectThrottled(const std::string& clientId);
+  void closeOlderConnections(const std::string& clientId, const mosquitto* newer);
+  // Whether the hub serves publishes from this identity on `topic` (IoT Hub MQTT support doc).
+  bool hubServesPublish(const ClientInfo& info, std::string_view topic) const;
   bool topicAllowed(const ClientInfo& info, std::string_view topic, int access) const;
   bool connected(const std::string& clientId) const;
   // Whether one of the client's subscription filters matches `topic`. The hub only delivers on
@@ -115,11 +145,16 @@ class Emulator {
   void handleTelemetry(const ClientInfo& info, std::string_view bag, int qos);
   void handleTwinRequest(const ClientInfo& info, std::string_view topic, std::string_view payload);
   void sendTwinResponse(const Outgoing& reply);
+  // Why the hub would refuse this reported patch (twin_limits.hpp), or nullopt.
+  std::optional<std::string> twinLimitViolation(const std::string& clientId,
+                                                const rapidjson::Value& patch);
   void handleMethodResponse(const ClientInfo& info, std::string_view topic,
                             std::string_view payload);
   void handleControl(const ClientInfo& info, std::string_view topic, std::string_view payload);
 
   void cmdStatus(const Request& req, JsonOut& out);
+  void cmdBehaviour(const Request& req, JsonOut& out);
+  void cmdThrottle(const Request& req, JsonOut& out);
   void cmdRegisterDevice(const Request& req, JsonOut& out);
   void cmdClearFaults(const Request& req, JsonOut& out);
   void cmdDelayPuback(const Request& req, JsonOut& out);
@@ -142,7 +177,12 @@ class Emulator {
   void emitEvent(std::string_view type, const std::string& json);
 
   Options options_;
-  std::map<std::string, std::string> registry_;  // client id -> base64 key
+  Behaviour behaviour_;
+  Shaping shaping_;
+  std::unique_ptr<Front> front_;
+  std::deque<int64_t> recentConnects_;  // steady ms of admitted CONNECTs in the last second
+  std::map<std::string, PendingMethod> pendingMethods_;  // rid -> invocation awaiting an answer
+  std::map<std::string, std::string> registry_;          // client id -> base64 key
   std::unordered_map<const mosquitto*, ClientInfo> clients_;
   std::map<std::string, Twin> twins_;
   std::map<std::string, Faults> faults_;
@@ -154,8 +194,9 @@ class Emulator {
   std::map<std::string, bool> persistentSession_;
   std::map<std::string, std::vector<Outgoing>> heldC2d_;
   // Subscription filters per client id, kept across reconnects of persistent sessions like the
-  // broker keeps the subscriptions themselves.
-  std::map<std::string, std::set<std::string>> subscriptions_;
+  // broker keeps the subscriptions themselves; the value is when the filter takes effect (steady
+  // ms): with a SUBACK delay the hub serves a new subscription only once it acknowledged it.
+  std::map<std::string, std::map<std::string, int64_t>> subscriptions_;
   std::deque<Outgoing> delayed_;  // delayed twin responses, flushed on TICK
   std::vector<std::pair<std::string, std::string>> pendingKicks_;  // client id, reason
   std::map<std::string, Handler, std::less<>> commands_;

@@ -5,6 +5,7 @@
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
 
+#include <algorithm>
 #include <exception>
 #include <iterator>
 #include <memory>
@@ -79,6 +80,22 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t* identifier, void** userdata,
         opts.hubHost = value;
       } else if (key == "service_password") {
         opts.servicePassword = value;
+      } else if (key == "front_port") {
+        opts.frontPort = std::stoi(value);
+      } else if (key == "front_backend_port") {
+        opts.frontBackendPort = std::stoi(value);
+      } else if (key == "front_listen") {
+        // Comma-separated numeric addresses, e.g. "127.0.0.1,::1".
+        for (size_t start = 0; start <= value.size();) {
+          const size_t comma = std::min(value.find(',', start), value.size());
+          if (comma > start)
+            opts.frontListen.push_back(value.substr(start, comma - start));
+          start = comma + 1;
+        }
+      } else if (key == "front_cert") {
+        opts.frontCert = value;
+      } else if (key == "front_key") {
+        opts.frontKey = value;
       } else {
         mosquitto_log_printf(MOSQ_LOG_WARNING, "hub-emulator: ignoring unknown option '%s'",
                              key.c_str());
