@@ -267,13 +267,165 @@ core::Result<const rapidjson::Value*> desiredOf(std::string_view twinJson,
   return &it->value;
 }
 
+// ---- the hub's twin rules (twin.hpp, kTwin*) ----------------------------------------------------
+
+// Whether the UTF-8 sequence at text[i] is a control character the hub excludes: C0
+// (U+0000-U+001F, U+007F) or C1 (U+0080-U+009F, 0xC2 0x80..0x9F); `length` gets its byte count.
+bool isControl(std::string_view text, std::size_t i, std::size_t& length) {
+  const auto c = static_cast<unsigned char>(text[i]);
+  length = 1;
+  if (c < 0x20 || c == 0x7F) {
+    return true;
+  }
+  if (c == 0xC2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) <= 0x9F) {
+    length = 2;
+    return true;
+  }
+  return false;
+}
+
+// A string's size as the hub counts twin size: UTF-8 bytes without control characters.
+std::size_t twinLength(std::string_view text) {
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < text.size();) {
+    std::size_t length = 1;
+    if (!isControl(text, i, length)) {
+      n += length;
+    }
+    i += length;
+  }
+  return n;
+}
+
+// Walks a reported patch, checking every key and value against the hub's rules and adding up
+// its size the hub's way. `path` names where it is (/a/b) for the error messages.
+class TwinRules {
+ public:
+  core::Result<void> check(const rapidjson::Value& patch) {
+    if (auto ok = members(patch, 0); !ok) {
+      return ok;
+    }
+    if (size_ > kTwinSectionMaxBytes) {
+      return core::fail(Errc::MessageTooLarge,
+                        "the patch counts " + std::to_string(size_) +
+                            " bytes as IoT Hub counts twin size; reported properties may hold at "
+                            "most 32 KB (" +
+                            std::to_string(kTwinSectionMaxBytes) + " bytes)");
+    }
+    return {};
+  }
+
+ private:
+  // A key as it appears in a message: at most 32 bytes, controls shown as '?'.
+  static std::string shown(std::string_view key) {
+    std::string out;
+    std::size_t i = 0;
+    while (i < key.size() && out.size() < 32) {
+      std::size_t length = 1;
+      out += isControl(key, i, length) ? std::string("?") : std::string(key.substr(i, length));
+      i += length;
+    }
+    return i < key.size() ? out + "..." : out;
+  }
+
+  std::string where() const { return path_.empty() ? "/" : path_; }
+
+  core::Result<void> members(const rapidjson::Value& object, unsigned depth) {
+    for (auto it = object.MemberBegin(); it != object.MemberEnd(); ++it) {
+      const std::string_view key(it->name.GetString(), it->name.GetStringLength());
+      const std::size_t saved = path_.size();
+      path_ += "/" + shown(key);
+      if (key.size() > kTwinKeyMaxBytes) {
+        return core::fail(Errc::MessageTooLarge,
+                          "the key at " + where() + " is " + std::to_string(key.size()) +
+                              " bytes; IoT Hub allows at most 1 KB (" +
+                              std::to_string(kTwinKeyMaxBytes) + " bytes) per twin key");
+      }
+      for (std::size_t i = 0; i < key.size();) {
+        std::size_t length = 1;
+        const char c = key[i];
+        if (c == '.' || c == '$' || c == ' ' || isControl(key, i, length)) {
+          return core::fail(Errc::InvalidArgument,
+                            "the key at " + where() +
+                                " contains a character IoT Hub does not allow in twin keys ('.', "
+                                "'$', space or a control character)");
+        }
+        i += length;
+      }
+      if (!it->value.IsNull()) {
+        size_ += twinLength(key);  // a null deletes the property: nothing left to count
+      }
+      if (auto ok = value(it->value, depth + 1); !ok) {
+        return ok;
+      }
+      path_.resize(saved);
+    }
+    return {};
+  }
+
+  core::Result<void> value(const rapidjson::Value& v, unsigned depth) {
+    switch (v.GetType()) {
+      case rapidjson::kNullType:
+        return {};
+      case rapidjson::kFalseType:
+      case rapidjson::kTrueType:
+        size_ += 4;
+        return {};
+      case rapidjson::kNumberType:
+        if ((v.IsInt64() && (v.GetInt64() > kTwinIntegerMax || v.GetInt64() < kTwinIntegerMin)) ||
+            (v.IsUint64() && !v.IsInt64())) {
+          return core::fail(Errc::InvalidArgument,
+                            "the integer at " + where() +
+                                " is outside the range IoT Hub keeps in twins (-2^52..2^52-1)");
+        }
+        size_ += 8;
+        return {};
+      case rapidjson::kStringType:
+        if (v.GetStringLength() > kTwinStringMaxBytes) {
+          return core::fail(Errc::MessageTooLarge, "the string at " + where() + " is " +
+                                                       std::to_string(v.GetStringLength()) +
+                                                       " bytes; IoT Hub allows at most 4 KB (" +
+                                                       std::to_string(kTwinStringMaxBytes) +
+                                                       " bytes) per twin string");
+        }
+        size_ += twinLength(std::string_view(v.GetString(), v.GetStringLength()));
+        return {};
+      case rapidjson::kObjectType:
+      case rapidjson::kArrayType:
+        break;
+    }
+    if (depth > kTwinMaxDepth) {
+      return core::fail(Errc::InvalidArgument,
+                        "the patch nests objects or arrays " + std::to_string(depth) +
+                            " levels deep at " + where() + "; IoT Hub allows " +
+                            std::to_string(kTwinMaxDepth) + " levels in twins");
+    }
+    if (v.IsObject()) {
+      return members(v, depth);
+    }
+    for (rapidjson::SizeType i = 0; i < v.Size(); ++i) {
+      const std::size_t saved = path_.size();
+      path_ += "/" + std::to_string(i);
+      if (auto ok = value(v[i], depth + 1); !ok) {
+        return ok;
+      }
+      path_.resize(saved);
+    }
+    return {};
+  }
+
+  std::string path_;
+  std::size_t size_ = 0;
+};
+
 }  // namespace
 
 core::Result<void> validateReportedPatch(std::string_view json) {
   if (json.size() > kMaxReportedPatchBytes) {
-    return core::fail(Errc::MessageTooLarge, "patch is " + std::to_string(json.size()) +
-                                                 " bytes; the limit is " +
-                                                 std::to_string(kMaxReportedPatchBytes));
+    return core::fail(Errc::MessageTooLarge, "the patch is " + std::to_string(json.size()) +
+                                                 " bytes of JSON; IoT Hub takes at most 256 KB (" +
+                                                 std::to_string(kMaxReportedPatchBytes) +
+                                                 " bytes) in one MQTT message");
   }
   rapidjson::Document doc;
   if (auto ok = parseJson(json, doc, Errc::InvalidArgument); !ok) {
@@ -284,7 +436,7 @@ core::Result<void> validateReportedPatch(std::string_view json) {
     return core::fail(Errc::InvalidArgument,
                       std::string("patch must be a JSON object, got ") + typeName(doc));
   }
-  return {};
+  return TwinRules().check(doc);
 }
 
 core::Result<void> validateJsonPayload(std::string_view json) {
@@ -292,9 +444,10 @@ core::Result<void> validateJsonPayload(std::string_view json) {
     return {};
   }
   if (json.size() > kMaxJsonPayloadBytes) {
-    return core::fail(Errc::MessageTooLarge, "payload is " + std::to_string(json.size()) +
-                                                 " bytes; the limit is " +
-                                                 std::to_string(kMaxJsonPayloadBytes));
+    return core::fail(Errc::MessageTooLarge, "the payload is " + std::to_string(json.size()) +
+                                                 " bytes; IoT Hub allows at most 128 KB (" +
+                                                 std::to_string(kMaxJsonPayloadBytes) +
+                                                 " bytes) in a method response");
   }
   rapidjson::Document doc;
   return parseJson(json, doc, Errc::InvalidArgument);

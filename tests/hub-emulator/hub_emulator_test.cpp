@@ -820,6 +820,26 @@ TEST_F(HubEmulatorTest, AnUnansweredMethodTimesOutAtTheHubWhichDropsTheLateAnswe
   EXPECT_TRUE(service_->events("method-response", "dev1").size() == 1u);
 }
 
+TEST_F(HubEmulatorTest, MethodResponsesMustBeJsonOfAtMost128KB) {
+  auto device = connectedDevice();
+  ASSERT_EQ(device->subscribe("$iothub/methods/POST/#", 0), 0);
+  for (const std::string& payload :
+       {std::string("{not json"), "\"" + std::string(128 * 1024, 'x') + "\""}) {
+    std::optional<MethodResult> result;
+    std::thread caller([&] { result = service_->invokeMethod("dev1", "m", "{}", 500ms); });
+    const auto request = device->waitForTopicPrefix("$iothub/methods/POST/");
+    ASSERT_TRUE(request.has_value());
+    const std::string rid = request->topic.substr(request->topic.find("$rid=") + 5);
+    device->publish("$iothub/methods/res/200/?$rid=" + rid, payload, 0);
+    const auto refused = service_->waitForEvent("method-response-refused", "dev1");
+    ASSERT_TRUE(refused.has_value());
+    EXPECT_NE(refused->json.find(rid), std::string::npos) << refused->json;
+    caller.join();
+    ASSERT_TRUE(result.has_value());
+    EXPECT_EQ(result->status, 504) << "the service never got the refused answer";
+  }
+}
+
 /// Whether a plain TCP connect to `address`:`port` succeeds (false: refused).
 bool tcpConnects(const char* address, int port) {
   const bool v6 = std::string(address).find(':') != std::string::npos;

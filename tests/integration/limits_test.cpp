@@ -70,8 +70,8 @@ TEST_F(LimitsTest, MessagesAndPayloadsOverALimitGetTheirNamedErrorAndNothingIsSe
       {"a patch 33 levels deep",
        [&] { c.PatchTwinReportedProperties("{\"a\":" + deepJson(32) + "}"); },
        "org.iothubd.Error.LimitExceeded"},
-      {"a patch over 64 KiB",
-       [&] { c.PatchTwinReportedProperties("{\"a\":\"" + std::string(64 * 1024, 'x') + "\"}"); },
+      {"a patch over 256 KiB",
+       [&] { c.PatchTwinReportedProperties("{\"a\":\"" + std::string(256 * 1024, 'x') + "\"}"); },
        "org.iothubd.Error.MessageTooLarge"},
       {"a method response 33 levels deep", [&] { c.SendMethodResponse("r", 200, deepJson(33)); },
        "org.iothubd.Error.LimitExceeded"},
@@ -95,7 +95,7 @@ TEST_F(LimitsTest, MessagesAndPayloadsOverALimitGetTheirNamedErrorAndNothingIsSe
   atLimit.erase("p0");
   EXPECT_FALSE(c.SendMessage("256 properties", atLimit, {}).empty());
   EXPECT_FALSE(c.SendMessage("long value", {{"k", std::string(16384, 'v')}}, {}).empty());
-  EXPECT_GT(c.PatchTwinReportedProperties("{\"a\":" + deepJson(31) + "}"), 0u);
+  EXPECT_GT(c.PatchTwinReportedProperties("{\"a\":" + deepJson(10) + "}"), 0u);
   sent += 2;
   for (int i = 0; i < sent; ++i) {
     ASSERT_TRUE(service.waitForTelemetry({}, 10s).has_value()) << i;
@@ -174,6 +174,89 @@ TEST_F(LimitsTest, MethodRequestsBeyondThePendingLimitAreAnswered503AtOnce) {
   ASSERT_TRUE(next.has_value());
   c.SendMethodResponse(next->args[0], 200, "{}");
   EXPECT_EQ(third.get().status, 200);
+}
+
+// Issue 14: what the hub would refuse with 400 (reported patches) or never deliver (method
+// responses) is refused at once with an error naming the hub's rule, and nothing reaches the
+// hub. The emulator is made lenient for this test (twinLimits off): had the daemon sent a patch,
+// the emulator would have applied it and said so (a twin-reported event).
+TEST_F(LimitsTest, WhatTheHubWouldRefuseIsRefusedAtOnceNamingTheRuleAndNeverSent) {
+  startDaemon();
+  hubemu::ServiceClient service(hub_);
+  service.setBehaviour({.twinLimits = false});
+  awaitOnline();
+  auto& c = client();
+  struct Case {
+    const char* what;
+    std::string patch;
+    const char* error;
+    const char* rule;
+  };
+  std::string eightStrings = "{";
+  for (int i = 0; i < 8; ++i) {
+    eightStrings += (i ? ",\"" : "\"") + std::string(1, static_cast<char>('a' + i)) + "\":\"" +
+                    std::string(4096, 'v') + "\"";
+  }
+  eightStrings += "}";
+  std::string tooDeep = "1";  // the patch's own object and 11 levels below it
+  for (int i = 0; i < 12; ++i) {
+    tooDeep = "{\"l\":" + tooDeep + "}";
+  }
+  const std::vector<Case> cases = {
+      {"a key with a dot", R"({"fw.version":"1.0"})", "org.freedesktop.DBus.Error.InvalidArgs",
+       "does not allow in twin keys"},
+      {"a key with a dollar", R"({"net":{"$x":1}})", "org.freedesktop.DBus.Error.InvalidArgs",
+       "does not allow in twin keys"},
+      {"a key with a space", R"({"alert level":1})", "org.freedesktop.DBus.Error.InvalidArgs",
+       "does not allow in twin keys"},
+      {"a key over 1 KB", "{\"" + std::string(1025, 'k') + "\":1}",
+       "org.iothubd.Error.MessageTooLarge", "at most 1 KB (1024 bytes) per twin key"},
+      {"a string over 4 KB", R"({"log":")" + std::string(4097, 'x') + "\"}",
+       "org.iothubd.Error.MessageTooLarge", "at most 4 KB (4096 bytes) per twin string"},
+      {"11 levels", tooDeep, "org.freedesktop.DBus.Error.InvalidArgs",
+       "IoT Hub allows 10 levels in twins"},
+      {"an integer beyond 2^52", R"({"counter":4503599627370496})",
+       "org.freedesktop.DBus.Error.InvalidArgs", "(-2^52..2^52-1)"},
+      {"32 KB as the hub counts", eightStrings, "org.iothubd.Error.MessageTooLarge",
+       "reported properties may hold at most 32 KB (32768 bytes)"},
+  };
+  for (const auto& tc : cases) {
+    std::string message;
+    const auto start = Steady::now();
+    EXPECT_EQ(errorNameOf([&] { c.PatchTwinReportedProperties(tc.patch); }, &message), tc.error)
+        << tc.what << ": " << message;
+    EXPECT_NE(message.find(tc.rule), std::string::npos) << tc.what << ": " << message;
+    EXPECT_LT(Steady::now() - start, 2s) << tc.what << ": not at once";
+  }
+  // Right at the limits the hub takes them.
+  EXPECT_EQ(c.PatchTwinReportedProperties(R"({"s":")" + std::string(4096, 'x') + "\"}"), 2u);
+  ASSERT_TRUE(service.waitForEvent("twin-reported", kDevice).has_value());
+  EXPECT_EQ(service.events("twin-reported", kDevice).size(), 1u)
+      << "a refused patch reached the hub";
+
+  // Method responses: at most 128 KB of JSON; the request stays answerable.
+  c.RegisterMethodHandler("report");
+  auto invoked = std::async(std::launch::async,
+                            [&] { return service.invokeMethod(kDevice, "report", "{}", 20s); });
+  auto request = c.waitForSignal("MethodRequestReceived");
+  ASSERT_TRUE(request.has_value());
+  std::string message;
+  EXPECT_EQ(errorNameOf(
+                [&] {
+                  c.SendMethodResponse(request->args[0], 200,
+                                       "\"" + std::string(128 * 1024, 'x') + "\"");
+                },
+                &message),
+            "org.iothubd.Error.MessageTooLarge");
+  EXPECT_NE(message.find("at most 128 KB (131072 bytes) in a method response"), std::string::npos)
+      << message;
+  EXPECT_EQ(errorNameOf([&] { c.SendMethodResponse(request->args[0], 200, "{not json"); }),
+            "org.freedesktop.DBus.Error.InvalidArgs");
+  c.SendMethodResponse(request->args[0], 200, R"({"ok":true})");
+  const auto result = invoked.get();
+  EXPECT_EQ(result.status, 200);
+  EXPECT_EQ(result.payload, R"({"ok":true})");
+  EXPECT_TRUE(service.events("method-response-refused", kDevice).empty());
 }
 
 }  // namespace

@@ -28,6 +28,8 @@ constexpr int64_t kNoExpirySeconds = 1'000'000'000'000;
 // IsExpired(): ExpiresOn + MaxClockSkew < now, MaxClockSkew = 5 min): a device whose clock is
 // further behind than its token lifetime plus these 5 minutes is refused.
 constexpr int64_t kTokenClockSkewSeconds = 300;
+// Direct method request and response payloads (IoT Hub direct methods doc).
+constexpr size_t kMaxMethodPayloadBytes = 128 * 1024;
 // The service's default responseTimeoutInSeconds for a direct method.
 constexpr int64_t kDefaultMethodTimeoutMs = 30'000;
 
@@ -639,6 +641,25 @@ void Emulator::handleMethodResponse(const ClientInfo& info, std::string_view top
   if (!numeric || rid.empty()) {
     logf(MOSQ_LOG_WARNING, "hub-emulator: malformed method response topic '%.*s' from '%s'",
          static_cast<int>(topic.size()), topic.data(), info.clientId.c_str());
+    return;
+  }
+  // A method response carries valid JSON (or nothing) of at most 128 KB (direct methods doc); the
+  // hub refuses anything else, and the invocation then ends with its timeout.
+  std::string invalid;
+  if (payload.size() > kMaxMethodPayloadBytes) {
+    invalid = "payload of " + std::to_string(payload.size()) + " bytes, over 128 KB";
+  } else if (!payload.empty()) {
+    rapidjson::Document doc;
+    doc.Parse(payload.data(), payload.size());
+    if (doc.HasParseError())
+      invalid = "payload is not JSON";
+  }
+  if (!invalid.empty()) {
+    logf(MOSQ_LOG_NOTICE, "hub-emulator: refusing a method response of '%s' for rid '%s': %s",
+         info.clientId.c_str(), rid.c_str(), invalid.c_str());
+    emitEvent(
+        "method-response-refused",
+        JsonOut().str("device", info.clientId).str("rid", rid).str("reason", invalid).finish());
     return;
   }
   const auto pending = pendingMethods_.find(rid);

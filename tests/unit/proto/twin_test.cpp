@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "test_helpers.hpp"
 
@@ -79,10 +81,96 @@ TEST(ValidateReportedPatch, RejectsNonObjectsNamingTheType) {
                          "patch must be a JSON object, got boolean"));
 }
 
-TEST(ValidateReportedPatch, AcceptsNestingUpToTheDepthLimit) {
-  EXPECT_TRUE(validateReportedPatch(nestedObjects(kMaxJsonDepth)).has_value());
+TEST(ValidateReportedPatch, AcceptsTheHubsTenLevelsBelowTheSection) {
+  // Ten objects below the patch's own, as in Microsoft's example ("one" to "ten" below "tags").
+  EXPECT_TRUE(validateReportedPatch(nestedObjects(kTwinMaxDepth + 1)).has_value());
+  EXPECT_TRUE(validateReportedPatch(R"({"a":)" + nestedArrays(kTwinMaxDepth) + "}").has_value());
+}
+
+TEST(ValidateReportedPatch, RejectsAnEleventhLevelNamingWhere) {
+  EXPECT_TRUE(failedWith(validateReportedPatch(nestedObjects(kTwinMaxDepth + 2)),
+                         Errc::InvalidArgument,
+                         "the patch nests objects or arrays 11 levels deep at "
+                         "/a/a/a/a/a/a/a/a/a/a/a; IoT Hub allows 10 levels in twins"));
+  EXPECT_TRUE(failedWith(validateReportedPatch(R"({"a":)" + nestedArrays(kTwinMaxDepth + 1) + "}"),
+                         Errc::InvalidArgument,
+                         "the patch nests objects or arrays 11 levels deep at "
+                         "/a/0/0/0/0/0/0/0/0/0/0; IoT Hub allows 10 levels in twins"));
+}
+
+TEST(ValidateReportedPatch, RejectsKeysTheHubDoesNotAllow) {
+  // {JSON key as written, as the message shows it}
+  const std::vector<std::pair<std::string, std::string>> keys = {
+      {"a.b", "a.b"},       {"$version", "$version"}, {"with space", "with space"},
+      {R"(tab\t)", "tab?"}, {R"(c1\u0085)", "c1?"},
+  };
+  for (const auto& [key, shown] : keys) {
+    EXPECT_TRUE(failedWith(validateReportedPatch(R"({"net":{")" + key + R"(":1}})"),
+                           Errc::InvalidArgument,
+                           "the key at /net/" + shown +
+                               " contains a character IoT Hub does not allow in twin keys ('.', "
+                               "'$', space or a control character)"))
+        << key;
+  }
+  EXPECT_TRUE(validateReportedPatch(R"({"caf\u00e9-_:#@!~":1,"\u6e29\u5ea6":2})").has_value());
+}
+
+TEST(ValidateReportedPatch, RejectsKeysOver1KBAndStringsOver4KB) {
+  EXPECT_TRUE(validateReportedPatch("{\"" + std::string(kTwinKeyMaxBytes, 'k') + "\":1}"));
   EXPECT_TRUE(
-      validateReportedPatch(R"({"a":)" + nestedArrays(kMaxJsonDepth - 1) + "}").has_value());
+      failedWith(validateReportedPatch("{\"" + std::string(kTwinKeyMaxBytes + 1, 'k') + "\":1}"),
+                 Errc::MessageTooLarge,
+                 "the key at /" + std::string(32, 'k') +
+                     "... is 1025 bytes; IoT Hub allows at most 1 KB (1024 bytes) per twin key"));
+  EXPECT_TRUE(validateReportedPatch(R"({"s":")" + std::string(kTwinStringMaxBytes, 'x') + "\"}"));
+  EXPECT_TRUE(failedWith(
+      validateReportedPatch(R"({"a":[1,")" + std::string(kTwinStringMaxBytes + 1, 'x') + "\"]}"),
+      Errc::MessageTooLarge,
+      "the string at /a/1 is 4097 bytes; IoT Hub allows at most 4 KB (4096 bytes) per twin "
+      "string"));
+}
+
+TEST(ValidateReportedPatch, RejectsIntegersBeyondTheHubsRange) {
+  EXPECT_TRUE(validateReportedPatch(R"({"max":4503599627370495,"min":-4503599627370496})"));
+  EXPECT_TRUE(validateReportedPatch(R"({"real":1e300})"));
+  for (const char* n : {"4503599627370496", "-4503599627370497", "18446744073709551615"}) {
+    EXPECT_TRUE(failedWith(validateReportedPatch(std::string(R"({"n":)") + n + "}"),
+                           Errc::InvalidArgument,
+                           "the integer at /n is outside the range IoT Hub keeps in twins "
+                           "(-2^52..2^52-1)"))
+        << n;
+  }
+}
+
+TEST(ValidateReportedPatch, CountsSizeAsTheHubDoes) {
+  // Eight strings of 4 KB under 1-byte keys: 8 * 4097 = 32776 bytes, 8 over 32 KB; seven fit.
+  auto patch = [](int n) {
+    std::string json = "{";
+    for (int i = 0; i < n; ++i) {
+      json += (i ? ",\"" : "\"") + std::string(1, static_cast<char>('a' + i)) + "\":\"" +
+              std::string(kTwinStringMaxBytes, 'v') + "\"";
+    }
+    return json + "}";
+  };
+  EXPECT_TRUE(validateReportedPatch(patch(7)).has_value());
+  EXPECT_TRUE(failedWith(validateReportedPatch(patch(8)), Errc::MessageTooLarge,
+                         "the patch counts 32776 bytes as IoT Hub counts twin size; reported "
+                         "properties may hold at most 32 KB (32768 bytes)"));
+  // Exactly 32768: seven such strings (28679), a deletion (0), a boolean (1 + 4), a number
+  // (1 + 8), control characters (1 + 0), an object holding an array ("obj" 3 + "x" 1 + 8 + 8),
+  // no JSON syntax or whitespace, and a last string of 4053 under a 1-byte key.
+  auto exactly = [&](std::size_t last) {
+    std::string json = patch(7);
+    json.pop_back();
+    return json +
+           R"(, "n" : null, "t": true, "i": 5, "c": "\u0001\u0002", "obj": {"x": [1, 2]}, )" +
+           "\"z\":\"" + std::string(last, 'v') + "\"\n}";
+  };
+  EXPECT_TRUE(validateReportedPatch(exactly(4053)).has_value())
+      << errorOf(validateReportedPatch(exactly(4053)));
+  EXPECT_TRUE(failedWith(validateReportedPatch(exactly(4054)), Errc::MessageTooLarge,
+                         "the patch counts 32769 bytes as IoT Hub counts twin size; reported "
+                         "properties may hold at most 32 KB (32768 bytes)"));
 }
 
 TEST(ValidateReportedPatch, RejectsNestingBeyondTheDepthLimit) {
