@@ -169,7 +169,8 @@ const std::map<std::string, Handler, std::less<>>& keyTable() {
          s.proxy.passwordFile = std::string(v);
          return std::string();
        }},
-      {"methods.method_response_timeout", number(&Settings::methodResponseTimeout, 1, 3600)},
+      // The hub waits at most 300 s for a device (responseTimeoutInSeconds's maximum).
+      {"methods.method_response_timeout", number(&Settings::methodResponseTimeout, 1, 300)},
       {"outbox.outbox_path", text(&Settings::outboxPath)},
       {"outbox.outbox_max_messages", count(&Settings::outboxMaxMessages, 1, 100000000)},
       {"outbox.outbox_max_bytes", count(&Settings::outboxMaxBytes, 4096, 1ull << 40)},

@@ -31,6 +31,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   FUZZ_CHECK(settings->keepAlive >= 5 && settings->keepAlive <= 1177);
   FUZZ_CHECK(settings->sastokenTtl >= 5);
   FUZZ_CHECK(settings->operationTimeout >= 1 && settings->operationTimeout <= 3600);
-  FUZZ_CHECK(settings->methodResponseTimeout >= 1 && settings->methodResponseTimeout <= 3600);
+  FUZZ_CHECK(settings->methodResponseTimeout >= 1 && settings->methodResponseTimeout <= 300);
   return 0;
 }

@@ -63,7 +63,8 @@ struct Settings {
   ProxySettings proxy;
 
   // [methods]
-  int methodResponseTimeout = 60;
+  /// The hub's default responseTimeoutInSeconds: a later answer finds the service gone.
+  int methodResponseTimeout = 30;
 
   // [file_upload]
   int fileUploadPort = 443;                   ///< HTTPS port of the hub's file-upload endpoints

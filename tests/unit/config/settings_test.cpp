@@ -27,6 +27,7 @@ TEST(Settings, DefaultsAreTheSeedDefaults) {
   EXPECT_TRUE(s->ensureDesiredProperties);
   EXPECT_FALSE(s->websockets);
   EXPECT_EQ(s->port, 8883);
+  EXPECT_EQ(s->methodResponseTimeout, 30);  // the hub's default responseTimeoutInSeconds
 }
 
 TEST(Settings, ReadsEveryKindOfValue) {
@@ -134,6 +135,9 @@ TEST(Settings, ErrorsNameFileLineSectionAndKey) {
   EXPECT_EQ(
       errorOf("[connection]\nkeep_alive = 1800\n"),
       "/etc/iothubd/iothubd.conf:2: [connection] keep_alive: must be between 5 and 1177, got 1800");
+  EXPECT_EQ(errorOf("[methods]\nmethod_response_timeout = 301\n"),
+            "/etc/iothubd/iothubd.conf:2: [methods] method_response_timeout: must be between 1 "
+            "and 300, got 301");
   EXPECT_EQ(
       errorOf("[daemon]\nlog_level = chatty\n"),
       "/etc/iothubd/iothubd.conf:2: [daemon] log_level: expected error, warning, notice, info "
