@@ -2,8 +2,10 @@
 #include "iothubd/blob/blob_uploader.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <optional>
+#include <random>
 
 #include "iothubd/core/log.hpp"
 
@@ -14,6 +16,8 @@ using core::Errc;
 using core::fail;
 
 constexpr std::chrono::milliseconds kMaxRetryDelay{std::chrono::seconds(30)};
+/// The longest Retry-After honoured; a longer one is capped (the attempts stay bounded anyway).
+constexpr std::chrono::milliseconds kMaxRetryAfter{std::chrono::seconds(60)};
 /// Hub answers are small JSON; storage answers to block calls are empty or a short XML error.
 constexpr std::size_t kMaxResponseBody = 64 * 1024;
 
@@ -77,7 +81,120 @@ bool transientError(const core::Error& e) {
   return e.code == Errc::ConnectionFailed || e.code == Errc::Timeout;
 }
 
+/// What the hub's file-upload endpoints answer when a retry can help (protocol doc 9: the hub
+/// throttles upload initiations with 429; 5xx are its own troubles), or no answer at all.
+bool hubRetriable(const core::Result<http::Response>& r) {
+  return r ? r->status == 429 || (r->status >= 500 && r->status <= 599) : transientError(r.error());
+}
+
+/// A Retry-After of whole seconds (RFC 9110 10.2.3; the HTTP-date form is not used by the hub).
+std::optional<std::chrono::milliseconds> retryAfter(const core::Result<http::Response>& r) {
+  if (!r) {
+    return std::nullopt;
+  }
+  auto value = r->header("retry-after");
+  if (!value) {
+    return std::nullopt;
+  }
+  unsigned seconds = 0;
+  auto [end, ec] = std::from_chars(value->data(), value->data() + value->size(), seconds);
+  if (ec != std::errc() || end != value->data() + value->size()) {
+    return std::nullopt;
+  }
+  return std::min<std::chrono::milliseconds>(std::chrono::seconds(seconds), kMaxRetryAfter);
+}
+
+std::string describeOutcome(const core::Result<http::Response>& r) {
+  return r ? "answered " + describeStatus(*r) : "failed: " + r.error().message;
+}
+
 }  // namespace
+
+/// One request to the hub's file-upload endpoints with its retries: a 429 or 5xx answer, or no
+/// answer, is tried again after retryDelay() (or the server's Retry-After), up to hubMaxAttempts
+/// times, each attempt with a fresh token. `done` gets the final answer (any status) or error,
+/// always from the loop; it may destroy the call. Destroying the call cancels it silently.
+class BlobUploader::HubCall {
+ public:
+  using Done = std::function<void(core::Result<http::Response>)>;
+
+  HubCall(BlobUploader& owner, std::string path, std::string body, std::string what, Done done)
+      : owner_(owner),
+        path_(std::move(path)),
+        body_(std::move(body)),
+        what_(std::move(what)),
+        done_(std::move(done)) {}
+
+  ~HubCall() {
+    if (request_) {
+      owner_.http_.cancel(*request_);
+    }
+  }
+  HubCall(const HubCall&) = delete;
+  HubCall& operator=(const HubCall&) = delete;
+
+  /// The first attempt; fails at once only when no request can be made (the token provider's
+  /// error), and then `done` never runs.
+  core::Result<void> start() { return send(); }
+
+  /// Stops at once: no more attempts, `done` never runs (also from inside `done`).
+  void cancel() {
+    if (request_) {
+      owner_.http_.cancel(*request_);
+      request_.reset();
+    }
+    timer_.reset();
+    done_ = nullptr;
+  }
+
+ private:
+  core::Result<void> send() {
+    ++attempts_;
+    auto id = owner_.hubRequest(path_, body_,
+                                [this](core::Result<http::Response> r) { onAnswer(std::move(r)); });
+    if (!id) {
+      return core::fail(id.error());
+    }
+    request_ = *id;
+    return {};
+  }
+
+  void onAnswer(core::Result<http::Response> r) {
+    request_.reset();
+    if (hubRetriable(r) && attempts_ < owner_.options_.hubMaxAttempts) {
+      auto delay = owner_.retryDelay(attempts_);
+      if (auto after = retryAfter(r)) {
+        delay = std::max(delay, *after);
+      }
+      core::logf(core::LogLevel::Warning, what_, " ", describeOutcome(r), " (attempt ", attempts_,
+                 " of ", owner_.options_.hubMaxAttempts, "), retrying in ", delay.count(), " ms");
+      timer_ = owner_.scheduler_.createTimer([this] { retry(); });
+      timer_->armAfter(delay);
+      return;
+    }
+    complete(std::move(r));
+  }
+
+  void retry() {
+    if (auto sent = send(); !sent) {
+      complete(core::fail(sent.error()));
+    }
+  }
+
+  void complete(core::Result<http::Response> r) {
+    auto done = std::move(done_);
+    done(std::move(r));  // may destroy this call: nothing may follow
+  }
+
+  BlobUploader& owner_;
+  std::string path_;
+  std::string body_;
+  std::string what_;
+  Done done_;
+  std::optional<http::HttpClient::RequestId> request_;
+  std::unique_ptr<core::Timer> timer_;
+  int attempts_ = 0;
+};
 
 /// One upload's state machine (protocol doc 8): storage info and the first reads start
 /// together; then blocks go up one at a time while the next one is read (double buffering, so
@@ -106,13 +223,13 @@ class BlobUploader::Upload {
     if (!body) {
       return fail(body.error());
     }
-    auto id = owner_.hubRequest(
-        proto::storageInfoPath(owner_.hub_.deviceId, owner_.hub_.apiVersion), std::move(*body),
+    hubCall_ = std::make_unique<HubCall>(
+        owner_, proto::storageInfoPath(owner_.hub_.deviceId, owner_.hub_.apiVersion),
+        std::move(*body), "the storage-info request for " + core::quoted(name_),
         [this](core::Result<http::Response> r) { onStorageInfo(std::move(r)); });
-    if (!id) {
-      return fail(id.error());
+    if (auto started = hubCall_->start(); !started) {
+      return started;
     }
-    request_ = *id;
     overall_ = owner_.scheduler_.createTimer([this] {
       abort(core::Error{Errc::Timeout,
                         "the upload of " + core::quoted(name_) + " did not finish within " +
@@ -133,6 +250,7 @@ class BlobUploader::Upload {
       owner_.http_.cancel(*request_);
       request_.reset();
     }
+    dropHubCall();  // a storage-info request still being tried
     releaseData();
     if (!info_) {
       // No correlation id yet, so nothing to tell the hub.
@@ -199,7 +317,7 @@ class BlobUploader::Upload {
   // --- storage ---------------------------------------------------------------------------------
 
   void onStorageInfo(core::Result<http::Response> r) {
-    request_.reset();
+    dropHubCall();
     const std::string what = "the storage-info request for " + core::quoted(name_);
     if (!r) {
       abort(r.error(), 0);
@@ -332,8 +450,10 @@ class BlobUploader::Upload {
     }
     const long status = r ? r->status : 0;
     if (transient && attempts_ < owner_.options_.maxAttempts) {
-      auto delay = owner_.options_.retryDelay * (1 << std::min(attempts_ - 1, 10));
-      delay = std::min<std::chrono::milliseconds>(delay, kMaxRetryDelay);
+      auto delay = owner_.retryDelay(attempts_);
+      if (auto after = retryAfter(r)) {
+        delay = std::max(delay, *after);
+      }
       core::logf(core::LogLevel::Warning, what, " failed (attempt ", attempts_, " of ",
                  owner_.options_.maxAttempts, "): ", error.message, ", retrying in ", delay.count(),
                  " ms");
@@ -372,6 +492,15 @@ class BlobUploader::Upload {
 
   // --- the end ---------------------------------------------------------------------------------
 
+  /// The hub call may be the caller of the current callback: the loop destroys it afterwards.
+  void dropHubCall() {
+    if (hubCall_) {
+      hubCall_->cancel();
+      std::shared_ptr<HubCall> doomed(std::move(hubCall_));
+      owner_.scheduler_.post([doomed] {});
+    }
+  }
+
   /// The reader may be the caller of the current callback: the loop destroys it afterwards.
   void dropReader() {
     if (reader_) {
@@ -397,24 +526,25 @@ class BlobUploader::Upload {
     failure_ = std::move(failure);
     proto::UploadNotification n{info_->correlationId, success, static_cast<int>(status),
                                 std::move(description)};
-    auto id =
-        owner_.hubRequest(proto::notificationPath(owner_.hub_.deviceId, owner_.hub_.apiVersion),
-                          proto::notificationBody(n),
-                          [this](core::Result<http::Response> r) { onNotified(std::move(r)); });
-    if (!id) {
+    // Retried (HubCall): a lost notification would hold one of the device's upload slots until
+    // the hub's SAS expires, an hour (protocol doc 8).
+    dropHubCall();
+    hubCall_ = std::make_unique<HubCall>(
+        owner_, proto::notificationPath(owner_.hub_.deviceId, owner_.hub_.apiVersion),
+        proto::notificationBody(n), "the upload notification for " + core::quoted(info_->blobName),
+        [this](core::Result<http::Response> r) { onNotified(std::move(r)); });
+    if (auto started = hubCall_->start(); !started) {
       auto alive = owner_.alive_;
-      owner_.scheduler_.post([this, alive, error = id.error()] {
+      owner_.scheduler_.post([this, alive, error = started.error()] {
         if (*alive) {
           onNotifyFailed(error);
         }
       });
-      return;
     }
-    request_ = *id;
   }
 
   void onNotified(core::Result<http::Response> r) {
-    request_.reset();
+    dropHubCall();
     if (!r) {
       onNotifyFailed(r.error());
       return;
@@ -463,7 +593,8 @@ class BlobUploader::Upload {
   Phase phase_ = Phase::Starting;
   std::optional<proto::StorageInfo> info_;
   core::Secret<> blobUrl_;
-  std::optional<http::HttpClient::RequestId> request_;
+  std::optional<http::HttpClient::RequestId> request_;  ///< the storage request in flight
+  std::unique_ptr<HubCall> hubCall_;                    ///< storage info or notification
   std::unique_ptr<core::Timer> overall_;
   std::unique_ptr<core::Timer> retryTimer_;
   std::string filling_;
@@ -492,14 +623,26 @@ BlobUploader::BlobUploader(http::HttpClient& http, core::Scheduler& scheduler,
       options_(options) {
   options_.blockSize = std::max<std::size_t>(options_.blockSize, 1);
   options_.maxAttempts = std::max(options_.maxAttempts, 1);
+  options_.hubMaxAttempts = std::max(options_.hubMaxAttempts, 1);
+  if (!options_.random) {
+    auto engine = std::make_shared<std::mt19937>(std::random_device{}());
+    options_.random = [engine] { return std::uniform_real_distribution<double>(0, 1)(*engine); };
+  }
 }
 
 BlobUploader::~BlobUploader() {
   *alive_ = false;
   uploads_.clear();
-  for (auto id : stepRequests_) {
-    http_.cancel(id);
-  }
+  steps_.clear();
+}
+
+std::chrono::milliseconds BlobUploader::retryDelay(int retry) {
+  auto delay = options_.retryDelay * (1 << std::clamp(retry - 1, 0, 10));
+  delay = std::min<std::chrono::milliseconds>(delay, kMaxRetryDelay);
+  // Between half and all of it.
+  const double factor = 0.5 + 0.5 * std::clamp(options_.random(), 0.0, 1.0);
+  return std::chrono::milliseconds(
+      static_cast<std::chrono::milliseconds::rep>(static_cast<double>(delay.count()) * factor));
 }
 
 core::Result<BlobUploader::UploadId> BlobUploader::upload(std::string blobName, core::UniqueFd fd,
@@ -555,7 +698,7 @@ void BlobUploader::finished(UploadId id) {
 }
 
 core::Result<http::HttpClient::RequestId> BlobUploader::hubRequest(const std::string& path,
-                                                                   std::string body,
+                                                                   const std::string& body,
                                                                    http::Completion done) {
   auto token = token_();
   if (!token) {
@@ -567,10 +710,31 @@ core::Result<http::HttpClient::RequestId> BlobUploader::hubRequest(const std::st
   request.headers = {{"Content-Type", "application/json; charset=utf-8"},
                      {"Accept", "application/json"}};
   request.authorization = std::move(*token);
-  request.body = std::make_unique<http::StringBody>(std::move(body));
+  request.body = std::make_unique<http::StringBody>(body);
   request.timeout = options_.requestTimeout;
   request.maxResponseBody = kMaxResponseBody;
   return http_.send(std::move(request), std::move(done));
+}
+
+core::Result<void> BlobUploader::startStep(std::string path, std::string body, std::string what,
+                                           std::function<void(core::Result<http::Response>)> done) {
+  const std::uint64_t step = nextStep_++;
+  auto call = std::make_unique<HubCall>(
+      *this, std::move(path), std::move(body), std::move(what),
+      [this, step, done = std::move(done)](core::Result<http::Response> r) {
+        // The call is the caller of this callback: the loop destroys it afterwards.
+        if (auto it = steps_.find(step); it != steps_.end()) {
+          std::shared_ptr<HubCall> doomed(std::move(it->second));
+          steps_.erase(it);
+          scheduler_.post([doomed] {});
+        }
+        done(std::move(r));
+      });
+  if (auto started = call->start(); !started) {
+    return started;
+  }
+  steps_.emplace(step, std::move(call));
+  return {};
 }
 
 core::Result<void> BlobUploader::getStorageInfo(std::string blobName, StorageInfoDone done) {
@@ -578,26 +742,17 @@ core::Result<void> BlobUploader::getStorageInfo(std::string blobName, StorageInf
   if (!body) {
     return fail(body.error());
   }
-  auto requestId = std::make_shared<http::HttpClient::RequestId>(0);
-  auto id = hubRequest(
-      proto::storageInfoPath(hub_.deviceId, hub_.apiVersion), std::move(*body),
-      [this, requestId, name = std::move(blobName),
-       done = std::move(done)](core::Result<http::Response> r) {
-        stepRequests_.erase(*requestId);
-        if (!r) {
-          done(fail(r.error()));
-        } else if (r->status != 200) {
-          done(fail(hubStatusError(*r, "the storage-info request for " + core::quoted(name))));
-        } else {
-          done(proto::parseStorageInfo(r->body));
-        }
-      });
-  if (!id) {
-    return fail(id.error());
-  }
-  *requestId = *id;
-  stepRequests_.insert(*id);
-  return {};
+  const std::string what = "the storage-info request for " + core::quoted(blobName);
+  return startStep(proto::storageInfoPath(hub_.deviceId, hub_.apiVersion), std::move(*body), what,
+                   [what, done = std::move(done)](core::Result<http::Response> r) {
+                     if (!r) {
+                       done(fail(r.error()));
+                     } else if (r->status != 200) {
+                       done(fail(hubStatusError(*r, what)));
+                     } else {
+                       done(proto::parseStorageInfo(r->body));
+                     }
+                   });
 }
 
 core::Result<void> BlobUploader::notifyStatus(const proto::UploadNotification& notification,
@@ -605,25 +760,17 @@ core::Result<void> BlobUploader::notifyStatus(const proto::UploadNotification& n
   if (auto valid = proto::validateUploadNotification(notification); !valid) {
     return fail(valid.error());
   }
-  auto requestId = std::make_shared<http::HttpClient::RequestId>(0);
-  auto id = hubRequest(proto::notificationPath(hub_.deviceId, hub_.apiVersion),
-                       proto::notificationBody(notification),
-                       [this, requestId, done = std::move(done)](core::Result<http::Response> r) {
-                         stepRequests_.erase(*requestId);
-                         if (!r) {
-                           done(fail(r.error()));
-                         } else if (r->status < 200 || r->status >= 300) {
-                           done(fail(hubStatusError(*r, "the upload notification")));
-                         } else {
-                           done({});
-                         }
-                       });
-  if (!id) {
-    return fail(id.error());
-  }
-  *requestId = *id;
-  stepRequests_.insert(*id);
-  return {};
+  return startStep(proto::notificationPath(hub_.deviceId, hub_.apiVersion),
+                   proto::notificationBody(notification), "the upload notification",
+                   [done = std::move(done)](core::Result<http::Response> r) {
+                     if (!r) {
+                       done(fail(r.error()));
+                     } else if (r->status < 200 || r->status >= 300) {
+                       done(fail(hubStatusError(*r, "the upload notification")));
+                     } else {
+                       done({});
+                     }
+                   });
 }
 
 }  // namespace iothubd::blob

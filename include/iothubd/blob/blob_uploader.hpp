@@ -9,7 +9,6 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <set>
 #include <string>
 
 #include "iothubd/core/clock.hpp"
@@ -54,8 +53,16 @@ struct UploaderOptions {
   /// Tries per storage request (Put Blob, each Put Block, Put Block List) before giving up; only
   /// transient failures are retried (no answer, 408, 429, 500, 502, 503, 504).
   int maxAttempts = 4;
-  /// First retry delay; doubles per attempt, capped at 30 s.
+  /// Tries per hub request (storage info, notification) before giving up: 429 and 5xx answers
+  /// and requests without an answer are retried (the hub throttles upload initiations, and a
+  /// lost notification would hold one of the device's 10 upload slots for an hour).
+  int hubMaxAttempts = 6;
+  /// First retry delay; doubles per attempt up to 30 s, and each delay is drawn between half and
+  /// all of that (jitter, so that devices that failed together do not retry together). A longer
+  /// Retry-After from the server (at most 60 s) wins.
   std::chrono::milliseconds retryDelay{std::chrono::seconds(1)};
+  /// Uniform in [0, 1) for the jitter; empty: a generator seeded from std::random_device.
+  std::function<double()> random;
   /// Progress callbacks at most this often (and once more at the end).
   std::chrono::milliseconds progressInterval{std::chrono::seconds(1)};
 };
@@ -119,22 +126,32 @@ class BlobUploader {
   void cancel(UploadId id);
   [[nodiscard]] std::size_t activeUploads() const { return uploads_.size(); }
 
-  /// Step 1 alone (the seed's get_storage_info_for_blob): POST /devices/{id}/files. Errors as
-  /// upload()'s. The StorageInfo's sasToken is a secret: never log it.
+  /// Step 1 alone (the seed's get_storage_info_for_blob): POST /devices/{id}/files, retried like
+  /// the upload's (hubMaxAttempts). Errors as upload()'s. The StorageInfo's sasToken is a secret:
+  /// never log it.
   [[nodiscard]] core::Result<void> getStorageInfo(std::string blobName, StorageInfoDone done);
   /// Step 3 alone (the seed's notify_blob_upload_status): POST /devices/{id}/files/notifications
-  /// with exactly these fields. Fails at once with validateUploadNotification's errors. Errors:
-  /// Errc::Service/Unauthorized with the hub's status, ConnectionFailed, Timeout.
+  /// with exactly these fields, retried like the upload's. Fails at once with
+  /// validateUploadNotification's errors. Errors: Errc::Service/Unauthorized with the hub's
+  /// status, ConnectionFailed, Timeout.
   [[nodiscard]] core::Result<void> notifyStatus(const proto::UploadNotification& notification,
                                                 NotifyDone done);
 
  private:
   class Upload;
   friend class Upload;
+  class HubCall;
+  friend class HubCall;
 
   [[nodiscard]] core::Result<http::HttpClient::RequestId> hubRequest(const std::string& path,
-                                                                     std::string body,
+                                                                     const std::string& body,
                                                                      http::Completion done);
+  /// The delay before retry number `retry` (1 = the first), with jitter (UploaderOptions).
+  [[nodiscard]] std::chrono::milliseconds retryDelay(int retry);
+  /// Starts a single-step hub call (getStorageInfo, notifyStatus), kept in steps_.
+  [[nodiscard]] core::Result<void> startStep(
+      std::string path, std::string body, std::string what,
+      std::function<void(core::Result<http::Response>)> done);
   void finished(UploadId id);
 
   http::HttpClient& http_;
@@ -145,7 +162,8 @@ class BlobUploader {
   ReaderFactory readers_;
   UploaderOptions options_;
   std::map<UploadId, std::unique_ptr<Upload>> uploads_;
-  std::set<http::HttpClient::RequestId> stepRequests_;  ///< of getStorageInfo / notifyStatus
+  std::map<std::uint64_t, std::unique_ptr<HubCall>> steps_;  ///< getStorageInfo / notifyStatus
+  std::uint64_t nextStep_ = 1;
   UploadId nextId_ = 1;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

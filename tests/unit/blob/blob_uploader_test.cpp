@@ -116,9 +116,13 @@ class FakeReader final : public http::AsyncReader {
 class BlobUploaderTest : public ::testing::Test {
  protected:
   void make(UploaderOptions options = {}) {
+    if (!options.random) {
+      options.random = [this] { return random_; };
+    }
     uploader_ = std::make_unique<BlobUploader>(
         http_, clock_, clock_, HubEndpoint{"hub.example", "dev 1"},
         [this]() -> core::Result<core::Secret<>> {
+          ++tokenCalls_;
           if (tokenError_)
             return core::fail(*tokenError_);
           return core::Secret<>("SharedAccessSignature sr=x&sig=y&se=1");
@@ -160,6 +164,9 @@ class BlobUploaderTest : public ::testing::Test {
   std::optional<core::Error> tokenError_;
   std::vector<UploadProgress> progress_;
   std::optional<core::Result<UploadOutcome>> result_;
+  /// The jitter source: 1.0 gives every delay whole, 0.0 halves it.
+  double random_ = 1.0;
+  int tokenCalls_ = 0;
 };
 
 TEST_F(BlobUploaderTest, AsksTheHubForStorageInfoWithTheTokenAndJson) {
@@ -240,7 +247,7 @@ TEST_F(BlobUploaderTest, LargerContentGoesInBlocksThenABlockList) {
   EXPECT_EQ((*result_)->bytes, 10u);
 }
 
-TEST_F(BlobUploaderTest, RetriesTransientFailuresWithDoublingBackoff) {
+TEST_F(BlobUploaderTest, RetriesTransientStorageFailuresWithDoublingBackoff) {
   UploaderOptions o;
   o.blockSize = 4;
   make(o);
@@ -326,12 +333,30 @@ TEST_F(BlobUploaderTest, AFailedStorageInfoRequestNeedsNoNotification) {
   EXPECT_TRUE(readerDestroyed_);
 }
 
-TEST_F(BlobUploaderTest, AFailedNotificationAfterSuccessFailsTheUpload) {
+TEST_F(BlobUploaderTest, JitterDrawsEachDelayBetweenHalfAndAllOfIt) {
+  random_ = 0.0;
+  make();
+  start("abc");
+  giveInfo();
+  http_.answer(503);  // Put Blob, attempt 1: retried after 0.5 * 1 s
+  clock_.advance(499ms);
+  EXPECT_TRUE(http_.pending.empty());
+  clock_.advance(1ms);
+  ASSERT_EQ(http_.pending.size(), 1u);
+  random_ = 0.5;
+  http_.answer(503);  // attempt 2: 0.75 * 2 s
+  clock_.advance(1499ms);
+  EXPECT_TRUE(http_.pending.empty());
+  clock_.advance(1ms);
+  EXPECT_EQ(http_.pending.size(), 1u);
+}
+
+TEST_F(BlobUploaderTest, APermanentNotificationFailureAfterSuccessFailsTheUpload) {
   make();
   start("abc");
   giveInfo();
   http_.answer(201);
-  http_.answer(500);
+  http_.answer(400);
   ASSERT_TRUE(result_ && !*result_);
   EXPECT_EQ(result_->error().code, Errc::Service);
   EXPECT_NE(result_->error().message.find("upload notification"), std::string::npos);
@@ -392,6 +417,114 @@ TEST_F(BlobUploaderTest, DestroyingTheUploaderCancelsEverythingSilently) {
   EXPECT_TRUE(http_.pending.empty());
   EXPECT_EQ(http_.cancelled.size(), 2u);
   EXPECT_TRUE(readerDestroyed_);
+  EXPECT_FALSE(result_.has_value());
+}
+
+// ---- the hub's calls are retried too (issue 14)
+// ---------------------------------------------------
+
+TEST_F(BlobUploaderTest, AThrottledStorageInfoRequestIsRetriedWithAFreshTokenAndTheUploadGoesOn) {
+  make();
+  start("abc");
+  http_.answer(429);
+  EXPECT_TRUE(http_.pending.empty());
+  EXPECT_FALSE(result_.has_value());
+  clock_.advance(999ms);
+  EXPECT_TRUE(http_.pending.empty());
+  clock_.advance(1ms);
+  ASSERT_EQ(http_.pending.size(), 1u);
+  EXPECT_EQ(tokenCalls_, 2) << "each attempt asks for the current token";
+  http_.answer(503);  // attempt 2 -> 2 s
+  clock_.advance(1999ms);
+  EXPECT_TRUE(http_.pending.empty());
+  clock_.advance(1ms);
+  giveInfo();
+  http_.answer(201);
+  http_.answer(204);
+  ASSERT_TRUE(result_ && *result_) << (result_ ? result_->error().message : "");
+}
+
+TEST_F(BlobUploaderTest, TheHubsRetryAfterIsHonouredWhenLonger) {
+  make();
+  start("abc");
+  http_.answer(429, "", {{"retry-after", "5"}});
+  clock_.advance(4999ms);
+  EXPECT_TRUE(http_.pending.empty());
+  clock_.advance(1ms);
+  EXPECT_EQ(http_.pending.size(), 1u);
+}
+
+TEST_F(BlobUploaderTest, StorageInfoRetriesAreBounded) {
+  UploaderOptions o;
+  o.hubMaxAttempts = 2;
+  make(o);
+  start("abc");
+  http_.answer(500);
+  clock_.advance(1s);
+  http_.answer(503);
+  clock_.runPosted();
+  EXPECT_TRUE(http_.pending.empty()) << "no notification without a correlation id";
+  ASSERT_TRUE(result_ && !*result_);
+  EXPECT_EQ(result_->error().code, Errc::Service);
+  EXPECT_EQ(result_->error().sysErrno, 503);
+}
+
+TEST_F(BlobUploaderTest, APermanentStorageInfoAnswerIsNotRetried) {
+  make();
+  start("abc");
+  http_.answer(403);
+  clock_.advance(60s);
+  EXPECT_TRUE(http_.pending.empty());
+  ASSERT_TRUE(result_ && !*result_);
+  EXPECT_EQ(result_->error().sysErrno, 403);
+}
+
+TEST_F(BlobUploaderTest, ALostNotificationIsSentAgainSoTheHubFreesTheSlot) {
+  make();
+  start("abc");
+  giveInfo();
+  http_.answer(201);
+  const std::string body = notificationBody();
+  http_.failOldest({Errc::Timeout, "no answer within 60 s"});
+  EXPECT_FALSE(result_.has_value());
+  clock_.advance(1s);
+  EXPECT_EQ(notificationBody(), body);
+  http_.answer(503);
+  clock_.advance(2s);
+  EXPECT_EQ(notificationBody(), body);
+  http_.answer(204);
+  ASSERT_TRUE(result_ && *result_) << (result_ ? result_->error().message : "");
+}
+
+TEST_F(BlobUploaderTest, TheSingleStepsAreRetriedToo) {
+  make();
+  std::optional<core::Result<proto::StorageInfo>> info;
+  ASSERT_TRUE(uploader_->getStorageInfo("x.bin", [&](auto r) { info = std::move(r); }));
+  http_.answer(429);
+  clock_.advance(1s);
+  http_.answer(200, std::string(kInfo));
+  ASSERT_TRUE(info && *info);
+  EXPECT_EQ((*info)->correlationId, "corr-1");
+
+  std::optional<core::Result<void>> notified;
+  ASSERT_TRUE(uploader_->notifyStatus({"corr-1", true, 201, "ok"},
+                                      [&](auto r) { notified = std::move(r); }));
+  http_.answer(502);
+  clock_.advance(1s);
+  http_.answer(204);
+  ASSERT_TRUE(notified && *notified);
+  clock_.runPosted();
+}
+
+TEST_F(BlobUploaderTest, DestroyingTheUploaderCancelsAPendingRetry) {
+  make();
+  start("abc");
+  ASSERT_TRUE(uploader_->getStorageInfo("other", [](auto) { ADD_FAILURE(); }));
+  http_.answer(429);
+  http_.answer(429);
+  uploader_.reset();
+  clock_.advance(60s);
+  EXPECT_TRUE(http_.pending.empty());
   EXPECT_FALSE(result_.has_value());
 }
 
