@@ -24,105 +24,10 @@
 
 #include "daemon_fixture.hpp"
 #include "file_upload_hub.hpp"
+#include "netns_support.hpp"
 
 namespace iothubd::testing {
 namespace {
-
-using Steady = std::chrono::steady_clock;
-
-/// In a forked child: replaces the process with `argv` (PATH lookup), or exits 127.
-[[noreturn]] void execOrExit(const std::vector<std::string>& argv) {
-  std::vector<char*> args;
-  for (const auto& a : argv) {
-    args.push_back(const_cast<char*>(a.c_str()));
-  }
-  args.push_back(nullptr);
-  ::execvp(args[0], args.data());
-  ::_exit(127);
-}
-
-/// Runs `argv` to completion; returns its exit status.
-int run(const std::vector<std::string>& argv) {
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    execOrExit(argv);
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
-
-/// A proxy server run for one test; SIGTERM and reaped on destruction.
-class ProxyProcess {
- public:
-  ProxyProcess(std::vector<std::string> argv, std::string logPath, int port)
-      : logPath_(std::move(logPath)), port_(port) {
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-      int out = ::open((logPath_ + ".stderr").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      if (out >= 0) {
-        ::dup2(out, STDOUT_FILENO);
-        ::dup2(out, STDERR_FILENO);
-      }
-      execOrExit(argv);
-    }
-    // A proxy says nothing when it is ready: try to connect, bounded (5 s).
-    const auto deadline = Steady::now() + 5s;
-    while (Steady::now() < deadline) {
-      int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      sockaddr_in addr{};
-      addr.sin_family = AF_INET;
-      addr.sin_port = htons(static_cast<uint16_t>(port_));
-      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      bool up = ::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-      ::close(s);
-      if (up) {
-        return;
-      }
-      if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
-        pid_ = -1;
-        throw std::runtime_error(argv[0] + " exited at start-up:\n" + log());
-      }
-      std::this_thread::sleep_for(20ms);
-    }
-    throw std::runtime_error(argv[0] + " did not listen on port " + std::to_string(port_) + ":\n" +
-                             log());
-  }
-  ~ProxyProcess() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGTERM);
-      ::waitpid(pid_, nullptr, 0);
-    }
-  }
-  std::string log() const {
-    std::string out;
-    for (const std::string& p : {logPath_, logPath_ + ".stderr"}) {
-      try {
-        out += readFile(p);
-      } catch (const std::exception&) {
-      }
-    }
-    return out;
-  }
-
- private:
-  std::string logPath_;
-  int port_;
-  pid_t pid_ = -1;
-};
-
-int freeTcpPort() {
-  int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  ::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  ::getsockname(s, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(s);
-  return ntohs(addr.sin_port);
-}
 
 hubemu::HubEmulator::Options withWebSockets() {
   hubemu::HubEmulator::Options o;
@@ -507,23 +412,9 @@ TEST_F(ProxyTest, FileUploadGoesThroughTheHttpProxyToo) {
 int main(int argc, char** argv) {
   // A private network namespace for this process and every child (broker, proxies, daemon,
   // dbus-daemon): made before any thread exists. Needs root, as scripts/test runs it.
-  if (::geteuid() != 0) {
-    std::cerr << "netns tests need root (a private network namespace); skipped\n";
-    return 77;
+  if (int rc = iothubd::testing::enterPrivateNetwork(); rc != 0) {
+    return rc;
   }
-  if (::unshare(CLONE_NEWNET) != 0) {
-    std::cerr << "unshare(CLONE_NEWNET) failed: " << std::strerror(errno) << "; skipped\n";
-    return 77;
-  }
-  int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  ifreq ifr{};
-  std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
-  if (s < 0 || ::ioctl(s, SIOCGIFFLAGS, &ifr) != 0 ||
-      (ifr.ifr_flags |= IFF_UP, ::ioctl(s, SIOCSIFFLAGS, &ifr) != 0)) {
-    std::cerr << "cannot bring up lo in the new namespace: " << std::strerror(errno) << "\n";
-    return 1;
-  }
-  ::close(s);
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }
