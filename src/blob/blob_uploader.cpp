@@ -81,10 +81,17 @@ bool transientError(const core::Error& e) {
   return e.code == Errc::ConnectionFailed || e.code == Errc::Timeout;
 }
 
-/// What the hub's file-upload endpoints answer when a retry can help (protocol doc 9: the hub
-/// throttles upload initiations with 429; 5xx are its own troubles), or no answer at all.
-bool hubRetriable(const core::Result<http::Response>& r) {
-  return r ? r->status == 429 || (r->status >= 500 && r->status <= 599) : transientError(r.error());
+/// Whether another try of a hub call can help: the hub throttles upload initiations with 429,
+/// 5xx are its own troubles (protocol doc 9), and a request without an answer in time may have
+/// been lost. A hub that cannot be reached at all is retried only where `unreachableToo` (the
+/// workflow's notification: the hub answered the storage-info request moments ago, and a lost
+/// notification holds an upload slot); elsewhere the caller hears at once.
+bool hubRetriable(const core::Result<http::Response>& r, bool unreachableToo) {
+  if (r) {
+    return r->status == 429 || (r->status >= 500 && r->status <= 599);
+  }
+  return r.error().code == Errc::Timeout ||
+         (unreachableToo && r.error().code == Errc::ConnectionFailed);
 }
 
 /// A Retry-After of whole seconds (RFC 9110 10.2.3; the HTTP-date form is not used by the hub).
@@ -111,18 +118,21 @@ std::string describeOutcome(const core::Result<http::Response>& r) {
 }  // namespace
 
 /// One request to the hub's file-upload endpoints with its retries: a 429 or 5xx answer, or no
-/// answer, is tried again after retryDelay() (or the server's Retry-After), up to hubMaxAttempts
-/// times, each attempt with a fresh token. `done` gets the final answer (any status) or error,
-/// always from the loop; it may destroy the call. Destroying the call cancels it silently.
+/// answer in time (hubRetriable), is tried again after retryDelay() (or the server's
+/// Retry-After), up to hubMaxAttempts times, each attempt with a fresh token. `done` gets the
+/// final answer (any status) or error, always from the loop; it may destroy the call.
+/// Destroying the call cancels it silently.
 class BlobUploader::HubCall {
  public:
   using Done = std::function<void(core::Result<http::Response>)>;
 
-  HubCall(BlobUploader& owner, std::string path, std::string body, std::string what, Done done)
+  HubCall(BlobUploader& owner, std::string path, std::string body, std::string what,
+          bool retryUnreachable, Done done)
       : owner_(owner),
         path_(std::move(path)),
         body_(std::move(body)),
         what_(std::move(what)),
+        retryUnreachable_(retryUnreachable),
         done_(std::move(done)) {}
 
   ~HubCall() {
@@ -161,7 +171,7 @@ class BlobUploader::HubCall {
 
   void onAnswer(core::Result<http::Response> r) {
     request_.reset();
-    if (hubRetriable(r) && attempts_ < owner_.options_.hubMaxAttempts) {
+    if (hubRetriable(r, retryUnreachable_) && attempts_ < owner_.options_.hubMaxAttempts) {
       auto delay = owner_.retryDelay(attempts_);
       if (auto after = retryAfter(r)) {
         delay = std::max(delay, *after);
@@ -190,6 +200,7 @@ class BlobUploader::HubCall {
   std::string path_;
   std::string body_;
   std::string what_;
+  bool retryUnreachable_;
   Done done_;
   std::optional<http::HttpClient::RequestId> request_;
   std::unique_ptr<core::Timer> timer_;
@@ -225,7 +236,7 @@ class BlobUploader::Upload {
     }
     hubCall_ = std::make_unique<HubCall>(
         owner_, proto::storageInfoPath(owner_.hub_.deviceId, owner_.hub_.apiVersion),
-        std::move(*body), "the storage-info request for " + core::quoted(name_),
+        std::move(*body), "the storage-info request for " + core::quoted(name_), false,
         [this](core::Result<http::Response> r) { onStorageInfo(std::move(r)); });
     if (auto started = hubCall_->start(); !started) {
       return started;
@@ -532,7 +543,7 @@ class BlobUploader::Upload {
     hubCall_ = std::make_unique<HubCall>(
         owner_, proto::notificationPath(owner_.hub_.deviceId, owner_.hub_.apiVersion),
         proto::notificationBody(n), "the upload notification for " + core::quoted(info_->blobName),
-        [this](core::Result<http::Response> r) { onNotified(std::move(r)); });
+        true, [this](core::Result<http::Response> r) { onNotified(std::move(r)); });
     if (auto started = hubCall_->start(); !started) {
       auto alive = owner_.alive_;
       owner_.scheduler_.post([this, alive, error = started.error()] {
@@ -720,7 +731,7 @@ core::Result<void> BlobUploader::startStep(std::string path, std::string body, s
                                            std::function<void(core::Result<http::Response>)> done) {
   const std::uint64_t step = nextStep_++;
   auto call = std::make_unique<HubCall>(
-      *this, std::move(path), std::move(body), std::move(what),
+      *this, std::move(path), std::move(body), std::move(what), false,
       [this, step, done = std::move(done)](core::Result<http::Response> r) {
         // The call is the caller of this callback: the loop destroys it afterwards.
         if (auto it = steps_.find(step); it != steps_.end()) {

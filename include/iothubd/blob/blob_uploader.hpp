@@ -54,8 +54,10 @@ struct UploaderOptions {
   /// transient failures are retried (no answer, 408, 429, 500, 502, 503, 504).
   int maxAttempts = 4;
   /// Tries per hub request (storage info, notification) before giving up: 429 and 5xx answers
-  /// and requests without an answer are retried (the hub throttles upload initiations, and a
-  /// lost notification would hold one of the device's 10 upload slots for an hour).
+  /// and requests without an answer in time are retried (the hub throttles upload initiations,
+  /// and a lost notification would hold one of the device's 10 upload slots for an hour); the
+  /// upload's own notification also when the hub cannot be reached. A hub that cannot be
+  /// reached for a storage-info request or a single-step notification fails the call at once.
   int hubMaxAttempts = 6;
   /// First retry delay; doubles per attempt up to 30 s, and each delay is drawn between half and
   /// all of that (jitter, so that devices that failed together do not retry together). A longer

@@ -492,8 +492,22 @@ TEST_F(BlobUploaderTest, ALostNotificationIsSentAgainSoTheHubFreesTheSlot) {
   http_.answer(503);
   clock_.advance(2s);
   EXPECT_EQ(notificationBody(), body);
+  // The hub answered the storage-info request moments ago: a connection failure is a blip.
+  http_.failOldest({Errc::ConnectionFailed, "connection reset"});
+  clock_.advance(4s);
+  EXPECT_EQ(notificationBody(), body);
   http_.answer(204);
   ASSERT_TRUE(result_ && *result_) << (result_ ? result_->error().message : "");
+}
+
+TEST_F(BlobUploaderTest, AnUnreachableHubFailsTheStorageInfoRequestAtOnce) {
+  make();
+  start("abc");
+  http_.failOldest({Errc::ConnectionFailed, "Connection refused"});
+  clock_.runPosted();
+  EXPECT_TRUE(http_.pending.empty());
+  ASSERT_TRUE(result_ && !*result_);
+  EXPECT_EQ(result_->error().code, Errc::ConnectionFailed);
 }
 
 TEST_F(BlobUploaderTest, TheSingleStepsAreRetriedToo) {
