@@ -631,7 +631,7 @@ BlobUploader::BlobUploader(http::HttpClient& http, core::Scheduler& scheduler,
       hub_(std::move(hub)),
       token_(std::move(token)),
       readers_(std::move(readers)),
-      options_(options) {
+      options_(std::move(options)) {
   options_.blockSize = std::max<std::size_t>(options_.blockSize, 1);
   options_.maxAttempts = std::max(options_.maxAttempts, 1);
   options_.hubMaxAttempts = std::max(options_.hubMaxAttempts, 1);
@@ -748,7 +748,7 @@ core::Result<void> BlobUploader::startStep(std::string path, std::string body, s
   return {};
 }
 
-core::Result<void> BlobUploader::getStorageInfo(std::string blobName, StorageInfoDone done) {
+core::Result<void> BlobUploader::getStorageInfo(const std::string& blobName, StorageInfoDone done) {
   auto body = proto::storageInfoRequestBody(blobName);
   if (!body) {
     return fail(body.error());

@@ -131,7 +131,8 @@ class BlobUploader {
   /// Step 1 alone (the seed's get_storage_info_for_blob): POST /devices/{id}/files, retried like
   /// the upload's (hubMaxAttempts). Errors as upload()'s. The StorageInfo's sasToken is a secret:
   /// never log it.
-  [[nodiscard]] core::Result<void> getStorageInfo(std::string blobName, StorageInfoDone done);
+  [[nodiscard]] core::Result<void> getStorageInfo(const std::string& blobName,
+                                                  StorageInfoDone done);
   /// Step 3 alone (the seed's notify_blob_upload_status): POST /devices/{id}/files/notifications
   /// with exactly these fields, retried like the upload's. Fails at once with
   /// validateUploadNotification's errors. Errors: Errc::Service/Unauthorized with the hub's
