@@ -37,17 +37,19 @@ struct TunnelOptions {
   std::chrono::milliseconds connectionAttemptDelay{250};
 };
 
-/// One tunnelled MQTT connection, for what libmosquitto 2.0.11 cannot do itself: WebSockets,
-/// HTTP CONNECT and SOCKS4 proxies (protocol doc 1.6, pitfall 14).
+/// One tunnelled MQTT connection, for what libmosquitto 2.0.11 cannot do itself: try every
+/// address of the hub's name (it connects to the first only), WebSockets, HTTP CONNECT and SOCKS4
+/// proxies (protocol doc 1.6, pitfall 14). Every MQTT connection of the daemon uses one.
 ///
 /// Design: libmosquitto connects in plain MQTT (no TLS) to a Unix socket of ours, localPath(),
 /// in a fresh 0700 directory; only a connection from this very process is accepted (SO_PEERCRED),
 /// so no other local program can ride on our TLS identity or proxy credentials. Meanwhile the
-/// tunnel resolves the first hop off the loop (getaddrinfo), connects without blocking, speaks
-/// the proxy protocol, TLS (OpenSSL, non-blocking) and optionally the WebSocket upgrade, then
-/// pumps bytes both ways (as binary WebSocket frames when enabled), answering pings. Bytes
-/// libmosquitto sends before the tunnel is up wait in a bounded buffer. Everything runs on the
-/// loop thread through IoWatches; nothing blocks.
+/// tunnel resolves the first hop off the loop (getaddrinfo), races connects to its addresses
+/// without blocking (RFC 8305, connectionAttemptDelay), speaks the proxy protocol, TLS (OpenSSL,
+/// non-blocking) and optionally the WebSocket upgrade, then pumps bytes both ways (as binary
+/// WebSocket frames when enabled), answering pings. Bytes libmosquitto sends before the tunnel is
+/// up wait in a bounded buffer. Everything runs on the loop thread through IoWatches; nothing
+/// blocks.
 ///
 /// A failure is recorded (failure()) and then the local end is closed, so libmosquitto sees the
 /// connection end and its owner reads failure() for the reason. The tunnel never calls out.
