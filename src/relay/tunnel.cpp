@@ -206,11 +206,6 @@ class TunnelImpl final : public Tunnel {
   }
 
   core::Result<void> start() {
-    auto ctx = makeContext(options_.tls);
-    if (!ctx) {
-      return core::fail(ctx.error());
-    }
-    ctx_ = std::move(*ctx);
     auto dir = makeSocketDirectory();
     if (!dir) {
       return core::fail(dir.error());
@@ -298,6 +293,7 @@ class TunnelImpl final : public Tunnel {
     int error = 0;
     std::string targetIpv4;  ///< SOCKS4: the hub's IPv4 address
     int targetError = 0;
+    core::Result<SslCtxPtr> ctx = core::fail(Errc::Internal, "not built");
   };
 
   void resolve() {
@@ -316,9 +312,11 @@ class TunnelImpl final : public Tunnel {
         inet_pton(AF_INET, options_.host.c_str(), v4) != 1) {
       socks4Target = options_.host;
     }
-    // getaddrinfo blocks (architecture doc 6.1): it runs off the loop.
+    // getaddrinfo blocks (architecture doc 6.1): it runs off the loop. So does building the TLS
+    // context, which parses the CA certificates: the system store takes tens of milliseconds.
     loop_.runOffLoop(
-        [result, host, port, socks4Target] {
+        [result, host, port, socks4Target, tls = options_.tls] {
+          result->ctx = makeContext(tls);
           if (!socks4Target.empty()) {
             addrinfo hints{};
             hints.ai_family = AF_INET;
@@ -371,10 +369,15 @@ class TunnelImpl final : public Tunnel {
                                     : hostPort(hopHost_, hopPort_);
   }
 
-  void onResolved(const Resolved& r) {
+  void onResolved(Resolved& r) {
     if (phase_ != Phase::Resolving) {
       return;
     }
+    if (!r.ctx) {
+      giveUp(r.ctx.error());
+      return;
+    }
+    ctx_ = std::move(*r.ctx);
     if (r.error != 0 || r.addresses.empty()) {
       // The transport names the hub and the proxy around this text.
       giveUp(Errc::ConnectionFailed,

@@ -56,8 +56,9 @@ struct TunnelOptions {
 class Tunnel {
  public:
   /// Starts the tunnel: the local socket exists when this returns. Errors are Errc::Io (cannot
-  /// create the local socket) or Errc::Config (TLS settings OpenSSL refuses, e.g. an unreadable
-  /// certificate, a wrong pass phrase, an invalid cipher list).
+  /// create the local socket). TLS settings OpenSSL refuses (an unreadable certificate, a wrong
+  /// pass phrase, an invalid cipher list; checkTlsConfig finds them at start-up) end the tunnel
+  /// with failure() Errc::Config: the context is built off the loop, with the name lookup.
   [[nodiscard]] static core::Result<std::unique_ptr<Tunnel>> open(loop::EventLoop& loop,
                                                                   TunnelOptions options);
   virtual ~Tunnel() = default;
