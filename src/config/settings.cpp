@@ -137,6 +137,7 @@ const std::map<std::string, Handler, std::less<>>& keyTable() {
        number(&Settings::connectionRetryInterval, 1, 86400)},
       {"connection.ensure_desired_properties", flag(&Settings::ensureDesiredProperties)},
       {"connection.operation_timeout", number(&Settings::operationTimeout, 1, 3600)},
+      {"connection.keep_connected", flag(&Settings::keepConnected)},
       {"proxy.proxy_type",
        [](Settings& s, std::string_view v) -> std::string {
          if (v != "HTTP" && v != "SOCKS4" && v != "SOCKS5" && !v.empty()) {
@@ -189,6 +190,23 @@ const std::map<std::string, Handler, std::less<>>& keyTable() {
       {"file_upload.block_size", count(&Settings::blockSize, 64 * 1024, 100 * 1024 * 1024)},
       {"file_upload.max_concurrent_uploads", number(&Settings::maxConcurrentUploads, 1, 10)},
       {"file_upload.upload_timeout", number(&Settings::uploadTimeout, 10, 7 * 24 * 3600)},
+      {"file_upload.upload_from_path_directories",
+       [](Settings& s, std::string_view v) -> std::string {
+         // A space-separated list; each later line replaces the whole list (drop-ins).
+         std::vector<std::string> dirs;
+         std::istringstream words{std::string(v)};
+         for (std::string dir; words >> dir;) {
+           if (dir.front() != '/') {
+             return "expected absolute directory paths, got \"" + dir + "\"";
+           }
+           while (dir.size() > 1 && dir.back() == '/') {
+             dir.pop_back();
+           }
+           dirs.push_back(std::move(dir));
+         }
+         s.uploadFromPathDirectories = std::move(dirs);
+         return {};
+       }},
       {"limits.max_pending_calls_per_app", count(&Settings::maxPendingCallsPerApp, 1, 1000000)},
       {"limits.max_method_claims_per_app", count(&Settings::maxMethodClaimsPerApp, 1, 1000000)},
       {"limits.max_pending_method_requests",

@@ -59,6 +59,9 @@ struct Settings {
   int connectionRetryInterval = 10;
   bool ensureDesiredProperties = true;
   int operationTimeout = 60;  ///< seconds any hub operation (connect, publish, twin) may take
+  /// Keep the link up while no app holds it (Connect); false: it closes when the last hold goes
+  /// (Disconnect, or the holder leaves the bus), as a single-app gateway may want.
+  bool keepConnected = true;
 
   ProxySettings proxy;
 
@@ -70,6 +73,9 @@ struct Settings {
   std::uint64_t blockSize = 4 * 1024 * 1024;  ///< Put Block size; smaller content is one Put Blob
   int maxConcurrentUploads = 4;               ///< the hub allows 10 per device
   int uploadTimeout = 1800;                   ///< seconds one whole upload may take
+  /// Directories UploadFileFromPath may read from (absolute; checked by
+  /// checkUploadDirectories()); empty: UploadFileFromPath is refused (AccessDenied).
+  std::vector<std::string> uploadFromPathDirectories;
 
   // [outbox]: the durable telemetry queue (QueueMessage; SendMessage goes through it too)
   std::string outboxPath;  ///< empty: $STATE_DIRECTORY/outbox.db, else /var/lib/iothubd/outbox.db

@@ -27,6 +27,24 @@ TEST(Settings, DefaultsAreTheSeedDefaults) {
   EXPECT_TRUE(s->ensureDesiredProperties);
   EXPECT_FALSE(s->websockets);
   EXPECT_EQ(s->port, 8883);
+  EXPECT_TRUE(s->keepConnected);
+  EXPECT_TRUE(s->uploadFromPathDirectories.empty()) << "UploadFileFromPath is off by default";
+}
+
+TEST(Settings, UploadDirectoriesAreAnAbsoluteListThatALaterLineReplaces) {
+  auto s = parse(
+      "[file_upload]\nupload_from_path_directories = /srv/a  /var/lib/app/out/\n"
+      "[connection]\nkeep_connected = false\n");
+  ASSERT_TRUE(s) << s.error().message;
+  EXPECT_EQ(s->uploadFromPathDirectories, (std::vector<std::string>{"/srv/a", "/var/lib/app/out"}));
+  EXPECT_FALSE(s->keepConnected);
+  auto cleared = parse(
+      "[file_upload]\nupload_from_path_directories = /srv/a\n"
+      "[file_upload]\nupload_from_path_directories =\n");
+  ASSERT_TRUE(cleared);
+  EXPECT_TRUE(cleared->uploadFromPathDirectories.empty());
+  EXPECT_NE(errorOf("[file_upload]\nupload_from_path_directories = srv/a\n").find("absolute"),
+            std::string::npos);
 }
 
 TEST(Settings, ReadsEveryKindOfValue) {
