@@ -360,7 +360,12 @@ void HubSession::onConnected() {
   plannedActive_ = false;
   credentialsRefused_ = false;
   armRenewal();
-  lastError_ = {};
+  lastError_ = restoredNote_.value_or(core::Error{});
+  restoredNote_.reset();
+  if (options_.auth == AuthMethod::SasToken) {
+    sasTokenAccepted_ = true;
+    previousSasToken_.reset();
+  }
   dropped_ = false;
   logf(LogLevel::Notice, "connected to ", options_.hubHostname, " as ",
        proto::mqttClientId(options_.deviceId, options_.moduleId));
@@ -456,6 +461,9 @@ void HubSession::attemptFailedBeforeStart(const core::Error& error) {
 }
 
 void HubSession::attemptFailed(const core::Error& error, bool wasConnected) {
+  if (error.code == Errc::Unauthorized && restorePreviousSasToken(error)) {
+    return;
+  }
   lastError_ = error;
   if (wasConnected) {
     dropped_ = true;
@@ -537,6 +545,11 @@ bool HubSession::reconfigure(SessionOptions o) {
       o.proxy.type != c.proxy.type || o.proxy.host != c.proxy.host ||
       o.proxy.port != c.proxy.port || o.proxy.username != c.proxy.username ||
       !(o.proxy.password == c.proxy.password);
+  if (!(o.sasToken == c.sasToken)) {
+    // The operator's token from a reload: a fresh start for the token fallback.
+    sasTokenAccepted_ = false;
+    previousSasToken_.reset();
+  }
   options_ = std::move(o);
   if (!connectionChanged) {
     return false;
@@ -846,6 +859,12 @@ core::Result<void> HubSession::updateSasToken(const std::string& token) {
   if (!valid) {
     return fail(Errc::InvalidArgument, valid.error().message);
   }
+  if (sasTokenAccepted_) {
+    // Kept until the hub accepts the new one: a token the hub refuses must not leave the device
+    // offline while the old one still works.
+    previousSasToken_ = options_.sasToken;
+  }
+  sasTokenAccepted_ = false;
   options_.sasToken = core::Secret<>(token);
   logf(LogLevel::Notice, "new SAS token accepted (expires at ", valid->expiry, "), re-authorising");
   if (linkUp_ || attemptActive_) {
@@ -855,6 +874,33 @@ core::Result<void> HubSession::updateSasToken(const std::string& token) {
     start();
   }
   return {};
+}
+
+bool HubSession::restorePreviousSasToken(const core::Error& refusal) {
+  if (options_.auth != AuthMethod::SasToken || !previousSasToken_) {
+    return false;
+  }
+  core::Secret<> previous = std::move(*previousSasToken_);
+  previousSasToken_.reset();
+  auto parsed = proto::parseSasToken(previous.reveal());
+  if (!parsed || parsed->expiry <= clock_.unixSeconds()) {
+    return false;
+  }
+  options_.sasToken = std::move(previous);
+  sasTokenAccepted_ = true;
+  core::Error note{Errc::Unauthorized, "the hub refused the new SAS token (" + refusal.message +
+                                           "); the previous token, valid until " +
+                                           std::to_string(parsed->expiry) + ", stays in use"};
+  logf(LogLevel::Warning, note.message);
+  lastError_ = note;
+  restoredNote_ = note;
+  notify([&](Observer& o) { o.onBackgroundError(note); });
+  if (wantConnected_) {
+    // At once and without a visible outage when the link was up (a planned reconnect).
+    retryTimer_->disarm();
+    startAttempt();
+  }
+  return true;
 }
 
 core::Result<core::Secret<>> HubSession::httpAuthorization() const {

@@ -168,7 +168,9 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   /// Replaces the operator-supplied SAS token and re-authorises (protocol doc 2): NotSupported
   /// unless authentication is sas-token; InvalidArgument if it does not parse, is for another
   /// hub/device/module, or has expired. Re-authorisation failures are reported as background
-  /// errors and state changes.
+  /// errors and state changes. If the hub refuses the new token while the one it replaced was
+  /// accepted and has not expired, that one stays in use (reconnecting with it at once) and the
+  /// refusal is reported as a background error and in lastError().
   [[nodiscard]] core::Result<void> updateSasToken(const std::string& token);
 
   /// The Authorization value for the hub's HTTPS calls (file upload, protocol doc 8): a fresh
@@ -255,6 +257,9 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   void finishPlannedDrain();
   void armRenewal();
   [[nodiscard]] core::Result<core::Secret<>> currentPassword();
+  /// The hub refused a token from updateSasToken(): goes back to the one it replaced, if that
+  /// one was accepted and is still valid, and reconnects with it. False if there is none.
+  bool restorePreviousSasToken(const core::Error& refusal);
 
   core::Scheduler& scheduler_;
   core::Clock& clock_;
@@ -291,6 +296,12 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   bool ensureInFlight_ = false;
   std::unique_ptr<core::Timer> drainTimer_;
   std::uint64_t tokenExpiry_ = 0;
+  /// sas-token: options_.sasToken connected successfully at least once.
+  bool sasTokenAccepted_ = false;
+  /// sas-token: the accepted token an updateSasToken() replaced, until the new one is accepted.
+  std::optional<core::Secret<>> previousSasToken_;
+  /// Why the previous token came back, kept as lastError() past the reconnect it causes.
+  std::optional<core::Error> restoredNote_;
   std::mt19937_64 random_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

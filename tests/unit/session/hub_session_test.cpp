@@ -747,6 +747,59 @@ TEST_F(HubSessionInboundTest, UpdateSasTokenValidatesAndReauthorises) {
   EXPECT_EQ(s.sasTokenExpiry(), clock_.unixSeconds() + 3600);
 }
 
+TEST_F(HubSessionInboundTest, ATokenTheHubRefusesLeavesThePreviousOneInUseAndSaysSo) {
+  auto o = options();
+  o.auth = AuthMethod::SasToken;
+  auto token = [&](std::uint64_t expiry) {
+    return "SharedAccessSignature sr=contoso.azure-devices.net%2Fdevices%2Fdev1&sig=abc%3D&se=" +
+           std::to_string(expiry);
+  };
+  const std::string good = token(clock_.unixSeconds() + 600);
+  o.sasToken = core::Secret<>(good);
+  auto& s = connectedWith(std::move(o));
+  events_.states.clear();
+  ASSERT_TRUE(s.updateSasToken(token(clock_.unixSeconds() + 3600)));
+  transport_.finishDisconnect();
+  ASSERT_EQ(transport_.connects.size(), 2u);
+  transport_.refuseConnect(5);
+  // At once, with the token that worked, and no outage apps would see.
+  ASSERT_EQ(transport_.connects.size(), 3u);
+  EXPECT_EQ(transport_.connects[2].password.reveal(), good);
+  ASSERT_EQ(events_.errors.size(), 1u);
+  EXPECT_EQ(events_.errors[0].code, core::Errc::Unauthorized);
+  EXPECT_NE(events_.errors[0].message.find("previous token"), std::string::npos)
+      << events_.errors[0].message;
+  transport_.acceptConnect();
+  EXPECT_EQ(s.state(), ConnectionState::Connected);
+  EXPECT_TRUE(events_.states.empty()) << "the state never left connected";
+  EXPECT_NE(s.lastError().message.find("refused the new SAS token"), std::string::npos);
+  EXPECT_EQ(s.sasTokenExpiry(), clock_.unixSeconds() + 600);
+
+  // Refused again later: no fallback is left twice, the accepted token is the fallback again.
+  ASSERT_TRUE(s.updateSasToken(token(clock_.unixSeconds() + 7200)));
+  transport_.finishDisconnect();
+  transport_.refuseConnect(5);
+  ASSERT_EQ(transport_.connects.size(), 5u);
+  EXPECT_EQ(transport_.connects[4].password.reveal(), good);
+}
+
+TEST_F(HubSessionInboundTest, AnExpiredPreviousTokenIsNotRestored) {
+  auto o = options();
+  o.auth = AuthMethod::SasToken;
+  auto token = [&](std::uint64_t expiry) {
+    return "SharedAccessSignature sr=contoso.azure-devices.net%2Fdevices%2Fdev1&sig=abc%3D&se=" +
+           std::to_string(expiry);
+  };
+  o.sasToken = core::Secret<>(token(clock_.unixSeconds() + 60));
+  auto& s = connectedWith(std::move(o));
+  ASSERT_TRUE(s.updateSasToken(token(clock_.unixSeconds() + 3600)));
+  clock_.advance(61s);
+  transport_.finishDisconnect();
+  transport_.refuseConnect(5);
+  EXPECT_EQ(transport_.connects.size(), 2u) << "nothing valid to go back to";
+  EXPECT_EQ(s.lastError().code, core::Errc::Unauthorized);
+}
+
 TEST_F(HubSessionInboundTest, UpdateSasTokenIsNotSupportedForKeyAuthentication) {
   auto& s = connectedWith(options());
   auto r = s.updateSasToken("SharedAccessSignature sr=x&sig=y&se=1");
