@@ -37,6 +37,22 @@ std::string indexList(const std::vector<bool>& flags, bool value) {
   return out.empty() ? "none" : out;
 }
 
+/// Message ids grouped by the app they belong to, each group in delivery order.
+std::vector<std::pair<std::string, std::vector<std::string>>> byApp(
+    const std::vector<std::pair<std::string, std::string>>& entries) {
+  std::vector<std::pair<std::string, std::vector<std::string>>> groups;
+  for (const auto& [app, id] : entries) {
+    auto it = std::find_if(groups.begin(), groups.end(),
+                           [&app = app](const auto& group) { return group.first == app; });
+    if (it == groups.end()) {
+      groups.emplace_back(app, std::vector<std::string>{});
+      it = std::prev(groups.end());
+    }
+    it->second.push_back(id);
+  }
+  return groups;
+}
+
 }  // namespace
 
 TelemetryPipeline::TelemetryPipeline(core::Scheduler& scheduler, core::Clock& clock,
@@ -95,7 +111,7 @@ void TelemetryPipeline::send(std::string app, proto::OutgoingMessage message, Do
   one.push_back(std::move(message));
   if (outbox_ == nullptr) {
     // Not durable, but served: the outbox failing must not take telemetry down with it.
-    sendDirect(std::move(one), false, std::move(done), nullptr);
+    sendDirect(std::move(app), std::move(one), false, std::move(done), nullptr);
     return;
   }
   enqueue(std::move(app), std::move(one), false, true, std::move(done), nullptr);
@@ -117,7 +133,7 @@ void TelemetryPipeline::sendBatch(std::string app, std::vector<proto::OutgoingMe
     return;
   }
   if (outbox_ == nullptr) {
-    sendDirect(std::move(messages), true, nullptr, std::move(done));
+    sendDirect(std::move(app), std::move(messages), true, nullptr, std::move(done));
     return;
   }
   enqueue(std::move(app), std::move(messages), true, true, nullptr, std::move(done));
@@ -174,8 +190,8 @@ void TelemetryPipeline::enqueue(std::string app, std::vector<proto::OutgoingMess
   noteDropped(accepted->dropped);
 }
 
-void TelemetryPipeline::sendDirect(std::vector<proto::OutgoingMessage> messages, bool batch,
-                                   Done single, BatchDone many) {
+void TelemetryPipeline::sendDirect(std::string app, std::vector<proto::OutgoingMessage> messages,
+                                   bool batch, Done single, BatchDone many) {
   if (answeredUpFront(messages, many)) {
     return;
   }
@@ -205,11 +221,12 @@ void TelemetryPipeline::sendDirect(std::vector<proto::OutgoingMessage> messages,
     shared->ids.push_back(*m.system.messageId);
   }
   for (std::size_t i = 0; i < messages.size(); ++i) {
-    session_.sendTelemetry(messages[i], [this, alive = alive_, shared, i](core::Result<void> r) {
+    session_.sendTelemetry(messages[i], [this, alive = alive_, shared, app,
+                                         i](core::Result<void> r) {
       Waiter& w = *shared;
       if (*alive && r) {
         ++directDelivered_;
-        deliveredBatch_.push_back(w.ids[i]);
+        deliveredBatch_.emplace_back(app, w.ids[i]);
         countersChanged_ = true;
         scheduleFlush();
       }
@@ -311,9 +328,9 @@ void TelemetryPipeline::pump() {
     std::string id = *m.message.system.messageId;
     auto r = session_.publishPrepared(
         proto::telemetryTopic(o.deviceId, o.moduleId, m.message), m.message.body,
-        [this, alive = alive_, seq = m.seq, id](const core::Result<void>& acked) {
+        [this, alive = alive_, seq = m.seq, app = m.app, id](const core::Result<void>& acked) {
           if (*alive) {
-            onAck(seq, id, acked);
+            onAck(seq, app, id, acked);
           }
         });
     if (!r) {
@@ -323,11 +340,11 @@ void TelemetryPipeline::pump() {
   }
 }
 
-void TelemetryPipeline::onAck(std::uint64_t seq, const std::string& messageId,
-                              const core::Result<void>& result) {
+void TelemetryPipeline::onAck(std::uint64_t seq, const std::string& app,
+                              const std::string& messageId, const core::Result<void>& result) {
   if (result) {
     if (outbox_->markDelivered(seq)) {
-      deliveredBatch_.push_back(messageId);
+      deliveredBatch_.emplace_back(app, messageId);
       countersChanged_ = true;
       ackWaiter(seq);
       scheduleFlush();
@@ -503,7 +520,7 @@ void TelemetryPipeline::armExpiry() {
 
 void TelemetryPipeline::onExpiryTimer() {
   for (const auto& entry : outbox_->sweepExpired()) {
-    expiredBatch_.push_back(entry.messageId);
+    expiredBatch_.emplace_back(entry.app, entry.messageId);
     failMessage(entry.seq, core::Error{Errc::Timeout, "message " + core::quoted(entry.messageId) +
                                                           " expired before it could be delivered"});
     countersChanged_ = true;
@@ -535,11 +552,11 @@ void TelemetryPipeline::flushBatches() {
   if (listener_ == nullptr) {
     return;
   }
-  if (!delivered.empty()) {
-    listener_->onDelivered(delivered);
+  for (const auto& [app, ids] : byApp(delivered)) {
+    listener_->onDelivered(app, ids);
   }
-  if (!expired.empty()) {
-    listener_->onExpired(expired);
+  for (const auto& [app, ids] : byApp(expired)) {
+    listener_->onExpired(app, ids);
   }
   if (changed) {
     listener_->onCountersChanged();

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "iothubd/core/clock.hpp"
@@ -33,12 +34,14 @@ class TelemetryPipeline final : private session::HubSession::Observer {
   using BatchDone = std::function<void(core::Result<std::vector<std::string>>)>;
 
   /// Told about delivery in batches (at most every kBatchInterval), so that a fast drain does
-  /// not flood the bus.
+  /// not flood the bus; one call per app (the `app` given to queue()/send(), possibly from an
+  /// earlier run), so that each app hears only of its own messages.
   class Listener {
    public:
     virtual ~Listener() = default;
-    virtual void onDelivered(const std::vector<std::string>& messageIds) = 0;
-    virtual void onExpired(const std::vector<std::string>& messageIds) = 0;
+    virtual void onDelivered(const std::string& app,
+                             const std::vector<std::string>& messageIds) = 0;
+    virtual void onExpired(const std::string& app, const std::vector<std::string>& messageIds) = 0;
     /// length / bytes / dropped / delivered changed.
     virtual void onCountersChanged() = 0;
   };
@@ -105,11 +108,12 @@ class TelemetryPipeline final : private session::HubSession::Observer {
                                             BatchDone& many);
   void enqueue(std::string app, std::vector<proto::OutgoingMessage> messages, bool batch,
                bool forDelivery, Done single, BatchDone many);
-  void sendDirect(std::vector<proto::OutgoingMessage> messages, bool batch, Done single,
-                  BatchDone many);
+  void sendDirect(std::string app, std::vector<proto::OutgoingMessage> messages, bool batch,
+                  Done single, BatchDone many);
   void onStored(std::uint64_t seq, const core::Result<void>& committed);
   void pump();
-  void onAck(std::uint64_t seq, const std::string& messageId, const core::Result<void>& result);
+  void onAck(std::uint64_t seq, const std::string& app, const std::string& messageId,
+             const core::Result<void>& result);
   [[nodiscard]] Waiters::iterator findWaiter(std::uint64_t seq);
   void ackWaiter(std::uint64_t seq);
   /// Message `seq` failed for good (dropped, expired): its call fails, naming it.
@@ -141,8 +145,9 @@ class TelemetryPipeline final : private session::HubSession::Observer {
   /// One timer for every SendMessage(s) deadline (they share operation_timeout), not one each.
   std::unique_ptr<core::Timer> waitTimer_;
   std::optional<std::chrono::microseconds> waitDue_;
-  std::vector<std::string> deliveredBatch_;
-  std::vector<std::string> expiredBatch_;
+  /// (app, message id) in the order delivered or expired; reported per app.
+  std::vector<std::pair<std::string, std::string>> deliveredBatch_;
+  std::vector<std::pair<std::string, std::string>> expiredBatch_;
   bool countersChanged_ = false;
   std::unique_ptr<core::Timer> flushTimer_;
   std::unique_ptr<core::Timer> expiryTimer_;
