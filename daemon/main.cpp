@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // iothubd: composition root. Parses the command line, loads configuration and secrets, wires the
 // modules together on one sd-event loop and maps failures to exit codes. No logic of its own.
+#include <sys/prctl.h>
 #include <sys/utsname.h>
 #include <sysexits.h>
 #include <ctime>
@@ -18,6 +19,7 @@
 #include "iothubd/blob/blob_uploader.hpp"
 #include "iothubd/config/credentials.hpp"
 #include "iothubd/config/settings.hpp"
+#include "iothubd/config/upload_directories.hpp"
 #include "iothubd/core/log.hpp"
 #include "iothubd/dbusapi/device_object.hpp"
 #include "iothubd/delivery/telemetry_pipeline.hpp"
@@ -155,6 +157,12 @@ iothubd::core::Result<Loaded> loadConfiguration(const std::string& configPath,
   // systemd sets $CREDENTIALS_DIRECTORY once per start: a reload re-reads the same copies (a
   // changed credential needs a restart); files named in [credentials] are read afresh.
   const char* credDir = std::getenv("CREDENTIALS_DIRECTORY");
+  const char* stateDir = std::getenv("STATE_DIRECTORY");
+  if (auto r = iothubd::config::checkUploadDirectories(
+          *settings, {configPath, credDir ? credDir : "", stateDir ? stateDir : ""});
+      !r) {
+    return fail(Errc::Config, "configuration: " + r.error().message);
+  }
   auto identity = iothubd::config::loadIdentity(*settings, credDir ? credDir : "", nowUnix);
   if (!identity) {
     return fail(Errc::Config, "credentials: " + identity.error().message);
@@ -277,6 +285,8 @@ void reload(const std::string& configPath, HubSession& session,
     applyLogLevel(loaded->settings);
     object.setMethodResponseTimeout(std::chrono::seconds(loaded->settings.methodResponseTimeout));
     object.setLimits(busLimits(loaded->settings));
+    object.setKeepConnected(loaded->settings.keepConnected);
+    object.setUploadDirectories(loaded->settings.uploadFromPathDirectories);
     bool reconnects = session.reconfigure(
         sessionOptions(loaded->settings, std::move(loaded->identity), std::move(loaded->proxy)));
     if (reconnects) {
@@ -325,11 +335,11 @@ int run(const Options& opts) {
 
   std::unique_ptr<sdbus::IConnection> bus;
   try {
-    // Honours DBUS_SYSTEM_BUS_ADDRESS, which is how tests use a private bus.
-    bus = sdbus::createSystemBusConnection(iothubd::dbusapi::kBusName);
+    // Honours DBUS_SYSTEM_BUS_ADDRESS, which is how tests use a private bus. The name is asked
+    // for only once the object can serve and track its callers (below).
+    bus = sdbus::createSystemBusConnection();
   } catch (const sdbus::Error& e) {
-    logf(LogLevel::Error, "cannot own ", iothubd::dbusapi::kBusName,
-         " on the system bus: ", e.getName(), ": ", e.getMessage());
+    logf(LogLevel::Error, "cannot connect to the system bus: ", e.getName(), ": ", e.getMessage());
     return EX_UNAVAILABLE;
   }
   const auto& settings = loaded->settings;
@@ -371,8 +381,19 @@ int run(const Options& opts) {
                                                  outboxUnavailable);
 
   auto object = iothubd::dbusapi::createDeviceObject(
-      *bus, {session, ev, std::chrono::seconds(settings.methodResponseTimeout), telemetry,
-             uploads.get(), busLimits(settings)});
+      *bus,
+      {session, ev, std::chrono::seconds(settings.methodResponseTimeout), telemetry, uploads.get(),
+       busLimits(settings), settings.keepConnected, settings.uploadFromPathDirectories});
+  try {
+    // Only now: the object and its NameOwnerChanged match exist, so no call arrives before
+    // the daemon can tell when its caller leaves (issue 12).
+    bus->requestName(iothubd::dbusapi::kBusName);
+  } catch (const sdbus::Error& e) {
+    logf(LogLevel::Error, "cannot own ", iothubd::dbusapi::kBusName,
+         " on the system bus: ", e.getName(), ": ", e.getMessage());
+    object.reset();
+    return EX_UNAVAILABLE;
+  }
   StatusReporter status(session);
   if (auto r = ev.attachBus(*bus); !r) {
     logf(LogLevel::Error, r.error().message);
@@ -426,6 +447,9 @@ int run(const Options& opts) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Secrets must never land in a core dump, and no process of the same user may ptrace or read
+  // this one's memory through /proc (LimitCORE=0 in the unit covers the dump too).
+  (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   Options opts;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];

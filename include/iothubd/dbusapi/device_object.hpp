@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "iothubd/blob/blob_uploader.hpp"
 #include "iothubd/core/scheduler.hpp"
@@ -45,6 +46,12 @@ class DeviceObject {
   virtual void setLimits(const BusLimits& limits) = 0;
   /// Configuration reload: emits PropertiesChanged for the identity properties.
   virtual void identityChanged() = 0;
+  /// Configuration reload ([connection] keep_connected): on, the link is (re)opened and kept;
+  /// off, it closes at the next Disconnect or departure that leaves no app holding it.
+  virtual void setKeepConnected(bool keep) = 0;
+  /// Configuration reload ([file_upload] upload_from_path_directories, already checked by
+  /// config::checkUploadDirectories()): applies to later UploadFileFromPath calls.
+  virtual void setUploadDirectories(std::vector<std::string> directories) = 0;
 };
 
 /// What the object serves the bus with.
@@ -55,6 +62,10 @@ struct DeviceServices {
   delivery::TelemetryPipeline& telemetry;
   blob::BlobUploader* uploads = nullptr;  ///< null: file upload not available (module identity)
   BusLimits limits;
+  /// [connection] keep_connected: the link stays up while no app holds it (Connect).
+  bool keepConnected = true;
+  /// [file_upload] upload_from_path_directories, checked: empty refuses UploadFileFromPath.
+  std::vector<std::string> uploadFromPathDirectories;
 };
 
 [[nodiscard]] std::unique_ptr<DeviceObject> createDeviceObject(sdbus::IConnection& connection,
