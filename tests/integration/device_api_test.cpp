@@ -264,6 +264,7 @@ TEST_F(DeviceApiTest, LiveDesiredPatchesArriveAsSignals) {
 }
 
 TEST_F(DeviceApiTest, DesiredChangeMadeWhileDisconnectedReachesAppsAfterReconnect) {
+  writeConfig("[connection]\nkeep_connected = false\n");  // so that Disconnect closes the link
   startDaemon();
   hubemu::ServiceClient service(hub_);
   awaitOnline();

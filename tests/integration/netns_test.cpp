@@ -249,7 +249,8 @@ TEST_F(WebSocketTest, TelemetryTwinMethodsAndCloudToDeviceAllWorkOverWebSockets)
 }
 
 TEST_F(WebSocketTest, ADroppedWebSocketReconnectsAndDisconnectIsOrderly) {
-  useWebSockets("[connection]\nconnection_retry_interval = 1\n");
+  // keep_connected off: the test's own Disconnect closes the link (nobody else holds it).
+  useWebSockets("[connection]\nconnection_retry_interval = 1\nkeep_connected = false\n");
   startDaemon();
   hubemu::ServiceClient service(hub_);
   awaitOnline();

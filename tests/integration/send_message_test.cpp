@@ -107,7 +107,9 @@ TEST_F(SendMessageTest, UnknownSystemPropertyIsInvalidArgsNamingIt) {
 }
 
 TEST_F(SendMessageTest, DisconnectAndConnectAreSignalledAndNoConnectionWithoutAutoConnect) {
-  writeConfig("[connection]\nauto_connect = false\n");
+  // keep_connected off: a Disconnect that leaves no app holding the link closes it (the
+  // single-app gateway's behaviour; by default the daemon keeps it up, see trust_test.cpp).
+  writeConfig("[connection]\nauto_connect = false\nkeep_connected = false\n");
   startDaemon();
   awaitOnline();  // the daemon connects at start
   auto& c = client();
@@ -125,6 +127,7 @@ TEST_F(SendMessageTest, DisconnectAndConnectAreSignalledAndNoConnectionWithoutAu
 }
 
 TEST_F(SendMessageTest, AutoConnectOpensTheConnectionForTheFirstMessage) {
+  writeConfig("[connection]\nkeep_connected = false\n");
   startDaemon();
   hubemu::ServiceClient service(hub_);
   client().Disconnect();
