@@ -866,7 +866,8 @@ core::Result<void> HubSession::updateSasToken(const std::string& token) {
   }
   sasTokenAccepted_ = false;
   options_.sasToken = core::Secret<>(token);
-  logf(LogLevel::Notice, "new SAS token accepted (expires at ", valid->expiry, "), re-authorising");
+  logf(LogLevel::Notice, "new SAS token received (expires at ", valid->expiry,
+       "), re-authorising with it");
   if (linkUp_ || attemptActive_) {
     reconnectPlanned("new SAS token");
   } else if (wantConnected_ || credentialsRefused_) {

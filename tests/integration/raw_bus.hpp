@@ -4,12 +4,14 @@
 // one thread (the generated proxy runs a thread per connection).
 #pragma once
 
+#include <sys/types.h>
 #include <systemd/sd-bus.h>
 
 #include <chrono>
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace iothubd::testing {
 
@@ -28,6 +30,13 @@ using MessagePtr = std::unique_ptr<sd_bus_message, MessageUnref>;
 /// Opens a client connection to the bus at `address` (Hello is sent, not awaited). Throws
 /// std::runtime_error on failure.
 [[nodiscard]] BusPtr openBus(const std::string& address);
+
+/// The same as another user: the connection is made on a thread that takes `uid`, `gid` and
+/// `groups` for itself (Linux credentials are per thread at the system-call level), so the bus
+/// (SO_PEERCRED, SO_PEERGROUPS, the EXTERNAL handshake) sees that user while this process stays
+/// root. Needs root. Throws on failure.
+[[nodiscard]] BusPtr openBusAs(const std::string& address, uid_t uid, gid_t gid,
+                               const std::vector<gid_t>& groups);
 
 /// A method call to org.iothubd's /org/iothubd/Device. Throws on failure.
 [[nodiscard]] MessagePtr newCall(sd_bus* bus, const std::string& member,
