@@ -112,10 +112,14 @@ core::Result<void> checkUploadDirectories(const Settings& s, const DaemonPaths& 
                              : within(dir, protectedDir) ? " lies inside "
                                                          : nullptr;
       if (relation != nullptr) {
-        return fail(Errc::Config,
-                    key + dir + relation + named +
-                        ", which holds the daemon's own configuration, state, credentials or "
-                        "kernel interfaces; list a directory apart from it");
+        std::string why = key;
+        why += dir;
+        why += relation;
+        why += named;
+        why +=
+            ", which holds the daemon's own configuration, state, credentials or kernel "
+            "interfaces; list a directory apart from it";
+        return fail(Errc::Config, std::move(why));
       }
     }
   }

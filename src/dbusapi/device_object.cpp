@@ -661,7 +661,8 @@ class DeviceObjectImpl final : public DeviceObject,
 
   /// Starts an upload whose progress goes to `uploader` only; `done` is a completion().
   template <class Done>
-  void startUpload(Done done, std::string blobName, core::UniqueFd fd, std::string uploader) {
+  void startUpload(Done done, std::string blobName, core::UniqueFd fd,
+                   const std::string& uploader) {
     auto alive = alive_;
     auto progress = [this, alive, uploader](const blob::UploadProgress& p) {
       if (*alive) {
@@ -857,7 +858,7 @@ class DeviceObjectImpl final : public DeviceObject,
 
 std::unique_ptr<DeviceObject> createDeviceObject(sdbus::IConnection& connection,
                                                  DeviceServices services) {
-  return std::make_unique<DeviceObjectImpl>(connection, services);
+  return std::make_unique<DeviceObjectImpl>(connection, std::move(services));
 }
 
 }  // namespace iothubd::dbusapi

@@ -111,7 +111,7 @@ void TelemetryPipeline::send(std::string app, proto::OutgoingMessage message, Do
   one.push_back(std::move(message));
   if (outbox_ == nullptr) {
     // Not durable, but served: the outbox failing must not take telemetry down with it.
-    sendDirect(std::move(app), std::move(one), false, std::move(done), nullptr);
+    sendDirect(app, std::move(one), false, std::move(done), nullptr);
     return;
   }
   enqueue(std::move(app), std::move(one), false, true, std::move(done), nullptr);
@@ -133,7 +133,7 @@ void TelemetryPipeline::sendBatch(std::string app, std::vector<proto::OutgoingMe
     return;
   }
   if (outbox_ == nullptr) {
-    sendDirect(std::move(app), std::move(messages), true, nullptr, std::move(done));
+    sendDirect(app, std::move(messages), true, nullptr, std::move(done));
     return;
   }
   enqueue(std::move(app), std::move(messages), true, true, nullptr, std::move(done));
@@ -190,8 +190,9 @@ void TelemetryPipeline::enqueue(std::string app, std::vector<proto::OutgoingMess
   noteDropped(accepted->dropped);
 }
 
-void TelemetryPipeline::sendDirect(std::string app, std::vector<proto::OutgoingMessage> messages,
-                                   bool batch, Done single, BatchDone many) {
+void TelemetryPipeline::sendDirect(const std::string& app,
+                                   std::vector<proto::OutgoingMessage> messages, bool batch,
+                                   Done single, BatchDone many) {
   if (answeredUpFront(messages, many)) {
     return;
   }

@@ -978,25 +978,6 @@ class BusFuzzer {
     return 0;
   }
 
-  static std::size_t completeTypeLength(std::string_view s) {
-    if (s.empty()) {
-      return 0;
-    }
-    if (s[0] == 'a') {
-      return 1 + completeTypeLength(s.substr(1));
-    }
-    if (s[0] == '(' || s[0] == '{') {
-      int depth = 0;
-      for (std::size_t i = 0; i < s.size(); ++i) {
-        depth += (s[i] == '(' || s[i] == '{') ? 1 : (s[i] == ')' || s[i] == '}') ? -1 : 0;
-        if (depth == 0) {
-          return i + 1;
-        }
-      }
-    }
-    return 1;
-  }
-
   int appendOne(sd_bus_message* m, std::string_view type) {
     const std::string t(type);
     switch (type[0]) {

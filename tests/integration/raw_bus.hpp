@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace iothubd::testing {
@@ -43,6 +44,26 @@ using MessagePtr = std::unique_ptr<sd_bus_message, MessageUnref>;
                                  const std::string& interface = "org.iothubd.Device1",
                                  const std::string& path = "/org/iothubd/Device",
                                  const std::string& destination = "org.iothubd");
+
+/// Length of the first complete type of a D-Bus signature ("a{ss}s" -> 5).
+[[nodiscard]] inline std::size_t completeTypeLength(std::string_view s) {
+  if (s.empty()) {
+    return 0;
+  }
+  if (s[0] == 'a') {
+    return 1 + completeTypeLength(s.substr(1));
+  }
+  if (s[0] == '(' || s[0] == '{') {
+    int depth = 0;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+      depth += (s[i] == '(' || s[i] == '{') ? 1 : (s[i] == ')' || s[i] == '}') ? -1 : 0;
+      if (depth == 0) {
+        return i + 1;
+      }
+    }
+  }
+  return 1;
+}
 
 /// Appends a D-Bus `a{ss}`. Returns sd-bus's negative errno on failure.
 [[nodiscard]] int appendStringMap(sd_bus_message* m,

@@ -36,21 +36,25 @@ std::vector<std::string> contractMethods() {
   return out;
 }
 
-/// What every test here needs besides the daemon: the test users and the peer helper where
-/// each of them may execute it (the build directory may be under /root).
-class PeerSupport {
- public:
-  explicit PeerSupport(const std::string& dir) {
+/// What every test here needs besides its base fixture: the test users, and the peer helper
+/// where each of them may execute it (the build directory may be under /root).
+template <class Base>
+class WithPeers : public Base {
+ protected:
+  void SetUp() override {
+    Base::SetUp();
     ensureTestUsers();
+    const std::string dir = this->dir_ / "peer";
     ::mkdir(dir.c_str(), 0755);
     helper_ = dir + "/iothubd-test-peer";
     std::filesystem::copy_file(testPeerBinary(), helper_,
                                std::filesystem::copy_options::overwrite_existing);
     ::chmod(helper_.c_str(), 0755);
   }
-  [[nodiscard]] const std::string& helper() const { return helper_; }
-
- private:
+  /// Another app, as `user`, on the test bus.
+  std::unique_ptr<BusPeer> peer(const std::string& user) {
+    return std::make_unique<BusPeer>(this->bus_->address(), user, helper_);
+  }
   std::string helper_;
 };
 
@@ -69,15 +73,8 @@ bool anyContains(const std::vector<PeerEvent>& events, const std::string& text) 
 
 // --- who may call what ----------------------------------------------------------------------
 
-class TrustTest : public DaemonTest {
+class TrustTest : public WithPeers<DaemonTest> {
  protected:
-  void SetUp() override {
-    DaemonTest::SetUp();
-    peers_ = std::make_unique<PeerSupport>(dir_ / "peer");
-  }
-  std::unique_ptr<BusPeer> peer(const std::string& user) {
-    return std::make_unique<BusPeer>(bus_->address(), user, peers_->helper());
-  }
   /// Replaces the test bus by one that also loads `rules` after our policy: an administrator's
   /// addition that lets more through than ours does.
   void useLaxPolicy(const std::string& rules) {
@@ -93,7 +90,6 @@ class TrustTest : public DaemonTest {
   /// A member claims a method and holds the link; a member and root then forge the bus's
   /// NameOwnerChanged saying it left, unicast to the daemon and broadcast. Nothing may change.
   void forgeDepartures(bool expectForgeryToArrive);
-  std::unique_ptr<PeerSupport> peers_;
 };
 
 TEST_F(TrustTest, EachCallerMayCallExactlyWhatThePolicyAndTheDaemonAllow) {
@@ -266,17 +262,7 @@ TEST_F(TrustTest, AForgedNameOwnerChangedThatGetsThroughIsIgnoredByTheDaemon) {
 
 // --- who hears what, with uploads ---------------------------------------------------------
 
-class TrustUploadTest : public FileUploadTest {
- protected:
-  void SetUp() override {
-    FileUploadTest::SetUp();
-    peers_ = std::make_unique<PeerSupport>(dir_ / "peer");
-  }
-  std::unique_ptr<BusPeer> peer(const std::string& user) {
-    return std::make_unique<BusPeer>(bus_->address(), user, peers_->helper());
-  }
-  std::unique_ptr<PeerSupport> peers_;
-};
+using TrustUploadTest = WithPeers<FileUploadTest>;
 
 TEST_F(TrustUploadTest, TheOutsiderHearsNothingAndEachMemberOnlyWhatIsForEveryMemberOrItsOwn) {
   startDaemon();

@@ -108,7 +108,7 @@ class TelemetryPipeline final : private session::HubSession::Observer {
                                             BatchDone& many);
   void enqueue(std::string app, std::vector<proto::OutgoingMessage> messages, bool batch,
                bool forDelivery, Done single, BatchDone many);
-  void sendDirect(std::string app, std::vector<proto::OutgoingMessage> messages, bool batch,
+  void sendDirect(const std::string& app, std::vector<proto::OutgoingMessage> messages, bool batch,
                   Done single, BatchDone many);
   void onStored(std::uint64_t seq, const core::Result<void>& committed);
   void pump();

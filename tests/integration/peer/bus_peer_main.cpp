@@ -38,6 +38,8 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include "raw_bus.hpp"
+
 namespace {
 
 using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
@@ -48,32 +50,12 @@ void check(int r, const char* what) {
   }
 }
 
-/// Length of the first complete type in `sig`.
-std::size_t completeType(std::string_view sig) {
-  if (sig.empty()) {
-    return 0;
-  }
-  if (sig[0] == 'a') {
-    return 1 + completeType(sig.substr(1));
-  }
-  if (sig[0] == '(' || sig[0] == '{') {
-    int depth = 0;
-    for (std::size_t i = 0; i < sig.size(); ++i) {
-      depth += (sig[i] == '(' || sig[i] == '{') ? 1 : (sig[i] == ')' || sig[i] == '}') ? -1 : 0;
-      if (depth == 0) {
-        return i + 1;
-      }
-    }
-  }
-  return 1;
-}
-
 void append(sd_bus_message* m, std::string_view type, const rapidjson::Value& v);
 
 void appendAll(sd_bus_message* m, std::string_view sig, const rapidjson::Value& values) {
   rapidjson::SizeType i = 0;
   while (!sig.empty()) {
-    const auto n = completeType(sig);
+    const auto n = iothubd::testing::completeTypeLength(sig);
     if (!values.IsArray() || i >= values.Size()) {
       throw std::runtime_error("too few arguments for the signature");
     }
@@ -382,7 +364,9 @@ int onAnything(sd_bus_message* m, void*, sd_bus_error*) {
   return 0;
 }
 
-void ok(std::int64_t id) {
+/// {"id":N,"reply":[...]} with what `values` writes into the array.
+template <class Values>
+void answer(std::int64_t id, Values&& values) {
   rapidjson::StringBuffer out;
   Writer w(out);
   w.StartObject();
@@ -390,9 +374,35 @@ void ok(std::int64_t id) {
   w.Int64(id);
   w.Key("reply");
   w.StartArray();
+  values(w);
   w.EndArray();
   w.EndObject();
   emit(out);
+}
+
+void ok(std::int64_t id) {
+  answer(id, [](Writer&) {});
+}
+
+using MessagePtr = std::unique_ptr<sd_bus_message, decltype(&sd_bus_message_unref)>;
+
+/// Sends `m` and answers command `id` with its reply when it comes.
+void callAsync(sd_bus* bus, sd_bus_message* m, std::int64_t id) {
+  auto* pending = new Pending{id};
+  int r = sd_bus_call_async(bus, nullptr, m, &onReply, pending, 30'000'000);
+  if (r < 0) {
+    delete pending;
+    check(r, "call");
+  }
+}
+
+/// A call to the bus driver itself.
+MessagePtr driverCall(sd_bus* bus, const char* member) {
+  sd_bus_message* raw = nullptr;
+  check(sd_bus_message_new_method_call(bus, &raw, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                       "org.freedesktop.DBus", member),
+        "new call");
+  return {raw, &sd_bus_message_unref};
 }
 
 const char* member(const rapidjson::Value& cmd, const char* name) {
@@ -424,8 +434,7 @@ void command(sd_bus* bus, const std::string& line) {
           check(sd_bus_message_set_destination(raw, dest), "destination");
         }
       }
-      std::unique_ptr<sd_bus_message, decltype(&sd_bus_message_unref)> m(raw,
-                                                                         &sd_bus_message_unref);
+      MessagePtr m(raw, &sd_bus_message_unref);
       static const rapidjson::Value kNoArgs(rapidjson::kArrayType);
       appendAll(m.get(), member(cmd, "sig"), cmd.HasMember("args") ? cmd["args"] : kNoArgs);
       if (op == "signal") {
@@ -433,66 +442,22 @@ void command(sd_bus* bus, const std::string& line) {
         ok(id);
         return;
       }
-      auto* pending = new Pending{id};
-      int r = sd_bus_call_async(bus, nullptr, m.get(), &onReply, pending, 30'000'000);
-      if (r < 0) {
-        delete pending;
-        check(r, "call");
-      }
+      callAsync(bus, m.get(), id);
     } else if (op == "match") {
       // AddMatch sent as it is: sd-bus's own match parser knows no "eavesdrop" key. What the
       // rule brings in reaches the filter below.
-      sd_bus_message* raw = nullptr;
-      check(
-          sd_bus_message_new_method_call(bus, &raw, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                         "org.freedesktop.DBus", "AddMatch"),
-          "new call");
-      std::unique_ptr<sd_bus_message, decltype(&sd_bus_message_unref)> m(raw,
-                                                                         &sd_bus_message_unref);
+      auto m = driverCall(bus, "AddMatch");
       check(sd_bus_message_append(m.get(), "s", member(cmd, "rule")), "append rule");
-      auto* pending = new Pending{id};
-      int r = sd_bus_call_async(bus, nullptr, m.get(), &onReply, pending, 30'000'000);
-      if (r < 0) {
-        delete pending;
-        check(r, "AddMatch");
-      }
+      callAsync(bus, m.get(), id);
     } else if (op == "sync") {
-      sd_bus_message* raw = nullptr;
-      check(
-          sd_bus_message_new_method_call(bus, &raw, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                         "org.freedesktop.DBus", "GetId"),
-          "new call");
-      std::unique_ptr<sd_bus_message, decltype(&sd_bus_message_unref)> m(raw,
-                                                                         &sd_bus_message_unref);
-      auto* pending = new Pending{id};
-      check(sd_bus_call_async(bus, nullptr, m.get(), &onReply, pending, 30'000'000), "sync");
+      callAsync(bus, driverCall(bus, "GetId").get(), id);
     } else if (op == "unique") {
       const char* name = nullptr;
       check(sd_bus_get_unique_name(bus, &name), "unique name");
-      rapidjson::StringBuffer out;
-      Writer w(out);
-      w.StartObject();
-      w.Key("id");
-      w.Int64(id);
-      w.Key("reply");
-      w.StartArray();
-      w.String(name);
-      w.EndArray();
-      w.EndObject();
-      emit(out);
+      answer(id, [&](Writer& w) { w.String(name); });
     } else if (op == "link") {
       int err = ::link(member(cmd, "from"), member(cmd, "to")) == 0 ? 0 : errno;
-      rapidjson::StringBuffer out;
-      Writer w(out);
-      w.StartObject();
-      w.Key("id");
-      w.Int64(id);
-      w.Key("reply");
-      w.StartArray();
-      w.Int(err);
-      w.EndArray();
-      w.EndObject();
-      emit(out);
+      answer(id, [&](Writer& w) { w.Int(err); });
     } else {
       answerError(id, "peer.BadCommand", "unknown op " + op);
     }
