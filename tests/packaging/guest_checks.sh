@@ -81,6 +81,37 @@ as_user() {
   shift
   setpriv --reuid="$user" --regid="$user" --init-groups -- "$@"
 }
+# Bus clients of ours (iothubd-test-peer from tests/integration/peer), one process per user, driven
+# through a FIFO with one JSON command per line; what they receive goes to $peers/NAME.out.
+readonly peers=/run/iothubd-peers
+readonly peer_bin=/usr/local/bin/iothubd-test-peer
+peer_start() {
+  local name=$1 user=$2 fd
+  mkfifo "$peers/$name.in"
+  as_user "$user" "$peer_bin" unix:path=/run/dbus/system_bus_socket \
+    <"$peers/$name.in" >"$peers/$name.out" 2>"$peers/$name.err" &
+  exec {fd}>"$peers/$name.in"
+  printf -v "peer_fd_$name" '%s' "$fd"
+}
+peer_send() {
+  local fd_var=peer_fd_$1
+  printf '%s\n' "$2" >&"${!fd_var}"
+}
+# Waits (at most 10 s) for TEXT in what peer NAME printed.
+peer_saw() {
+  local i
+  for ((i = 0; i < 100; i++)); do
+    grep -qF -- "$2" "$peers/$1.out" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+peer_stop() {
+  local fd_var=peer_fd_$1
+  local fd=${!fd_var}
+  exec {fd}>&-
+}
+
 # send_as USER MESSAGE-ID BODY: SendMessage with a message id the host looks up in the ledger.
 send_as() { as_user "$1" "${bus_call[@]}" SendMessage 'sa{ss}a{ss}' "$3" 1 check packaging 1 message-id "$2"; }
 sends_as() {
@@ -104,6 +135,7 @@ require "apt-get install ./$(basename "$DEB") (dependencies from the mirror)" in
 has_account() { getent "$1" "$2" >/dev/null; }
 check "sysusers created user iothubd" has_account passwd iothubd
 check "... and group iothub" has_account group iothub
+check "... and group iothub-admin" has_account group iothub-admin
 check "the unit is installed disabled (it needs a credential first)" \
   test "$(systemctl is-enabled "$unit")" = disabled
 check "the unit did not start at installation" test "$(systemctl is-active "$unit")" = inactive
@@ -128,6 +160,8 @@ security_rc=$?
 exposure=$(sed -n 's/.*Overall exposure level for iothubd.service: \([0-9.]*\).*/\1/p' "$share/security.txt")
 result security_exposure "$exposure"
 check "systemd-analyze security --offline=yes: exposure $exposure <= 2.0" test "$security_rc" -eq 0
+check "the unit has LimitCORE=0 and MemoryMax=256M" \
+  test "$(prop LimitCORE)/$(prop MemoryMax)" = "0/268435456"
 
 install -d -m 0700 /etc/credstore
 install -m 0600 "$share/connection-string" /etc/credstore/connection-string
@@ -157,6 +191,8 @@ status_connected() { [[ $(prop StatusText) == "connected to localhost as dev1" ]
 check "StatusText becomes \"connected to localhost as dev1\"" await status_connected
 check "the credential came from /etc/credstore through LoadCredential=" \
   test -f /run/credentials/$unit/connection-string
+not_dumpable() { [[ $(stat -c %U "/proc/$main_pid/environ") == root ]]; }
+check "PR_SET_DUMPABLE 0: /proc/$main_pid belongs to root, not iothubd" not_dumpable
 
 # --- 2. a member of iothub can send ------------------------------------------------------------
 useradd --system --no-create-home --groups iothub pkgtest-app
@@ -198,6 +234,30 @@ introspectable() {
 }
 check "introspection stays open to everyone" introspectable
 
+# --- 3b. credentials only from root and iothub-admin ------------------------------------------
+useradd --system --no-create-home --groups iothub-admin pkgtest-admin
+update_token_as() {
+  as_user "$1" dbus-send --system --print-reply --dest=org.iothubd /org/iothubd/Device \
+    org.iothubd.Device1.UpdateSasToken 'string:SharedAccessSignature sr=x&sig=y&se=1' 2>&1
+}
+member_refused_token() { update_token_as pkgtest-app | grep -q '^Error org.freedesktop.DBus.Error.AccessDenied'; }
+check "UpdateSasToken as a member of iothub: AccessDenied by the bus" member_refused_token
+# Past the bus and the daemon's own check: this device has a key, so there is nothing to update.
+admin_passes() { update_token_as pkgtest-admin | grep -q '^Error org.iothubd.Error.NotSupported'; }
+check "UpdateSasToken as a member of iothub-admin gets through (NotSupported for a key)" admin_passes
+
+# --- 3c. who hears what: a user outside the groups listens with match rules --------------------
+install -d -m 0755 "$peers"
+install -m 0755 "$share/iothubd-test-peer" "$peer_bin"
+peer_start outsider pkgtest-outsider
+peer_start member pkgtest-app
+peer_send outsider '{"id":1,"op":"match","rule":"sender='"'"'org.iothubd'"'"'"}'
+peer_send outsider '{"id":2,"op":"match","rule":"type='"'"'signal'"'"'"}'
+peer_send outsider '{"id":3,"op":"match","rule":"eavesdrop=true,sender='"'"'org.iothubd'"'"'"}'
+peer_send member '{"id":1,"op":"match","rule":"sender='"'"'org.iothubd'"'"'"}'
+check "the bus takes the outsider's match rules on org.iothubd and on every signal" \
+  peer_saw outsider '{"id":2,"reply":[]}'
+
 # --- 4. reload ----------------------------------------------------------------------------------
 reload_product=pkgtest-reload-$RUN_ID
 result reload_product "$reload_product"
@@ -210,6 +270,28 @@ check "iothubd applies it and reconnects" \
 check "... and is connected again" await_journal "$cursor" "connected to localhost as dev1"
 check "... in the same process (MainPID $main_pid, no restart)" \
   test "$(prop MainPID)/$(prop NRestarts)" = "$main_pid/0"
+# The member queues a message (MessagesDelivered comes back to it alone); the reload above made
+# iothubd emit PropertiesChanged for the identity to every member.
+peer_send member '{"id":2,"op":"call","dest":"org.iothubd","path":"/org/iothubd/Device","iface":"org.iothubd.Device1","member":"QueueMessage","sig":"sa{ss}a{ss}","args":["{\"check\":\"signals\"}",{},{}]}'
+check "the member receives iothubd's PropertiesChanged" peer_saw member '"member":"PropertiesChanged"'
+check "... and MessagesDelivered for its own queued message" peer_saw member '"member":"MessagesDelivered"'
+# A peer coming and going makes the bus broadcast NameOwnerChanged, which the outsider's
+# type='signal' rule does deliver; once the outsider has it, and has answered a round trip,
+# everything sent before reached it or never will.
+busctl call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus GetId >/dev/null
+peer_send outsider '{"id":9,"op":"sync"}'
+check "the outsider's rules work: it sees the bus announce peers" \
+  peer_saw outsider '"member":"NameOwnerChanged"'
+check "... and it answered a round trip after everything above" peer_saw outsider '{"id":9,"reply"'
+outsider_heard_nothing() {
+  if grep -F '"path":"/org/iothubd/Device"' "$peers/outsider.out"; then
+    return 1
+  fi
+}
+check "the user outside iothub received nothing from iothubd" outsider_heard_nothing
+peer_stop outsider
+peer_stop member
+
 reload_id=pkgtest-after-reload-$RUN_ID
 result reload_id "$reload_id"
 check "SendMessage works after the reload" sends_as pkgtest-app "$reload_id" '{"check":"reload"}'
@@ -264,6 +346,25 @@ encrypted_id=pkgtest-encrypted-$RUN_ID
 result encrypted_id "$encrypted_id"
 check "SendMessage works with the encrypted credential" \
   sends_as pkgtest-app "$encrypted_id" '{"check":"encrypted"}'
+
+# --- 6. X.509 through /etc/credstore/x509-cert + x509-key ---------------------------------------
+use_x509() {
+  systemctl stop "$unit" &&
+    install -m 0600 "$share/x509-cert" /etc/credstore/x509-cert &&
+    install -m 0600 "$share/x509-key" /etc/credstore/x509-key &&
+    printf '[hub]\nauthentication = x509\nhostname = localhost\ndevice_id = dev1\nport = %s\n' \
+      "$HUB_X509_PORT" >/etc/iothubd/iothubd.conf.d/80-x509.conf
+}
+check "X.509 certificate and key in /etc/credstore, authentication = x509" use_x509
+check "systemctl start $unit with the X.509 credentials" systemctl start "$unit"
+check "... it connects with the certificate" await status_connected
+check "... which came through LoadCredential=x509-cert and x509-key" \
+  test -f "/run/credentials/$unit/x509-cert" -a -f "/run/credentials/$unit/x509-key"
+x509_auth() { [[ $(as_user pkgtest-app busctl get-property org.iothubd /org/iothubd/Device org.iothubd.Device1 AuthenticationType) == 's "x509"' ]]; }
+check "... AuthenticationType reads x509" x509_auth
+x509_id=pkgtest-x509-$RUN_ID
+result x509_id "$x509_id"
+check "SendMessage works with the X.509 identity" sends_as pkgtest-app "$x509_id" '{"check":"x509"}'
 check "final systemctl stop" systemctl stop "$unit"
 
 # --- logs: priorities kept, no secret anywhere --------------------------------------------------
@@ -276,5 +377,6 @@ journal_lacks() { ! grep -qF -- "$1" "$share/messages.txt"; }
 check "the device key appears nowhere in the journal" journal_lacks "$DEVICE_KEY"
 check "no SAS token in the journal" journal_lacks "SharedAccessSignature sr="
 check "no connection string in the journal" journal_lacks "SharedAccessKey="
+check "no private key in the journal" journal_lacks "PRIVATE KEY"
 
 finish
