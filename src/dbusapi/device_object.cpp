@@ -186,8 +186,9 @@ class DeviceObjectImpl final : public DeviceObject,
   }
 
   void setKeepConnected(bool keep) override {
+    const bool turnedOn = keep && !holds_.keepConnected();
     holds_.setKeepConnected(keep);
-    if (keep) {
+    if (turnedOn) {
       session_.start();  // kept up from now on (a no-op while it is up or coming up)
     }
   }
