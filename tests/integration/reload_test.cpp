@@ -2,6 +2,8 @@
 // SIGHUP (what `systemctl reload iothubd` sends): a changed configuration is applied without a
 // restart, reconnecting only when the connection depends on the change; a configuration that does
 // not load leaves the running one in force and the log says why.
+#include <sys/stat.h>
+
 #include "daemon_fixture.hpp"
 
 namespace iothubd::testing {
@@ -93,6 +95,46 @@ TEST_F(ReloadTest, AnUnreadableCredentialKeepsTheRunningOneWithoutLeakingIt) {
       << log;
   EXPECT_EQ(log.find(deviceKey_), std::string::npos) << "the key leaked into the log";
   expectServing(service, "still serving");
+}
+
+TEST_F(ReloadTest, UploadDirectoriesAndKeepConnectedApplyAtAReloadAndABadDirectoryIsRefused) {
+  hubemu::ServiceClient service(hub_);
+  startConnected(service);
+  auto& c = client();
+  const std::string out = dir_ / "app-out";
+  ASSERT_EQ(::mkdir(out.c_str(), 0755), 0);
+  writeFile(out + "/report.csv", "a,b\n", 0644);
+  // The hub's file upload is not running here: a call that gets past the confinement fails
+  // reaching it (ConnectionFailed); one that does not is AccessDenied.
+  const std::string deadPort =
+      "[file_upload]\nhttps_port = " + std::to_string(hubemu::freeLoopbackPort()) + "\n";
+  auto uploadError = [&] {
+    return errorNameOf([&] { c.UploadFileFromPath("r", out + "/report.csv"); });
+  };
+  EXPECT_EQ(uploadError(), "org.freedesktop.DBus.Error.AccessDenied");
+
+  writeConfig(deadPort + "upload_from_path_directories = " + out +
+              "\n[connection]\nkeep_connected = false\n");
+  ASSERT_TRUE(daemon_->reload());
+  EXPECT_EQ(uploadError(), "org.iothubd.Error.ConnectionFailed");
+  c.Disconnect();  // keep_connected off now, and nobody holds the link
+  EXPECT_TRUE(c.waitForConnectionStateChanged(false));
+
+  // A listed directory that holds the daemon's own files: the reload fails, naming it, and the
+  // running list stays.
+  writeConfig(deadPort + "upload_from_path_directories = " + dir_.path() + "\n");
+  ASSERT_TRUE(daemon_->reload());
+  EXPECT_NE(daemon_->log().find("reload failed, keeping the running configuration: "
+                                "configuration: [file_upload] upload_from_path_directories: " +
+                                dir_.path() + " contains"),
+            std::string::npos)
+      << daemon_->log();
+  EXPECT_EQ(uploadError(), "org.iothubd.Error.ConnectionFailed");
+
+  // keep_connected back on: the daemon connects again by itself.
+  writeConfig(deadPort + "upload_from_path_directories = " + out + "\n");
+  ASSERT_TRUE(daemon_->reload());
+  EXPECT_TRUE(c.waitForConnectionStateChanged(true));
 }
 
 }  // namespace
