@@ -236,14 +236,18 @@ check "introspection stays open to everyone" introspectable
 
 # --- 3b. credentials only from root and iothub-admin ------------------------------------------
 useradd --system --no-create-home --groups iothub-admin pkgtest-admin
+# update_token_as USER ERROR: UpdateSasToken fails with ERROR (dbus-send names it; the call fails,
+# so its output is captured before grep, not piped: pipefail).
 update_token_as() {
-  as_user "$1" dbus-send --system --print-reply --dest=org.iothubd /org/iothubd/Device \
-    org.iothubd.Device1.UpdateSasToken 'string:SharedAccessSignature sr=x&sig=y&se=1' 2>&1
+  local out
+  out=$(as_user "$1" dbus-send --system --print-reply --dest=org.iothubd /org/iothubd/Device \
+    org.iothubd.Device1.UpdateSasToken 'string:SharedAccessSignature sr=x&sig=y&se=1' 2>&1)
+  grep -q "^Error $2" <<<"$out" || { echo "    dbus-send: $out"; return 1; }
 }
-member_refused_token() { update_token_as pkgtest-app | grep -q '^Error org.freedesktop.DBus.Error.AccessDenied'; }
+member_refused_token() { update_token_as pkgtest-app org.freedesktop.DBus.Error.AccessDenied; }
 check "UpdateSasToken as a member of iothub: AccessDenied by the bus" member_refused_token
 # Past the bus and the daemon's own check: this device has a key, so there is nothing to update.
-admin_passes() { update_token_as pkgtest-admin | grep -q '^Error org.iothubd.Error.NotSupported'; }
+admin_passes() { update_token_as pkgtest-admin org.iothubd.Error.NotSupported; }
 check "UpdateSasToken as a member of iothub-admin gets through (NotSupported for a key)" admin_passes
 
 # --- 3c. who hears what: a user outside the groups listens with match rules --------------------
