@@ -324,8 +324,7 @@ struct Pending {
 };
 
 int onReply(sd_bus_message* m, void* userdata, sd_bus_error*) {
-  std::unique_ptr<Pending> p(static_cast<Pending*>(userdata));
-  answerMessage(p->id, m);
+  answerMessage(static_cast<Pending*>(userdata)->id, m);
   return 0;
 }
 
@@ -388,12 +387,14 @@ using MessagePtr = std::unique_ptr<sd_bus_message, decltype(&sd_bus_message_unre
 
 /// Sends `m` and answers command `id` with its reply when it comes.
 void callAsync(sd_bus* bus, sd_bus_message* m, std::int64_t id) {
-  auto* pending = new Pending{id};
-  int r = sd_bus_call_async(bus, nullptr, m, &onReply, pending, 30'000'000);
-  if (r < 0) {
-    delete pending;
-    check(r, "call");
-  }
+  auto pending = std::make_unique<Pending>(Pending{id});
+  sd_bus_slot* slot = nullptr;
+  check(sd_bus_call_async(bus, &slot, m, &onReply, pending.get(), 30'000'000), "call");
+  // The slot owns the record from now on: freed with it, answered or not (at exit).
+  (void)sd_bus_slot_set_destroy_callback(slot, [](void* p) { delete static_cast<Pending*>(p); });
+  (void)sd_bus_slot_set_floating(slot, 1);  // the bus holds the slot now: drop our reference
+  sd_bus_slot_unref(slot);
+  (void)pending.release();
 }
 
 /// A call to the bus driver itself.
@@ -487,13 +488,13 @@ int main(int argc, char** argv) {
   if (r < 0) {
     std::cerr << "iothubd-test-peer: cannot connect to " << argv[1] << ": " << std::strerror(-r)
               << "\n";
+    sd_bus_unref(bus);
     return 69;
   }
   // Every message that is not the answer to one of our calls: unicasts to us, broadcasts our
   // match rules brought in, and whatever eavesdropping the bus allows.
-  sd_bus_slot* filter = nullptr;
   (void)sd_bus_add_filter(
-      bus, &filter,
+      bus, nullptr,
       [](sd_bus_message* m, void*, sd_bus_error*) -> int {
         std::uint8_t type = 0;
         (void)sd_bus_message_get_type(m, &type);
@@ -512,12 +513,14 @@ int main(int argc, char** argv) {
       nullptr);
   // Until the test closes our stdin (or the bus closes us).
   std::string pending;
+  int status = 0;
   while (true) {
     while ((r = sd_bus_process(bus, nullptr)) > 0) {
     }
     if (r < 0) {
       std::cerr << "iothubd-test-peer: bus: " << std::strerror(-r) << "\n";
-      return 1;
+      status = 1;
+      break;
     }
     pollfd fds[2] = {{sd_bus_get_fd(bus), static_cast<short>(sd_bus_get_events(bus)), 0},
                      {STDIN_FILENO, POLLIN, 0}};
@@ -542,5 +545,5 @@ int main(int argc, char** argv) {
     }
   }
   sd_bus_flush_close_unref(bus);
-  return 0;
+  return status;
 }
