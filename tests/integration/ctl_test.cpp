@@ -8,6 +8,8 @@
 
 #include <netinet/in.h>
 
+#include <sstream>
+
 #include "ctl_process.hpp"
 #include "daemon_fixture.hpp"
 #include "file_upload_fixture.hpp"
@@ -52,7 +54,7 @@ TEST_F(CtlTest, StatusShowsTheConnectionAndExitsByState) {
   awaitOnline();
   auto human = ctl({"status"});
   ASSERT_EQ(human.status, 0) << human.out << human.err;
-  EXPECT_EQ(human.out.rfind("iothubd 0.1.0 (pid ", 0), 0u) << human.out;
+  EXPECT_EQ(human.out.rfind("iothubd " IOTHUBD_VERSION " (pid ", 0), 0u) << human.out;
   for (const char* line :
        {"     State: connected\n", "       Hub: localhost\n", "    Device: dev1\n",
         "      Auth: sas; token expires ", "    Outbox: 0 messages, 0 B\n", "Last error: none\n"}) {
@@ -63,7 +65,7 @@ TEST_F(CtlTest, StatusShowsTheConnectionAndExitsByState) {
   ASSERT_EQ(json.status, 0) << json.err;
   auto d = parseJson(json.out);
   EXPECT_TRUE(d["Connected"].GetBool());
-  EXPECT_STREQ(d["Version"].GetString(), "0.1.0");
+  EXPECT_STREQ(d["Version"].GetString(), IOTHUBD_VERSION);
   EXPECT_STREQ(d["DeviceId"].GetString(), "dev1");
   EXPECT_EQ(d["Pid"].GetUint(), static_cast<unsigned>(daemon_->pid()));
   EXPECT_TRUE(d["MethodHandlers"].IsObject());
@@ -256,7 +258,7 @@ TEST_F(CtlTest, MethodHandlersPropertyNamesEachClaimAndItsHolder) {
     (void)client().Version();  // a round trip through the daemon's queue
   }
   EXPECT_EQ(client().MethodHandlers(), (StringMap{{"*", client().uniqueName()}}));
-  EXPECT_EQ(client().Version(), "0.1.0");
+  EXPECT_EQ(client().Version(), IOTHUBD_VERSION);
 }
 
 /// The README's Python example answers again after a daemon restart: it claims its method on
@@ -274,6 +276,38 @@ TEST_F(CtlTest, PythonExampleClaimsAgainAfterTheDaemonRestarts) {
   auto r = service.invokeMethod(kDevice, "reboot", R"({"delay":0})", 10s);
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.payload, R"({"rebooting": true})");
+}
+
+/// The README's iothubctl lines that end by themselves, verbatim (the watches, method serve,
+/// upload and check have their own tests here).
+TEST_F(CtlTest, ReadmeLinesWorkVerbatim) {
+  startDaemon();
+  hubemu::ServiceClient service(hub_);
+  awaitOnline();
+  const std::string readme = readFile(std::string(IOTHUBD_SOURCE_DIR) + "/README.md");
+  auto begin = readme.find("<!-- iothubctl-examples");
+  auto end = readme.find("<!-- end of iothubctl-examples -->");
+  ASSERT_NE(begin, std::string::npos);
+  ASSERT_NE(end, std::string::npos);
+  std::istringstream lines(readme.substr(begin, end - begin));
+  const std::string binary = std::getenv("IOTHUBCTL_BINARY");
+  const std::string path = binary.substr(0, binary.rfind('/')) + ":" + std::getenv("PATH");
+  int ran = 0;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find("iothubctl ") == std::string::npos || line.rfind("<!--", 0) == 0 ||
+        line.find(" watch") != std::string::npos || line.find(" serve ") != std::string::npos ||
+        line.find(" upload ") != std::string::npos || line.rfind("sudo ", 0) == 0) {
+      continue;
+    }
+    CtlProcess::Options o = options();
+    o.program = "/bin/sh";
+    setenv("PATH", path.c_str(), 1);  // the sh child finds the built iothubctl
+    auto r = runCtl({"-c", line}, o);
+    EXPECT_EQ(r.status, 0) << line << "\n" << r.out << r.err;
+    ++ran;
+  }
+  EXPECT_GE(ran, 7);
+  EXPECT_TRUE(service.waitForTelemetry([](const auto& m) { return m.payload == R"({"seq":2})"; }));
 }
 
 class CtlUploadTest : public FileUploadTest {
