@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <ctime>
 #include <iostream>
@@ -117,6 +118,20 @@ int printSent(std::ostream& out, const Invocation& inv, const std::vector<std::s
 
 using BusMessage = sdbus::Struct<std::string, StringMap, StringMap>;
 
+/// The daemon names a refused element of a batch "message N: ..."; the user knows lines.
+std::string inLineTerms(const std::string& message, const std::vector<std::size_t>& lineOf) {
+  constexpr std::string_view kPrefix = "message ";
+  std::size_t index = 0;
+  auto colon = message.find(": ");
+  if (message.rfind(kPrefix, 0) != 0 || colon == std::string::npos ||
+      std::from_chars(message.data() + kPrefix.size(), message.data() + colon, index).ec !=
+          std::errc() ||
+      index >= lineOf.size()) {
+    return message;
+  }
+  return "line " + std::to_string(lineOf[index]) + message.substr(colon);
+}
+
 /// `send -`: every line of standard input is a message; the lines ready at once go in one
 /// SendMessages/QueueMessages call, so a pipe that trickles sends each line promptly and a file
 /// goes up in batches of up to 1000.
@@ -127,6 +142,7 @@ int sendLines(BusClient& bus, const Invocation& inv, std::ostream& out, std::ost
   char buf[65536];
   while (!eof || !pending.empty()) {
     std::vector<BusMessage> batch;
+    std::vector<std::size_t> lineOf;  // the input line of each message in the batch
     std::size_t batchBytes = 0;
     // Wait for at least one line, then take what else is ready without waiting.
     bool wait = true;
@@ -144,6 +160,7 @@ int sendLines(BusClient& bus, const Invocation& inv, std::ostream& out, std::ost
         }
         batchBytes += line.size();
         batch.emplace_back(std::move(line), inv.send.properties, inv.send.systemProperties);
+        lineOf.push_back(lineNumber);
         wait = false;
         continue;
       }
@@ -170,9 +187,14 @@ int sendLines(BusClient& bus, const Invocation& inv, std::ostream& out, std::ost
     if (batch.empty()) {
       continue;
     }
-    auto ids = bus.withTimeout(hubTimeout(inv), [&](DeviceProxy& d) {
-      return inv.send.queue ? d.QueueMessages(batch) : d.SendMessages(batch);
-    });
+    std::vector<std::string> ids;
+    try {
+      ids = bus.withTimeout(hubTimeout(inv), [&](DeviceProxy& d) {
+        return inv.send.queue ? d.QueueMessages(batch) : d.SendMessages(batch);
+      });
+    } catch (const sdbus::Error& e) {
+      throw sdbus::Error(e.getName(), inLineTerms(e.getMessage(), lineOf));
+    }
     printSent(out, inv, ids);
   }
   return exitcode::kOk;

@@ -126,6 +126,11 @@ TEST_F(CtlTest, RefusedInputAndUsageErrorsHaveTheirOwnExitStatus) {
   EXPECT_EQ(refused.status, 65) << refused.err;
   EXPECT_NE(refused.err.find("colour"), std::string::npos) << refused.err;
 
+  // A refused line in a batch is named by its line number; nothing of that batch is sent.
+  auto badLine = ctl({"send", "-", "-p", "$bad=1"}, "ok\n\nalso ok\n");
+  EXPECT_EQ(badLine.status, 65) << badLine.err;
+  EXPECT_EQ(badLine.err.rfind("iothubctl: line 1: ", 0), 0u) << badLine.err;
+
   auto usage = ctl({"send"});
   EXPECT_EQ(usage.status, 64);
   EXPECT_NE(usage.err.find("send needs a message body"), std::string::npos) << usage.err;
