@@ -40,7 +40,7 @@ class DeviceProxy final
     : public sdbus::ProxyInterfaces<org::iothubd::Device1_proxy, sdbus::Properties_proxy> {
  public:
   explicit DeviceProxy(sdbus::IConnection& connection);
-  ~DeviceProxy();
+  virtual ~DeviceProxy();  // sdbus-c++ bases have protected non-virtual ones
   DeviceProxy(const DeviceProxy&) = delete;
   DeviceProxy& operator=(const DeviceProxy&) = delete;
 

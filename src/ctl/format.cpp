@@ -102,7 +102,7 @@ std::string formatDuration(std::chrono::seconds duration) {
 }
 
 std::string formatUtc(std::uint64_t unixSeconds) {
-  std::time_t t = static_cast<std::time_t>(unixSeconds);
+  auto t = static_cast<std::time_t>(unixSeconds);
   std::tm tm{};
   gmtime_r(&t, &tm);
   char buf[40];
@@ -160,6 +160,8 @@ namespace {
 template <class Out>
 struct Forward : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Forward<Out>> {
   explicit Forward(Out& o) : out(o) {}
+  // RapidJSON's Handler concept fixes these names.
+  // NOLINTBEGIN(readability-identifier-naming)
   bool Null() { return out.Null(); }
   bool Bool(bool b) { return out.Bool(b); }
   bool RawNumber(const char* s, rapidjson::SizeType n, bool) {
@@ -171,6 +173,7 @@ struct Forward : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Forward<Out>> {
   bool EndObject(rapidjson::SizeType n) { return out.EndObject(n); }
   bool StartArray() { return out.StartArray(); }
   bool EndArray(rapidjson::SizeType n) { return out.EndArray(n); }
+  // NOLINTEND(readability-identifier-naming)
   Out& out;
 };
 

@@ -3,7 +3,6 @@
 // running COMMAND, concurrently, on iothubctl's one loop (the daemon's loop module): the payload
 // on the command's stdin, its stdout as the answer, its exit status as the HTTP-like status.
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -11,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <iostream>
 #include <map>
@@ -21,8 +21,6 @@
 #include "format.hpp"
 #include "iothubd/core/unique_fd.hpp"
 #include "iothubd/loop/event_loop.hpp"
-
-extern char** environ;
 
 namespace iothubd::ctl {
 namespace {
@@ -205,12 +203,14 @@ class MethodServer {
     envStrings.push_back("IOTHUB_METHOD_NAME=" + name);
     envStrings.push_back("IOTHUB_REQUEST_ID=" + rid);
     std::vector<char*> envp;
+    envp.reserve(envStrings.size() + 1);
     for (auto& s : envStrings) {
       envp.push_back(s.data());
     }
     envp.push_back(nullptr);
     std::vector<std::string> words = inv_.methodCommand;
     std::vector<char*> argv;
+    argv.reserve(words.size() + 1);
     for (auto& w : words) {
       argv.push_back(w.data());
     }
@@ -257,7 +257,7 @@ class MethodServer {
       return nullptr;
     }
     Job* raw = job.get();
-    auto outWatch = loop_->watchIo(raw->output.get(), EPOLLIN, [this, raw](std::uint32_t) {
+    auto outWatch = loop_->watchIo(raw->output.get(), EPOLLIN, [raw](std::uint32_t) {
       if (!drain(raw->output.get(), raw->stdoutText, kMaxOutput)) {
         raw->outputWatch->setEvents(0);  // EOF: the exit watch finishes the job
       }
@@ -282,7 +282,7 @@ class MethodServer {
   }
 
   /// The command ended (or ran out of time): answer for it.
-  void finish(std::string rid, bool timedOut) {
+  void finish(const std::string& rid, bool timedOut) {
     auto it = jobs_.find(rid);
     if (it == jobs_.end()) {
       return;
