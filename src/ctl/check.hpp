@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace iothubd::ctl {
@@ -26,6 +27,17 @@ struct CheckResult {
   std::string message;
   std::string fix;  ///< one line; empty when ok
 };
+
+[[nodiscard]] inline CheckResult okResult(std::string id, std::string message) {
+  return {std::move(id), Level::Ok, std::move(message), ""};
+}
+[[nodiscard]] inline CheckResult warningResult(std::string id, std::string message,
+                                               std::string fix) {
+  return {std::move(id), Level::Warning, std::move(message), std::move(fix)};
+}
+[[nodiscard]] inline CheckResult errorResult(std::string id, std::string message, std::string fix) {
+  return {std::move(id), Level::Error, std::move(message), std::move(fix)};
+}
 
 /// The human report: one "ok|warning|error  ID  message" line per check, the fix indented below,
 /// and a summary line.

@@ -15,15 +15,9 @@
 namespace iothubd::ctl {
 namespace {
 
-CheckResult ok(std::string id, std::string message) {
-  return {std::move(id), Level::Ok, std::move(message), ""};
-}
-CheckResult warning(std::string id, std::string message, std::string fix) {
-  return {std::move(id), Level::Warning, std::move(message), std::move(fix)};
-}
-CheckResult error(std::string id, std::string message, std::string fix) {
-  return {std::move(id), Level::Error, std::move(message), std::move(fix)};
-}
+constexpr auto ok = okResult;
+constexpr auto warning = warningResult;
+constexpr auto error = errorResult;
 
 std::string skewText(std::int64_t skew) {
   return formatDuration(std::chrono::seconds(skew < 0 ? -skew : skew)) +

@@ -24,13 +24,19 @@ rapidjson::Document parseJson(const std::string& text) {
   return d;
 }
 
+CtlProcess::Options ctlOptions(const std::string& busAddress, std::string input = "",
+                               std::string user = "") {
+  CtlProcess::Options o;
+  o.busAddress = busAddress;
+  o.input = std::move(input);
+  o.user = std::move(user);
+  return o;
+}
+
 class CtlTest : public DaemonTest {
  protected:
   CtlProcess::Options options(std::string input = "") {
-    CtlProcess::Options o;
-    o.busAddress = bus_->address();
-    o.input = std::move(input);
-    return o;
+    return ctlOptions(bus_->address(), std::move(input));
   }
   CtlOutcome ctl(const std::vector<std::string>& args, std::string input = "") {
     return runCtl(args, options(std::move(input)));
@@ -318,10 +324,7 @@ TEST_F(CtlTest, ReadmeLinesWorkVerbatim) {
 class CtlUploadTest : public FileUploadTest {
  protected:
   CtlProcess::Options options(std::string user = "") {
-    CtlProcess::Options o;
-    o.busAddress = bus_->address();
-    o.user = std::move(user);
-    return o;
+    return ctlOptions(bus_->address(), "", std::move(user));
   }
 };
 
