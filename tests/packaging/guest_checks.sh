@@ -321,7 +321,8 @@ check "final systemctl stop" systemctl stop "$unit"
 
 # --- purge ---------------------------------------------------------------------------------------
 check "the state directory exists before the purge" test -d /var/lib/iothubd
-check "apt-get purge iothubd" apt-get purge -y -q iothubd >>"$share/apt.log" 2>&1
+purge() { apt-get purge -y -q iothubd >>"$share/apt.log" 2>&1; }
+check "apt-get purge iothubd" purge
 check "purge removed /var/lib/iothubd" test ! -e /var/lib/iothubd
 check "... the bus activation alias" test ! -e /etc/systemd/system/dbus-org.iothubd.service
 check "... and the shipped configuration" test ! -e /etc/iothubd/iothubd.conf
