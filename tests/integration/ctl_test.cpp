@@ -12,7 +12,7 @@
 
 #include "ctl_process.hpp"
 #include "daemon_fixture.hpp"
-#include "file_upload_fixture.hpp"
+#include "file_upload_hub.hpp"
 
 namespace iothubd::testing {
 namespace {
@@ -319,43 +319,6 @@ TEST_F(CtlTest, ReadmeLinesWorkVerbatim) {
   }
   EXPECT_GE(ran, 7);
   EXPECT_TRUE(service.waitForTelemetry([](const auto& m) { return m.payload == R"({"seq":2})"; }));
-}
-
-class CtlUploadTest : public FileUploadTest {
- protected:
-  CtlProcess::Options options(std::string user = "") {
-    return ctlOptions(bus_->address(), "", std::move(user));
-  }
-};
-
-TEST_F(CtlUploadTest, UploadsAFileOpenedWithTheCallersRights) {
-  startDaemon();
-  const std::string data = randomBytes(5 * 1024 * 1024 + 17);     // two blocks
-  const std::string path = sourceFile("report.bin", data, 0600);  // root's, 0600
-
-  auto r = runCtl({"upload", path, "--name", "reports/today.bin"}, options());
-  ASSERT_EQ(r.status, 0) << r.err;
-  EXPECT_NE(r.out.find("uploaded reports/today.bin (5.0 MiB), correlation id "), std::string::npos)
-      << r.out;
-  // Not a terminal: plain progress lines, the last one complete.
-  EXPECT_NE(r.err.find("upload reports/today.bin: 5242897 of 5242897 bytes (100%)\n"),
-            std::string::npos)
-      << r.err;
-  auto blob = files_->blob(std::string(kDevice) + "/reports/today.bin");
-  EXPECT_TRUE(blob.exists);
-  EXPECT_EQ(blob.sha256, sha256Hex(data));
-
-  // The kernel checks the caller's rights, not the daemon's: nobody may not read the file.
-  auto denied = runCtl({"upload", path}, options("nobody"));
-  EXPECT_EQ(denied.status, 66) << denied.err;
-  EXPECT_NE(denied.err.find("cannot open " + path + ": Permission denied"), std::string::npos)
-      << denied.err;
-
-  auto json = runCtl({"upload", "--json", path}, options());
-  ASSERT_EQ(json.status, 0) << json.err;
-  auto d = parseJson(json.out);
-  EXPECT_STREQ(d["blobName"].GetString(), "report.bin");
-  EXPECT_TRUE(notifiedSuccess(d["correlationId"].GetString()));
 }
 
 // --- check ----------------------------------------------------------------------------------
