@@ -333,6 +333,10 @@ int upload(BusClient& bus, const Invocation& inv, std::ostream& out, std::ostrea
   core::UniqueFd file;
   std::string blob = inv.blobName;
   if (inv.uploadFile == "-") {
+    if (::isatty(STDIN_FILENO) == 1) {
+      err << "iothubctl: upload -: standard input is a terminal; pipe the data in\n";
+      return exitcode::kUsage;
+    }
     file.reset(::fcntl(STDIN_FILENO, F_DUPFD_CLOEXEC, 3));
   } else {
     file.reset(::open(inv.uploadFile.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));

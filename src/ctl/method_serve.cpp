@@ -79,6 +79,14 @@ class MethodServer {
  public:
   MethodServer(BusClient& bus, const Invocation& inv, std::ostream& out, std::ostream& err)
       : bus_(bus), inv_(inv), out_(out), err_(err) {}
+  ~MethodServer() {
+    restartWatch_.reset();
+    if (loop_) {
+      loop_->detachBus();  // also when the claim failed and run() threw
+    }
+  }
+  MethodServer(const MethodServer&) = delete;
+  MethodServer& operator=(const MethodServer&) = delete;
 
   int run() {
     auto loop = loop::EventLoop::create();
@@ -125,8 +133,6 @@ class MethodServer {
       ::kill(-job->pid, SIGKILL);
     }
     jobs_.clear();
-    restartWatch_.reset();
-    loop_->detachBus();
     return code ? *code : exitcode::kSoftware;
   }
 
