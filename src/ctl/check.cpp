@@ -524,7 +524,11 @@ class Checker {
       std::string who = "iothubd " + text("Version") +
                         (pid ? " (pid " + std::to_string(*pid) + ")" : std::string());
       const std::string state = text("ConnectionState");
-      if (state == "connected") {
+      if (!text("Version").empty() && text("Version") != IOTHUBD_VERSION) {
+        add(warning("daemon",
+                    who + " runs, but iothubctl and the installed files are " IOTHUBD_VERSION,
+                    "systemctl restart iothubd (the package was upgraded without a restart)"));
+      } else if (state == "connected") {
         add(ok("daemon", who + " is connected to " + text("HostName") + " as " + text("DeviceId")));
       } else if (text("LastError").empty()) {
         add(warning("daemon", who + " is " + state,
