@@ -236,6 +236,10 @@ class Checker {
       std::string fix =
           "put the secret where iothubd.service's LoadCredential= finds it (/etc/credstore/"
           "NAME, mode 0600) or name a file in [credentials]; iothubd.conf(5) lists the names";
+      if (::geteuid() != 0 &&
+          identity.error().message.find("Permission denied") != std::string::npos) {
+        fix = "run iothubctl check as root: it reads the secrets iothubd reads";
+      }
       for (const auto& name : credentialNames(*settings_)) {
         if (exists("/etc/credstore.encrypted/" + name)) {
           fix = "/etc/credstore.encrypted/" + name +
