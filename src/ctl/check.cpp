@@ -46,10 +46,6 @@ namespace {
 
 using config::AuthKind;
 
-constexpr auto ok = okResult;
-constexpr auto warning = warningResult;
-constexpr auto error = errorResult;
-
 std::int64_t now() {
   return static_cast<std::int64_t>(std::time(nullptr));
 }
@@ -206,17 +202,17 @@ class Checker {
   bool configuration() {
     auto sources = config::readConfigFiles(o_.configPath);
     if (!sources) {
-      add(error("configuration", sources.error().message,
-                "create " + o_.configPath +
-                    " (the package installs it) or name another with "
-                    "--config"));
+      add(errorResult("configuration", sources.error().message,
+                      "create " + o_.configPath +
+                          " (the package installs it) or name another with "
+                          "--config"));
       return false;
     }
     auto settings = config::parseSettings(*sources);
     if (!settings) {
-      add(error("configuration", settings.error().message,
-                "correct that line (iothubd.conf(5) describes every key), then "
-                "systemctl reload iothubd"));
+      add(errorResult("configuration", settings.error().message,
+                      "correct that line (iothubd.conf(5) describes every key), then "
+                      "systemctl reload iothubd"));
       return false;
     }
     settings_ = std::move(*settings);
@@ -225,7 +221,7 @@ class Checker {
     if (dropIns > 0) {
       what += " and " + std::to_string(dropIns) + (dropIns == 1 ? " drop-in" : " drop-ins");
     }
-    add(ok("configuration", what + (dropIns == 0 ? " loads" : " load")));
+    add(okResult("configuration", what + (dropIns == 0 ? " loads" : " load")));
     return true;
   }
 
@@ -247,22 +243,24 @@ class Checker {
                 "copy is read then), or pass --credentials-dir";
         }
       }
-      add(error("credentials", identity.error().message + " (secrets read from " + dir + ")", fix));
+      add(errorResult("credentials", identity.error().message + " (secrets read from " + dir + ")",
+                      fix));
       return false;
     }
     auto proxy = config::loadProxy(*settings_, dir);
     if (!proxy) {
-      add(error("credentials", proxy.error().message,
-                "give the proxy's password as credential proxy-password or proxy_password_file"));
+      add(errorResult(
+          "credentials", proxy.error().message,
+          "give the proxy's password as credential proxy-password or proxy_password_file"));
       return false;
     }
     identity_ = std::move(*identity);
     proxy_ = std::move(*proxy);
     std::string who =
         identity_->deviceId + (identity_->moduleId.empty() ? "" : "/" + identity_->moduleId);
-    add(ok("credentials", "device " + who + " of " + identity_->hubHostname + " (" +
-                              config::authKindName(identity_->authentication) + "), secrets from " +
-                              dir));
+    add(okResult("credentials", "device " + who + " of " + identity_->hubHostname + " (" +
+                                    config::authKindName(identity_->authentication) +
+                                    "), secrets from " + dir));
     return true;
   }
 
@@ -276,14 +274,14 @@ class Checker {
 
   bool tlsSettings() {
     if (auto r = relay::checkTlsConfig(tlsConfig()); !r) {
-      add(error("tls-settings", r.error().message,
-                "check [connection] server_verification_cert and cipher, and the X.509 "
-                "certificate and key"));
+      add(errorResult("tls-settings", r.error().message,
+                      "check [connection] server_verification_cert and cipher, and the X.509 "
+                      "certificate and key"));
       return false;
     }
-    add(ok("tls-settings", settings_->serverVerificationCert.empty()
-                               ? "trust store: the system's (ca-certificates)"
-                               : "trust store: " + settings_->serverVerificationCert));
+    add(okResult("tls-settings", settings_->serverVerificationCert.empty()
+                                     ? "trust store: the system's (ca-certificates)"
+                                     : "trust store: " + settings_->serverVerificationCert));
     return true;
   }
 
@@ -300,14 +298,14 @@ class Checker {
     std::string what =
         viaProxy ? std::string(core::proxyTypeName(proxy_.type)) + " proxy " + hopHost_ : hopHost_;
     if (!r) {
-      add(error(
+      add(errorResult(
           "dns",
           "no answer for " + what + " within " + std::to_string(o_.timeout.count() / 1000) + " s",
           "check the name servers (/etc/resolv.conf, resolvectl status)"));
       return false;
     }
     if (r->error != 0 || r->addresses.empty()) {
-      add(error(
+      add(errorResult(
           "dns",
           "cannot resolve " + what + ": " + (r->error != 0 ? gai_strerror(r->error) : "no address"),
           viaProxy ? "check [proxy] proxy_address and the name servers"
@@ -320,10 +318,10 @@ class Checker {
     for (const auto& t : r->texts) {
       list += (list.empty() ? "" : ", ") + t;
     }
-    add(ok("dns", what + " resolves to " + list +
-                      (viaProxy && proxy_.type != core::ProxySettings::Type::Socks4
-                           ? " (the proxy resolves " + mqttHost() + ")"
-                           : "")));
+    add(okResult("dns", what + " resolves to " + list +
+                            (viaProxy && proxy_.type != core::ProxySettings::Type::Socks4
+                                 ? " (the proxy resolves " + mqttHost() + ")"
+                                 : "")));
     return true;
   }
 
@@ -374,21 +372,21 @@ class Checker {
     const std::string target = hostPort(t.host, t.port);
     auto tunnel = relay::Tunnel::open(*loop_, std::move(t));
     if (!tunnel) {
-      add(error("tls", tunnel.error().message, "check [connection] in iothubd.conf"));
+      add(errorResult("tls", tunnel.error().message, "check [connection] in iothubd.conf"));
       return;
     }
     auto& tn = **tunnel;
     bool finished = runUntil([&] { return tn.established() || tn.failure().has_value(); });
     if (tn.established()) {
-      add(ok("tls", std::string("TLS with ") + target + ": certificate verified" +
-                        (settings_->websockets ? ", WebSocket upgrade accepted" : "")));
+      add(okResult("tls", std::string("TLS with ") + target + ": certificate verified" +
+                              (settings_->websockets ? ", WebSocket upgrade accepted" : "")));
       return;
     }
     if (!finished) {
-      add(error("tls",
-                "no TLS handshake with " + target + " within " +
-                    std::to_string(o_.timeout.count() / 1000) + " s",
-                "a firewall or proxy on the way may hold TLS; check it"));
+      add(errorResult("tls",
+                      "no TLS handshake with " + target + " within " +
+                          std::to_string(o_.timeout.count() / 1000) + " s",
+                      "a firewall or proxy on the way may hold TLS; check it"));
       return;
     }
     const std::string& why = tn.failure()->message;
@@ -402,7 +400,7 @@ class Checker {
     } else if (why.find("proxy") != std::string::npos) {
       fix = "check [proxy] and the proxy's credentials";
     }
-    add(error("tls", why, fix));
+    add(errorResult("tls", why, fix));
   }
 
   void clock() {
@@ -423,7 +421,7 @@ class Checker {
     options.connectTimeout = o_.timeout;
     auto client = http::createCurlMultiClient(*loop_, options);
     if (!client) {
-      add(warning("clock", "cannot read the hub's clock: " + client.error().message, ""));
+      add(warningResult("clock", "cannot read the hub's clock: " + client.error().message, ""));
       return;
     }
     http::Request request;
@@ -437,7 +435,7 @@ class Checker {
       answer = std::move(r);
     });
     if (!sent) {
-      add(warning("clock", "cannot read the hub's clock: " + sent.error().message, ""));
+      add(warningResult("clock", "cannot read the hub's clock: " + sent.error().message, ""));
       return;
     }
     runUntil([&] { return answer.has_value(); });
@@ -445,20 +443,20 @@ class Checker {
         "file upload needs HTTPS to the hub too: check [file_upload] https_port and the "
         "firewall; meanwhile compare the clock by hand (timedatectl)";
     if (!answer) {
-      add(warning("clock",
-                  "no HTTPS answer from " + url + " within " +
-                      std::to_string(o_.timeout.count() / 1000) + " s",
-                  kFix));
+      add(warningResult("clock",
+                        "no HTTPS answer from " + url + " within " +
+                            std::to_string(o_.timeout.count() / 1000) + " s",
+                        kFix));
       return;
     }
     if (!*answer) {
-      add(warning("clock", "cannot read the hub's clock: " + answer->error().message, kFix));
+      add(warningResult("clock", "cannot read the hub's clock: " + answer->error().message, kFix));
       return;
     }
     auto date = (*answer)->header("date");
     auto hubTime = date ? parseHttpDate(*date) : std::nullopt;
     if (!hubTime) {
-      add(warning("clock", url + " answered without a Date header", kFix));
+      add(warningResult("clock", url + " answered without a Date header", kFix));
       return;
     }
     add(judgeClock(*hubTime, arrived, url));
@@ -475,17 +473,17 @@ class Checker {
     if (!id.sasToken.reveal().empty()) {
       auto token = proto::parseSasToken(id.sasToken.reveal());
       if (!token) {
-        add(error("expiry", "the SAS token does not parse: " + token.error().message,
-                  "supply a token made for this device"));
+        add(errorResult("expiry", "the SAS token does not parse: " + token.error().message,
+                        "supply a token made for this device"));
         return;
       }
       add(judgeSasTokenExpiry(token->expiry, static_cast<std::uint64_t>(now())));
       return;
     }
-    add(ok("expiry",
-           "SAS tokens are made from the device key and renewed before they expire "
-           "(sastoken_ttl " +
-               std::to_string(settings_->sastokenTtl) + " s)"));
+    add(okResult("expiry",
+                 "SAS tokens are made from the device key and renewed before they expire "
+                 "(sastoken_ttl " +
+                     std::to_string(settings_->sastokenTtl) + " s)"));
   }
 
   void certificateExpiry(const std::string& file) {
@@ -496,8 +494,8 @@ class Checker {
     std::tm after{};
     if (!cert || ASN1_TIME_to_tm(X509_get0_notBefore(cert.get()), &before) != 1 ||
         ASN1_TIME_to_tm(X509_get0_notAfter(cert.get()), &after) != 1) {
-      add(error("expiry", "cannot read the device certificate " + file,
-                "x509-cert (or x509_cert_file) must be a PEM certificate"));
+      add(errorResult("expiry", "cannot read the device certificate " + file,
+                      "x509-cert (or x509_cert_file) must be a PEM certificate"));
       return;
     }
     add(judgeCertificate(file, timegm(&before), timegm(&after), now()));
@@ -508,14 +506,14 @@ class Checker {
     try {
       bus = std::make_unique<BusClient>();
     } catch (const sdbus::Error& e) {
-      add(error("daemon", "cannot connect to the system bus: " + e.getMessage(),
-                "systemctl status dbus"));
+      add(errorResult("daemon", "cannot connect to the system bus: " + e.getMessage(),
+                      "systemctl status dbus"));
       return;
     }
     try {
       if (!bus->daemonRunning()) {
-        add(warning("daemon", "iothubd is not running",
-                    "systemctl enable --now iothubd (once the checks above pass)"));
+        add(warningResult("daemon", "iothubd is not running",
+                          "systemctl enable --now iothubd (once the checks above pass)"));
         return;
       }
       auto props = bus->properties();
@@ -529,22 +527,24 @@ class Checker {
                         (pid ? " (pid " + std::to_string(*pid) + ")" : std::string());
       const std::string state = text("ConnectionState");
       if (!text("Version").empty() && text("Version") != IOTHUBD_VERSION) {
-        add(warning("daemon",
-                    who + " runs, but iothubctl and the installed files are " IOTHUBD_VERSION,
-                    "systemctl restart iothubd (the package was upgraded without a restart)"));
+        add(warningResult(
+            "daemon", who + " runs, but iothubctl and the installed files are " IOTHUBD_VERSION,
+            "systemctl restart iothubd (the package was upgraded without a restart)"));
       } else if (state == "connected") {
-        add(ok("daemon", who + " is connected to " + text("HostName") + " as " + text("DeviceId")));
+        add(okResult("daemon",
+                     who + " is connected to " + text("HostName") + " as " + text("DeviceId")));
       } else if (text("LastError").empty()) {
-        add(warning("daemon", who + " is " + state,
-                    state == "disconnected" ? "an app's call (or auto_connect) connects it"
-                                            : "wait for it, or see journalctl -u iothubd -e"));
+        add(warningResult("daemon", who + " is " + state,
+                          state == "disconnected"
+                              ? "an app's call (or auto_connect) connects it"
+                              : "wait for it, or see journalctl -u iothubd -e"));
       } else {
-        add(error("daemon", who + " is " + state + ": " + text("LastError"),
-                  "the checks above name the likely cause; journalctl -u iothubd -e"));
+        add(errorResult("daemon", who + " is " + state + ": " + text("LastError"),
+                        "the checks above name the likely cause; journalctl -u iothubd -e"));
       }
     } catch (const sdbus::Error& e) {
-      add(error("daemon", describeError(e.getName(), e.getMessage()),
-                "run iothubctl check as root"));
+      add(errorResult("daemon", describeError(e.getName(), e.getMessage()),
+                      "run iothubctl check as root"));
     }
   }
 
@@ -577,15 +577,16 @@ class Checker {
         continue;
       }
       if (text.find("own=\"org.iothubd\"") == std::string::npos) {
-        add(error("bus-policy", dir + "/org.iothubd.conf does not let iothubd own org.iothubd",
-                  "apt install --reinstall iothubd (the package's policy file)"));
+        add(errorResult("bus-policy",
+                        dir + "/org.iothubd.conf does not let iothubd own org.iothubd",
+                        "apt install --reinstall iothubd (the package's policy file)"));
         return;
       }
-      add(ok("bus-policy", dir + "/org.iothubd.conf"));
+      add(okResult("bus-policy", dir + "/org.iothubd.conf"));
       return;
     }
-    add(error("bus-policy", "no org.iothubd.conf in /etc/dbus-1/system.d or " + dirs[1],
-              "apt install --reinstall iothubd (then the bus reloads its policy by itself)"));
+    add(errorResult("bus-policy", "no org.iothubd.conf in /etc/dbus-1/system.d or " + dirs[1],
+                    "apt install --reinstall iothubd (then the bus reloads its policy by itself)"));
   }
 
   void accounts() {
@@ -598,8 +599,8 @@ class Checker {
       missing += std::string(missing.empty() ? "" : ", ") + "group iothub";
     }
     if (!missing.empty()) {
-      add(error("accounts", missing + " missing",
-                "systemd-sysusers (the package's sysusers.d file creates them)"));
+      add(errorResult("accounts", missing + " missing",
+                      "systemd-sysusers (the package's sysusers.d file creates them)"));
       return;
     }
     std::string members;
@@ -609,11 +610,11 @@ class Checker {
     std::string text = "user iothubd and group iothub (members: " +
                        (members.empty() ? std::string("none yet") : members) + ") exist";
     if (::getgrnam("iothub-admin") == nullptr) {
-      add(warning("accounts", text + "; group iothub-admin does not",
-                  "systemd-sysusers (iothub-admin may call UpdateSasToken besides root)"));
+      add(warningResult("accounts", text + "; group iothub-admin does not",
+                        "systemd-sysusers (iothub-admin may call UpdateSasToken besides root)"));
       return;
     }
-    add(ok("accounts", text + ", and group iothub-admin"));
+    add(okResult("accounts", text + ", and group iothub-admin"));
   }
 
   const CheckOptions& o_;
@@ -634,7 +635,7 @@ std::vector<CheckResult> runChecks(const CheckOptions& options) {
   try {
     Checker(options, results).run();
   } catch (const std::exception& e) {
-    results.push_back(error("internal", e.what(), "please report this"));
+    results.push_back(errorResult("internal", e.what(), "please report this"));
   }
   return results;
 }

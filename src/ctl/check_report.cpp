@@ -15,10 +15,6 @@
 namespace iothubd::ctl {
 namespace {
 
-constexpr auto ok = okResult;
-constexpr auto warning = warningResult;
-constexpr auto error = errorResult;
-
 std::string skewText(std::int64_t skew) {
   return formatDuration(std::chrono::seconds(skew < 0 ? -skew : skew)) +
          (skew < 0 ? " behind" : " ahead of");
@@ -135,19 +131,19 @@ CheckResult judgeClock(std::int64_t hubUnix, std::int64_t localUnix, std::string
   const std::int64_t magnitude = std::llabs(skew);
   const std::string source = "the hub's clock (Date of " + std::string(where) + ")";
   if (magnitude > kMaxClockSkew.count()) {
-    return error("clock",
-                 "the system clock is " + skewText(skew) + " " + source +
-                     ": the hub refuses SAS tokens more than 5 minutes off",
-                 kClockFix);
+    return errorResult("clock",
+                       "the system clock is " + skewText(skew) + " " + source +
+                           ": the hub refuses SAS tokens more than 5 minutes off",
+                       kClockFix);
   }
   if (magnitude > kClockSkewWarning.count()) {
-    return warning("clock",
-                   "the system clock is " + skewText(skew) + " " + source +
-                       " (the hub refuses SAS tokens beyond 5 minutes)",
-                   kClockFix);
+    return warningResult("clock",
+                         "the system clock is " + skewText(skew) + " " + source +
+                             " (the hub refuses SAS tokens beyond 5 minutes)",
+                         kClockFix);
   }
-  return ok("clock", "the system clock agrees with " + source + " within " +
-                         std::to_string(kClockSkewWarning.count()) + " s");
+  return okResult("clock", "the system clock agrees with " + source + " within " +
+                               std::to_string(kClockSkewWarning.count()) + " s");
 }
 
 CheckResult judgeSasTokenExpiry(std::uint64_t expiry, std::uint64_t nowUnix) {
@@ -156,15 +152,15 @@ CheckResult judgeSasTokenExpiry(std::uint64_t expiry, std::uint64_t nowUnix) {
       "sas-token and systemctl restart iothubd; a device key (authentication = symmetric-key) "
       "never expires";
   if (expiry <= nowUnix) {
-    return error("expiry", "the SAS token expired at " + formatUtc(expiry), kFix);
+    return errorResult("expiry", "the SAS token expired at " + formatUtc(expiry), kFix);
   }
   auto left = std::chrono::seconds(expiry - nowUnix);
   std::string text = "the SAS token expires at " + formatUtc(expiry) + " (in " +
                      formatDuration(left) + "); iothubd cannot renew it";
   if (left < std::chrono::hours(24)) {
-    return warning("expiry", text, kFix);
+    return warningResult("expiry", text, kFix);
   }
-  return ok("expiry", text);
+  return okResult("expiry", text);
 }
 
 CheckResult judgeCertificate(std::string_view file, std::int64_t notBefore, std::int64_t notAfter,
@@ -174,21 +170,21 @@ CheckResult judgeCertificate(std::string_view file, std::int64_t notBefore, std:
       "issue a new device certificate, install it as credential x509-cert (or x509_cert_file), "
       "then systemctl restart iothubd";
   if (nowUnix < notBefore) {
-    return error("expiry",
-                 what + " is not valid before " + formatUtc(static_cast<std::uint64_t>(notBefore)),
-                 "check the system clock (timedatectl), or the certificate's validity period");
+    return errorResult(
+        "expiry", what + " is not valid before " + formatUtc(static_cast<std::uint64_t>(notBefore)),
+        "check the system clock (timedatectl), or the certificate's validity period");
   }
   if (nowUnix >= notAfter) {
-    return error("expiry", what + " expired at " + formatUtc(static_cast<std::uint64_t>(notAfter)),
-                 kRenew);
+    return errorResult(
+        "expiry", what + " expired at " + formatUtc(static_cast<std::uint64_t>(notAfter)), kRenew);
   }
   auto left = std::chrono::seconds(notAfter - nowUnix);
   std::string text = what + " is valid until " + formatUtc(static_cast<std::uint64_t>(notAfter)) +
                      " (" + formatDuration(left) + " left)";
   if (left < std::chrono::hours(24 * 30)) {
-    return warning("expiry", text, kRenew);
+    return warningResult("expiry", text, kRenew);
   }
-  return ok("expiry", text);
+  return okResult("expiry", text);
 }
 
 CheckResult judgeTcp(const std::vector<AddressAttempt>& attempts, std::string_view target,
@@ -204,7 +200,7 @@ CheckResult judgeTcp(const std::vector<AddressAttempt>& attempts, std::string_vi
   }
   const std::string where(target);
   if (attempts.empty()) {
-    return error("tcp", "no address to connect to for " + where, "see dns above");
+    return errorResult("tcp", "no address to connect to for " + where, "see dns above");
   }
   if (connected.empty()) {
     std::string fix =
@@ -213,31 +209,32 @@ CheckResult judgeTcp(const std::vector<AddressAttempt>& attempts, std::string_vi
             ? "check [hub] port and the firewalls on the way to the hub (HTTPS port 443)"
             : "check [hub] port (8883) and the firewalls on the way; where only 443 is open, "
               "set [connection] websockets = true";
-    return error("tcp", "no address of " + where + " accepts TCP: " + failed, fix);
+    return errorResult("tcp", "no address of " + where + " accepts TCP: " + failed, fix);
   }
   if (!failed.empty()) {
-    return warning("tcp", where + " accepts TCP at " + connected + ", but " + failed,
-                   "a connection attempt to the failing address waits for its timeout first; "
-                   "make the name resolve only to addresses that answer (/etc/hosts, DNS), or "
-                   "open the port there");
+    return warningResult(
+        "tcp", where + " accepts TCP at " + connected + ", but " + failed,
+        "a connection attempt to the failing address waits for its timeout first; "
+        "make the name resolve only to addresses that answer (/etc/hosts, DNS), or "
+        "open the port there");
   }
-  return ok("tcp", where + " accepts TCP (" + connected + ")");
+  return okResult("tcp", where + " accepts TCP (" + connected + ")");
 }
 
 CheckResult judgeOutboxSpace(const FileSystemSpace& space, std::uint64_t outboxMaxBytes) {
   constexpr std::uint64_t kMinimum = 8 * 1024 * 1024;
   if (!space.exists) {
-    return warning("outbox", space.directory + " does not exist yet",
-                   "systemd creates it when iothubd starts (StateDirectory=iothubd); if "
-                   "outbox_path points elsewhere, create that directory for user iothubd");
+    return warningResult("outbox", space.directory + " does not exist yet",
+                         "systemd creates it when iothubd starts (StateDirectory=iothubd); if "
+                         "outbox_path points elsewhere, create that directory for user iothubd");
   }
   if (space.readOnly) {
-    return error("outbox", "the file system of " + space.directory + " is read-only",
-                 "iothubd can then deliver stored messages but store no new ones: put "
-                 "[outbox] outbox_path on a writable file system");
+    return errorResult("outbox", "the file system of " + space.directory + " is read-only",
+                       "iothubd can then deliver stored messages but store no new ones: put "
+                       "[outbox] outbox_path on a writable file system");
   }
   if (space.freeBytes < kMinimum || space.freeInodes == 0) {
-    return error(
+    return errorResult(
         "outbox",
         "only " + formatBytes(space.freeBytes) + " free on the file system of " + space.directory,
         "free space there (the outbox keeps messages while the hub is unreachable)");
@@ -245,10 +242,11 @@ CheckResult judgeOutboxSpace(const FileSystemSpace& space, std::uint64_t outboxM
   std::string text = formatBytes(space.freeBytes) + " free on the file system of " +
                      space.directory + " (outbox_max_bytes " + formatBytes(outboxMaxBytes) + ")";
   if (space.freeBytes < outboxMaxBytes) {
-    return warning("outbox", text,
-                   "a full outbox would not fit: free space or lower [outbox] outbox_max_bytes");
+    return warningResult(
+        "outbox", text,
+        "a full outbox would not fit: free space or lower [outbox] outbox_max_bytes");
   }
-  return ok("outbox", text);
+  return okResult("outbox", text);
 }
 
 }  // namespace iothubd::ctl
