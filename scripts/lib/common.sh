@@ -21,6 +21,8 @@ IOTHUBD_PACKAGES=(
   python3 procps util-linux passwd acl
   # the README's python example (examples/iothubd_app.py)
   python3-dbus python3-gi
+  # iothubctl's bash completion test (shell-completion/)
+  bash-completion
   # packaging suite: build and check the .deb, boot it in a Debian 12 container
   build-essential fakeroot dpkg-dev debhelper lintian debootstrap systemd-container git
   # connectivity tests (tests/integration/netns_test.cpp): HTTP and SOCKS proxies, and the

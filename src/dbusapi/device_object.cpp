@@ -743,6 +743,8 @@ class DeviceObjectImpl final : public DeviceObject,
   uint64_t OutboxBytes() override { return telemetry_.bytes(); }
   uint64_t MessagesDropped() override { return telemetry_.dropped(); }
   uint64_t MessagesDelivered() override { return telemetry_.delivered(); }
+  std::string Version() override { return IOTHUBD_VERSION; }
+  std::map<std::string, std::string> MethodHandlers() override { return router_.claims(); }
 
   // --- TelemetryPipeline::Listener ----------------------------------------------------------
   // Each to the app that queued the messages (a unicast signal); messages of an earlier run

@@ -924,7 +924,9 @@ void HubSession::backgroundError(core::Error error) {
 }
 
 void HubSession::setState(ConnectionState state, const core::Error* error) {
-  if (state == state_) {
+  // A failed retry keeps the state (reconnecting) but changes lastError(): observers hear of it
+  // too, so that LastError's PropertiesChanged and the service status follow every failure.
+  if (state == state_ && error == nullptr) {
     return;
   }
   state_ = state;

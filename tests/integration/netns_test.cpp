@@ -22,6 +22,7 @@
 #include <iostream>
 #include <thread>
 
+#include "ctl_process.hpp"
 #include "daemon_fixture.hpp"
 #include "file_upload_hub.hpp"
 
@@ -410,6 +411,30 @@ TEST_F(ProxyTest, HttpConnectCarriesWebSocketsToo) {
   startTinyproxy();
   useProxy("HTTP", true, kProxyPassword, webSocketsOn(hub_.websocketsPort()));
   startAndSend("wss through tinyproxy");
+}
+
+// iothubctl check goes the daemon's way too: DNS and TCP to the proxy, then TLS and the
+// WebSocket upgrade through it (the proxy's log shows the CONNECT).
+TEST_F(ProxyTest, IothubctlCheckGoesThroughTheProxyAndUpgradesToWebSockets) {
+  startTinyproxy();
+  useProxy("HTTP", true, kProxyPassword, webSocketsOn(hub_.websocketsPort()));
+  CtlProcess::Options o;
+  o.busAddress = bus_->address();
+  auto r =
+      runCtl({"check", "--json", "--config", configPath_, "--credentials-dir", credentialsDir_}, o);
+  const std::string proxyAt = "HTTP proxy 127.0.0.1:" + std::to_string(proxyPort_);
+  for (const std::string& line :
+       {R"({"id":"dns","result":"ok","message":")" + proxyAt.substr(0, proxyAt.rfind(':')) +
+            " resolves to 127.0.0.1 (the proxy resolves localhost)",
+        R"({"id":"tcp","result":"ok","message":")" + proxyAt + " accepts TCP (127.0.0.1)",
+        R"({"id":"tls","result":"ok","message":"TLS with localhost:)" +
+            std::to_string(hub_.websocketsPort()) +
+            ": certificate verified, WebSocket upgrade accepted"}) {
+    EXPECT_NE(r.out.find(line), std::string::npos) << line << "\n" << r.out << r.err;
+  }
+  EXPECT_NE(proxy_->log().find("localhost:" + std::to_string(hub_.websocketsPort())),
+            std::string::npos)
+      << proxy_->log();
 }
 
 TEST_F(ProxyTest, WrongProxyCredentialsFailWithACredentialErrorNamingTheProxy) {

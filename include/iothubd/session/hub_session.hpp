@@ -75,7 +75,8 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   using Completion = std::function<void(core::Result<void>)>;
 
   /// Told about every state change; `lastError` is the reason for a change away from Connected
-  /// or for a failed attempt (else nullptr).
+  /// or for a failed attempt (else nullptr). A failed attempt is told even when the state stays
+  /// the same (a retry that failed again, for another reason perhaps).
   class Observer {
    public:
     virtual ~Observer() = default;

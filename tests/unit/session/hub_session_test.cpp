@@ -33,8 +33,12 @@ struct Outcome {
 
 class StateRecorder : public HubSession::Observer {
  public:
-  void onStateChanged(ConnectionState s, const core::Error*) override { states.push_back(s); }
+  void onStateChanged(ConnectionState s, const core::Error* e) override {
+    states.push_back(s);
+    errors.push_back(e != nullptr ? e->message : "");
+  }
   std::vector<ConnectionState> states;
+  std::vector<std::string> errors;  ///< the lastError of each notification ("" for none)
 };
 
 class HubSessionTest : public ::testing::Test {
@@ -100,6 +104,23 @@ TEST_F(HubSessionTest, ConnectsWithTheSdkIdentityAndAFreshSasToken) {
   EXPECT_TRUE(connect.ok());
   EXPECT_EQ(s.state(), ConnectionState::Connected);
   EXPECT_EQ(states_.states, (std::vector{ConnectionState::Connecting, ConnectionState::Connected}));
+}
+
+// LastError's PropertiesChanged and the service status follow every failed attempt, also a retry
+// that fails while the state stays "connecting".
+TEST_F(HubSessionTest, EveryFailedAttemptIsToldWithItsErrorEvenInTheSameState) {
+  auto& s = make();
+  s.start();
+  transport_.failConnect("connection refused");
+  clock_.advance(13s);  // connection_retry_interval plus at most 20 % jitter
+  ASSERT_EQ(transport_.connects.size(), 2u);
+  transport_.failConnect("TLS handshake failed");
+  EXPECT_EQ(s.state(), ConnectionState::Connecting);
+  ASSERT_GE(states_.errors.size(), 3u);
+  EXPECT_NE(states_.errors[1].find("connection refused"), std::string::npos) << states_.errors[1];
+  EXPECT_NE(states_.errors.back().find("TLS handshake failed"), std::string::npos)
+      << states_.errors.back();
+  EXPECT_EQ(s.lastError().message, states_.errors.back());
 }
 
 TEST_F(HubSessionTest, X509SendsNoPasswordAndNeverRenews) {
