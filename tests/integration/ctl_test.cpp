@@ -56,6 +56,7 @@ TEST_F(CtlTest, StatusShowsTheConnectionAndExitsByState) {
   EXPECT_EQ(stopped.status, 69) << stopped.err;
   EXPECT_EQ(stopped.out, "iothubd is not running.\n");
 
+  writeConfig("[connection]\nkeep_connected = false\n");  // so that Disconnect closes the link
   startDaemon();
   awaitOnline();
   auto human = ctl({"status"});
