@@ -246,9 +246,13 @@ void Outbox::writesAdded(std::chrono::microseconds delay) {
     scheduleCommit(options_.retryDelay);
     return;
   }
-  if (pendingInserts_.size() + pendingDeletes_.size() >= options_.commitBatch) {
-    // Committed now so the batch stays bounded (with a worker: as soon as the running commit
-    // ends), but callbacks never run inside the caller's enqueue()/markDelivered().
+  // With a worker, stores are committed at once unless a commit runs (its end starts the next
+  // group with whatever arrived meanwhile): a lone message waits for one fsync, not a delay and
+  // an fsync, and a burst still shares them.
+  const bool storeNow = offLoop_ && !pendingInserts_.empty();
+  if (storeNow || pendingInserts_.size() + pendingDeletes_.size() >= options_.commitBatch) {
+    // Committed now (with a worker: as soon as the running commit ends), but callbacks never run
+    // inside the caller's enqueue()/markDelivered().
     auto completions = commit(false);
     if (!completions.empty()) {
       scheduler_.post(

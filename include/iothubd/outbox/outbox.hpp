@@ -47,10 +47,12 @@ struct OutboxOptions {
   std::chrono::seconds defaultTtl{0};
   /// How many messages nextToSend() hands out before markDelivered()/requeueInFlight().
   std::size_t maxInflight = 64;
-  /// A transaction is committed as soon as this many writes (stores, deletes) are pending...
+  /// A transaction is committed as soon as this many writes (stores, deletes) are pending.
   std::size_t commitBatch = 256;
-  /// ...or this long after the first unstored message arrived. The price of one fsync is shared
-  /// by everything that arrives meanwhile; an idle caller waits at most this long for its reply.
+  /// With a commit worker (open()'s OffLoopRunner) a message is committed at once when no commit
+  /// runs, and what arrives during one forms the next (a lone message costs one fsync, not a wait
+  /// and an fsync). Without a worker, commits run on the loop: stores wait at most this long for
+  /// company, so that one fsync serves a burst.
   std::chrono::microseconds commitDelay{2000};
   /// Deletes (delivered, dropped, expired) alone wait longer: losing them in a crash only means a
   /// redelivery with the same message id, so they need not cost an fsync each.
