@@ -32,6 +32,16 @@ inline constexpr std::size_t kPayloadBytes = 200;
 /// The same for a single-threaded process (dbus-daemon, the echo service) with nanosecond
 /// resolution: the run time in /proc/<pid>/schedstat. -1 if the process is gone.
 [[nodiscard]] double threadCpuMicros(pid_t pid);
+/// CPU time of every live thread of process `pid` in microseconds, to the nanosecond: the sum of
+/// /proc/<pid>/task/*/schedstat. Threads that ended are not counted (iothubd's commit worker
+/// lives as long as the daemon). -1 if the process is gone.
+[[nodiscard]] double tasksCpuMicros(pid_t pid);
+/// How long the file system of `directory` takes to make a small write durable, as the outbox's
+/// SQLite does on each commit (WAL mode, synchronous=FULL: the new frames, then fdatasync of the
+/// WAL): `samples` times a 4 KiB pwrite into a preallocated file and an fdatasync, each timed, in
+/// microseconds. The file is removed afterwards. Throws if the directory is not writable.
+[[nodiscard]] std::vector<double> fsyncLatenciesUs(const std::string& directory,
+                                                   std::size_t samples);
 /// Resident set size of process `pid` in KiB (VmRSS of /proc/<pid>/status); -1 if gone.
 [[nodiscard]] long residentKib(pid_t pid);
 /// CPU time of the calling thread in microseconds.
