@@ -137,6 +137,29 @@ long residentKib(pid_t pid) {
   return -1;
 }
 
+std::map<std::string, long> residentByMapping(pid_t pid) {
+  std::map<std::string, long> out;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/smaps");
+  std::string line;
+  std::string current = "[anonymous]";
+  while (std::getline(in, line)) {
+    if (line.rfind("Rss:", 0) == 0) {
+      out[current] += std::strtol(line.c_str() + 4, nullptr, 10);
+      continue;
+    }
+    // A mapping's header: "start-end perms offset dev inode [path]"; field lines end in "kB"
+    // or are "VmFlags: ..." (a name and a colon).
+    const auto space = line.find(' ');
+    if (space == std::string::npos || line.compare(0, space, "VmFlags:") == 0 ||
+        line[space - 1] == ':') {
+      continue;
+    }
+    const auto slash = line.find('/');
+    current = slash == std::string::npos ? "[anonymous]" : line.substr(line.rfind('/') + 1);
+  }
+  return out;
+}
+
 double threadCpuMicros() {
   timespec ts{};
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);

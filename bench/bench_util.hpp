@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -44,6 +45,10 @@ inline constexpr std::size_t kPayloadBytes = 200;
                                                    std::size_t samples);
 /// Resident set size of process `pid` in KiB (VmRSS of /proc/<pid>/status); -1 if gone.
 [[nodiscard]] long residentKib(pid_t pid);
+/// Resident memory of process `pid` by what it maps (/proc/<pid>/smaps), in KiB: each file by its
+/// base name ("libcrypto.so.3", "iothubd"), and "[anonymous]" for the heap, stacks and other
+/// anonymous memory. Empty if the process is gone.
+[[nodiscard]] std::map<std::string, long> residentByMapping(pid_t pid);
 /// CPU time of the calling thread in microseconds.
 [[nodiscard]] double threadCpuMicros();
 

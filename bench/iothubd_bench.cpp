@@ -660,6 +660,7 @@ class Bench {
     std::this_thread::sleep_for(std::chrono::seconds(1));
     const long rssIdle = residentKib(pid);
     log("iothubd connected, RSS " + std::to_string(rssIdle) + " KiB");
+    rssComposition(pid);
 
     const auto& c = counts_;
     for (int rep = 1; rep <= options_.reps; ++rep) {
@@ -724,6 +725,43 @@ class Bench {
     if (int status = echo->stop(10); status != 0) {
       throw std::runtime_error("the echo service exited with " + std::to_string(status));
     }
+  }
+
+  /// What the idle daemon's resident memory is made of: the shared libraries it cannot run
+  /// without (the floor of the RSS target), its own code, and its heap and other anonymous
+  /// memory.
+  void rssComposition(pid_t pid) {
+    const std::string exe = daemonBinary_.substr(daemonBinary_.rfind('/') + 1);
+    long binary = 0;
+    long anonymous = 0;
+    long libraries = 0;
+    std::vector<std::pair<long, std::string>> libs;
+    for (const auto& [name, kib] : residentByMapping(pid)) {
+      if (name == exe) {
+        binary += kib;
+      } else if (name == "[anonymous]") {
+        anonymous += kib;
+      } else {
+        libraries += kib;
+        libs.emplace_back(kib, name);
+      }
+    }
+    std::sort(libs.rbegin(), libs.rend());
+    std::string largest;
+    for (std::size_t i = 0; i < libs.size() && i < 6; ++i) {
+      largest += format("%s%s %.1f", i == 0 ? "" : ", ", libs[i].second.c_str(),
+                        static_cast<double>(libs[i].first) / 1024);
+    }
+    const auto mb = [](long kib) { return static_cast<double>(kib) / 1024; };
+    report_.figures["rss_idle_libraries_kib"] = Stat{double(libraries), double(libraries),
+                                                     double(libraries)};
+    report_.figures["rss_idle_own_code_kib"] = Stat{double(binary), double(binary), double(binary)};
+    report_.figures["rss_idle_anonymous_kib"] = Stat{double(anonymous), double(anonymous),
+                                                     double(anonymous)};
+    report_.notes["RSS idle, connected"] = format(
+        "%.1f MB shared libraries (%zu; %s ...), %.1f MB iothubd's own code, %.1f MB heap and "
+        "other anonymous memory",
+        mb(libraries), libs.size(), largest.c_str(), mb(binary), mb(anonymous));
   }
 
   void add(const std::string& scenario, const std::string& subject, std::size_t messages,

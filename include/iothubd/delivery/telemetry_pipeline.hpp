@@ -179,6 +179,7 @@ class TelemetryPipeline final : private session::HubSession::Observer {
   std::unique_ptr<core::Timer> flushTimer_;
   std::unique_ptr<core::Timer> expiryTimer_;
   std::uint64_t sentDelivered_ = 0;  ///< Send messages the hub acknowledged
+  std::uint64_t backlogPeak_ = 0;    ///< the outbox's longest length since it was last empty
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
