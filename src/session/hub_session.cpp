@@ -526,6 +526,12 @@ void HubSession::onPublishAcked(int messageId) {
   }
   auto done = std::move(it->second.done);
   inFlight_.erase(it);
+  // Acknowledged ids leave the deadline order from its front now, not when the timer next fires
+  // (up to operation_timeout later): at thousands of messages a second that was a deque of
+  // every id of the last minute.
+  while (!inFlightOrder_.empty() && !inFlight_.contains(inFlightOrder_.front())) {
+    inFlightOrder_.pop_front();
+  }
   done({});
   if (plannedPending_ && inFlight_.empty()) {
     finishPlannedDrain();
