@@ -155,7 +155,11 @@ std::map<std::string, long> residentByMapping(pid_t pid) {
       continue;
     }
     const auto slash = line.find('/');
-    current = slash == std::string::npos ? "[anonymous]" : line.substr(line.rfind('/') + 1);
+    if (slash != std::string::npos) {
+      current = line.substr(line.rfind('/') + 1);
+    } else {
+      current = line.find("[heap]") != std::string::npos ? "[heap]" : "[anonymous]";
+    }
   }
   return out;
 }

@@ -46,8 +46,8 @@ inline constexpr std::size_t kPayloadBytes = 200;
 /// Resident set size of process `pid` in KiB (VmRSS of /proc/<pid>/status); -1 if gone.
 [[nodiscard]] long residentKib(pid_t pid);
 /// Resident memory of process `pid` by what it maps (/proc/<pid>/smaps), in KiB: each file by its
-/// base name ("libcrypto.so.3", "iothubd"), and "[anonymous]" for the heap, stacks and other
-/// anonymous memory. Empty if the process is gone.
+/// base name ("libcrypto.so.3", "iothubd"), "[heap]" for the main heap and "[anonymous]" for the
+/// rest (threads' malloc arenas, stacks). Empty if the process is gone.
 [[nodiscard]] std::map<std::string, long> residentByMapping(pid_t pid);
 /// CPU time of the calling thread in microseconds.
 [[nodiscard]] double threadCpuMicros();

@@ -660,7 +660,7 @@ class Bench {
     std::this_thread::sleep_for(std::chrono::seconds(1));
     const long rssIdle = residentKib(pid);
     log("iothubd connected, RSS " + std::to_string(rssIdle) + " KiB");
-    rssComposition(pid);
+    const RssParts partsIdle = rssComposition(pid, "RSS idle, connected");
 
     const auto& c = counts_;
     for (int rep = 1; rep <= options_.reps; ++rep) {
@@ -709,6 +709,14 @@ class Bench {
     // outbox's index while it lasts, and what the allocator keeps of it afterwards is shown apart.
     const long rssAfter = residentKib(pid);
     const std::uint64_t delivered = client_->propertyU64(kDaemonTarget, "MessagesDelivered");
+    const RssParts partsAfter = rssComposition(pid, "RSS after the traffic");
+    report_.notes["RSS growth"] = format(
+        "%+.2f MB shared libraries (code first used by the traffic), %+.2f MB iothubd's own "
+        "code, %+.2f MB heap and other anonymous memory, %+.2f MB mapped data files",
+        static_cast<double>(partsAfter.libraries - partsIdle.libraries) / 1024,
+        static_cast<double>(partsAfter.ownCode - partsIdle.ownCode) / 1024,
+        static_cast<double>(partsAfter.anonymous - partsIdle.anonymous) / 1024,
+        static_cast<double>(partsAfter.files - partsIdle.files) / 1024);
     log("RSS after " + std::to_string(delivered) + " messages: " + std::to_string(rssAfter) +
         " KiB");
     for (int rep = 1; rep <= counts_.backlogReps; ++rep) {
@@ -727,23 +735,35 @@ class Bench {
     }
   }
 
-  /// What the idle daemon's resident memory is made of: the shared libraries it cannot run
-  /// without (the floor of the RSS target), its own code, and its heap and other anonymous
-  /// memory.
-  void rssComposition(pid_t pid) {
+  /// What the daemon's resident memory is made of: the shared libraries it cannot run without
+  /// (the floor of the RSS target), its own code, and its heap and other anonymous memory, in
+  /// KiB; noted under `label`.
+  struct RssParts {
+    long libraries = 0;
+    long ownCode = 0;
+    long anonymous = 0;
+    long files = 0;
+  };
+  RssParts rssComposition(pid_t pid, const std::string& label) {
     const std::string exe = daemonBinary_.substr(daemonBinary_.rfind('/') + 1);
     long binary = 0;
     long anonymous = 0;
     long libraries = 0;
+    long files = 0;  // mapped data files: SQLite's WAL index (-shm)
+    long heap = 0;
+    long otherAnonymous = 0;  // the commit worker's malloc arena, stacks
     std::vector<std::pair<long, std::string>> libs;
     for (const auto& [name, kib] : residentByMapping(pid)) {
       if (name == exe) {
         binary += kib;
-      } else if (name == "[anonymous]") {
+      } else if (name == "[anonymous]" || name == "[heap]") {
         anonymous += kib;
-      } else {
+        (name == "[heap]" ? heap : otherAnonymous) += kib;
+      } else if (name.find(".so") != std::string::npos) {
         libraries += kib;
         libs.emplace_back(kib, name);
+      } else {
+        files += kib;
       }
     }
     std::sort(libs.rbegin(), libs.rend());
@@ -753,15 +773,13 @@ class Bench {
                         static_cast<double>(libs[i].first) / 1024);
     }
     const auto mb = [](long kib) { return static_cast<double>(kib) / 1024; };
-    report_.figures["rss_idle_libraries_kib"] = Stat{double(libraries), double(libraries),
-                                                     double(libraries)};
-    report_.figures["rss_idle_own_code_kib"] = Stat{double(binary), double(binary), double(binary)};
-    report_.figures["rss_idle_anonymous_kib"] = Stat{double(anonymous), double(anonymous),
-                                                     double(anonymous)};
-    report_.notes["RSS idle, connected"] = format(
+    report_.notes[label] = format(
         "%.1f MB shared libraries (%zu; %s ...), %.1f MB iothubd's own code, %.1f MB heap and "
-        "other anonymous memory",
-        mb(libraries), libs.size(), largest.c_str(), mb(binary), mb(anonymous));
+        "other anonymous memory (heap %.1f, threads' arenas and stacks %.1f), %.1f MB mapped data "
+        "files",
+        mb(libraries), libs.size(), largest.c_str(), mb(binary), mb(anonymous), mb(heap),
+        mb(otherAnonymous), mb(files));
+    return {libraries, binary, anonymous, files};
   }
 
   void add(const std::string& scenario, const std::string& subject, std::size_t messages,

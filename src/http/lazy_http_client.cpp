@@ -62,18 +62,18 @@ core::Result<std::unique_ptr<HttpClient>> createLazyCurlMultiClient(loop::EventL
                         err);
     }
   }
-  return createLazyHttpClient([&loop, options = std::move(options)]()
-                                  -> core::Result<std::unique_ptr<HttpClient>> {
-    auto client = createCurlMultiClient(loop, options);
-    if (!client) {
-      if (auto why = curlLoadError()) {
-        return core::fail(Errc::Internal, "file upload needs libcurl: " + *why);
-      }
-      return client;
-    }
-    core::logf(core::LogLevel::Info, "loaded libcurl for file upload");
-    return client;
-  });
+  return createLazyHttpClient(
+      [&loop, options = std::move(options)]() -> core::Result<std::unique_ptr<HttpClient>> {
+        auto client = createCurlMultiClient(loop, options);
+        if (!client) {
+          if (auto why = curlLoadError()) {
+            return core::fail(Errc::Internal, "file upload needs libcurl: " + *why);
+          }
+          return client;
+        }
+        core::logf(core::LogLevel::Info, "loaded libcurl for file upload");
+        return client;
+      });
 }
 
 }  // namespace iothubd::http
