@@ -339,7 +339,7 @@ void TelemetryPipeline::publish(const std::shared_ptr<SendCall>& call, std::size
   const auto& m = call->message(index);
   topic_.assign(topicPrefix()).append(m.propertyBag());
   session_.publishTelemetry(topic_, m.body(),
-                            [this, alive = alive_, call, index](core::Result<void> r) {
+                            [this, alive = alive_, call, index](const core::Result<void>& r) {
                               if (*alive) {
                                 onPublished(call, index, r);
                               }

@@ -122,7 +122,13 @@ std::optional<std::string> curlLoadError() {
 
 using iothubd::http::api;
 
-// NOLINTBEGIN(cppcoreguidelines-pro-type-vararg, modernize-use-trailing-return-type)
+// The definitions keep libcurl's own signatures and parameter names (curl.h): its enum options
+// before `...` (what clang's -Wvarargs dislikes, and libcurl itself does the same) and its
+// snake_case names.
+// NOLINTBEGIN(readability-identifier-naming)
+#ifdef __clang__
+#pragma clang diagnostic ignored "-Wvarargs"
+#endif
 #define IOTHUBD_HIDDEN __attribute__((visibility("hidden")))
 extern "C" {
 
@@ -158,8 +164,8 @@ IOTHUBD_HIDDEN CURLcode curl_easy_getinfo(CURL* curl, CURLINFO info, ...) {
   va_end(args);
   return api().easyGetinfo(curl, info, out);
 }
-IOTHUBD_HIDDEN CURLcode curl_easy_pause(CURL* curl, int bitmask) {
-  return api().easyPause ? api().easyPause(curl, bitmask) : CURLE_FAILED_INIT;
+IOTHUBD_HIDDEN CURLcode curl_easy_pause(CURL* handle, int bitmask) {
+  return api().easyPause ? api().easyPause(handle, bitmask) : CURLE_FAILED_INIT;
 }
 IOTHUBD_HIDDEN const char* curl_easy_strerror(CURLcode code) {
   return api().easyStrerror ? api().easyStrerror(code) : "libcurl is not available";
@@ -167,38 +173,41 @@ IOTHUBD_HIDDEN const char* curl_easy_strerror(CURLcode code) {
 IOTHUBD_HIDDEN CURLM* curl_multi_init() {
   return api().multiInit ? api().multiInit() : nullptr;
 }
-IOTHUBD_HIDDEN CURLMcode curl_multi_cleanup(CURLM* multi) {
-  return api().multiCleanup ? api().multiCleanup(multi) : CURLM_INTERNAL_ERROR;
+IOTHUBD_HIDDEN CURLMcode curl_multi_cleanup(CURLM* multi_handle) {
+  return api().multiCleanup ? api().multiCleanup(multi_handle) : CURLM_INTERNAL_ERROR;
 }
-IOTHUBD_HIDDEN CURLMcode curl_multi_setopt(CURLM* multi, CURLMoption option, ...) {
+IOTHUBD_HIDDEN CURLMcode curl_multi_setopt(CURLM* multi_handle, CURLMoption option, ...) {
   if (!api().multiSetopt) {
     return CURLM_INTERNAL_ERROR;
   }
   va_list args;
   va_start(args, option);
-  const CURLMcode rc = iothubd::http::forwardSetopt(api().multiSetopt, multi, option, args);
+  const CURLMcode rc = iothubd::http::forwardSetopt(api().multiSetopt, multi_handle, option, args);
   va_end(args);
   return rc;
 }
-IOTHUBD_HIDDEN CURLMcode curl_multi_add_handle(CURLM* multi, CURL* curl) {
-  return api().multiAddHandle ? api().multiAddHandle(multi, curl) : CURLM_INTERNAL_ERROR;
+IOTHUBD_HIDDEN CURLMcode curl_multi_add_handle(CURLM* multi_handle, CURL* curl_handle) {
+  return api().multiAddHandle ? api().multiAddHandle(multi_handle, curl_handle)
+                              : CURLM_INTERNAL_ERROR;
 }
-IOTHUBD_HIDDEN CURLMcode curl_multi_remove_handle(CURLM* multi, CURL* curl) {
-  return api().multiRemoveHandle ? api().multiRemoveHandle(multi, curl) : CURLM_INTERNAL_ERROR;
-}
-IOTHUBD_HIDDEN CURLMcode curl_multi_socket_action(CURLM* multi, curl_socket_t socket, int mask,
-                                                  int* running) {
-  return api().multiSocketAction ? api().multiSocketAction(multi, socket, mask, running)
+IOTHUBD_HIDDEN CURLMcode curl_multi_remove_handle(CURLM* multi_handle, CURL* curl_handle) {
+  return api().multiRemoveHandle ? api().multiRemoveHandle(multi_handle, curl_handle)
                                  : CURLM_INTERNAL_ERROR;
 }
-IOTHUBD_HIDDEN CURLMsg* curl_multi_info_read(CURLM* multi, int* queued) {
-  return api().multiInfoRead ? api().multiInfoRead(multi, queued) : nullptr;
+IOTHUBD_HIDDEN CURLMcode curl_multi_socket_action(CURLM* multi_handle, curl_socket_t s,
+                                                  int ev_bitmask, int* running_handles) {
+  return api().multiSocketAction
+             ? api().multiSocketAction(multi_handle, s, ev_bitmask, running_handles)
+             : CURLM_INTERNAL_ERROR;
+}
+IOTHUBD_HIDDEN CURLMsg* curl_multi_info_read(CURLM* multi_handle, int* msgs_in_queue) {
+  return api().multiInfoRead ? api().multiInfoRead(multi_handle, msgs_in_queue) : nullptr;
 }
 IOTHUBD_HIDDEN const char* curl_multi_strerror(CURLMcode code) {
   return api().multiStrerror ? api().multiStrerror(code) : "libcurl is not available";
 }
-IOTHUBD_HIDDEN curl_slist* curl_slist_append(curl_slist* list, const char* text) {
-  return api().slistAppend ? api().slistAppend(list, text) : nullptr;
+IOTHUBD_HIDDEN curl_slist* curl_slist_append(curl_slist* list, const char* data) {
+  return api().slistAppend ? api().slistAppend(list, data) : nullptr;
 }
 IOTHUBD_HIDDEN void curl_slist_free_all(curl_slist* list) {
   if (api().slistFreeAll) {
@@ -207,4 +216,4 @@ IOTHUBD_HIDDEN void curl_slist_free_all(curl_slist* list) {
 }
 
 }  // extern "C"
-// NOLINTEND(cppcoreguidelines-pro-type-vararg, modernize-use-trailing-return-type)
+// NOLINTEND(readability-identifier-naming)
