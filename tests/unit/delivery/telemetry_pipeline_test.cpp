@@ -13,6 +13,7 @@
 
 #include "fake_mqtt_transport.hpp"
 #include "manual_scheduler.hpp"
+#include "outbox_test_support.hpp"
 #include "temp_dir.hpp"
 
 namespace iothubd::delivery {
@@ -100,18 +101,11 @@ class TelemetryPipelineTest : public ::testing::Test {
     return p;
   }
 
-  static proto::OutgoingMessage outgoing(const std::string& id, std::string body = "{\"t\":1}") {
-    proto::OutgoingMessage m;
-    m.body = std::move(body);
-    m.system.messageId = id;
-    return m;
+  static proto::OutgoingMessage outgoing(const std::string& id) {
+    return outbox::testsupport::outgoing(id, "{\"t\":1}");
   }
   static proto::CheckedMessage checked(proto::OutgoingMessage m) {
-    auto c = proto::checkOutgoingMessage(std::move(m));
-    if (!c) {
-      throw std::runtime_error(c.error().message);
-    }
-    return std::move(*c);
+    return outbox::testsupport::checked(std::move(m));
   }
   static proto::CheckedMessage message(const std::string& id) { return checked(outgoing(id)); }
   static std::vector<proto::CheckedMessage> batch(const std::string& prefix, int count) {
