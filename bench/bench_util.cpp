@@ -93,26 +93,29 @@ double tasksCpuMicros(pid_t pid) {
   return total;
 }
 
-std::vector<double> fsyncLatenciesUs(const std::string& directory, std::size_t samples) {
+std::vector<double> fsyncLatenciesUs(const std::string& directory, std::size_t samples,
+                                     bool append) {
   const std::string path = directory + "/fsync-probe";
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) {
     throw std::runtime_error("cannot create " + path);
   }
-  // Preallocated and durable first, as a WAL that has been used: each commit overwrites pages
-  // (no size change to make durable).
   constexpr std::size_t kPage = 4096;
   constexpr std::size_t kPages = 256;
   const std::string page(kPage, 'w');
   bool ok = true;
-  for (std::size_t i = 0; i < kPages && ok; ++i) {
-    ok = ::pwrite(fd, page.data(), kPage, static_cast<off_t>(i * kPage)) ==
-         static_cast<ssize_t>(kPage);
+  if (!append) {
+    // Preallocated and durable first, as a recycled WAL: each commit overwrites pages in place.
+    for (std::size_t i = 0; i < kPages && ok; ++i) {
+      ok = ::pwrite(fd, page.data(), kPage, static_cast<off_t>(i * kPage)) ==
+           static_cast<ssize_t>(kPage);
+    }
+    ok = ok && ::fsync(fd) == 0;
   }
-  ok = ok && ::fsync(fd) == 0;
   std::vector<double> out;
   for (std::size_t i = 0; i < samples && ok; ++i) {
-    ok = ::pwrite(fd, page.data(), kPage, static_cast<off_t>((i % kPages) * kPage)) ==
+    const std::size_t at = append ? i : i % kPages;
+    ok = ::pwrite(fd, page.data(), kPage, static_cast<off_t>(at * kPage)) ==
          static_cast<ssize_t>(kPage);
     const double t0 = nowSeconds();
     ok = ok && ::fdatasync(fd) == 0;

@@ -39,10 +39,13 @@ inline constexpr std::size_t kPayloadBytes = 200;
 [[nodiscard]] double tasksCpuMicros(pid_t pid);
 /// How long the file system of `directory` takes to make a small write durable, as the outbox's
 /// SQLite does on each commit (WAL mode, synchronous=FULL: the new frames, then fdatasync of the
-/// WAL): `samples` times a 4 KiB pwrite into a preallocated file and an fdatasync, each timed, in
-/// microseconds. The file is removed afterwards. Throws if the directory is not writable.
+/// WAL): `samples` times a 4 KiB pwrite and an fdatasync, each timed, in microseconds. With
+/// `append` each write extends the file, as a WAL does until a checkpoint lets it start over
+/// (the file system must then also make the new size durable); without, it overwrites a
+/// preallocated file in place, as a recycled WAL does. The file is removed afterwards. Throws if
+/// the directory is not writable.
 [[nodiscard]] std::vector<double> fsyncLatenciesUs(const std::string& directory,
-                                                   std::size_t samples);
+                                                   std::size_t samples, bool append);
 /// Resident set size of process `pid` in KiB (VmRSS of /proc/<pid>/status); -1 if gone.
 [[nodiscard]] long residentKib(pid_t pid);
 /// Resident memory of process `pid` by what it maps (/proc/<pid>/smaps), in KiB: each file by its
