@@ -1019,6 +1019,27 @@ class Bench {
                  ratios({kQueueW100, kIothubd}, {rawW100}, &Sample::rate), ""});
     t.push_back({"backlog drain msgs/s / raw libmosquitto W=100", "x", false, 0.7,
                  ratios({kDrain, kIothubd}, {rawW100}, &Sample::rate), ""});
+    {
+      // The floor of the W=100 rate on a machine whose cores the client, dbus-daemon, iothubd
+      // and the broker share: the D-Bus hop (the echo service's rate) and the MQTT hop (raw
+      // libmosquitto's) one after the other, each costing what it costs alone.
+      const Series* echo = report_.find(kW100, kEcho);
+      const Series* raw = report_.find(kW100, kRaw);
+      const Series* daemon = report_.find(kW100, kIothubd);
+      std::vector<double> floors;
+      std::vector<double> reached;
+      for (std::size_t i = 0; echo && raw && daemon && i < daemon->samples.size(); ++i) {
+        const double f = 1 / (1 / echo->samples[i].rate + 1 / raw->samples[i].rate);
+        floors.push_back(f);
+        reached.push_back(daemon->samples[i].rate / f);
+      }
+      if (!floors.empty()) {
+        report_.notes["SendMessage W=100, two-hop floor"] = format(
+            "1 / (1/echo + 1/raw) = %s msgs/s (the D-Bus hop and the MQTT hop back to back on "
+            "the same CPUs); iothubd reaches %sx of it",
+            range(summarize(floors), 0).c_str(), range(summarize(reached), 2).c_str());
+      }
+    }
     const double idle = report_.figures["rss_idle_kib"].median / 1024;
     const double after = report_.figures["rss_after_kib"].median / 1024;
     t.push_back({"RSS idle, connected", "MB", true, 12, {idle}, ""});
