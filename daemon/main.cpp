@@ -24,7 +24,7 @@
 #include "iothubd/dbusapi/device_object.hpp"
 #include "iothubd/delivery/telemetry_pipeline.hpp"
 #include "iothubd/http/async_reader.hpp"
-#include "iothubd/http/curl_multi_client.hpp"
+#include "iothubd/http/lazy_http_client.hpp"
 #include "iothubd/loop/event_loop.hpp"
 #include "iothubd/mqtt/mosquitto_transport.hpp"
 #include "iothubd/outbox/outbox.hpp"
@@ -349,7 +349,8 @@ int run(const Options& opts) {
   curlOptions.tls = session.options().tls;
   curlOptions.proxy = session.options().proxy;
   curlOptions.userAgent = userAgent();
-  auto http = iothubd::http::createCurlMultiClient(ev, curlOptions);
+  // libcurl is loaded with the first upload, not now (issue 13: idle memory).
+  auto http = iothubd::http::createLazyCurlMultiClient(ev, curlOptions);
   if (!http) {
     logf(LogLevel::Error, "file upload: ", http.error().message);
     return EXIT_FAILURE;

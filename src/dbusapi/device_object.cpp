@@ -421,10 +421,11 @@ class DeviceObjectImpl final : public DeviceObject,
     });
   }
 
-  /// A message from the bus, given an id if it has none and checked against every rule and
-  /// limit (proto::validateOutgoingMessage) before anything is stored or sent.
-  proto::OutgoingMessage message(std::string body, std::map<std::string, std::string> properties,
-                                 const std::map<std::string, std::string>& systemProperties) {
+  /// A message from the bus, given an id if it has none, checked against every rule and limit
+  /// and its property bag encoded (proto::checkOutgoingMessage): the only check it gets, before
+  /// anything is stored or sent.
+  proto::CheckedMessage message(std::string body, std::map<std::string, std::string> properties,
+                                const std::map<std::string, std::string>& systemProperties) {
     auto system = proto::systemPropertiesFromBus(systemProperties);
     if (!system) {
       throw toDbusError(system.error());
@@ -436,8 +437,11 @@ class DeviceObjectImpl final : public DeviceObject,
     if (!m.system.messageId) {
       m.system.messageId = session_.newMessageId();
     }
-    throwIfError(proto::validateOutgoingMessage(m));
-    return m;
+    auto checked = proto::checkOutgoingMessage(std::move(m));
+    if (!checked) {
+      throw toDbusError(checked.error());
+    }
+    return std::move(*checked);
   }
 
   static auto replyId() {
@@ -499,14 +503,14 @@ class DeviceObjectImpl final : public DeviceObject,
 
   /// Validates every element of a SendMessages/QueueMessages batch (nothing is stored unless all
   /// pass; the error names the index) and gives ids to those without one.
-  std::vector<proto::OutgoingMessage> messages(std::vector<BusMessage>& batch) {
+  std::vector<proto::CheckedMessage> messages(std::vector<BusMessage>& batch) {
     constexpr std::size_t kMax = delivery::TelemetryPipeline::kMaxMessagesPerCall;
     if (batch.size() > kMax) {
       throw sdbus::Error("org.freedesktop.DBus.Error.InvalidArgs",
                          "at most " + std::to_string(kMax) + " messages per call, not " +
                              std::to_string(batch.size()) + "; split the batch");
     }
-    std::vector<proto::OutgoingMessage> out;
+    std::vector<proto::CheckedMessage> out;
     out.reserve(batch.size());
     for (std::size_t i = 0; i < batch.size(); ++i) {
       auto& element = batch[i];

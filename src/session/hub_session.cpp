@@ -157,6 +157,15 @@ void HubSession::sendTelemetry(const proto::OutgoingMessage& message, Completion
                  std::move(done));
 }
 
+void HubSession::publishTelemetry(std::string_view topic, std::string_view payload,
+                                  Completion done) {
+  if (readyToPublish()) {
+    publishNow(topic, payload, std::move(done));  // libmosquitto copies them: no copy of ours
+    return;
+  }
+  publishOrQueue(std::string(topic), std::string(payload), std::move(done));
+}
+
 void HubSession::sendMethodResponse(const std::string& requestId, int status,
                                     const std::string& payload, Completion done) {
   // Protocol doc 6: the request id is echoed unchanged; QoS 1 so that the caller learns the
@@ -223,7 +232,7 @@ void HubSession::publishOrQueue(std::string topic, std::string payload, Completi
   ensureConnecting();
 }
 
-void HubSession::publishNow(const std::string& topic, const std::string& payload, Completion done) {
+void HubSession::publishNow(std::string_view topic, std::string_view payload, Completion done) {
   auto mid = transport_.publish(topic, payload, 1);
   if (!mid) {
     done(fail(mid.error()));
@@ -525,6 +534,12 @@ void HubSession::onPublishAcked(int messageId) {
   }
   auto done = std::move(it->second.done);
   inFlight_.erase(it);
+  // Acknowledged ids leave the deadline order from its front now, not when the timer next fires
+  // (up to operation_timeout later): at thousands of messages a second that was a deque of
+  // every id of the last minute.
+  while (!inFlightOrder_.empty() && !inFlight_.contains(inFlightOrder_.front())) {
+    inFlightOrder_.pop_front();
+  }
   done({});
   if (plannedPending_ && inFlight_.empty()) {
     finishPlannedDrain();

@@ -196,5 +196,20 @@ TEST_F(FileUploadTest, UploadFileFromPathReadsAListedDirectoryWithTheCallersRigh
   EXPECT_NE(message.find("not inside a directory listed"), std::string::npos) << message;
 }
 
+TEST_F(FileUploadTest, LibcurlIsLoadedWithTheFirstUploadNotAtStart) {
+  // Issue 13: libcurl and what it pulls in are about 4 MB of the daemon's memory; a gateway that
+  // never uploads never pays them.
+  startDaemon();
+  awaitOnline();
+  const auto curlLoaded = [&] {
+    return readFile("/proc/" + std::to_string(daemon_->pid()) + "/maps").find("/libcurl.so") !=
+           std::string::npos;
+  };
+  EXPECT_FALSE(curlLoaded()) << "libcurl was loaded before any upload";
+  std::string correlationId = upload("first.bin", sourceFile("first.bin", "the first upload\n"));
+  EXPECT_TRUE(notifiedSuccess(correlationId));
+  EXPECT_TRUE(curlLoaded());
+}
+
 }  // namespace
 }  // namespace iothubd::testing

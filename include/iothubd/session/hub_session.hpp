@@ -139,6 +139,12 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   /// disconnected and auto_connect is on, else fails with NotConnected. MessageTooLarge before
   /// anything is sent; Timeout after operation_timeout.
   void sendTelemetry(const proto::OutgoingMessage& message, Completion done);
+  /// The same for a message whose topic the caller built from a proto::CheckedMessage (checked
+  /// and encoded where it entered; nothing is checked again): published at once when the link is
+  /// up, else held while (re)connecting within max_queued_messages/max_queued_bytes (QueueFull
+  /// beyond), NotConnected when disconnected and auto_connect is off. Completes on the PUBACK;
+  /// ConnectionDropped if the link goes first; Timeout after operation_timeout.
+  void publishTelemetry(std::string_view topic, std::string_view payload, Completion done);
 
   /// Applies new options (configuration reload). Reconnects, without an outage visible to apps,
   /// only when something the connection depends on changed; returns whether it does.
@@ -246,7 +252,7 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   void failConnectWaiters(const core::Error& error);
   void failQueued(const core::Error& error);
   void failInFlight(const core::Error& error);
-  void publishNow(const std::string& topic, const std::string& payload, Completion done);
+  void publishNow(std::string_view topic, std::string_view payload, Completion done);
   void armInFlightTimer();
   void onInFlightTimer();
   [[nodiscard]] std::chrono::microseconds deadlineFromNow() const;

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
-#include "utc_time.hpp"
+#include "iothubd/proto/utc_time.hpp"
 
 #include <gtest/gtest.h>
 
-namespace iothubd::outbox {
+namespace iothubd::proto {
 namespace {
 
 // Reference values: `date -u -d '2024-02-29T12:34:56Z' +%s` and friends.
@@ -34,4 +34,4 @@ TEST(ParseUtcTime, RefusesWhatIsNotADateTime) {
 }
 
 }  // namespace
-}  // namespace iothubd::outbox
+}  // namespace iothubd::proto

@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: MIT
-// Private to src/outbox: the expiry-time-utc values apps send, as Unix time.
+// The expiry-time-utc values apps send, as Unix time (pure: the caller compares with its clock).
 #pragma once
 
 #include <cstdint>
 #include <optional>
 #include <string_view>
 
-namespace iothubd::outbox {
+namespace iothubd::proto {
 
 /// Parses an ISO 8601 UTC date-time as apps put it in `expiry-time-utc` (protocol doc section 4,
 /// `$.exp`: [py] datetime.isoformat(), [node] toISOString()): `YYYY-MM-DDTHH:MM:SS`, optionally
@@ -15,4 +15,4 @@ namespace iothubd::outbox {
 /// nullopt for anything else (including dates before 1970).
 [[nodiscard]] std::optional<std::uint64_t> parseUtcTime(std::string_view text);
 
-}  // namespace iothubd::outbox
+}  // namespace iothubd::proto

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
-#include "utc_time.hpp"
+#include "iothubd/proto/utc_time.hpp"
 
 #include <cstdint>
 
-namespace iothubd::outbox {
+namespace iothubd::proto {
 
 namespace {
 
@@ -109,4 +109,4 @@ std::optional<std::uint64_t> parseUtcTime(std::string_view text) {
   return static_cast<std::uint64_t>(unix);
 }
 
-}  // namespace iothubd::outbox
+}  // namespace iothubd::proto
