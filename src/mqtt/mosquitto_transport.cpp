@@ -12,6 +12,7 @@
 
 #include <mosquitto.h>
 
+#include "iothubd/core/lifetime.hpp"
 #include "iothubd/core/log.hpp"
 #include "iothubd/relay/tunnel.hpp"
 
@@ -83,7 +84,7 @@ class MosquittoTransport final : public MqttTransport {
   ~MosquittoTransport() override {
     // A worker may still be inside mosquitto_connect_async on our handle: the loop joins workers
     // before it is destroyed, but we own the handle, so wait for the worker here.
-    *alive_ = false;
+    lifetime_.end();
     if (pendingConnect_.valid()) {
       pendingConnect_.wait();
     }
@@ -148,23 +149,24 @@ class MosquittoTransport final : public MqttTransport {
     // 6.1): it runs on a worker while the loop leaves the handle alone.
     auto* handle = handle_.get();
     int keepAlive = options.keepAliveSeconds;
-    auto rcHolder = std::make_shared<int>(MOSQ_ERR_SUCCESS);
+    auto rcHolder = std::make_shared<int>(MOSQ_ERR_UNKNOWN);
     auto errnoHolder = std::make_shared<int>(0);
-    auto alive = alive_;
     auto finished = std::make_shared<std::promise<void>>();
     pendingConnect_ = finished->get_future().share();
     loop_.runOffLoop(
         [handle, host, port, keepAlive, rcHolder, errnoHolder, finished] {
+          // The destructor waits for this promise: keep it even if the call threw.
+          struct Finished {
+            std::promise<void>& promise;
+            ~Finished() { promise.set_value(); }
+          } signal{*finished};
           errno = 0;
           *rcHolder = mosquitto_connect_async(handle, host.c_str(), port, keepAlive);
           *errnoHolder = errno;
-          finished->set_value();
         },
-        [this, rcHolder, errnoHolder, alive] {
-          if (*alive) {
-            onConnectStarted(*rcHolder, *errnoHolder);
-          }
-        });
+        lifetime_.guard([this, rcHolder, errnoHolder] {
+          onConnectStarted(*rcHolder, *errnoHolder);
+        }));
     return {};
   }
 
@@ -512,12 +514,11 @@ class MosquittoTransport final : public MqttTransport {
       return;
     }
     if (inApiCall_) {
-      auto alive = alive_;
-      loop_.post([this, alive, fn = std::forward<Fn>(fn)]() mutable {
-        if (*alive && listener_ != nullptr) {
+      loop_.post(lifetime_.guard([this, fn = std::forward<Fn>(fn)]() mutable {
+        if (listener_ != nullptr) {
           fn(*listener_);
         }
-      });
+      }));
     } else {
       fn(*listener_);
     }
@@ -662,9 +663,9 @@ class MosquittoTransport final : public MqttTransport {
   int connackCode_ = -1;
   bool inApiCall_ = false;
   std::string lastLibError_;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   /// Set while a worker runs mosquitto_connect_async on handle_; the destructor waits for it.
   std::shared_future<void> pendingConnect_;
+  core::Lifetime lifetime_;  ///< last: callbacks of a destroyed transport never run
 };
 
 }  // namespace

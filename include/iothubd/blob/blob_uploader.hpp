@@ -13,6 +13,7 @@
 #include <string>
 
 #include "iothubd/core/clock.hpp"
+#include "iothubd/core/lifetime.hpp"
 #include "iothubd/core/result.hpp"
 #include "iothubd/core/scheduler.hpp"
 #include "iothubd/core/secret.hpp"
@@ -147,7 +148,7 @@ class BlobUploader {
   std::map<UploadId, std::unique_ptr<Upload>> uploads_;
   std::set<http::HttpClient::RequestId> stepRequests_;  ///< of getStorageInfo / notifyStatus
   UploadId nextId_ = 1;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  core::Lifetime lifetime_;  ///< last: callbacks of a destroyed uploader never run
 };
 
 }  // namespace iothubd::blob
