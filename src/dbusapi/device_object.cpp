@@ -131,6 +131,8 @@ class DeviceObjectImpl final : public DeviceObject,
     emitChanged({"DeviceId", "ModuleId", "HostName", "GatewayHostName", "AuthenticationType"});
   }
 
+  void setUploader(blob::BlobUploader* uploads) override { uploads_ = uploads; }
+
  private:
   static MethodRouter::Limits routerLimits(const BusLimits& limits) {
     return {.maxClaimsPerPeer = limits.maxMethodClaimsPerApp,

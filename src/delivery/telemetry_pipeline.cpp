@@ -309,13 +309,16 @@ void TelemetryPipeline::pump() {
   const auto& o = session_.options();
   for (auto& m : *batch) {
     std::string id = *m.message.system.messageId;
-    auto r = session_.publishPrepared(
-        proto::telemetryTopic(o.deviceId, o.moduleId, m.message), m.message.body,
-        [this, alive = alive_, seq = m.seq, id](const core::Result<void>& acked) {
-          if (*alive) {
-            onAck(seq, id, acked);
-          }
-        });
+    auto r = session_.publishPrepared(proto::telemetryTopic(o.deviceId, o.moduleId, m.message),
+                                      m.message.body,
+                                      [this, alive = alive_, generation = outboxGeneration_,
+                                       seq = m.seq, id](const core::Result<void>& acked) {
+                                        // A PUBACK for a store replaced meanwhile (reload) names a
+                                        // seq of that store.
+                                        if (*alive && generation == outboxGeneration_) {
+                                          onAck(seq, id, acked);
+                                        }
+                                      });
     if (!r) {
       outbox_->requeueInFlight();  // the link went away under us: everything goes again later
       return;
@@ -543,6 +546,50 @@ void TelemetryPipeline::flushBatches() {
   }
   if (changed) {
     listener_->onCountersChanged();
+  }
+}
+
+std::unique_ptr<outbox::Outbox> TelemetryPipeline::releaseOutbox() {
+  released_ = {};
+  if (outbox_ == nullptr) {
+    return nullptr;
+  }
+  if (auto r = outbox_->flush(); !r) {
+    logf(LogLevel::Error, "cannot store pending messages: ", r.error().message);
+  }
+  // What is in flight stays stored, unacknowledged, and goes again from whichever store holds it
+  // (at least once, with its message id): its PUBACKs would name seqs of a closed store.
+  outbox_->requeueInFlight();
+  ++outboxGeneration_;
+  released_.path = outbox_->options().path;
+  released_.left = outbox_->length();
+  expiryTimer_->disarm();
+  return std::move(outbox_);
+}
+
+void TelemetryPipeline::adoptOutbox(std::unique_ptr<outbox::Outbox> next, std::string unavailable) {
+  const bool samePlace = next != nullptr && next->options().path == released_.path;
+  if (!samePlace && !released_.path.empty()) {
+    if (released_.left > 0) {
+      logf(LogLevel::Notice, released_.left, " messages stay in the outbox at ", released_.path,
+           "; they are delivered when it is configured again");
+    }
+    // Calls waiting for the delivery of a message that stays behind: they learn it now.
+    const std::string after = "once the outbox at " + released_.path + " is configured again";
+    failDeliveryWaiters(
+        core::Error{Errc::Cancelled, "the outbox moved to " +
+                                         (next ? next->options().path : std::string("nowhere")) +
+                                         " (configuration reload)"},
+        after.c_str());
+  }
+  released_ = {};
+  outbox_ = std::move(next);
+  unavailable_ = std::move(unavailable);
+  countersChanged_ = true;
+  scheduleFlush();
+  if (outbox_ != nullptr) {
+    armExpiry();
+    pump();
   }
 }
 

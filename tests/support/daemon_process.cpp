@@ -231,10 +231,15 @@ bool DaemonProcess::waitStatus(const std::string& status, std::chrono::milliseco
 }
 
 bool DaemonProcess::reload(std::chrono::milliseconds timeout) {
+  int before = 0;
+  {
+    // Read before the signal: a quick daemon reports the reload done before kill() returns.
+    std::lock_guard lock(mutex_);
+    before = reloadsDone_;
+  }
   if (pid_ <= 0 || ::kill(pid_, SIGHUP) != 0) {
     return false;
   }
-  int before = reloadsDone_;
   return waitFor([this, before] { return reloadsDone_ > before; }, timeout);
 }
 

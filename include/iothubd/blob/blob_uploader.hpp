@@ -40,6 +40,8 @@ struct HubEndpoint {
   std::string host;
   std::string deviceId;  ///< devices only: modules cannot upload files
   std::string apiVersion = std::string(proto::kFileUploadApiVersion);
+
+  bool operator==(const HubEndpoint&) const = default;
 };
 
 struct UploaderOptions {
@@ -59,6 +61,8 @@ struct UploaderOptions {
   std::chrono::milliseconds retryDelay{std::chrono::seconds(1)};
   /// Progress callbacks at most this often (and once more at the end).
   std::chrono::milliseconds progressInterval{std::chrono::seconds(1)};
+
+  bool operator==(const UploaderOptions&) const = default;
 };
 
 struct UploadProgress {
@@ -119,6 +123,9 @@ class BlobUploader {
   /// `done` gets Errc::Cancelled. Unknown ids are ignored.
   void cancel(UploadId id);
   [[nodiscard]] std::size_t activeUploads() const { return uploads_.size(); }
+  /// No upload and no single step is waiting for anything: destroying the uploader now drops no
+  /// caller's answer (a reload retires the old uploader once it is idle).
+  [[nodiscard]] bool idle() const { return uploads_.empty() && stepRequests_.empty(); }
 
   /// Step 1 alone (the seed's get_storage_info_for_blob): POST /devices/{id}/files. Errors as
   /// upload()'s. The StorageInfo's sasToken is a secret: never log it.

@@ -75,6 +75,16 @@ class TelemetryPipeline final : private session::HubSession::Observer {
   /// acknowledged by then (the rest stay queued). The operation_timeout covers the whole batch.
   void sendBatch(std::string app, std::vector<proto::OutgoingMessage> messages, BatchDone done);
 
+  /// Configuration reload (outbox settings changed), step 1: the outbox commits what is pending,
+  /// its messages in flight become unsent again (they go again, at least once, from the store
+  /// that holds them), and it is handed over, to be closed before a new one opens the same file.
+  /// The pipeline has no outbox until adoptOutbox(), which must follow in the same loop callback.
+  [[nodiscard]] std::unique_ptr<outbox::Outbox> releaseOutbox();
+  /// Step 2: `next` becomes the outbox (null: none; `unavailable` then says why). If it is
+  /// elsewhere than the released one, the old file keeps its undelivered messages (logged) and
+  /// SendMessage calls waiting for them get Cancelled.
+  void adoptOutbox(std::unique_ptr<outbox::Outbox> next, std::string unavailable);
+
   /// Shutdown: stores what is pending and answers every waiting SendMessage with Cancelled (the
   /// message stays queued for the next start).
   void shutdown();
@@ -146,7 +156,12 @@ class TelemetryPipeline final : private session::HubSession::Observer {
   bool countersChanged_ = false;
   std::unique_ptr<core::Timer> flushTimer_;
   std::unique_ptr<core::Timer> expiryTimer_;
-  std::uint64_t directDelivered_ = 0;  ///< without an outbox
+  std::uint64_t directDelivered_ = 0;   ///< without an outbox
+  std::uint64_t outboxGeneration_ = 0;  ///< counts releaseOutbox(): acks of an old store are stale
+  struct Released {
+    std::string path;
+    std::uint64_t left = 0;  ///< messages it still held
+  } released_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

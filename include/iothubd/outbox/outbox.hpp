@@ -58,6 +58,8 @@ struct OutboxOptions {
   std::chrono::microseconds deleteDelay{100000};
   /// After a failed commit, pending deletes are tried again this much later.
   std::chrono::microseconds retryDelay{std::chrono::seconds(1)};
+
+  bool operator==(const OutboxOptions&) const = default;
 };
 
 /// Who and what an entry is, for MessagesDelivered/MessagesExpired and drop logs.
