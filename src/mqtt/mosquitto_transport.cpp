@@ -164,9 +164,8 @@ class MosquittoTransport final : public MqttTransport {
           *rcHolder = mosquitto_connect_async(handle, host.c_str(), port, keepAlive);
           *errnoHolder = errno;
         },
-        lifetime_.guard([this, rcHolder, errnoHolder] {
-          onConnectStarted(*rcHolder, *errnoHolder);
-        }));
+        lifetime_.guard(
+            [this, rcHolder, errnoHolder] { onConnectStarted(*rcHolder, *errnoHolder); }));
     return {};
   }
 
@@ -459,6 +458,12 @@ class MosquittoTransport final : public MqttTransport {
       closingSelf_ = true;
       mosquitto_disconnect(handle_.get());
       closingSelf_ = false;
+      if (mosquitto_socket(handle_.get()) >= 0) {
+        // Inside a libmosquitto callback (a protocol violation seen in on_connect) the DISCONNECT
+        // is only queued and the socket stays open, and nothing watches it any more: it closes
+        // with the handle, once the callback has returned.
+        retireHandle();
+      }
     }
     report(rc);
   }
@@ -532,6 +537,17 @@ class MosquittoTransport final : public MqttTransport {
       return;  // a retired handle (retireHandle)
     }
     auto* t = self(obj);
+    if (t->state_ == State::Connected) {
+      // MQTT 3.1.1, 3.2: one CONNACK per connection. libmosquitto 2.0.11 passes a second one on
+      // (found by the scripted-broker test): a broker that sends it is not to be trusted further.
+      t->socketFailure_ = "protocol violation: a second CONNACK";
+      try {
+        t->closeAndReport(MOSQ_ERR_PROTOCOL);
+      } catch (...) {
+        core::logf(core::LogLevel::Error, "MQTT connect handler failed");
+      }
+      return;
+    }
     t->sawConnack_ = true;
     if (rc != 0) {
       t->connackCode_ = rc;  // on_disconnect follows from the same loop_read
