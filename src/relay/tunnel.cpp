@@ -295,7 +295,7 @@ class TunnelImpl final : public Tunnel {
   struct Resolved {
     std::vector<sockaddr_storage> addresses;
     std::vector<socklen_t> lengths;
-    int error = EAI_FAIL;  ///< stays a failure if the lookup never ran
+    int error = EAI_FAIL;    ///< stays a failure if the lookup never ran
     std::string targetIpv4;  ///< SOCKS4: the hub's IPv4 address
     int targetError = 0;
   };

@@ -33,8 +33,7 @@ constexpr ConnectionMachine::Transition kTable[] = {
     {S::Backoff, E::Start, S::Connecting, V::Keep, {A::CancelRetry, A::BeginAttempt}},
     {S::Backoff, E::RetryDue, S::Connecting, V::Keep, {A::BeginAttempt}},
     {S::Backoff, E::Renew, S::Connecting, V::Keep, {A::CancelRetry, A::BeginAttempt}},
-    {S::Backoff, E::Stop, S::Idle, V::Disconnected,
-     {A::CancelRetry, A::Announce, A::FinishClose}},
+    {S::Backoff, E::Stop, S::Idle, V::Disconnected, {A::CancelRetry, A::Announce, A::FinishClose}},
 
     {S::Connecting, E::Connacked, S::Up, V::Connected, {A::LinkUp, A::Announce, A::Release}},
     {S::Connecting, E::Lost, S::Backoff, V::Trying, {A::Record, A::Announce, A::ArmRetry}},
@@ -43,24 +42,34 @@ constexpr ConnectionMachine::Transition kTable[] = {
     {S::Connecting, E::Renew, S::Renewing, V::Keep, {A::CloseLink}},
     {S::Connecting, E::Stop, S::Closing, V::Keep, {A::CloseLink}},
 
-    {S::Up, E::Lost, S::Backoff, V::Trying,
-     {A::LinkDown, A::Record, A::Announce, A::ArmRetry}},
-    {S::Up, E::GaveUp, S::Idle, V::Disconnected,
-     {A::LinkDown, A::Record, A::GiveUp, A::Announce}},
+    {S::Up, E::Lost, S::Backoff, V::Trying, {A::LinkDown, A::Record, A::Announce, A::ArmRetry}},
+    {S::Up, E::GaveUp, S::Idle, V::Disconnected, {A::LinkDown, A::Record, A::GiveUp, A::Announce}},
     {S::Up, E::Renew, S::Draining, V::Keep, {A::BeginDrain}},
     {S::Up, E::Stop, S::Closing, V::Keep, {A::CloseLink}},
 
     {S::Draining, E::Drained, S::Renewing, V::Keep, {A::EndDrain, A::CloseLink}},
-    {S::Draining, E::Lost, S::Backoff, V::Trying,
+    {S::Draining,
+     E::Lost,
+     S::Backoff,
+     V::Trying,
      {A::EndDrain, A::LinkDown, A::Record, A::Announce, A::ArmRetry}},
-    {S::Draining, E::GaveUp, S::Idle, V::Disconnected,
+    {S::Draining,
+     E::GaveUp,
+     S::Idle,
+     V::Disconnected,
      {A::EndDrain, A::LinkDown, A::Record, A::GiveUp, A::Announce}},
     {S::Draining, E::Stop, S::Closing, V::Keep, {A::EndDrain, A::CloseLink}},
 
     {S::Renewing, E::Closed, S::Resuming, V::Keep, {A::LinkDown, A::BeginAttempt}},
-    {S::Renewing, E::Lost, S::Backoff, V::Trying,
+    {S::Renewing,
+     E::Lost,
+     S::Backoff,
+     V::Trying,
      {A::LinkDown, A::Record, A::Announce, A::ArmRetry}},
-    {S::Renewing, E::GaveUp, S::Idle, V::Disconnected,
+    {S::Renewing,
+     E::GaveUp,
+     S::Idle,
+     V::Disconnected,
      {A::LinkDown, A::Record, A::GiveUp, A::Announce}},
     {S::Renewing, E::Stop, S::Closing, V::Keep, {}},
 
@@ -78,11 +87,13 @@ constexpr ConnectionMachine::Transition kTable[] = {
     {S::Aborting, E::Stop, S::Closing, V::Keep, {}},
 
     // The session reports any end of the link while closing as Closed.
-    {S::Closing, E::Closed, S::Idle, V::Disconnected,
-     {A::LinkDown, A::Announce, A::FinishClose}},
+    {S::Closing, E::Closed, S::Idle, V::Disconnected, {A::LinkDown, A::Announce, A::FinishClose}},
     {S::Closing, E::Start, S::Reopening, V::Keep, {}},
 
-    {S::Reopening, E::Closed, S::Connecting, V::Trying,
+    {S::Reopening,
+     E::Closed,
+     S::Connecting,
+     V::Trying,
      {A::LinkDown, A::FinishClose, A::Announce, A::BeginAttempt}},
     {S::Reopening, E::Stop, S::Closing, V::Keep, {}},
 };
@@ -229,8 +240,8 @@ void ConnectionMachine::take(LinkEvent event) {
   const Transition* row = find(state_, event);
   IOTHUBD_ASSERT(row != nullptr, "take() is only called for an event with a row");
   const ConnectionState before = visible_;
-  core::logf(core::LogLevel::Debug, "link: ", linkStateName(row->from), " --",
-             linkEventName(event), "--> ", linkStateName(row->to));
+  core::logf(core::LogLevel::Debug, "link: ", linkStateName(row->from), " --", linkEventName(event),
+             "--> ", linkStateName(row->to));
   state_ = row->to;
   if (event == E::Connacked || event == E::Stop || event == E::GaveUp) {
     dropped_ = false;

@@ -411,7 +411,8 @@ void HubSession::perform(LinkAction action, const ConnectionMachine::Step& step)
       beginAttempt();
       return;
     case LinkAction::CloseLink:
-      if (step.transition.to == LinkState::Renewing && step.transition.from == LinkState::Draining) {
+      if (step.transition.to == LinkState::Renewing &&
+          step.transition.from == LinkState::Draining) {
         logf(LogLevel::Info, "reconnecting for ", renewWhy_);
       }
       transport_.disconnect();
@@ -431,7 +432,8 @@ void HubSession::perform(LinkAction action, const ConnectionMachine::Step& step)
       }
       // dbus-contract-notes "Connection": wait (bounded) for in-flight PUBACKs so the reconnect
       // causes no duplicate telemetry; new publishes are held meanwhile.
-      drainTimer_->armAfter(std::min<std::chrono::microseconds>(options_.operationTimeout, kMaxDrain));
+      drainTimer_->armAfter(
+          std::min<std::chrono::microseconds>(options_.operationTimeout, kMaxDrain));
       return;
     case LinkAction::EndDrain:
       drainTimer_->disarm();

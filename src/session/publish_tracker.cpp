@@ -129,9 +129,10 @@ void PublishTracker::onTimer() {
     done(fail(Errc::Timeout, "no acknowledgement from the hub within " + within));
   }
   if (!expiredHeld.empty()) {
-    std::string why = whyHeld_ ? whyHeld_() : std::string("not connected");
+    std::string message = "message not sent within " + within;
+    message += " (" + (whyHeld_ ? whyHeld_() : std::string("not connected")) + ")";
     for (auto& done : expiredHeld) {
-      done(fail(Errc::Timeout, "message not sent within " + within + " (" + why + ")"));
+      done(fail(Errc::Timeout, message));
     }
   }
   if (hadInFlight && inFlight_.empty() && onDrained_) {

@@ -52,10 +52,10 @@ void TwinClient::request(Kind kind, std::string payload, bool sendNow, Done done
   }
   std::string rid = std::to_string(nextRid_++);
   auto& r = requests_[rid];
-  r = Request{kind, std::move(payload), std::move(done),
-              clock_.monotonic() +
-                  std::chrono::duration_cast<std::chrono::microseconds>(options_.timeout),
-              false};
+  r = Request{
+      kind, std::move(payload), std::move(done),
+      clock_.monotonic() + std::chrono::duration_cast<std::chrono::microseconds>(options_.timeout),
+      false};
   if (sendNow) {
     send(rid, r);
   }
@@ -127,7 +127,8 @@ void TwinClient::onTimer() {
 void TwinClient::onResponse(std::string_view topic, std::string_view payload) {
   auto response = proto::parseTwinResponseTopic(topic);
   if (!response) {
-    listener_.onTwinError({Errc::Protocol, "unreadable twin response: " + response.error().message});
+    listener_.onTwinError(
+        {Errc::Protocol, "unreadable twin response: " + response.error().message});
     return;
   }
   auto it = requests_.find(response->requestId);
@@ -155,9 +156,8 @@ void TwinClient::ensureDesired() {
   }
   ensureInFlight_ = true;
   request(Kind::EnsureDesired, " ", true,
-          lifetime_.guard([this](core::Result<proto::TwinResponse> r, const std::string& body) {
-            onDesiredFetched(r, body);
-          }));
+          lifetime_.guard([this](const core::Result<proto::TwinResponse>& r,
+                                 const std::string& body) { onDesiredFetched(r, body); }));
 }
 
 void TwinClient::onDesiredFetched(const core::Result<proto::TwinResponse>& response,

@@ -138,9 +138,14 @@ class NetnsTest : public DaemonTest {
 
   void SetUp() override {
     DaemonTest::SetUp();
-    // REJECT (TCP reset) rather than DROP: a bypass fails at once with a clear error.
+    rejectForDaemon({hub_.port(), hub_.websocketsPort()});
+  }
+
+  /// The daemon's user may not reach `ports` directly. REJECT (TCP reset) rather than DROP: a
+  /// bypass fails at once with a clear error.
+  static void rejectForDaemon(std::initializer_list<int> ports) {
     for (const char* tool : {"iptables", "ip6tables"}) {
-      for (int port : {hub_.port(), hub_.websocketsPort()}) {
+      for (int port : ports) {
         ASSERT_EQ(
             run({tool, "-w", "-A", "OUTPUT", "-p", "tcp", "--dport", std::to_string(port), "-m",
                  "owner", "--uid-owner", "iothubd", "-j", "REJECT", "--reject-with", "tcp-reset"}),
@@ -469,14 +474,7 @@ TEST_F(ProxyTest, FileUploadGoesThroughTheHttpProxyToo) {
   hubemu::FileUploadHub files(hub_, &azurite);
   files.start();
   // The hub's file-upload endpoints and storage are closed to the daemon as well.
-  for (const char* tool : {"iptables", "ip6tables"}) {
-    for (int port : {files.port(), azurite.port()}) {
-      ASSERT_EQ(
-          run({tool, "-w", "-A", "OUTPUT", "-p", "tcp", "--dport", std::to_string(port), "-m",
-               "owner", "--uid-owner", "iothubd", "-j", "REJECT", "--reject-with", "tcp-reset"}),
-          0);
-    }
-  }
+  rejectForDaemon({files.port(), azurite.port()});
   startTinyproxy();
   useProxy("HTTP", true, kProxyPassword,
            "[file_upload]\nhttps_port = " + std::to_string(files.port()) + "\n");
@@ -508,14 +506,7 @@ TEST_F(ProxyTest, AReloadThatAddsAProxyTakesTheConnectionAndUploadsThroughIt) {
   azurite.start();
   hubemu::FileUploadHub files(hub_, &azurite);
   files.start();
-  for (const char* tool : {"iptables", "ip6tables"}) {
-    for (int port : {files.port(), azurite.port()}) {
-      ASSERT_EQ(
-          run({tool, "-w", "-A", "OUTPUT", "-p", "tcp", "--dport", std::to_string(port), "-m",
-               "owner", "--uid-owner", "iothubd", "-j", "REJECT", "--reject-with", "tcp-reset"}),
-          0);
-    }
-  }
+  rejectForDaemon({files.port(), azurite.port()});
   const std::string extra = "[file_upload]\nhttps_port = " + std::to_string(files.port()) +
                             "\n[connection]\nconnection_retry_interval = 1\n";
   writeConfig(extra);

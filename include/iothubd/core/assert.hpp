@@ -14,9 +14,9 @@ namespace iothubd::core {
 }  // namespace iothubd::core
 
 /// IOTHUBD_ASSERT(inFlight_.empty(), "a planned reconnect closes only a drained link")
-#define IOTHUBD_ASSERT(condition, why)                                           \
-  do {                                                                           \
-    if (!(condition)) [[unlikely]] {                                             \
-      ::iothubd::core::assertionFailed(#condition, (why), __FILE__, __LINE__);   \
-    }                                                                            \
+#define IOTHUBD_ASSERT(condition, why)                                         \
+  do {                                                                         \
+    if (!(condition)) [[unlikely]] {                                           \
+      ::iothubd::core::assertionFailed(#condition, (why), __FILE__, __LINE__); \
+    }                                                                          \
   } while (false)

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // The connection state machine of HubSession: where the one MQTT link is, which event moves it
-// where, and what each move does. Every transition is one row of one table (connection_machine.cpp);
-// the session performs the rows' actions. Pure: no timers, no transport, no clock.
+// where, and what each move does. Every transition is one row of one table
+// (connection_machine.cpp); the session performs the rows' actions. Pure: no timers, no transport,
+// no clock.
 #pragma once
 
 #include <cstddef>

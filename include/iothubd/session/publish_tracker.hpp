@@ -32,9 +32,9 @@ class PublishTracker {
   using Completion = std::function<void(core::Result<void>)>;
 
   struct Limits {
-    std::size_t maxHeldMessages = 10000;        ///< max_queued_messages
+    std::size_t maxHeldMessages = 10000;          ///< max_queued_messages
     std::size_t maxHeldBytes = 16 * 1024 * 1024;  ///< max_queued_bytes: topics and payloads
-    std::chrono::seconds timeout{60};            ///< operation_timeout
+    std::chrono::seconds timeout{60};             ///< operation_timeout
   };
 
   PublishTracker(core::Scheduler& scheduler, const core::Clock& clock,

@@ -22,8 +22,8 @@ namespace iothubd::session {
 class RetryPolicy {
  public:
   struct Settings {
-    bool retry = true;                     ///< connection_retry
-    std::chrono::seconds interval{10};     ///< connection_retry_interval
+    bool retry = true;                  ///< connection_retry
+    std::chrono::seconds interval{10};  ///< connection_retry_interval
   };
   static constexpr std::chrono::milliseconds kFirstRetryAfterDrop{10};
 

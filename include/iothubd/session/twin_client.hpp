@@ -29,10 +29,10 @@ namespace iothubd::session {
 class TwinClient {
  public:
   struct Options {
-    std::size_t maxRequests = 64;           ///< waiting for an answer; over it QueueFull
-    std::chrono::seconds timeout{60};       ///< operation_timeout
+    std::size_t maxRequests = 64;            ///< waiting for an answer; over it QueueFull
+    std::chrono::seconds timeout{60};        ///< operation_timeout
     std::chrono::seconds retryInterval{10};  ///< after a failed desired fetch (pitfall 15)
-    bool ensureDesired = true;              ///< ensure_desired_properties
+    bool ensureDesired = true;               ///< ensure_desired_properties
   };
 
   /// What the twin reports on its own.

@@ -275,15 +275,22 @@ TEST(Apply, AtStartOnlyTheHttpsClientIsFatalAndAFailedOutboxIsTriedAgainAtTheNex
   EXPECT_EQ(r.calls, (std::vector<std::string>{"outbox /var/lib/iothubd/outbox.db"}));
 }
 
-TEST(Apply, AReloadTouchesOnlyWhatChangedAndReportsAReconnect) {
+/// Components started from base(), ready for a reload.
+class ReloadTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(apply(running, compose(base(), env), r).has_value());
+    r.calls.clear();
+  }
   Recording r;
   std::optional<Composition> running;
-  const auto env = environment();
-  ASSERT_TRUE(apply(running, compose(base(), env), r).has_value());
+  const Environment env = environment();
+};
+
+TEST_F(ReloadTest, AReloadTouchesOnlyWhatChangedAndReportsAReconnect) {
   Loaded l = base();
   l.identity.deviceId = "dev2";
   l.settings.maxMethodClaimsPerApp = 3;
-  r.calls.clear();
   auto applied = apply(running, compose(l, env), r);
   ASSERT_TRUE(applied.has_value());
   EXPECT_EQ(r.calls, (std::vector<std::string>{"session", "upload", "bus"}));
@@ -293,15 +300,10 @@ TEST(Apply, AReloadTouchesOnlyWhatChangedAndReportsAReconnect) {
   EXPECT_EQ(running->session.deviceId, "dev2");
 }
 
-TEST(Apply, AComponentThatCannotBeRebuiltKeepsRunningAndTheRefusalIsSaid) {
-  Recording r;
-  std::optional<Composition> running;
-  const auto env = environment();
-  ASSERT_TRUE(apply(running, compose(base(), env), r).has_value());
+TEST_F(ReloadTest, AComponentThatCannotBeRebuiltKeepsRunningAndTheRefusalIsSaid) {
   Loaded l = base();
   l.settings.outboxPath = "/nonexistent/outbox.db";
   l.settings.serverVerificationCert = "/etc/iothubd/ca.pem";
-  r.calls.clear();
   r.outboxFails = true;
   r.httpsFails = true;
   auto applied = apply(running, compose(l, env), r);

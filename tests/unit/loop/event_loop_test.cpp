@@ -34,7 +34,8 @@ TEST_F(EventLoopTest, ACancelledPostNeverRunsTheOthersDo) {
   auto kept = loop_->post([&ran] { ran += 1; });
   auto cancelled = loop_->post([&ran] { ran += 10; });
   cancelled.cancel();
-  ASSERT_TRUE(runUntil(*loop_, [&] { return !kept.pending(); }, 5s));
+  ASSERT_TRUE(runUntil(
+      *loop_, [&] { return !kept.pending(); }, 5s));
   EXPECT_EQ(ran, 1);
   EXPECT_FALSE(cancelled.pending());
 }
@@ -47,7 +48,8 @@ TEST_F(EventLoopTest, OffLoopWorkRunsToItsEndButACancelledCompletionDoesNot) {
   // A second job finishing proves the loop has handled the first one's end as well.
   bool secondDone = false;
   (void)loop_->runOffLoop([] {}, [&secondDone] { secondDone = true; });
-  ASSERT_TRUE(runUntil(*loop_, [&] { return secondDone && worked; }, 5s));
+  ASSERT_TRUE(runUntil(
+      *loop_, [&] { return secondDone && worked; }, 5s));
   ASSERT_TRUE(loop_->runOnce(50ms).has_value());
   EXPECT_FALSE(completed);
 }
@@ -59,11 +61,13 @@ TEST_F(EventLoopTest, WorkThatThrowsOffTheLoopStillCompletesOnIt) {
                           [&offLoopDone] { offLoopDone = true; });
   (void)loop_->runOnWorker([] { throw std::runtime_error("commit exploded"); },
                            [&workerDone] { workerDone = true; });
-  ASSERT_TRUE(runUntil(*loop_, [&] { return offLoopDone && workerDone; }, 5s));
+  ASSERT_TRUE(runUntil(
+      *loop_, [&] { return offLoopDone && workerDone; }, 5s));
   // The long-lived worker survived its job's exception and takes the next one.
   bool next = false;
   (void)loop_->runOnWorker([] {}, [&next] { next = true; });
-  EXPECT_TRUE(runUntil(*loop_, [&] { return next; }, 5s));
+  EXPECT_TRUE(runUntil(
+      *loop_, [&] { return next; }, 5s));
 }
 
 /// A component that hands its callbacks to the loop the way src/ does.
@@ -88,7 +92,8 @@ TEST_F(EventLoopTest, CallbacksOfADestroyedComponentNeverRun) {
   poster.reset();
   bool later = false;
   (void)loop_->runOffLoop([] {}, [&later] { later = true; });
-  ASSERT_TRUE(runUntil(*loop_, [&] { return later; }, 5s));
+  ASSERT_TRUE(runUntil(
+      *loop_, [&] { return later; }, 5s));
   ASSERT_TRUE(loop_->runOnce(50ms).has_value());
   EXPECT_EQ(calls, 0);
 }

@@ -175,9 +175,20 @@ TEST(ConnectionMachine, EventsWithoutARowAreIgnoredAndChangeNothing) {
   }
 }
 
-TEST(ConnectionMachine, AppsSeeReconnectingOnlyAfterAnEstablishedLinkWasLost) {
+/// A machine and its recorded actions, for the tests that drive one path.
+class LinkTest : public ::testing::Test {
+ protected:
+  /// From Idle to Up, forgetting the actions it took.
+  void up() {
+    m.handle(E::Start);
+    m.handle(E::Connacked);
+    r.performed.clear();
+  }
   Recorder r;
-  ConnectionMachine m(r);
+  ConnectionMachine m{r};
+};
+
+TEST_F(LinkTest, AppsSeeReconnectingOnlyAfterAnEstablishedLinkWasLost) {
   m.handle(E::Start);
   EXPECT_EQ(m.visible(), ConnectionState::Connecting);
   m.handle(E::Lost);  // the first attempt failed: still connecting, never connected yet
@@ -198,11 +209,8 @@ TEST(ConnectionMachine, AppsSeeReconnectingOnlyAfterAnEstablishedLinkWasLost) {
   EXPECT_FALSE(m.dropped());
 }
 
-TEST(ConnectionMachine, APlannedReconnectIsInvisibleUnlessItsConnectFails) {
-  Recorder r;
-  ConnectionMachine m(r);
-  m.handle(E::Start);
-  m.handle(E::Connacked);
+TEST_F(LinkTest, APlannedReconnectIsInvisibleUnlessItsConnectFails) {
+  up();
   m.handle(E::Renew);
   EXPECT_EQ(m.state(), S::Draining);
   m.handle(E::Drained);
@@ -220,11 +228,8 @@ TEST(ConnectionMachine, APlannedReconnectIsInvisibleUnlessItsConnectFails) {
   EXPECT_EQ(m.visible(), ConnectionState::Reconnecting);
 }
 
-TEST(ConnectionMachine, AnEventFedFromAnActionWaitsForTheCurrentTransition) {
-  Recorder r;
-  ConnectionMachine m(r);
-  m.handle(E::Start);
-  m.handle(E::Connacked);
+TEST_F(LinkTest, AnEventFedFromAnActionWaitsForTheCurrentTransition) {
+  up();
   // The session's BeginDrain feeds Drained at once when nothing is in flight.
   r.onAction = [&](LinkAction a) {
     if (a == A::BeginDrain) {
@@ -232,25 +237,20 @@ TEST(ConnectionMachine, AnEventFedFromAnActionWaitsForTheCurrentTransition) {
       EXPECT_EQ(m.state(), S::Draining) << "taken before the current transition completed";
     }
   };
-  r.performed.clear();
   m.handle(E::Renew);
   EXPECT_EQ(m.state(), S::Renewing);
   EXPECT_EQ(r.performed, (std::vector{A::BeginDrain, A::EndDrain, A::CloseLink}));
 }
 
-TEST(ConnectionMachine, DisconnectWhileClosingForADisconnectAndAConnectReopens) {
-  Recorder r;
-  ConnectionMachine m(r);
-  m.handle(E::Start);
-  m.handle(E::Connacked);
+TEST_F(LinkTest, DisconnectWhileClosingForADisconnectAndAConnectReopens) {
+  up();
   m.handle(E::Stop);
   m.handle(E::Start);  // Connect() before the close completed
   EXPECT_EQ(m.state(), S::Reopening);
   r.performed.clear();
   m.handle(E::Closed);
   EXPECT_EQ(m.state(), S::Connecting);
-  EXPECT_EQ(r.performed,
-            (std::vector{A::LinkDown, A::FinishClose, A::Announce, A::BeginAttempt}));
+  EXPECT_EQ(r.performed, (std::vector{A::LinkDown, A::FinishClose, A::Announce, A::BeginAttempt}));
   EXPECT_EQ(m.visible(), ConnectionState::Connecting);
 }
 

@@ -108,10 +108,12 @@ TEST_F(PublishTrackerTest, FlushPublishesHeldMessagesInOrderWhileTheLinkStaysUp)
   std::vector<std::string> answers;
   bool linkUp = true;
   for (std::string body : {"1", "2", "3"}) {
-    ASSERT_TRUE(tracker_.hold("t", body, [&answers, &linkUp, body](core::Result<void> r) {
-                  answers.push_back(body + (r ? " ok" : " failed"));
-                  linkUp = false;  // the failure tells the owner the link is gone
-                })
+    ASSERT_TRUE(tracker_
+                    .hold("t", body,
+                          [&answers, &linkUp, body](core::Result<void> r) {
+                            answers.push_back(body + (r ? " ok" : " failed"));
+                            linkUp = false;  // the failure tells the owner the link is gone
+                          })
                     .has_value());
   }
   transport_.connected = false;  // the first publish is refused: the link is going

@@ -49,9 +49,7 @@ class TwinClientTest : public ::testing::Test {
                            "/?$rid=" + FakeMqttTransport::ridOf(p->topic) + extra,
                        body);
   }
-  void deliver(const std::string& topic, const std::string& body) {
-    twin_.onResponse(topic, body);
-  }
+  void deliver(const std::string& topic, const std::string& body) { twin_.onResponse(topic, body); }
 
   fakes::ManualScheduler clock_;
   FakeMqttTransport transport_;
