@@ -5,6 +5,7 @@
 #include "iothubd/core/log.hpp"
 #include "iothubd/proto/mqtt_identity.hpp"
 #include "iothubd/proto/sas_token.hpp"
+#include "iothubd/session/session_options.hpp"
 
 namespace iothubd::session {
 namespace {
@@ -30,14 +31,6 @@ RetryPolicy::Settings retrySettings(const SessionOptions& o) {
   return {o.connectionRetry, o.connectionRetryInterval};
 }
 
-/// The token of a key-based identity for `ttl` from now (protocol doc 2, 12: never a cached one).
-core::Result<core::Secret<>> keyToken(const SessionOptions& o, const core::Clock& clock,
-                                      std::uint64_t& expiry) {
-  expiry = clock.unixSeconds() + static_cast<std::uint64_t>(o.sasTokenTtl.count());
-  return proto::makeSasToken(proto::sasResourceUri(o.hubHostname, o.deviceId, o.moduleId),
-                             o.sharedAccessKey, expiry);
-}
-
 }  // namespace
 
 const char* connectionStateName(ConnectionState state) noexcept {
@@ -52,34 +45,6 @@ const char* connectionStateName(ConnectionState state) noexcept {
       return "reconnecting";
   }
   return "disconnected";
-}
-
-bool linkDependsOnChange(const SessionOptions& a, const SessionOptions& b) {
-  // What applies in place is copied over; anything else that differs reaches the CONNECT.
-  SessionOptions inPlace = b;
-  inPlace.autoConnect = a.autoConnect;
-  inPlace.connectionRetry = a.connectionRetry;
-  inPlace.connectionRetryInterval = a.connectionRetryInterval;
-  inPlace.operationTimeout = a.operationTimeout;
-  inPlace.maxQueuedMessages = a.maxQueuedMessages;
-  inPlace.maxQueuedBytes = a.maxQueuedBytes;
-  inPlace.ensureDesiredProperties = a.ensureDesiredProperties;
-  inPlace.maxTwinRequests = a.maxTwinRequests;
-  return !(inPlace == a);
-}
-
-core::Result<core::Secret<>> httpAuthorization(const SessionOptions& options,
-                                               const core::Clock& clock) {
-  switch (options.auth) {
-    case AuthMethod::X509:
-      return core::Secret<>();
-    case AuthMethod::SasToken:
-      return options.sasToken;
-    case AuthMethod::SymmetricKey:
-      break;
-  }
-  std::uint64_t expiry = 0;
-  return keyToken(options, clock, expiry);
 }
 
 HubSession::HubSession(core::Scheduler& scheduler, core::Clock& clock,
@@ -463,44 +428,20 @@ void HubSession::perform(LinkAction action, const ConnectionMachine::Step& step)
 }
 
 void HubSession::beginAttempt() {
-  // Protocol doc 12 (pitfalls 3, 4): never reuse a cached password; a fresh token for every
-  // CONNECT, with the wall clock for `se`.
-  core::Result<core::Secret<>> password = core::Secret<>();
-  switch (options_.auth) {
-    case AuthMethod::X509:
-      tokenExpiry_ = 0;  // nothing to renew: the certificate is the credential
-      break;
-    case AuthMethod::SasToken:
-      if (auto parsed = proto::parseSasToken(options_.sasToken.reveal()); !parsed) {
-        password = fail(Errc::Unauthorized, "SAS token: " + parsed.error().message);
-      } else {
-        tokenExpiry_ = parsed->expiry;
-        password = options_.sasToken;
-      }
-      break;
-    case AuthMethod::SymmetricKey: {
-      std::uint64_t expiry = 0;
-      password = keyToken(options_, clock_, expiry);
-      if (password) {
-        tokenExpiry_ = expiry;
-      } else {
-        password = fail(Errc::Unauthorized, password.error().message);
-      }
-      break;
-    }
-  }
+  auto password = connectPassword(options_, clock_);
   if (!password) {
     logf(LogLevel::Error, "cannot connect: ", password.error().message);
     failed(password.error());
     return;
   }
+  tokenExpiry_ = password->expiry;
   mqtt::ConnectOptions o;
   o.host = options_.gatewayHostname.empty() ? options_.hubHostname : options_.gatewayHostname;
   o.port = options_.port;
   o.clientId = proto::mqttClientId(options_.deviceId, options_.moduleId);
   o.username = proto::mqttUsername(options_.hubHostname, options_.deviceId, options_.moduleId,
                                    options_.userAgent, options_.productInfo);
-  o.password = std::move(*password);
+  o.password = std::move(password->secret);
   o.keepAliveSeconds = options_.keepAliveSeconds;
   o.tls = options_.tls;
   o.websockets = options_.websockets;
@@ -614,19 +555,9 @@ void HubSession::finishClose() {
 
 void HubSession::armRenewal() {
   renewTimer_->disarm();
-  std::uint64_t now = clock_.unixSeconds();
-  if (tokenExpiry_ <= now) {
-    return;
+  if (auto delay = renewalDelay(options_.auth, tokenExpiry_, clock_.unixSeconds())) {
+    renewTimer_->armAfter(*delay);
   }
-  // Renew a fifth of the lifetime before expiry, at most 120 s before it as the Python SDK does
-  // (protocol doc 2): with the default hour that is 58 min after the CONNECT.
-  auto lifetime = std::chrono::seconds(tokenExpiry_ - now);
-  // An operator-supplied token needs a person or an app to act: ask about 2 minutes ahead
-  // (Python SDK: on_new_sastoken_required at expiry - 120 s), or halfway for short tokens.
-  auto margin = std::min<std::chrono::seconds>(
-      std::chrono::seconds(120),
-      options_.auth == AuthMethod::SasToken ? lifetime / 2 : lifetime / 5);
-  renewTimer_->armAfter(lifetime - margin);
 }
 
 void HubSession::subscribeAll() {
