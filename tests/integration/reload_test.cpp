@@ -127,7 +127,8 @@ TEST_F(ReloadTest, EverySettingTheLinkDoesNotDependOnAppliesInPlace) {
 }
 
 // [outbox]: a new outbox_path takes effect at once; what the old file still holds stays there and
-// is delivered when that path is configured again; nothing is lost either way.
+// is delivered when that path is configured again; nothing is lost either way. A path that cannot
+// be opened is refused with a warning, and the running outbox stays.
 TEST_F(ReloadTest, ANewOutboxPathIsUsedAtOnceAndTheOldFileKeepsItsMessages) {
   writeConfig("[connection]\nconnection_retry_interval = 1\n");
   startDaemon();
@@ -164,6 +165,18 @@ TEST_F(ReloadTest, ANewOutboxPathIsUsedAtOnceAndTheOldFileKeepsItsMessages) {
           .has_value())
       << "the message left in the first outbox was not delivered after it came back";
   EXPECT_EQ(service.ledger(kDevice).duplicates, 0);
+
+  // A path that cannot be opened is refused: the running outbox keeps serving.
+  log = reloadWith("[connection]\nconnection_retry_interval = 1\n[outbox]\noutbox_path = " +
+                   daemonDir_ + "/missing/outbox.db\n");
+  EXPECT_NE(log.find("<4>reload: outbox: "), std::string::npos) << log;
+  EXPECT_NE(log.find("; keeping the running one (outbox_path not applied)"), std::string::npos)
+      << log;
+  std::string kept = client().QueueMessage("queued in the outbox that kept running", {}, {});
+  EXPECT_TRUE(
+      service
+          .waitForTelemetry([&](const hubemu::Telemetry& t) { return t.property("$.mid") == kept; })
+          .has_value());
 }
 
 TEST_F(ReloadTest, ABrokenConfigurationKeepsTheRunningOneAndSaysWhy) {
