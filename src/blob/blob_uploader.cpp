@@ -137,12 +137,8 @@ class BlobUploader::Upload {
     if (!info_) {
       // No correlation id yet, so nothing to tell the hub.
       phase_ = Phase::Done;
-      auto alive = owner_.alive_;
-      owner_.scheduler_.post([this, alive, error = std::move(error)]() mutable {
-        if (*alive) {
-          finish(fail(std::move(error)));
-        }
-      });
+      owner_.scheduler_.post(owner_.lifetime_.guard(
+          [this, error = std::move(error)]() mutable { finish(fail(std::move(error))); }));
       return;
     }
     std::string description = error.message;
@@ -402,12 +398,8 @@ class BlobUploader::Upload {
                           proto::notificationBody(n),
                           [this](core::Result<http::Response> r) { onNotified(std::move(r)); });
     if (!id) {
-      auto alive = owner_.alive_;
-      owner_.scheduler_.post([this, alive, error = id.error()] {
-        if (*alive) {
-          onNotifyFailed(error);
-        }
-      });
+      owner_.scheduler_.post(
+          owner_.lifetime_.guard([this, error = id.error()] { onNotifyFailed(error); }));
       return;
     }
     request_ = *id;
@@ -495,7 +487,7 @@ BlobUploader::BlobUploader(http::HttpClient& http, core::Scheduler& scheduler,
 }
 
 BlobUploader::~BlobUploader() {
-  *alive_ = false;
+  lifetime_.end();
   uploads_.clear();
   for (auto id : stepRequests_) {
     http_.cancel(id);

@@ -17,6 +17,7 @@
 #include "call_quota.hpp"
 #include "errors.hpp"
 #include "inbound_limits.hpp"
+#include "iothubd/core/lifetime.hpp"
 #include "iothubd/core/log.hpp"
 #include "iothubd/proto/telemetry.hpp"
 #include "iothubd/proto/twin.hpp"
@@ -169,7 +170,7 @@ class DeviceObjectImpl final : public DeviceObject,
   }
 
   ~DeviceObjectImpl() override {
-    *alive_ = false;
+    lifetime_.end();
     session_.removeObserver(this);
     telemetry_.setListener(nullptr);
     busProxy_.reset();
@@ -200,6 +201,8 @@ class DeviceObjectImpl final : public DeviceObject,
   void identityChanged() override {
     emitChanged({"DeviceId", "ModuleId", "HostName", "GatewayHostName", "AuthenticationType"});
   }
+
+  void setUploader(blob::BlobUploader* uploads) override { uploads_ = uploads; }
 
  private:
   static MethodRouter::Limits routerLimits(const BusLimits& limits) {
@@ -268,14 +271,14 @@ class DeviceObjectImpl final : public DeviceObject,
   /// unless the object is gone by then.
   void withCredentials(const std::string& peer,
                        std::function<void(core::Result<PeerCredentials>)> then) {
-    auto alive = alive_;
+    // A watch, not guard(): sdbus-c++ reads the reply's types off the callback's signature.
     busProxy_->callMethodAsync("GetConnectionCredentials")
         .onInterface(kBusDriver)
         .withArguments(peer)
-        .uponReplyInvoke([alive, then = std::move(then)](
+        .uponReplyInvoke([self = lifetime_.watch(), then = std::move(then)](
                              const sdbus::Error* error,
                              const std::map<std::string, sdbus::Variant>& credentials) {
-          if (!*alive) {
+          if (self.ended()) {
             return;
           }
           try {
@@ -376,24 +379,24 @@ class DeviceObjectImpl final : public DeviceObject,
         r.returnError(e);
       }
     };
-    auto alive = alive_;
-    return [call, onSuccess = std::move(onSuccess), alive](auto outcome) mutable {
-      if (!*alive || !call->result) {
-        return;
-      }
-      auto r = std::move(*call->result);
-      call->result.reset();
-      call->ticket.release();
-      guarded(
-          "reply", [&](const sdbus::Error& e) { r.returnError(e); },
-          [&] {
-            if (outcome) {
-              onSuccess(r, outcome);
-            } else {
-              r.returnError(toDbusError(outcome.error()));
-            }
-          });
-    };
+    return
+        [call, onSuccess = std::move(onSuccess), self = lifetime_.watch()](auto outcome) mutable {
+          if (self.ended() || !call->result) {
+            return;
+          }
+          auto r = std::move(*call->result);
+          call->result.reset();
+          call->ticket.release();
+          guarded(
+              "reply", [&](const sdbus::Error& e) { r.returnError(e); },
+              [&] {
+                if (outcome) {
+                  onSuccess(r, outcome);
+                } else {
+                  r.returnError(toDbusError(outcome.error()));
+                }
+              });
+        };
   }
 
   static auto replyEmpty() {
@@ -668,12 +671,9 @@ class DeviceObjectImpl final : public DeviceObject,
   template <class Done>
   void startUpload(Done done, std::string blobName, core::UniqueFd fd,
                    const std::string& uploader) {
-    auto alive = alive_;
-    auto progress = [this, alive, uploader](const blob::UploadProgress& p) {
-      if (*alive) {
-        emitTo(uploader, "UploadProgress", p.blobName, p.bytesDone, p.bytesTotal);
-      }
-    };
+    auto progress = lifetime_.guard([this, uploader](const blob::UploadProgress& p) {
+      emitTo(uploader, "UploadProgress", p.blobName, p.bytesDone, p.bytesTotal);
+    });
     auto id = uploads().upload(std::move(blobName), std::move(fd), std::move(progress), done);
     if (!id) {
       done(core::Result<blob::UploadOutcome>(core::fail(id.error())));
@@ -858,7 +858,7 @@ class DeviceObjectImpl final : public DeviceObject,
   std::function<void(const sdbus::Error&)> handedOver_;
   std::unique_ptr<sdbus::IProxy> busProxy_;
   bool connected_ = false;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  core::Lifetime lifetime_;  ///< last: callbacks of a destroyed object never run
 };
 
 }  // namespace

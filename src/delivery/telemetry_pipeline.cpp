@@ -115,7 +115,7 @@ TelemetryPipeline::TelemetryPipeline(core::Scheduler& scheduler, core::Clock& cl
 }
 
 TelemetryPipeline::~TelemetryPipeline() {
-  *alive_ = false;
+  lifetime_.end();
   session_.removeObserver(this);
 }
 
@@ -176,11 +176,8 @@ void TelemetryPipeline::enqueue(std::string app, std::vector<proto::CheckedMessa
   // Commits are reported on a later loop iteration, never inside enqueue(): the call is in
   // place before its messages can be stored.
   const std::uint64_t seq = outbox_->nextSeq();
-  auto stored = [this, alive = alive_, seq](const core::Result<void>& committed) {
-    if (*alive) {
-      onStored(seq, committed);
-    }
-  };
+  auto stored = lifetime_.guard(
+      [this, seq](const core::Result<void>& committed) { onStored(seq, committed); });
   auto accepted = call.reply.batch
                       ? outbox_->enqueueBatch(std::move(app), std::move(messages), stored)
                       : outbox_->enqueue(std::move(app), std::move(messages.front()), stored);
@@ -230,14 +227,16 @@ void TelemetryPipeline::pump() {
   }
   const std::string& prefix = topicPrefix();
   for (auto& m : *batch) {
-    auto r = session_.publishPrepared(m.message.topic(prefix), m.message.body(),
-                                      [this, alive = alive_, seq = m.seq,
-                                       notice = Notice{std::move(m.app), m.message.messageId()}](
-                                          const core::Result<void>& acked) {
-                                        if (*alive) {
-                                          onAck(seq, notice, acked);
-                                        }
-                                      });
+    auto r = session_.publishPrepared(
+        m.message.topic(prefix), m.message.body(),
+        lifetime_.guard([this, generation = outboxGeneration_, seq = m.seq,
+                         notice = Notice{std::move(m.app), m.message.messageId()}](
+                            const core::Result<void>& acked) {
+          // A PUBACK for a store replaced meanwhile (reload) names a seq of that store.
+          if (generation == outboxGeneration_) {
+            onAck(seq, notice, acked);
+          }
+        }));
     if (!r) {
       outbox_->requeueInFlight();  // the link went away under us: everything goes again later
       return;
@@ -339,11 +338,9 @@ void TelemetryPipeline::publish(const std::shared_ptr<SendCall>& call, std::size
   const auto& m = call->message(index);
   topic_.assign(topicPrefix()).append(m.propertyBag());
   session_.publishTelemetry(topic_, m.body(),
-                            [this, alive = alive_, call, index](const core::Result<void>& r) {
-                              if (*alive) {
-                                onPublished(call, index, r);
-                              }
-                            });
+                            lifetime_.guard([this, call, index](const core::Result<void>& r) {
+                              onPublished(call, index, r);
+                            }));
 }
 
 void TelemetryPipeline::onPublished(const std::shared_ptr<SendCall>& call, std::size_t index,
@@ -365,11 +362,7 @@ void TelemetryPipeline::onPublished(const std::shared_ptr<SendCall>& call, std::
     dropped_.emplace_back(call, index);
     if (!resendPosted_) {
       resendPosted_ = true;
-      scheduler_.post([this, alive = alive_] {
-        if (*alive) {
-          resendDropped();
-        }
-      });
+      (void)scheduler_.post(lifetime_.guard([this] { resendDropped(); }));
     }
     return;
   }
@@ -568,6 +561,42 @@ void TelemetryPipeline::flushBatches() {
   }
   if (changed) {
     listener_->onCountersChanged();
+  }
+}
+
+std::unique_ptr<outbox::Outbox> TelemetryPipeline::releaseOutbox() {
+  released_ = {};
+  if (outbox_ == nullptr) {
+    return nullptr;
+  }
+  if (auto r = outbox_->flush(); !r) {
+    logf(LogLevel::Error, "cannot store pending messages: ", r.error().message);
+  }
+  // What is in flight stays stored, unacknowledged, and goes again from whichever store holds it
+  // (at least once, with its message id): its PUBACKs would name seqs of a closed store.
+  outbox_->requeueInFlight();
+  ++outboxGeneration_;
+  released_.path = outbox_->options().path;
+  released_.left = outbox_->length();
+  expiryTimer_->disarm();
+  return std::move(outbox_);
+}
+
+void TelemetryPipeline::adoptOutbox(std::unique_ptr<outbox::Outbox> next, std::string unavailable) {
+  const bool samePlace = next != nullptr && next->options().path == released_.path;
+  if (!samePlace && released_.left > 0) {
+    logf(LogLevel::Notice, released_.left, " messages stay in the outbox at ", released_.path,
+         "; they are delivered when it is configured again");
+  }
+  released_ = {};
+  outbox_ = std::move(next);
+  unavailable_ = std::move(unavailable);
+  countersChanged_ = true;
+  scheduleFlush();
+  if (outbox_ != nullptr) {
+    backlogPeak_ = outbox_->length();
+    armExpiry();
+    pump();
   }
 }
 

@@ -12,6 +12,7 @@
 
 #include <mosquitto.h>
 
+#include "iothubd/core/lifetime.hpp"
 #include "iothubd/core/log.hpp"
 #include "iothubd/relay/tunnel.hpp"
 
@@ -83,7 +84,7 @@ class MosquittoTransport final : public MqttTransport {
   ~MosquittoTransport() override {
     // A worker may still be inside mosquitto_connect_async on our handle: the loop joins workers
     // before it is destroyed, but we own the handle, so wait for the worker here.
-    *alive_ = false;
+    lifetime_.end();
     if (pendingConnect_.valid()) {
       pendingConnect_.wait();
     }
@@ -148,23 +149,23 @@ class MosquittoTransport final : public MqttTransport {
     // 6.1): it runs on a worker while the loop leaves the handle alone.
     auto* handle = handle_.get();
     int keepAlive = options.keepAliveSeconds;
-    auto rcHolder = std::make_shared<int>(MOSQ_ERR_SUCCESS);
+    auto rcHolder = std::make_shared<int>(MOSQ_ERR_UNKNOWN);
     auto errnoHolder = std::make_shared<int>(0);
-    auto alive = alive_;
     auto finished = std::make_shared<std::promise<void>>();
     pendingConnect_ = finished->get_future().share();
     loop_.runOffLoop(
         [handle, host, port, keepAlive, rcHolder, errnoHolder, finished] {
+          // The destructor waits for this promise: keep it even if the call threw.
+          struct Finished {
+            std::promise<void>& promise;
+            ~Finished() { promise.set_value(); }
+          } signal{*finished};
           errno = 0;
           *rcHolder = mosquitto_connect_async(handle, host.c_str(), port, keepAlive);
           *errnoHolder = errno;
-          finished->set_value();
         },
-        [this, rcHolder, errnoHolder, alive] {
-          if (*alive) {
-            onConnectStarted(*rcHolder, *errnoHolder);
-          }
-        });
+        lifetime_.guard(
+            [this, rcHolder, errnoHolder] { onConnectStarted(*rcHolder, *errnoHolder); }));
     return {};
   }
 
@@ -457,6 +458,12 @@ class MosquittoTransport final : public MqttTransport {
       closingSelf_ = true;
       mosquitto_disconnect(handle_.get());
       closingSelf_ = false;
+      if (mosquitto_socket(handle_.get()) >= 0) {
+        // Inside a libmosquitto callback (a protocol violation seen in on_connect) the DISCONNECT
+        // is only queued and the socket stays open, and nothing watches it any more: it closes
+        // with the handle, once the callback has returned.
+        retireHandle();
+      }
     }
     report(rc);
   }
@@ -512,12 +519,11 @@ class MosquittoTransport final : public MqttTransport {
       return;
     }
     if (inApiCall_) {
-      auto alive = alive_;
-      loop_.post([this, alive, fn = std::forward<Fn>(fn)]() mutable {
-        if (*alive && listener_ != nullptr) {
+      loop_.post(lifetime_.guard([this, fn = std::forward<Fn>(fn)]() mutable {
+        if (listener_ != nullptr) {
           fn(*listener_);
         }
-      });
+      }));
     } else {
       fn(*listener_);
     }
@@ -531,6 +537,17 @@ class MosquittoTransport final : public MqttTransport {
       return;  // a retired handle (retireHandle)
     }
     auto* t = self(obj);
+    if (t->state_ == State::Connected) {
+      // MQTT 3.1.1, 3.2: one CONNACK per connection. libmosquitto 2.0.11 passes a second one on
+      // (found by the scripted-broker test): a broker that sends it is not to be trusted further.
+      t->socketFailure_ = "protocol violation: a second CONNACK";
+      try {
+        t->closeAndReport(MOSQ_ERR_PROTOCOL);
+      } catch (...) {
+        core::logf(core::LogLevel::Error, "MQTT connect handler failed");
+      }
+      return;
+    }
     t->sawConnack_ = true;
     if (rc != 0) {
       t->connackCode_ = rc;  // on_disconnect follows from the same loop_read
@@ -662,9 +679,9 @@ class MosquittoTransport final : public MqttTransport {
   int connackCode_ = -1;
   bool inApiCall_ = false;
   std::string lastLibError_;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   /// Set while a worker runs mosquitto_connect_async on handle_; the destructor waits for it.
   std::shared_future<void> pendingConnect_;
+  core::Lifetime lifetime_;  ///< last: callbacks of a destroyed transport never run
 };
 
 }  // namespace

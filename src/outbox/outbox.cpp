@@ -351,24 +351,23 @@ Outbox::Completions Outbox::commit(bool wait) {
   if (offLoop_ && !wait) {
     // The fsync runs on a worker; the loop keeps accepting (into the next batch), reading and
     // delivering through the store's reading connection until done() runs on the loop.
-    offLoop_([store = store_, job] { job->run(*store); },
-             [this, alive = std::weak_ptr<bool>(alive_), job] {
-               if (alive.expired() || job_ != job) {
-                 return;  // destroyed, or flush() already finished this job
-               }
-               auto finished = finishCommit();
-               // After a failure, deletes alone wait for the retry timer, not the next PUBACK.
-               if (!pendingInserts_.empty() ||
-                   (!writeError_ && pendingDeletes_.size() >= options_.commitBatch)) {
-                 // What arrived during the fsync has waited long enough: the next group.
-                 auto more = commit(false);
-                 finished.insert(finished.end(), std::make_move_iterator(more.begin()),
-                                 std::make_move_iterator(more.end()));
-               } else if (!pendingDeletes_.empty()) {
-                 scheduleCommit(writeError_ ? options_.retryDelay : options_.deleteDelay);
-               }
-               runCompletions(finished);  // may destroy *this: only locals from here on
-             });
+    offLoop_([store = store_, job] { job->run(*store); }, lifetime_.guard([this, job] {
+      if (job_ != job) {
+        return;  // flush() already finished this job
+      }
+      auto finished = finishCommit();
+      // After a failure, deletes alone wait for the retry timer, not the next PUBACK.
+      if (!pendingInserts_.empty() ||
+          (!writeError_ && pendingDeletes_.size() >= options_.commitBatch)) {
+        // What arrived during the fsync has waited long enough: the next group.
+        auto more = commit(false);
+        finished.insert(finished.end(), std::make_move_iterator(more.begin()),
+                        std::make_move_iterator(more.end()));
+      } else if (!pendingDeletes_.empty()) {
+        scheduleCommit(writeError_ ? options_.retryDelay : options_.deleteDelay);
+      }
+      runCompletions(finished);  // may destroy *this: only locals from here on
+    }));
     return completions;
   }
   job->run(*store_);

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "iothubd/core/clock.hpp"
+#include "iothubd/core/lifetime.hpp"
 #include "iothubd/core/result.hpp"
 #include "iothubd/core/scheduler.hpp"
 #include "iothubd/core/secret.hpp"
@@ -39,6 +40,8 @@ struct HubEndpoint {
   std::string host;
   std::string deviceId;  ///< devices only: modules cannot upload files
   std::string apiVersion = std::string(proto::kFileUploadApiVersion);
+
+  bool operator==(const HubEndpoint&) const = default;
 };
 
 struct UploaderOptions {
@@ -58,6 +61,8 @@ struct UploaderOptions {
   std::chrono::milliseconds retryDelay{std::chrono::seconds(1)};
   /// Progress callbacks at most this often (and once more at the end).
   std::chrono::milliseconds progressInterval{std::chrono::seconds(1)};
+
+  bool operator==(const UploaderOptions&) const = default;
 };
 
 struct UploadProgress {
@@ -118,6 +123,9 @@ class BlobUploader {
   /// `done` gets Errc::Cancelled. Unknown ids are ignored.
   void cancel(UploadId id);
   [[nodiscard]] std::size_t activeUploads() const { return uploads_.size(); }
+  /// No upload and no single step is waiting for anything: destroying the uploader now drops no
+  /// caller's answer (a reload retires the old uploader once it is idle).
+  [[nodiscard]] bool idle() const { return uploads_.empty() && stepRequests_.empty(); }
 
   /// Step 1 alone (the seed's get_storage_info_for_blob): POST /devices/{id}/files. Errors as
   /// upload()'s. The StorageInfo's sasToken is a secret: never log it.
@@ -147,7 +155,7 @@ class BlobUploader {
   std::map<UploadId, std::unique_ptr<Upload>> uploads_;
   std::set<http::HttpClient::RequestId> stepRequests_;  ///< of getStorageInfo / notifyStatus
   UploadId nextId_ = 1;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  core::Lifetime lifetime_;  ///< last: callbacks of a destroyed uploader never run
 };
 
 }  // namespace iothubd::blob

@@ -34,6 +34,8 @@ struct BusLimits {
   /// Direct-method requests delivered and not yet answered, all peers together; the hub's
   /// request beyond it is answered 503 at once.
   std::size_t maxPendingMethodRequests = 256;
+
+  bool operator==(const BusLimits&) const = default;
 };
 
 class DeviceObject {
@@ -52,6 +54,10 @@ class DeviceObject {
   /// Configuration reload ([file_upload] upload_from_path_directories, already checked by
   /// config::checkUploadDirectories()): applies to later UploadFileFromPath calls.
   virtual void setUploadDirectories(std::vector<std::string> directories) = 0;
+  /// Configuration reload: later file-upload calls go to this uploader (null: file upload not
+  /// available). Uploads already running finish on the one they started with, which the caller
+  /// keeps alive until it is idle.
+  virtual void setUploader(blob::BlobUploader* uploads) = 0;
 };
 
 /// What the object serves the bus with.

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "iothubd/core/clock.hpp"
+#include "iothubd/core/lifetime.hpp"
 #include "iothubd/core/result.hpp"
 #include "iothubd/core/scheduler.hpp"
 #include "iothubd/outbox/outbox.hpp"
@@ -92,6 +93,16 @@ class TelemetryPipeline final : private session::HubSession::Observer {
   /// acknowledged by the hub: 0-1, 3"), so that the app can send exactly the others again.
   /// operation_timeout covers the whole batch.
   void sendBatch(std::string app, std::vector<proto::CheckedMessage> messages, BatchDone done);
+
+  /// Configuration reload (outbox settings changed), step 1: the outbox commits what is pending
+  /// (answering those Queue calls), its messages in flight become unsent again (they go again, at
+  /// least once, from the store that holds them), and it is handed over, to be closed before a
+  /// new one opens the same file. The pipeline has no outbox until adoptOutbox(), which must
+  /// follow in the same loop callback. Send calls are not affected: they never touch the outbox.
+  [[nodiscard]] std::unique_ptr<outbox::Outbox> releaseOutbox();
+  /// Step 2: `next` becomes the outbox (null: none; `unavailable` then says why). If it is
+  /// elsewhere than the released one, the old file keeps its undelivered messages (logged).
+  void adoptOutbox(std::unique_ptr<outbox::Outbox> next, std::string unavailable);
 
   /// Shutdown: stores what is pending (and answers those QueueMessage calls) and answers every
   /// waiting Send call with Cancelled.
@@ -180,9 +191,15 @@ class TelemetryPipeline final : private session::HubSession::Observer {
   bool countersChanged_ = false;
   std::unique_ptr<core::Timer> flushTimer_;
   std::unique_ptr<core::Timer> expiryTimer_;
-  std::uint64_t sentDelivered_ = 0;  ///< Send messages the hub acknowledged
-  std::uint64_t backlogPeak_ = 0;    ///< the outbox's longest length since it was last empty
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  std::uint64_t sentDelivered_ = 0;     ///< Send messages the hub acknowledged
+  std::uint64_t backlogPeak_ = 0;       ///< the outbox's longest length since it was last empty
+  std::uint64_t outboxGeneration_ = 0;  ///< counts releaseOutbox(): acks of an old store are stale
+  /// What releaseOutbox() handed over, for adoptOutbox()'s log line.
+  struct Released {
+    std::string path;
+    std::uint64_t left = 0;  ///< messages it still held
+  } released_;
+  core::Lifetime lifetime_;  ///< last: callbacks of a destroyed pipeline never run
 };
 
 }  // namespace iothubd::delivery

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "iothubd/core/clock.hpp"
+#include "iothubd/core/lifetime.hpp"
 #include "iothubd/core/result.hpp"
 #include "iothubd/core/scheduler.hpp"
 #include "iothubd/proto/telemetry.hpp"
@@ -59,6 +60,8 @@ struct OutboxOptions {
   std::chrono::microseconds deleteDelay{100000};
   /// After a failed commit, pending deletes are tried again this much later.
   std::chrono::microseconds retryDelay{std::chrono::seconds(1)};
+
+  bool operator==(const OutboxOptions&) const = default;
 };
 
 /// Who and what an entry is, for MessagesDelivered/MessagesExpired and drop logs.
@@ -262,7 +265,6 @@ class Outbox {
   bool readOnly_;
   OffLoopRunner offLoop_;
   std::shared_ptr<CommitJob> job_;  ///< the transaction being committed, if any
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 
   std::map<std::uint64_t, Meta> index_;  ///< every live entry, by seq (arrival order)
   std::set<std::pair<std::uint64_t, std::uint64_t>> expiries_;  ///< (expiresAt, seq)
@@ -289,6 +291,7 @@ class Outbox {
   std::size_t inFlight_ = 0;
   std::uint64_t transactions_ = 0;
   std::optional<core::Error> writeError_;
+  core::Lifetime lifetime_;  ///< last: a commit finishing after the outbox is gone is ignored
 };
 
 }  // namespace iothubd::outbox
