@@ -123,6 +123,7 @@ def seeds() -> dict[str, list[bytes]]:
         "config": [l for l in from_tests("config/settings_test.cpp") if b"\n" in l]
                   + [(ROOT / "config" / "iothubd.conf").read_bytes()],
         "file-upload": [l for l in from_tests("proto/file_upload_test.cpp") if any_text(l)],
+        "dps": [l for l in from_tests("proto/provisioning_test.cpp") if any_text(l)],
         # The first two bytes choose where the reader's input is split.
         "http-head": [b"\x00\x08" + l for l in from_tests("relay/http_head_test.cpp",
                                                             "relay/websocket_codec_test.cpp",
