@@ -629,8 +629,10 @@ void HubEmulator::writeConfig() const {
   conf << "plugin " << options_.pluginPath << "\n"
        << "plugin_opt_registry " << dir_ << "/registry\n"
        << "plugin_opt_hub_host " << options_.hubHost << "\n"
-       << "plugin_opt_service_password " << servicePassword_ << "\n"
-       << "listener " << port_ << " 127.0.0.1\n"
+       << "plugin_opt_service_password " << servicePassword_ << "\n";
+  for (const auto& [key, value] : options_.pluginOptions)
+    conf << "plugin_opt_" << key << " " << value << "\n";
+  conf << "listener " << port_ << " 127.0.0.1\n"
        << "cafile " << dir_ << "/ca.crt\n"
        << "certfile " << dir_ << "/server.crt\n"
        << "keyfile " << dir_ << "/server.key\n";

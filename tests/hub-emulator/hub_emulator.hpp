@@ -69,6 +69,9 @@ class HubEmulator {
     // The broker log has a line per MQTT packet (log_type all); benchmarks turn that off so the
     // broker's own logging does not compete for the CPU with what they measure.
     bool logEveryPacket = true;
+    // Further `plugin_opt_<key> <value>` lines: {"mode", "dps"} runs the plugin as DPS
+    // (DpsEmulator, dps_emulator.hpp, sets them).
+    std::vector<std::pair<std::string, std::string>> pluginOptions;
   };
 
   // Creates the per-test directory (mkdtemp under $TMPDIR) with the PKI; does not start the
