@@ -2,15 +2,12 @@
 #include "dps_emulator.hpp"
 
 #include <fcntl.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <unistd.h>
 
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
-#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -54,27 +51,6 @@ std::string enrollmentJson(const DpsEnrollment& e) {
   return std::string(buffer.GetString(), buffer.GetSize());
 }
 
-std::string base64(const unsigned char* bytes, int size) {
-  std::string out(4 * ((static_cast<size_t>(size) + 2) / 3) + 1, '\0');
-  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), bytes, size);
-  out.resize(static_cast<size_t>(n));
-  return out;
-}
-
-std::string unbase64(const std::string& text) {
-  std::string out(text.size() / 4 * 3, '\0');
-  const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                                reinterpret_cast<const unsigned char*>(text.data()),
-                                static_cast<int>(text.size()));
-  if (n < 0 || text.size() % 4 != 0)
-    fail("not base64: " + text);
-  size_t pad = 0;
-  for (auto it = text.rbegin(); it != text.rend() && *it == '='; ++it)
-    ++pad;
-  out.resize(static_cast<size_t>(n) - pad);
-  return out;
-}
-
 rapidjson::Document parse(const std::string& text) {
   rapidjson::Document doc;
   doc.Parse(text.c_str(), text.size());
@@ -105,52 +81,7 @@ HubEmulator::Options brokerOptions(const DpsEmulator::Options& o, const std::str
   return b;
 }
 
-std::string pctEncode(std::string_view text) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (const char ch : text) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out.push_back(ch);
-    } else {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
-  return out;
-}
-
-std::string hmacBase64(const std::string& base64Key, std::string_view data) {
-  const std::string key = unbase64(base64Key);
-  unsigned char mac[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
-       reinterpret_cast<const unsigned char*>(data.data()), data.size(), mac, &length);
-  return base64(mac, static_cast<int>(length));
-}
-
 }  // namespace
-
-std::string makeDpsSasToken(const std::string& idScope, const std::string& registrationId,
-                            const std::string& base64Key, int64_t expiryUnixSeconds,
-                            const std::string& keyName) {
-  const std::string sr = pctEncode(idScope + "/registrations/" + registrationId);
-  const std::string se = std::to_string(expiryUnixSeconds);
-  std::string token = "SharedAccessSignature sr=" + sr +
-                      "&sig=" + pctEncode(hmacBase64(base64Key, sr + "\n" + se)) + "&se=" + se;
-  if (!keyName.empty())
-    token += "&skn=" + keyName;
-  return token;
-}
-
-std::string makeDpsUsername(const std::string& idScope, const std::string& registrationId) {
-  return idScope + "/registrations/" + registrationId + "/api-version=2019-03-31";
-}
-
-std::string deriveDeviceKey(const std::string& groupKeyBase64, const std::string& registrationId) {
-  return hmacBase64(groupKeyBase64, registrationId);
-}
 
 // ---- DpsEmulator -------------------------------------------------------------------------------
 
@@ -190,10 +121,7 @@ std::string DpsEmulator::addGroupEnrollment(const std::string& name, const std::
   DpsEnrollment e;
   e.kind = DpsEnrollment::Kind::Group;
   e.name = name;
-  // 64 random bytes, as the portal generates group keys.
-  const std::string bytes = unbase64(randomKey()) + unbase64(randomKey());
-  e.key =
-      base64(reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
+  e.key = randomKey(64);  // as the portal generates group keys
   e.hub = hub;
   addEnrollment(e);
   return e.key;

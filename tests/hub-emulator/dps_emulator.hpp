@@ -17,17 +17,7 @@
 
 namespace iothubd::hubemu {
 
-// Independent of src/proto (OpenSSL directly): the key of `registrationId` in a symmetric-key
-// group enrollment, Base64(HMAC-SHA256(Base64-decode(groupKey), registrationId)).
-std::string deriveDeviceKey(const std::string& groupKeyBase64, const std::string& registrationId);
-
-// Independent helpers for devices in tests: "SharedAccessSignature sr={enc(scope/registrations/
-// id)}&sig=…&se=…&skn=registration" (without skn when `keyName` is empty, as [py] sends it) and
-// the DPS user name "{scope}/registrations/{id}/api-version=2019-03-31".
-std::string makeDpsSasToken(const std::string& idScope, const std::string& registrationId,
-                            const std::string& base64Key, int64_t expiryUnixSeconds,
-                            const std::string& keyName = "registration");
-std::string makeDpsUsername(const std::string& idScope, const std::string& registrationId);
+// deriveDeviceKey(), makeDpsSasToken() and makeDpsUsername() are in hub_emulator.hpp.
 
 // One enrollment of the emulated DPS.
 struct DpsEnrollment {

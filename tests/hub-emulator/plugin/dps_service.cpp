@@ -3,7 +3,6 @@
 
 #include <mosquitto.h>
 #include <mosquitto_plugin.h>
-#include <openssl/x509.h>
 
 #include <algorithm>
 #include <chrono>
@@ -39,38 +38,16 @@ std::string utcNow() {
   return buffer;
 }
 
-// "a=b&c=d" into decoded pairs; a key without '=' gets an empty value.
-std::map<std::string, std::string> parseQuery(std::string_view query) {
+// The query after `prefix` as a map (the first of repeated keys wins).
+std::map<std::string, std::string> queryOf(std::string_view text, size_t prefixLength) {
   std::map<std::string, std::string> out;
-  while (!query.empty()) {
-    const size_t amp = query.find('&');
-    const std::string_view pair = query.substr(0, amp);
-    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
-    const size_t eq = pair.find('=');
-    const std::string_view key = pair.substr(0, eq);
-    const std::string_view value =
-        eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1);
-    out.emplace(percentDecode(key).value_or(std::string(key)),
-                percentDecode(value).value_or(std::string(value)));
-  }
+  for (auto& [key, value] : parseQuery(text.substr(prefixLength)))
+    out.emplace(std::move(key), std::move(value));
   return out;
 }
 
-// The subject CN of the client's verified TLS certificate (x509 listener), or nullopt.
-std::optional<std::string> certificateCommonName(mosquitto* client) {
-  auto* cert = static_cast<X509*>(mosquitto_client_certificate(client));
-  if (cert == nullptr)
-    return std::nullopt;
-  std::string cn;
-  X509_NAME* subject = X509_get_subject_name(cert);
-  const int index = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
-  if (index >= 0) {
-    ASN1_STRING* data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, index));
-    cn.assign(reinterpret_cast<const char*>(ASN1_STRING_get0_data(data)),
-              static_cast<size_t>(ASN1_STRING_length(data)));
-  }
-  X509_free(cert);
-  return cn;
+void emitEvent(std::string_view type, const std::string& json) {
+  emitControlEvent(type, json);
 }
 
 const char* attestationText(bool x509) {
@@ -179,7 +156,7 @@ int DpsService::onBasicAuth(const mosquitto_evt_basic_auth& event) {
   ClientInfo info;
   info.clientId = rawId ? rawId : "";
   info.username = event.username ? event.username : "";
-  if (info.username == "service") {
+  if (info.username == kServiceUser) {
     if (options_.servicePassword.empty() || event.password == nullptr ||
         options_.servicePassword != event.password) {
       return refuse(info.clientId, "wrong service password");
@@ -198,7 +175,7 @@ int DpsService::onBasicAuth(const mosquitto_evt_basic_auth& event) {
                                      "/api-version=…");
   }
   info.idScope = info.username.substr(0, at);
-  const auto query = parseQuery(std::string_view(info.username).substr(at + marker.size()));
+  const auto query = queryOf(info.username, at + marker.size());
   const auto version = query.find("api-version");
   if (version == query.end() || version->second.empty())
     return refuse(info.clientId, "username lacks api-version");
@@ -273,13 +250,12 @@ int DpsService::onMessage(const mosquitto_evt_message& event) {
   const std::string_view topic = event.topic;
   const std::string_view payload(static_cast<const char*>(event.payload), event.payloadlen);
   if (info.isService) {
-    if (topic.starts_with("$hubemu/req/"))
+    if (topic.starts_with(kRequestPrefix))
       handleControl(info, topic, payload);
     return MOSQ_ERR_SUCCESS;
   }
   const bool isRegister = topic.starts_with(kRegisterPrefix);
-  const auto query =
-      parseQuery(topic.substr(isRegister ? kRegisterPrefix.size() : kPollPrefix.size()));
+  const auto query = queryOf(topic, isRegister ? kRegisterPrefix.size() : kPollPrefix.size());
   const auto rid = query.find("$rid");
   if (rid == query.end() || rid->second.empty()) {
     // Without a request id there is no topic to answer on.
@@ -538,7 +514,8 @@ void DpsService::answer(const ClientInfo& info, const std::string& rid, int stat
                          topic.c_str(), info.clientId.c_str(), kResponseFilter.data());
     return;
   }
-  publishTo(info.clientId, topic, body);
+  // QoS 1: DPS grants at most QoS 1 and delivers with it (the MQTT article).
+  publishToClient(info.clientId, topic, body, 1);
 }
 
 void DpsService::answerError(const ClientInfo& info, const std::string& rid, int status,
@@ -581,35 +558,12 @@ std::string DpsService::trackingId() {
 
 void DpsService::handleControl(const ClientInfo& info, std::string_view topic,
                                std::string_view payload) {
-  Request req;
-  const std::string_view rest = topic.substr(std::string_view("$hubemu/req/").size());
-  const size_t slash = rest.find('/');
-  req.command = std::string(rest.substr(0, slash));
-  req.rid = slash == std::string_view::npos ? "" : std::string(rest.substr(slash + 1));
-  req.requester = info.clientId;
-  JsonOut out;
-  int status = 200;
-  std::string error;
-  try {
+  serveControlRequest(topic, payload, info.clientId, [this](const Request& req, JsonOut& out) {
     const auto handler = commands_.find(req.command);
     if (handler == commands_.end())
       throw CommandError(404, "unknown command");
-    auto args = parseObject(payload.empty() ? std::string_view("{}") : payload);
-    if (!args)
-      throw CommandError(400, "payload must be a JSON object");
-    req.args = std::move(*args);
     (this->*(handler->second))(req, out);
-  } catch (const CommandError& e) {
-    status = e.status;
-    error = e.what();
-  }
-  if (status != 200)
-    out.str("error", error);
-  out.num("status", status);
-  const std::string responseTopic = "$hubemu/res/" + req.command + "/" + req.rid;
-  const std::string body = out.finish();
-  mosquitto_broker_publish_copy(req.requester.c_str(), responseTopic.c_str(),
-                                static_cast<int>(body.size()), body.data(), 1, false, nullptr);
+  });
 }
 
 void DpsService::cmdStatus(const Request&, JsonOut& out) {
@@ -705,24 +659,6 @@ void DpsService::cmdClearFaults(const Request& req, JsonOut&) {
     faults_.clear();
     allocationFailures_.clear();
   }
-}
-
-void DpsService::publishTo(const std::string& clientId, const std::string& topic,
-                           const std::string& payload) {
-  // QoS 1: DPS grants at most QoS 1 and delivers with it (the MQTT article).
-  const int rc = mosquitto_broker_publish_copy(clientId.c_str(), topic.c_str(),
-                                               static_cast<int>(payload.size()), payload.data(), 1,
-                                               false, nullptr);
-  if (rc != MOSQ_ERR_SUCCESS) {
-    mosquitto_log_printf(MOSQ_LOG_ERR, "hub-emulator: DPS publish to '%s' failed: %s",
-                         clientId.c_str(), mosquitto_strerror(rc));
-  }
-}
-
-void DpsService::emitEvent(std::string_view type, const std::string& json) {
-  const std::string topic = "$hubemu/evt/" + std::string(type);
-  mosquitto_broker_publish_copy(nullptr, topic.c_str(), static_cast<int>(json.size()), json.data(),
-                                1, false, nullptr);
 }
 
 }  // namespace iothubd::hubemu

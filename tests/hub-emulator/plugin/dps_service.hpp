@@ -18,6 +18,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "broker_util.hpp"
 #include "json_util.hpp"
 
 namespace iothubd::hubemu {
@@ -95,12 +96,7 @@ class DpsService {
     int lastStatus = 0;
   };
 
-  struct Request {
-    std::string command;
-    std::string rid;
-    std::string requester;
-    rapidjson::Document args;
-  };
+  using Request = ControlRequest;
   using Handler = void (DpsService::*)(const Request&, JsonOut&);
 
   void loadConfig();
@@ -137,9 +133,6 @@ class DpsService {
   void cmdAssigning(const Request& req, JsonOut& out);
   void cmdRegistrations(const Request& req, JsonOut& out);
   void cmdClearFaults(const Request& req, JsonOut& out);
-
-  void publishTo(const std::string& clientId, const std::string& topic, const std::string& payload);
-  void emitEvent(std::string_view type, const std::string& json);
 
   Options options_;
   std::string idScope_;
