@@ -23,12 +23,17 @@ core::TlsSettings tlsSettings(const Settings& s, const DeviceIdentity& id) {
           .keyPassphrase = id.x509PassPhrase};
 }
 
-session::AuthMethod authMethod(AuthKind kind) {
-  switch (kind) {
+session::AuthMethod authMethod(const DeviceIdentity& id) {
+  switch (id.authentication) {
     case AuthKind::SasToken:
       return session::AuthMethod::SasToken;
     case AuthKind::X509:
       return session::AuthMethod::X509;
+    case AuthKind::Dps:
+      // The attestation DPS accepted authenticates the device at the assigned hub too.
+      return id.dps && id.dps->attestation == DpsAttestation::X509
+                 ? session::AuthMethod::X509
+                 : session::AuthMethod::SymmetricKey;
     case AuthKind::ConnectionString:
     case AuthKind::SymmetricKey:
       break;
@@ -45,7 +50,7 @@ session::SessionOptions sessionOptions(const Loaded& l, const Environment& env) 
   o.moduleId = id.moduleId;
   o.gatewayHostname = id.gatewayHostname;
   o.port = s.port;
-  o.auth = authMethod(id.authentication);
+  o.auth = authMethod(id);
   o.sharedAccessKey = id.sharedAccessKey;
   o.sasToken = id.sasToken;
   o.tls = tlsSettings(s, id);
@@ -226,6 +231,12 @@ core::Result<Loaded> load(const std::string& configPath, const Environment& env,
   auto identity = loadIdentity(*settings, env.credentialsDirectory, nowUnix);
   if (!identity) {
     return fail(Errc::Config, "credentials: " + identity.error().message);
+  }
+  if (identity->authentication == AuthKind::Dps) {
+    // TODO(lead): #16 part 2 wires src/provisioning into the daemon; until then refused here.
+    return fail(Errc::Config,
+                "configuration: [hub] authentication = dps: provisioning is not available in "
+                "this build yet");
   }
   auto proxy = loadProxy(*settings, env.credentialsDirectory);
   if (!proxy) {

@@ -71,6 +71,8 @@ std::vector<std::string> credentialNames(const config::Settings& s) {
       return {"sas-token"};
     case AuthKind::X509:
       return {"x509-cert", "x509-key", "x509-pass-phrase"};
+    case AuthKind::Dps:
+      return {"dps-key", "dps-group-key", "x509-cert", "x509-key", "x509-pass-phrase"};
   }
   return {};
 }

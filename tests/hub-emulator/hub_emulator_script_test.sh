@@ -9,8 +9,10 @@ command -v mosquitto_pub >/dev/null || exit 77 # meson: skipped
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/hub-emulator-script-XXXXXX")
 hub=$dir/hub
+dps=$dir/dps
 cleanup() {
   "$script" stop "$hub" || true
+  "$script" stop "$dps" || true
   rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -77,4 +79,12 @@ pid=$HUB_PID
 state=$(awk '/^State:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || true)
 [[ -z "$state" || "$state" == Z ]] || fail "mosquitto $pid still running ($state)"
 [[ ! -e "$hub/env" ]] || fail "env left behind"
+
+# The same entry point starts the DPS emulation (README, "DPS emulator").
+group_key=$(openssl rand -base64 64 | tr -d '\n')
+printf '{"idScope":"0ne0000E1E1","hubs":["localhost"],"enrollments":[{"kind":"group","name":"g","key":"%s"}]}' \
+  "$group_key" >"$dir/dps.json"
+"$script" start "$dps" --plugin "$plugin" --plugin-opt mode=dps --plugin-opt "dps_config=$dir/dps.json"
+"$script" request "$dps" status | grep -q '"idScope":"0ne0000E1E1"' || fail "DPS status request"
+"$script" stop "$dps"
 echo "ok"

@@ -146,7 +146,7 @@ TEST(Settings, ErrorsNameFileLineSectionAndKey) {
       "/etc/iothubd/iothubd.conf:2: [connection] auto_connect: expected true or false, got maybe");
   EXPECT_EQ(errorOf("[hub]\nauthentication = password\n"),
             "/etc/iothubd/iothubd.conf:2: [hub] authentication: expected connection-string, "
-            "symmetric-key, sas-token or x509, got \"password\"");
+            "symmetric-key, sas-token, x509 or dps, got \"password\"");
   EXPECT_EQ(errorOf("[hub]\nport = 70000\n"),
             "/etc/iothubd/iothubd.conf:2: [hub] port: must be between 1 and 65535, got 70000");
   EXPECT_EQ(
