@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "bench_util.hpp"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +12,7 @@
 #include <ctime>
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 
 namespace iothubd::bench {
 
@@ -69,6 +72,63 @@ double threadCpuMicros(pid_t pid) {
   return static_cast<double>(ns) / 1e3;
 }
 
+double tasksCpuMicros(pid_t pid) {
+  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+  DIR* dir = ::opendir(tasks.c_str());
+  if (dir == nullptr) {
+    return -1;
+  }
+  double total = 0;
+  while (const dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] == '.') {
+      continue;
+    }
+    std::ifstream in(tasks + "/" + entry->d_name + "/schedstat");
+    unsigned long long ns = 0;
+    if (in >> ns) {
+      total += static_cast<double>(ns) / 1e3;
+    }
+  }
+  ::closedir(dir);
+  return total;
+}
+
+std::vector<double> fsyncLatenciesUs(const std::string& directory, std::size_t samples,
+                                     bool append) {
+  const std::string path = directory + "/fsync-probe";
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    throw std::runtime_error("cannot create " + path);
+  }
+  constexpr std::size_t kPage = 4096;
+  constexpr std::size_t kPages = 256;
+  const std::string page(kPage, 'w');
+  bool ok = true;
+  if (!append) {
+    // Preallocated and durable first, as a recycled WAL: each commit overwrites pages in place.
+    for (std::size_t i = 0; i < kPages && ok; ++i) {
+      ok = ::pwrite(fd, page.data(), kPage, static_cast<off_t>(i * kPage)) ==
+           static_cast<ssize_t>(kPage);
+    }
+    ok = ok && ::fsync(fd) == 0;
+  }
+  std::vector<double> out;
+  for (std::size_t i = 0; i < samples && ok; ++i) {
+    const std::size_t at = append ? i : i % kPages;
+    ok = ::pwrite(fd, page.data(), kPage, static_cast<off_t>(at * kPage)) ==
+         static_cast<ssize_t>(kPage);
+    const double t0 = nowSeconds();
+    ok = ok && ::fdatasync(fd) == 0;
+    out.push_back((nowSeconds() - t0) * 1e6);
+  }
+  ::close(fd);
+  ::unlink(path.c_str());
+  if (!ok) {
+    throw std::runtime_error("cannot write and sync " + path);
+  }
+  return out;
+}
+
 long residentKib(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string line;
@@ -78,6 +138,33 @@ long residentKib(pid_t pid) {
     }
   }
   return -1;
+}
+
+std::map<std::string, long> residentByMapping(pid_t pid) {
+  std::map<std::string, long> out;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/smaps");
+  std::string line;
+  std::string current = "[anonymous]";
+  while (std::getline(in, line)) {
+    if (line.rfind("Rss:", 0) == 0) {
+      out[current] += std::strtol(line.c_str() + 4, nullptr, 10);
+      continue;
+    }
+    // A mapping's header: "start-end perms offset dev inode [path]"; field lines end in "kB"
+    // or are "VmFlags: ..." (a name and a colon).
+    const auto space = line.find(' ');
+    if (space == std::string::npos || line.compare(0, space, "VmFlags:") == 0 ||
+        line[space - 1] == ':') {
+      continue;
+    }
+    const auto slash = line.find('/');
+    if (slash != std::string::npos) {
+      current = line.substr(line.rfind('/') + 1);
+    } else {
+      current = line.find("[heap]") != std::string::npos ? "[heap]" : "[anonymous]";
+    }
+  }
+  return out;
 }
 
 double threadCpuMicros() {

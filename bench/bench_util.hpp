@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -32,8 +33,25 @@ inline constexpr std::size_t kPayloadBytes = 200;
 /// The same for a single-threaded process (dbus-daemon, the echo service) with nanosecond
 /// resolution: the run time in /proc/<pid>/schedstat. -1 if the process is gone.
 [[nodiscard]] double threadCpuMicros(pid_t pid);
+/// CPU time of every live thread of process `pid` in microseconds, to the nanosecond: the sum of
+/// /proc/<pid>/task/*/schedstat. Threads that ended are not counted (iothubd's commit worker
+/// lives as long as the daemon). -1 if the process is gone.
+[[nodiscard]] double tasksCpuMicros(pid_t pid);
+/// How long the file system of `directory` takes to make a small write durable, as the outbox's
+/// SQLite does on each commit (WAL mode, synchronous=FULL: the new frames, then fdatasync of the
+/// WAL): `samples` times a 4 KiB pwrite and an fdatasync, each timed, in microseconds. With
+/// `append` each write extends the file, as a WAL does until a checkpoint lets it start over
+/// (the file system must then also make the new size durable); without, it overwrites a
+/// preallocated file in place, as a recycled WAL does. The file is removed afterwards. Throws if
+/// the directory is not writable.
+[[nodiscard]] std::vector<double> fsyncLatenciesUs(const std::string& directory,
+                                                   std::size_t samples, bool append);
 /// Resident set size of process `pid` in KiB (VmRSS of /proc/<pid>/status); -1 if gone.
 [[nodiscard]] long residentKib(pid_t pid);
+/// Resident memory of process `pid` by what it maps (/proc/<pid>/smaps), in KiB: each file by its
+/// base name ("libcrypto.so.3", "iothubd"), "[heap]" for the main heap and "[anonymous]" for the
+/// rest (threads' malloc arenas, stacks). Empty if the process is gone.
+[[nodiscard]] std::map<std::string, long> residentByMapping(pid_t pid);
 /// CPU time of the calling thread in microseconds.
 [[nodiscard]] double threadCpuMicros();
 

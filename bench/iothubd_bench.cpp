@@ -5,7 +5,10 @@
 // and prints a table (median and min–max over the repetitions) with the target ratios, plus a
 // JSON file of every figure.
 //
-//   iothubd-bench [--smoke] [--reps N] [--json FILE] [--no-node] [--no-callgrind]
+//   iothubd-bench [--smoke] [--reps N] [--json FILE] [--readme FILE] [--no-node] [--no-callgrind]
+//
+// With --readme, the block between "<!-- bench-results -->" and "<!-- end of bench-results -->"
+// in FILE (the README's Performance section) is replaced by this run's tables.
 //
 // Needs root (the daemon runs as user iothubd). The programs it starts are those of its own build
 // (bench_paths.hpp); each can be replaced through the environment: IOTHUBD_BINARY,
@@ -21,6 +24,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -60,6 +64,37 @@ constexpr const char* kNodeDevice = "node";  // the Node SDK reference
 constexpr std::size_t kWindow = 100;
 constexpr std::size_t kPayloadRing = 1000;
 
+// Scenario and subject names shared by the runs, the targets and the tables.
+constexpr const char* kSequential = "SendMessage sequential";
+constexpr const char* kW100 = "SendMessage pipelined W=100";
+constexpr const char* kBatch100 = "SendMessages x100, 2 calls in flight";
+constexpr const char* kQueueSequential = "QueueMessage sequential";
+constexpr const char* kQueueW100 = "QueueMessage pipelined W=100";
+constexpr const char* kDrain = "backlog drain after reconnect";
+constexpr const char* kFsync = "fsync: 4 KiB appended + fdatasync";
+constexpr const char* kFsyncInPlace = "fsync: 4 KiB overwritten + fdatasync";
+constexpr const char* kIothubd = "iothubd";
+constexpr const char* kEcho = "sdbus-c++ echo";
+constexpr const char* kRaw = "raw libmosquitto";
+constexpr const char* kNode = "Node SDK";
+constexpr const char* kFileSystem = "outbox file system";
+
+/// printf into a std::string.
+std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+std::string format(const char* fmt, ...) {
+  va_list args;
+  va_start(args, fmt);
+  va_list again;
+  va_copy(again, args);
+  const int n = std::vsnprintf(nullptr, 0, fmt, args);
+  va_end(args);
+  std::string out(static_cast<std::size_t>(std::max(n, 0)) + 1, '\0');
+  std::vsnprintf(out.data(), out.size(), fmt, again);
+  va_end(again);
+  out.resize(static_cast<std::size_t>(std::max(n, 0)));
+  return out;
+}
+
 const BusTarget kDaemonTarget{"org.iothubd", "/org/iothubd/Device", "org.iothubd.Device1"};
 const BusTarget kEchoTarget{"org.iothubd.BenchEcho", "/org/iothubd/BenchEcho",
                             "org.iothubd.BenchEcho1"};
@@ -84,6 +119,8 @@ struct Options {
   /// Keep the callgrind profiles here (for callgrind_annotate) instead of the temporary dir.
   std::string profileDir;
   std::size_t callgrindMessages = 0;  ///< N, if not the default
+  /// Where to write the README block (see the file comment); empty: nowhere.
+  std::string readmePath;
 };
 
 /// Messages per scenario and repetition. The full run sizes each so that the daemon's CPU time
@@ -95,6 +132,8 @@ struct Counts {
   std::size_t batch10 = 10000;
   std::size_t batch100 = 20000;
   std::size_t queued = 10000;
+  std::size_t queuedSequential = 300;  ///< each waits for one fsync
+  std::size_t fsyncSamples = 100;
   std::size_t backlog = 100000;
   std::size_t callgrind = 1000;  ///< N (and 2N) for the instruction counts
   int startups = 5;
@@ -108,6 +147,8 @@ struct Counts {
     c.batch10 = 200;
     c.batch100 = 400;
     c.queued = 400;
+    c.queuedSequential = 20;
+    c.fsyncSamples = 20;
     c.backlog = 2000;
     c.callgrind = 20;
     c.startups = 1;
@@ -381,6 +422,9 @@ class Bench {
     }
     machineEnd();
     computeTargets();
+    if (!options_.readmePath.empty()) {
+      writeReadme();
+    }
     print();
     writeJson();
     return 0;
@@ -548,12 +592,9 @@ class Bench {
         return appendBatch(m, batch);
       };
     }
-    // iothubd has worker threads that come and go (grouped commits): its whole process time,
-    // to the clock tick. The echo service and dbus-daemon are single-threaded: to the ns.
-    const bool threads = &target == &kDaemonTarget;
-    const auto serverTime = [threads, server] {
-      return threads ? processCpuMicros(server) : threadCpuMicros(server);
-    };
+    // Every thread of the server (iothubd's commit worker lives as long as the daemon), to the
+    // nanosecond; dbus-daemon is single-threaded.
+    const auto serverTime = [server] { return tasksCpuMicros(server); };
     const double serverCpu = serverTime();
     const double busCpu = threadCpuMicros(bus_->pid());
     CallStats stats = client_->run(target, member, count, window, build);
@@ -620,6 +661,7 @@ class Bench {
     std::this_thread::sleep_for(std::chrono::seconds(1));
     const long rssIdle = residentKib(pid);
     log("iothubd connected, RSS " + std::to_string(rssIdle) + " KiB");
+    const RssParts partsIdle = rssComposition(pid, "RSS idle, connected");
 
     const auto& c = counts_;
     for (int rep = 1; rep <= options_.reps; ++rep) {
@@ -648,7 +690,20 @@ class Bench {
           calls(kDaemonTarget, "SendMessages", c.batch100, 2, 100, pid));
       add("SendMessages x100, 2 calls in flight", "sdbus-c++ echo", c.batch100,
           calls(kEchoTarget, "SendMessages", c.batch100, 2, 100, echo->pid()));
-      add("QueueMessage pipelined W=100", "iothubd", c.queued,
+      // The floor of a durable message: what the outbox's file system takes to make one commit
+      // durable, measured in the outbox's own directory just before the QueueMessage calls that
+      // each wait for one. A WAL grows with each commit until a checkpoint lets it start over,
+      // so its commits extend the file (the target's floor) or, recycled, overwrite in place.
+      for (const bool append : {true, false}) {
+        auto latencies = fsyncLatenciesUs(daemonDir_, c.fsyncSamples, append);
+        Sample f;
+        f.p50Us = quantile(latencies, 0.5);
+        f.p99Us = quantile(latencies, 0.99);
+        add(append ? kFsync : kFsyncInPlace, kFileSystem, c.fsyncSamples, f);
+      }
+      add(kQueueSequential, kIothubd, c.queuedSequential,
+          calls(kDaemonTarget, "QueueMessage", c.queuedSequential, 1, 1, pid));
+      add(kQueueW100, kIothubd, c.queued,
           calls(kDaemonTarget, "QueueMessage", c.queued, kWindow, 1, pid));
       waitDrained(std::chrono::seconds(60));
     }
@@ -656,6 +711,14 @@ class Bench {
     // outbox's index while it lasts, and what the allocator keeps of it afterwards is shown apart.
     const long rssAfter = residentKib(pid);
     const std::uint64_t delivered = client_->propertyU64(kDaemonTarget, "MessagesDelivered");
+    const RssParts partsAfter = rssComposition(pid, "RSS after the traffic");
+    report_.notes["RSS growth"] = format(
+        "%+.2f MB shared libraries (code first used by the traffic), %+.2f MB iothubd's own "
+        "code, %+.2f MB heap and other anonymous memory, %+.2f MB mapped data files",
+        static_cast<double>(partsAfter.libraries - partsIdle.libraries) / 1024,
+        static_cast<double>(partsAfter.ownCode - partsIdle.ownCode) / 1024,
+        static_cast<double>(partsAfter.anonymous - partsIdle.anonymous) / 1024,
+        static_cast<double>(partsAfter.files - partsIdle.files) / 1024);
     log("RSS after " + std::to_string(delivered) + " messages: " + std::to_string(rssAfter) +
         " KiB");
     for (int rep = 1; rep <= counts_.backlogReps; ++rep) {
@@ -672,6 +735,53 @@ class Bench {
     if (int status = echo->stop(10); status != 0) {
       throw std::runtime_error("the echo service exited with " + std::to_string(status));
     }
+  }
+
+  /// What the daemon's resident memory is made of: the shared libraries it cannot run without
+  /// (the floor of the RSS target), its own code, and its heap and other anonymous memory, in
+  /// KiB; noted under `label`.
+  struct RssParts {
+    long libraries = 0;
+    long ownCode = 0;
+    long anonymous = 0;
+    long files = 0;
+  };
+  RssParts rssComposition(pid_t pid, const std::string& label) {
+    const std::string exe = daemonBinary_.substr(daemonBinary_.rfind('/') + 1);
+    long binary = 0;
+    long anonymous = 0;
+    long libraries = 0;
+    long files = 0;  // mapped data files: SQLite's WAL index (-shm)
+    long heap = 0;
+    long otherAnonymous = 0;  // the commit worker's malloc arena, stacks
+    std::vector<std::pair<long, std::string>> libs;
+    for (const auto& [name, kib] : residentByMapping(pid)) {
+      if (name == exe) {
+        binary += kib;
+      } else if (name == "[anonymous]" || name == "[heap]") {
+        anonymous += kib;
+        (name == "[heap]" ? heap : otherAnonymous) += kib;
+      } else if (name.find(".so") != std::string::npos) {
+        libraries += kib;
+        libs.emplace_back(kib, name);
+      } else {
+        files += kib;
+      }
+    }
+    std::sort(libs.rbegin(), libs.rend());
+    std::string largest;
+    for (std::size_t i = 0; i < libs.size() && i < 6; ++i) {
+      largest += format("%s%s %.1f", i == 0 ? "" : ", ", libs[i].second.c_str(),
+                        static_cast<double>(libs[i].first) / 1024);
+    }
+    const auto mb = [](long kib) { return static_cast<double>(kib) / 1024; };
+    report_.notes[label] = format(
+        "%.1f MB shared libraries (%zu; %s ...), %.1f MB iothubd's own code, %.1f MB heap and "
+        "other anonymous memory (heap %.1f, threads' arenas and stacks %.1f), %.1f MB mapped data "
+        "files",
+        mb(libraries), libs.size(), largest.c_str(), mb(binary), mb(anonymous), mb(heap),
+        mb(otherAnonymous), mb(files));
+    return {libraries, binary, anonymous, files};
   }
 
   void add(const std::string& scenario, const std::string& subject, std::size_t messages,
@@ -715,7 +825,7 @@ class Bench {
       throw std::runtime_error("the outbox holds " + std::to_string(length) + " messages, not " +
                                std::to_string(n));
     }
-    const double cpu0 = processCpuMicros(pid);
+    const double cpu0 = tasksCpuMicros(pid);
     const double bus0 = threadCpuMicros(bus_->pid());
     hub_.restart();
     if (!waitFor([&] { return client_->propertyBool(kDaemonTarget, "Connected"); },
@@ -727,7 +837,7 @@ class Bench {
     const double seconds = nowSeconds() - t0;
     Sample s;
     s.rate = static_cast<double>(n) / seconds;
-    s.cpuUs = (processCpuMicros(pid) - cpu0) / static_cast<double>(n);
+    s.cpuUs = (tasksCpuMicros(pid) - cpu0) / static_cast<double>(n);
     s.busCpuUs = (threadCpuMicros(bus_->pid()) - bus0) / static_cast<double>(n);
     add("backlog drain after reconnect", "iothubd", n, s);
     log("drained in " + std::to_string(seconds) + " s");
@@ -841,88 +951,114 @@ class Bench {
   // --- targets, table, JSON
   // -----------------------------------------------------------------------
 
-  /// Per-repetition ratio a/b of `field` between two series of the same scenario.
-  std::vector<double> ratios(const std::string& scenarioA, const std::string& subjectA,
-                             const std::string& scenarioB, const std::string& subjectB,
-                             double Sample::*field) {
+  /// Per-repetition ratio of `field`: series `a` over the sum of the series `b` (each paired with
+  /// the repetition of the same index, or its last one: backlog and Node runs may be fewer).
+  /// Empty if a series is missing.
+  std::vector<double> ratios(const std::pair<std::string, std::string>& a,
+                             const std::vector<std::pair<std::string, std::string>>& b,
+                             double Sample::*field) const {
     std::vector<double> out;
-    const Series* a = report_.find(scenarioA, subjectA);
-    const Series* b = report_.find(scenarioB, subjectB);
-    if (a == nullptr || b == nullptr) {
+    const Series* numerator = report_.find(a.first, a.second);
+    std::vector<const Series*> denominators;
+    for (const auto& [scenario, subject] : b) {
+      denominators.push_back(report_.find(scenario, subject));
+      if (denominators.back() == nullptr || denominators.back()->samples.empty()) {
+        return out;
+      }
+    }
+    if (numerator == nullptr) {
       return out;
     }
-    for (std::size_t i = 0; i < a->samples.size(); ++i) {
-      // Backlog repetitions are fewer than the others: pair with the rep of the same index.
-      const std::size_t j = std::min(i, b->samples.size() - 1);
-      out.push_back(a->samples[i].*field / (b->samples[j].*field));
+    for (std::size_t i = 0; i < numerator->samples.size(); ++i) {
+      double sum = 0;
+      for (const Series* d : denominators) {
+        sum += d->samples[std::min(i, d->samples.size() - 1)].*field;
+      }
+      out.push_back(numerator->samples[i].*field / sum);
     }
     return out;
   }
 
+  /// The issue's targets (issue 13), each measured in this run.
   void computeTargets() {
-    const std::string w100 = "SendMessage pipelined W=100";
-    {
-      // iothubd's CPU per pipelined message against the two floors it is built from.
-      Target t{"iothubd CPU per message, SendMessage W=100 / (raw libmosquitto + sdbus-c++ echo)",
-               "x",
-               true,
-               1.25,
-               {},
-               ""};
-      const Series* d = report_.find(w100, "iothubd");
-      const Series* raw = report_.find(w100, "raw libmosquitto");
-      const Series* echo = report_.find(w100, "sdbus-c++ echo");
-      for (std::size_t i = 0; d && raw && echo && i < d->samples.size(); ++i) {
-        t.values.push_back(d->samples[i].cpuUs / (raw->samples[i].cpuUs + echo->samples[i].cpuUs));
-      }
-      report_.targets.push_back(t);
-    }
+    using P = std::pair<std::string, std::string>;
+    const P seq{kSequential, kIothubd};
+    const P w100{kW100, kIothubd};
+    const P rawW100{kW100, kRaw};
+    auto& t = report_.targets;
+    t.push_back({"SendMessage sequential p50 / (raw libmosquitto + sdbus-c++ echo sequential p50)",
+                 "x", true, 1.5,
+                 ratios(seq, {{kSequential, kRaw}, {kSequential, kEcho}}, &Sample::p50Us), ""});
+    t.push_back({"SendMessage sequential p50 / Node SDK sequential p50", "x", true, 1.0,
+                 ratios(seq, {{kSequential, kNode}}, &Sample::p50Us), ""});
+    t.push_back({"SendMessage W=100 msgs/s / Node SDK W=100", "x", false, 1.0,
+                 ratios(w100, {{kW100, kNode}}, &Sample::rate), ""});
+    t.push_back({"SendMessage W=100 msgs/s / raw libmosquitto W=100", "x", false, 0.5,
+                 ratios(w100, {rawW100}, &Sample::rate), ""});
+    t.push_back({"iothubd CPU per message, SendMessage W=100 / (raw libmosquitto + sdbus-c++ echo)",
+                 "x", true, 1.25, ratios(w100, {rawW100, {kW100, kEcho}}, &Sample::cpuUs), ""});
     if (options_.callgrind) {
       const auto& f = report_.figures;
-      Target t{"callgrind instructions per message, iothubd / (raw libmosquitto + sdbus-c++ echo)",
-               "x",
-               true,
-               1.25,
-               {},
-               ""};
-      t.values.push_back(f.at("callgrind_ir_per_msg iothubd").median /
-                         (f.at("callgrind_ir_per_msg raw libmosquitto").median +
-                          f.at("callgrind_ir_per_msg sdbus-c++ echo").median));
-      report_.targets.push_back(t);
+      t.push_back(
+          {"callgrind instructions per message, iothubd / (raw libmosquitto + sdbus-c++ echo)",
+           "x",
+           true,
+           1.25,
+           {f.at("callgrind_ir_per_msg iothubd").median /
+            (f.at("callgrind_ir_per_msg raw libmosquitto").median +
+             f.at("callgrind_ir_per_msg sdbus-c++ echo").median)},
+           ""});
     }
-    report_.targets.push_back(
-        Target{"SendMessage W=100 msgs/s / raw libmosquitto W=100", "x", false, 0.5,
-               ratios(w100, "iothubd", w100, "raw libmosquitto", &Sample::rate), ""});
-    report_.targets.push_back(Target{"SendMessages x100 msgs/s / raw libmosquitto W=100", "x",
-                                     false, 0.8,
-                                     ratios("SendMessages x100, 2 calls in flight", "iothubd", w100,
-                                            "raw libmosquitto", &Sample::rate),
-                                     ""});
-    report_.targets.push_back(Target{
-        "backlog drain msgs/s / raw libmosquitto W=100", "x", false, 0.7,
-        ratios("backlog drain after reconnect", "iothubd", w100, "raw libmosquitto", &Sample::rate),
-        ""});
+    t.push_back({"SendMessages x100 msgs/s / raw libmosquitto W=100", "x", false, 0.8,
+                 ratios({kBatch100, kIothubd}, {rawW100}, &Sample::rate), ""});
+    t.push_back({"QueueMessage sequential p50 / fsync p50 (4 KiB appended, outbox's file system)",
+                 "x", true, 2.0,
+                 ratios({kQueueSequential, kIothubd}, {{kFsync, kFileSystem}}, &Sample::p50Us),
+                 ""});
+    t.push_back({"QueueMessage W=100 msgs/s / raw libmosquitto W=100", "x", false, 0.4,
+                 ratios({kQueueW100, kIothubd}, {rawW100}, &Sample::rate), ""});
+    t.push_back({"backlog drain msgs/s / raw libmosquitto W=100", "x", false, 0.7,
+                 ratios({kDrain, kIothubd}, {rawW100}, &Sample::rate), ""});
+    {
+      // The floor of the W=100 rate on a machine whose cores the client, dbus-daemon, iothubd
+      // and the broker share: the D-Bus hop (the echo service's rate) and the MQTT hop (raw
+      // libmosquitto's) one after the other, each costing what it costs alone.
+      const Series* echo = report_.find(kW100, kEcho);
+      const Series* raw = report_.find(kW100, kRaw);
+      const Series* daemon = report_.find(kW100, kIothubd);
+      std::vector<double> floors;
+      std::vector<double> reached;
+      for (std::size_t i = 0; echo && raw && daemon && i < daemon->samples.size(); ++i) {
+        const double f = 1 / (1 / echo->samples[i].rate + 1 / raw->samples[i].rate);
+        floors.push_back(f);
+        reached.push_back(daemon->samples[i].rate / f);
+      }
+      if (!floors.empty()) {
+        report_.notes["SendMessage W=100, two-hop floor"] = format(
+            "1 / (1/echo + 1/raw) = %s msgs/s (the D-Bus hop and the MQTT hop back to back on "
+            "the same CPUs); iothubd reaches %sx of it",
+            range(summarize(floors), 0).c_str(), range(summarize(reached), 2).c_str());
+      }
+    }
     const double idle = report_.figures["rss_idle_kib"].median / 1024;
     const double after = report_.figures["rss_after_kib"].median / 1024;
-    report_.targets.push_back(Target{"RSS idle, connected", "MB", true, 12, {idle}, ""});
-    report_.targets.push_back(Target{"RSS growth after " +
-                                         std::to_string(static_cast<long long>(
-                                             report_.figures["messages_before_rss_after"].median)) +
-                                         " messages",
-                                     "MB",
-                                     true,
-                                     2,
-                                     {after - idle},
-                                     ""});
+    t.push_back({"RSS idle, connected", "MB", true, 12, {idle}, ""});
+    t.push_back({"RSS growth after " +
+                     std::to_string(static_cast<long long>(
+                         report_.figures["messages_before_rss_after"].median)) +
+                     " messages",
+                 "MB",
+                 true,
+                 2,
+                 {after - idle},
+                 ""});
   }
 
   static std::string number(double v, int decimals = 0) {
     if (!std::isfinite(v)) {
       return "-";
     }
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
-    return buf;
+    return format("%.*f", decimals, v);
   }
 
   static std::string range(const Stat& s, int decimals, double scale = 1) {
@@ -936,19 +1072,55 @@ class Bench {
     return out;
   }
 
-  void print() {
-    std::printf("\nmachine: %d CPUs, %s, %s; load average %s at start, %s at end\n", cpus_,
-                cpuModel_.c_str(), kernel_.c_str(), loadStart_.c_str(), loadEnd_.c_str());
-    std::printf(
+  /// A latency for the summary table: µs below a millisecond, else ms.
+  static std::string latency(double us) {
+    if (!std::isfinite(us)) {
+      return "-";
+    }
+    return us < 1000 ? format("%.0f µs", us) : format("%.2f ms", us / 1000);
+  }
+
+  /// "measured limit met" of a target.
+  static std::tuple<std::string, std::string, std::string> verdict(const Target& t) {
+    const Stat s = summarize(t.values);
+    const bool x = t.unit == "x";
+    std::string limit = (t.atMost ? "<= " : ">= ") + number(t.limit, x ? 2 : 0) + (x ? "x" : " MB");
+    if (!std::isfinite(s.median)) {
+      return {"-", limit, "skipped"};
+    }
+    const bool met = t.atMost ? s.median <= t.limit : s.median >= t.limit;
+    return {range(s, 2) + (x ? "x" : " MB"), limit, met ? "yes" : "NO"};
+  }
+
+  [[nodiscard]] std::string nodeVersion() const {
+    std::ifstream in(nodeDir_ + "/node_modules/azure-iot-device/package.json");
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto key = text.find("\"version\"");
+    const auto open = text.find('"', text.find(':', key) + 1);
+    if (key == std::string::npos || open == std::string::npos) {
+      return "";
+    }
+    return text.substr(open + 1, text.find('"', open + 1) - open - 1);
+  }
+
+  [[nodiscard]] std::string machineLine() const {
+    return format("machine: %d CPUs, %s, %s; load average %s at start, %s at end", cpus_,
+                  cpuModel_.c_str(), kernel_.c_str(), loadStart_.c_str(), loadEnd_.c_str());
+  }
+
+  /// Everything measured, as text (what scripts/bench prints).
+  [[nodiscard]] std::string text() const {
+    std::string out = "\n" + machineLine() + "\n";
+    out += format(
         "figures: median (min-max) over %d repetitions; latency per call; CPU per message "
-        "from /proc/<pid>/stat\n\n",
+        "from /proc/<pid>/task/*/schedstat\n\n",
         options_.reps);
-    std::printf("%-40s %-17s %-22s %-15s %-17s %-18s %-14s\n", "scenario", "subject", "msgs/s",
-                "p50 ms", "p99 ms", "CPU us/msg", "bus us/msg");
+    out += format("%-40s %-18s %-22s %-17s %-19s %-19s %-14s\n", "scenario", "subject", "msgs/s",
+                  "p50 ms", "p99 ms", "CPU us/msg", "bus us/msg");
     std::string last;
     for (const auto& s : report_.series) {
-      std::printf(
-          "%-40s %-17s %-22s %-15s %-17s %-18s %-14s\n",
+      out += format(
+          "%-40s %-18s %-22s %-17s %-19s %-19s %-14s\n",
           s.scenario == last ? "" : s.scenario.c_str(), s.subject.c_str(),
           range(s.stat(&Sample::rate), 0).c_str(), range(s.stat(&Sample::p50Us), 2, 1e-3).c_str(),
           range(s.stat(&Sample::p99Us), 2, 1e-3).c_str(), range(s.stat(&Sample::cpuUs), 1).c_str(),
@@ -956,10 +1128,10 @@ class Bench {
       last = s.scenario;
     }
     const auto& f = report_.figures;
-    std::printf("\nstart-up: exec -> READY=1 (hub unreachable) %s ms, exec -> Connected %s ms\n",
-                range(f.at("startup_ready_ms"), 1).c_str(),
-                range(f.at("startup_connected_ms"), 1).c_str());
-    std::printf(
+    out += format("\nstart-up: exec -> READY=1 (hub unreachable) %s ms, exec -> Connected %s ms\n",
+                  range(f.at("startup_ready_ms"), 1).c_str(),
+                  range(f.at("startup_connected_ms"), 1).c_str());
+    out += format(
         "RSS iothubd: idle connected %s KiB, after %s messages %s KiB, after %s-message "
         "backlogs %s KiB\n",
         number(f.at("rss_idle_kib").median).c_str(),
@@ -968,13 +1140,13 @@ class Bench {
         number(static_cast<double>(counts_.backlog)).c_str(),
         number(f.at("rss_after_backlog_kib").median).c_str());
     if (f.count("node_rss_idle_kib") != 0) {
-      std::printf("RSS Node SDK: idle connected %s KiB, after %s messages %s KiB\n",
-                  range(f.at("node_rss_idle_kib"), 0).c_str(),
-                  number(f.at("node_messages_per_run").median).c_str(),
-                  range(f.at("node_rss_after_kib"), 0).c_str());
+      out += format("RSS Node SDK: idle connected %s KiB, after %s messages %s KiB\n",
+                    range(f.at("node_rss_idle_kib"), 0).c_str(),
+                    number(f.at("node_messages_per_run").median).c_str(),
+                    range(f.at("node_rss_after_kib"), 0).c_str());
     }
     if (options_.callgrind) {
-      std::printf(
+      out += format(
           "callgrind instructions per message (W=100, (2N - N) / N, N = %zu): "
           "iothubd %s, raw libmosquitto %s, sdbus-c++ echo %s\n",
           counts_.callgrind, number(f.at("callgrind_ir_per_msg iothubd").median).c_str(),
@@ -982,22 +1154,111 @@ class Bench {
           number(f.at("callgrind_ir_per_msg sdbus-c++ echo").median).c_str());
     }
     for (const auto& [what, note] : report_.notes) {
-      std::printf("%s: %s\n", what.c_str(), note.c_str());
+      out += what + ": " + note + "\n";
     }
-    std::printf("\n%-84s %-18s %-8s %s\n", "target", "measured", "limit", "met");
+    out += format("\n%-84s %-20s %-9s %s\n", "target (issue 13)", "measured", "limit", "met");
     for (const auto& t : report_.targets) {
-      const Stat s = summarize(t.values);
-      const bool met =
-          std::isfinite(s.median) && (t.atMost ? s.median <= t.limit : s.median >= t.limit);
-      std::printf("%-84s %-18s %-8s %s\n", t.name.c_str(),
-                  (range(s, 2) + (t.unit == "x" ? "x" : " MB")).c_str(),
-                  ((t.atMost ? "<= " : ">= ") + number(t.limit, t.unit == "x" ? 2 : 0) +
-                   (t.unit == "x" ? "x" : " MB"))
-                      .c_str(),
-                  met ? "yes" : "NO");
+      const auto [measured, limit, met] = verdict(t);
+      out += format("%-84s %-20s %-9s %s\n", t.name.c_str(), measured.c_str(), limit.c_str(),
+                    met.c_str());
     }
-    const Series* node = report_.find("SendMessage pipelined W=100", "Node SDK");
-    const Series* daemon = report_.find("SendMessage pipelined W=100", "iothubd");
+    return out;
+  }
+
+  /// The issue's comparison table and the targets, in Markdown, then text() as a code block:
+  /// the README's Performance figures.
+  [[nodiscard]] std::string readmeBlock() const {
+    const auto median = [this](const char* scenario, const char* subject, double Sample::*field) {
+      const Series* s = report_.find(scenario, subject);
+      return s == nullptr ? std::nan("") : s->stat(field).median;
+    };
+    const auto rate = [&](const char* scenario, const char* subject) {
+      const double v = median(scenario, subject, &Sample::rate);
+      return std::isfinite(v) ? (v >= 10000 ? format("%.1fk", v / 1000) : format("%.0f", v))
+                              : std::string("—");
+    };
+    const auto p50 = [&](const char* scenario, const char* subject) {
+      const double v = median(scenario, subject, &Sample::p50Us);
+      return std::isfinite(v) ? latency(v) : std::string("—");
+    };
+    const auto cpu = [&](const char* subject) {
+      const double v = median(kW100, subject, &Sample::cpuUs);
+      return std::isfinite(v) ? format("%.1f", v) : std::string("—");
+    };
+    const std::string node = nodeVersion();
+    std::string out = format(
+        "%d repetitions of 200-byte JSON bodies, QoS 1, TLS on loopback, one broker, one private "
+        "bus; medians. `%s`.\n\n",
+        options_.reps, machineLine().c_str());
+    out += "| | raw libmosquitto | D-Bus floor (echo service) | Node SDK" +
+           (node.empty() ? std::string() : " " + node) + " | iothubd |\n";
+    out += "|---|---|---|---|---|\n";
+    out += "| SendMessage sequential msgs/s | " + rate(kSequential, kRaw) + " | " +
+           rate(kSequential, kEcho) + " | " + rate(kSequential, kNode) + " | " +
+           rate(kSequential, kIothubd) + " |\n";
+    out += "| SendMessage sequential p50 | " + p50(kSequential, kRaw) + " | " +
+           p50(kSequential, kEcho) + " | " + p50(kSequential, kNode) + " | " +
+           p50(kSequential, kIothubd) + " |\n";
+    out += "| SendMessage W=100 msgs/s | " + rate(kW100, kRaw) + " | " + rate(kW100, kEcho) +
+           " | " + rate(kW100, kNode) + " | " + rate(kW100, kIothubd) + " |\n";
+    const double bus = median(kW100, kIothubd, &Sample::busCpuUs);
+    out += "| CPU µs/msg, W=100 (own process) | " + cpu(kRaw) + " | " + cpu(kEcho) + " | " +
+           cpu(kNode) + " | " + cpu(kIothubd) +
+           (std::isfinite(bus) ? format(" (+%.1f in dbus-daemon)", bus) : std::string()) + " |\n";
+    if (options_.callgrind) {
+      const auto& f = report_.figures;
+      out += format("| callgrind instructions/msg, W=100 | %.0f | %.0f | — | %.0f |\n",
+                    f.at("callgrind_ir_per_msg raw libmosquitto").median,
+                    f.at("callgrind_ir_per_msg sdbus-c++ echo").median,
+                    f.at("callgrind_ir_per_msg iothubd").median);
+    }
+    out += "| SendMessages batch 100 × 2 in flight msgs/s | — | " + rate(kBatch100, kEcho) +
+           " | — | " + rate(kBatch100, kIothubd) + " |\n";
+    out += "| QueueMessage sequential p50 (fsync p50: " + p50(kFsync, kFileSystem) +
+           " appending, " + p50(kFsyncInPlace, kFileSystem) + " in place) | — | — | — | " +
+           p50(kQueueSequential, kIothubd) + " |\n";
+    out += "| QueueMessage W=100 msgs/s | — | — | — | " + rate(kQueueW100, kIothubd) + " |\n";
+    out += "| backlog drain msgs/s | — | — | — | " + rate(kDrain, kIothubd) + " |\n";
+    const auto& f = report_.figures;
+    out +=
+        format("| RSS idle connected / after %s messages | — | — | %s / %s | %.1f / %.1f MB |\n\n",
+               number(f.at("messages_before_rss_after").median).c_str(),
+               f.count("node_rss_idle_kib") != 0
+                   ? format("%.1f MB", f.at("node_rss_idle_kib").median / 1024).c_str()
+                   : "—",
+               f.count("node_rss_after_kib") != 0
+                   ? format("%.1f MB", f.at("node_rss_after_kib").median / 1024).c_str()
+                   : "—",
+               f.at("rss_idle_kib").median / 1024, f.at("rss_after_kib").median / 1024);
+    out += "| target (issue 13) | measured | limit | met |\n|---|---|---|---|\n";
+    for (const auto& t : report_.targets) {
+      const auto [measured, limit, met] = verdict(t);
+      out += "| " + t.name + " | " + measured + " | " + limit + " | " + met + " |\n";
+    }
+    out += "\nEvery figure of the run (`scripts/bench` prints the same):\n\n```" + text() + "```\n";
+    return out;
+  }
+
+  /// Replaces the README's bench-results block with this run's readmeBlock().
+  void writeReadme() const {
+    static constexpr std::string_view kBegin = "<!-- bench-results -->";
+    static constexpr std::string_view kEnd = "<!-- end of bench-results -->";
+    std::string readme = testing::readFile(options_.readmePath);
+    const auto begin = readme.find(kBegin);
+    const auto end = readme.find(kEnd);
+    if (begin == std::string::npos || end == std::string::npos || end < begin) {
+      throw std::runtime_error(options_.readmePath + " has no \"" + std::string(kBegin) +
+                               "\" ... \"" + std::string(kEnd) + "\" block");
+    }
+    const auto from = begin + kBegin.size();
+    readme.replace(from, end - from, "\n" + readmeBlock());
+    writeFile(options_.readmePath, readme, 0644);
+  }
+
+  void print() const {
+    std::fputs(text().c_str(), stdout);
+    const Series* node = report_.find(kW100, kNode);
+    const Series* daemon = report_.find(kW100, kIothubd);
     if (node != nullptr && daemon != nullptr) {
       std::printf(
           "beside them, the Node SDK at W=100: %s msgs/s and %s CPU us/msg (iothubd: %s "
@@ -1006,7 +1267,8 @@ class Bench {
           range(daemon->stat(&Sample::rate), 0).c_str(),
           range(daemon->stat(&Sample::cpuUs), 1).c_str());
     }
-    std::printf("\nfigures written to %s (%.0f s in all)\n", options_.jsonPath.c_str(),
+    std::printf("\nfigures written to %s%s%s (%.0f s in all)\n", options_.jsonPath.c_str(),
+                options_.readmePath.empty() ? "" : " and ", options_.readmePath.c_str(),
                 nowSeconds() - started_);
   }
 
@@ -1117,6 +1379,8 @@ int main(int argc, char** argv) {
       options.reps = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--json" && i + 1 < argc) {
       options.jsonPath = argv[++i];
+    } else if (a == "--readme" && i + 1 < argc) {
+      options.readmePath = argv[++i];
     } else if (a == "--no-node") {
       options.node = false;
     } else if (a == "--no-callgrind") {
@@ -1126,9 +1390,10 @@ int main(int argc, char** argv) {
     } else if (a == "--callgrind-messages" && i + 1 < argc) {
       options.callgrindMessages = std::strtoul(argv[++i], nullptr, 10);
     } else {
-      std::fprintf(stderr,
-                   "usage: iothubd-bench [--smoke] [--reps N] [--json FILE] [--no-node] "
-                   "[--no-callgrind] [--profile-dir DIR] [--callgrind-messages N]\n");
+      std::fprintf(
+          stderr,
+          "usage: iothubd-bench [--smoke] [--reps N] [--json FILE] [--readme FILE] [--no-node] "
+          "[--no-callgrind] [--profile-dir DIR] [--callgrind-messages N]\n");
       return 64;
     }
   }

@@ -14,7 +14,10 @@ from gi.repository import GLib
 
 dbus.mainloop.glib.DBusGMainLoop(set_as_default=True)
 bus = dbus.SystemBus()
-device = dbus.Interface(bus.get_object("org.iothubd", "/org/iothubd/Device"), "org.iothubd.Device1")
+# follow_name_owner_changes: calls go to whichever process owns org.iothubd now, also after a
+# restart of the daemon (by default the proxy stays bound to the first owner).
+device = dbus.Interface(bus.get_object("org.iothubd", "/org/iothubd/Device",
+                                       follow_name_owner_changes=True), "org.iothubd.Device1")
 loop = GLib.MainLoop()
 remaining = int(sys.argv[2]) if sys.argv[1:2] == ["--exit-after"] else -1
 
@@ -44,6 +47,15 @@ def on_message(body, properties, system_properties):
 for signal, handler in (("MethodRequestReceived", on_method_request), ("MessageReceived", on_message)):
     bus.add_signal_receiver(handler, signal_name=signal, dbus_interface="org.iothubd.Device1",
                             bus_name="org.iothubd", path="/org/iothubd/Device")
-device.RegisterMethodHandler("reboot")  # our claim ends when this process leaves the bus
-print("ready", flush=True)
+
+
+def on_owner(owner):
+    # Called with the daemon's unique name now and whenever org.iothubd changes hands: a claim
+    # ends when this process leaves the bus, and also when iothubd restarts, so claim again.
+    if owner:
+        device.RegisterMethodHandler("reboot")
+        print("ready", flush=True)
+
+
+bus.watch_name_owner("org.iothubd", on_owner)
 loop.run()

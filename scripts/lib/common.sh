@@ -21,6 +21,8 @@ IOTHUBD_PACKAGES=(
   python3 procps util-linux passwd acl
   # the README's python example (examples/iothubd_app.py)
   python3-dbus python3-gi
+  # iothubctl's bash completion test (shell-completion/)
+  bash-completion
   # packaging suite: build and check the .deb, boot it in a Debian 12 container
   build-essential fakeroot dpkg-dev debhelper lintian debootstrap systemd-container git
   # connectivity tests (tests/integration/netns_test.cpp): HTTP and SOCKS proxies, and the
@@ -65,13 +67,31 @@ ensure_packages() {
     "${missing[@]}" >/dev/null
 }
 
-# The bus policy (dbus/org.iothubd.conf) lets only user "iothubd" own org.iothubd and members of
-# group "iothub" call it; the package's sysusers file creates the same accounts.
+# The bus policy (dbus/org.iothubd.conf) lets only user "iothubd" own org.iothubd, members of
+# group "iothub" call it and members of "iothub-admin" also supply credentials; the package's
+# sysusers file creates the same accounts.
 ensure_service_user() {
-  getent group iothub >/dev/null || as_root groupadd --system iothub
+  local group
+  for group in iothub iothub-admin; do
+    getent group "$group" >/dev/null || as_root groupadd --system "$group"
+  done
   if ! getent passwd iothubd >/dev/null; then
     as_root useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin iothubd
   fi
+}
+
+# The callers of the trust-boundary tests (tests/integration/trust_test.cpp): a member of
+# iothub, a member of iothub-admin and a user in neither group. The tests create them too when
+# run without this script.
+ensure_test_users() {
+  local user groups
+  for user in iothubd-test-member:iothub iothubd-test-admin:iothub-admin iothubd-test-outsider:; do
+    groups=${user#*:}
+    user=${user%%:*}
+    getent passwd "$user" >/dev/null && continue
+    as_root useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+      ${groups:+--groups "$groups"} "$user"
+  done
 }
 
 # The tests and the demo run the freshly built daemon as user iothubd, so that user must be able

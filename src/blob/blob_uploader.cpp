@@ -266,12 +266,8 @@ class BlobUploader::Upload {
     if (!info_) {
       // No correlation id yet, so nothing to tell the hub.
       phase_ = Phase::Done;
-      auto alive = owner_.alive_;
-      owner_.scheduler_.post([this, alive, error = std::move(error)]() mutable {
-        if (*alive) {
-          finish(fail(std::move(error)));
-        }
-      });
+      owner_.scheduler_.post(owner_.lifetime_.guard(
+          [this, error = std::move(error)]() mutable { finish(fail(std::move(error))); }));
       return;
     }
     std::string description = error.message;
@@ -545,12 +541,8 @@ class BlobUploader::Upload {
         proto::notificationBody(n), "the upload notification for " + core::quoted(info_->blobName),
         true, [this](core::Result<http::Response> r) { onNotified(std::move(r)); });
     if (auto started = hubCall_->start(); !started) {
-      auto alive = owner_.alive_;
-      owner_.scheduler_.post([this, alive, error = started.error()] {
-        if (*alive) {
-          onNotifyFailed(error);
-        }
-      });
+      owner_.scheduler_.post(
+          owner_.lifetime_.guard([this, error = started.error()] { onNotifyFailed(error); }));
     }
   }
 
@@ -642,7 +634,7 @@ BlobUploader::BlobUploader(http::HttpClient& http, core::Scheduler& scheduler,
 }
 
 BlobUploader::~BlobUploader() {
-  *alive_ = false;
+  lifetime_.end();
   uploads_.clear();
   steps_.clear();
 }

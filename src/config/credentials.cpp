@@ -11,6 +11,7 @@
 
 #include "iothubd/proto/base64.hpp"
 #include "iothubd/proto/connection_string.hpp"
+#include "iothubd/proto/provisioning.hpp"
 #include "iothubd/proto/sas_token.hpp"
 
 namespace iothubd::config {
@@ -104,6 +105,116 @@ core::Result<void> loadX509(const Settings& s, const std::string& credentialsDir
   id.x509CertFile = *cert;
   id.x509KeyFile = *key;
   id.x509PassPhrase = std::move(*passPhrase);
+  return {};
+}
+
+/// The custom payload of a DPS registration: an operator's JSON file, not a secret (it goes to
+/// DPS and a custom allocation function). Read whole, bounded like every input.
+core::Result<std::string> readPayloadFile(const std::string& path) {
+  const std::string key = "[provisioning] payload_file: ";
+  auto cannotRead = [&](int err) -> core::Result<std::string> {
+    return fail(Errc::Config, key + "cannot read " + path + ": " + std::strerror(err), err);
+  };
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    return cannotRead(errno);
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  std::string data;
+  char buffer[4096];
+  while (true) {
+    ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      return cannotRead(errno);
+    }
+    if (n == 0) {
+      return data;
+    }
+    data.append(buffer, static_cast<size_t>(n));
+    if (data.size() > proto::kMaxDpsPayloadBytes) {
+      return fail(Errc::Config, key + path + " is larger than " +
+                                    std::to_string(proto::kMaxDpsPayloadBytes) + " bytes");
+    }
+  }
+}
+
+/// authentication = dps: the attestation's credential, the payload and the model id.
+core::Result<void> loadDps(const Settings& s, const std::string& credentialsDirectory,
+                           DeviceIdentity& id) {
+  const ProvisioningSettings& p = s.provisioning;
+  DpsRegistration dps;
+  dps.globalEndpoint = p.globalEndpoint;
+  dps.port = p.port;
+  dps.idScope = p.idScope;
+  dps.registrationId = p.registrationId;
+  dps.attestation = p.attestation;
+  dps.registrationTimeout = std::chrono::seconds(p.registrationTimeout);
+  // [py] product_info starting with "dtmi:" is a Plug and Play model id; DPS gets it in the
+  // registration payload ([py] samples/pnp, [c] pnp_dps_ll.c), the hub in the user name.
+  if (s.productInfo.rfind("dtmi:", 0) == 0) {
+    dps.modelId = s.productInfo;
+  }
+  if (!p.payloadFile.empty()) {
+    auto payload = readPayloadFile(p.payloadFile);
+    if (!payload) {
+      return fail(payload.error());
+    }
+    dps.payloadJson = std::move(*payload);
+  }
+  if (auto body = proto::dpsRegisterPayload(dps.registrationId, dps.payloadJson, dps.modelId);
+      !body) {
+    return fail(Errc::Config,
+                "[provisioning] payload_file: " + p.payloadFile + ": " + body.error().message);
+  }
+
+  if (p.attestation == DpsAttestation::X509) {
+    if (auto r = loadX509(s, credentialsDirectory, id); !r) {
+      return fail(r.error());
+    }
+    id.dps = std::move(dps);
+    return {};
+  }
+  auto individual = readOptionalCredential(s.dpsKeyFile, "dps-key", credentialsDirectory);
+  if (!individual) {
+    return fail(individual.error());
+  }
+  auto group = readOptionalCredential(s.dpsGroupKeyFile, "dps-group-key", credentialsDirectory);
+  if (!group) {
+    return fail(group.error());
+  }
+  if (individual->empty() && group->empty()) {
+    return fail(Errc::Config,
+                "no DPS enrollment key: set [credentials] dps_key_file (individual enrollment) or "
+                "dps_group_key_file (group enrollment), or pass it with systemd "
+                "LoadCredential=dps-key or LoadCredential=dps-group-key");
+  }
+  if (!individual->empty() && !group->empty()) {
+    return fail(Errc::Config,
+                "both credentials \"dps-key\" (individual enrollment) and \"dps-group-key\" "
+                "(group enrollment) are given; a device has one enrollment: keep its key only");
+  }
+  dps.groupEnrollment = !group->empty();
+  const char* name = dps.groupEnrollment ? "DPS group enrollment key" : "DPS enrollment key";
+  const core::Secret<>& key = dps.groupEnrollment ? *group : *individual;
+  if (auto decoded = proto::base64Decode(key.reveal()); !decoded || decoded->empty()) {
+    return fail(Errc::Config, std::string(name) + ": not valid base64");
+  }
+  if (dps.groupEnrollment) {
+    auto derived = proto::deriveGroupDeviceKey(key, dps.registrationId);
+    if (!derived) {
+      return fail(Errc::Config, std::string(name) + ": " + derived.error().message);
+    }
+    id.sharedAccessKey = std::move(*derived);
+  } else {
+    id.sharedAccessKey = key;
+  }
+  id.dps = std::move(dps);
   return {};
 }
 
@@ -272,6 +383,11 @@ core::Result<DeviceIdentity> loadIdentity(const Settings& s,
     }
     case AuthKind::X509:
       if (auto r = loadX509(s, credentialsDirectory, id); !r) {
+        return fail(r.error());
+      }
+      break;
+    case AuthKind::Dps:
+      if (auto r = loadDps(s, credentialsDirectory, id); !r) {
         return fail(r.error());
       }
       break;

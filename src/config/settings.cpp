@@ -13,6 +13,9 @@
 
 #include <ini.h>
 
+#include "iothubd/proto/mqtt_identity.hpp"
+#include "iothubd/proto/provisioning.hpp"
+
 namespace iothubd::config {
 namespace {
 
@@ -21,8 +24,10 @@ using core::fail;
 
 struct ParseState {
   Settings settings;
-  std::string error;     // set by a key handler; inih then reports the line
-  bool portSet = false;  // [hub] port given: websockets then keeps it instead of 443
+  std::string error;                 // set by a key handler; inih then reports the line
+  bool portSet = false;              // [hub] port given: websockets then keeps it instead of 443
+  bool provisioningPortSet = false;  // the same for [provisioning] port
+  std::string firstProvisioningKey;  // a [provisioning] key that was set, for messages
 };
 
 bool parseBool(std::string_view v, bool& out) {
@@ -106,8 +111,10 @@ const std::map<std::string, Handler, std::less<>>& keyTable() {
            s.authentication = AuthKind::SasToken;
          } else if (v == "x509") {
            s.authentication = AuthKind::X509;
+         } else if (v == "dps") {
+           s.authentication = AuthKind::Dps;
          } else {
-           return "expected connection-string, symmetric-key, sas-token or x509, got \"" +
+           return "expected connection-string, symmetric-key, sas-token, x509 or dps, got \"" +
                   std::string(v) + "\"";
          }
          return {};
@@ -123,6 +130,8 @@ const std::map<std::string, Handler, std::less<>>& keyTable() {
       {"credentials.x509_cert_file", text(&Settings::x509CertFile)},
       {"credentials.x509_key_file", text(&Settings::x509KeyFile)},
       {"credentials.x509_pass_phrase_file", text(&Settings::x509PassPhraseFile)},
+      {"credentials.dps_key_file", text(&Settings::dpsKeyFile)},
+      {"credentials.dps_group_key_file", text(&Settings::dpsGroupKeyFile)},
       {"connection.server_verification_cert", text(&Settings::serverVerificationCert)},
       {"connection.websockets", flag(&Settings::websockets)},
       {"connection.cipher", text(&Settings::cipher)},
@@ -137,6 +146,7 @@ const std::map<std::string, Handler, std::less<>>& keyTable() {
        number(&Settings::connectionRetryInterval, 1, 86400)},
       {"connection.ensure_desired_properties", flag(&Settings::ensureDesiredProperties)},
       {"connection.operation_timeout", number(&Settings::operationTimeout, 1, 3600)},
+      {"connection.keep_connected", flag(&Settings::keepConnected)},
       {"proxy.proxy_type",
        [](Settings& s, std::string_view v) -> std::string {
          if (v != "HTTP" && v != "SOCKS4" && v != "SOCKS5" && !v.empty()) {
@@ -169,6 +179,65 @@ const std::map<std::string, Handler, std::less<>>& keyTable() {
          s.proxy.passwordFile = std::string(v);
          return std::string();
        }},
+      {"provisioning.global_endpoint",
+       [](Settings& s, std::string_view v) -> std::string {
+         if (auto ok = proto::validateHostName(v, "global_endpoint"); !ok) {
+           return ok.error().message;
+         }
+         s.provisioning.globalEndpoint = std::string(v);
+         return {};
+       }},
+      {"provisioning.port",
+       [](Settings& s, std::string_view v) -> std::string {
+         int n = 0;
+         if (!parseInt(v, n) || n < 1 || n > 65535) {
+           return "expected a port between 1 and 65535, got \"" + std::string(v) + "\"";
+         }
+         s.provisioning.port = n;
+         return {};
+       }},
+      {"provisioning.id_scope",
+       [](Settings& s, std::string_view v) -> std::string {
+         if (auto ok = proto::validateIdScope(v); !ok) {
+           return ok.error().message;
+         }
+         s.provisioning.idScope = std::string(v);
+         return {};
+       }},
+      {"provisioning.registration_id",
+       [](Settings& s, std::string_view v) -> std::string {
+         if (auto ok = proto::validateRegistrationId(v); !ok) {
+           return ok.error().message;
+         }
+         s.provisioning.registrationId = std::string(v);
+         return {};
+       }},
+      {"provisioning.attestation",
+       [](Settings& s, std::string_view v) -> std::string {
+         if (v == "symmetric-key") {
+           s.provisioning.attestation = DpsAttestation::SymmetricKey;
+         } else if (v == "x509") {
+           s.provisioning.attestation = DpsAttestation::X509;
+         } else {
+           return "expected symmetric-key or x509, got \"" + std::string(v) + "\"";
+         }
+         return {};
+       }},
+      {"provisioning.payload_file",
+       [](Settings& s, std::string_view v) {
+         s.provisioning.payloadFile = std::string(v);
+         return std::string();
+       }},
+      // A registration that waits on a throttling DPS (429, retry-after up to 300 s) needs time.
+      {"provisioning.registration_timeout",
+       [](Settings& s, std::string_view v) -> std::string {
+         int n = 0;
+         if (!parseInt(v, n) || n < 5 || n > 86400) {
+           return "must be between 5 and 86400, got \"" + std::string(v) + "\"";
+         }
+         s.provisioning.registrationTimeout = n;
+         return {};
+       }},
       // The hub waits at most 300 s for a device (responseTimeoutInSeconds's maximum).
       {"methods.method_response_timeout", number(&Settings::methodResponseTimeout, 1, 300)},
       {"outbox.outbox_path", text(&Settings::outboxPath)},
@@ -190,6 +259,23 @@ const std::map<std::string, Handler, std::less<>>& keyTable() {
       {"file_upload.block_size", count(&Settings::blockSize, 64 * 1024, 100 * 1024 * 1024)},
       {"file_upload.max_concurrent_uploads", number(&Settings::maxConcurrentUploads, 1, 10)},
       {"file_upload.upload_timeout", number(&Settings::uploadTimeout, 10, 7 * 24 * 3600)},
+      {"file_upload.upload_from_path_directories",
+       [](Settings& s, std::string_view v) -> std::string {
+         // A space-separated list; each later line replaces the whole list (drop-ins).
+         std::vector<std::string> dirs;
+         std::istringstream words{std::string(v)};
+         for (std::string dir; words >> dir;) {
+           if (dir.front() != '/') {
+             return "expected absolute directory paths, got \"" + dir + "\"";
+           }
+           while (dir.size() > 1 && dir.back() == '/') {
+             dir.pop_back();
+           }
+           dirs.push_back(std::move(dir));
+         }
+         s.uploadFromPathDirectories = std::move(dirs);
+         return {};
+       }},
       {"limits.max_pending_calls_per_app", count(&Settings::maxPendingCallsPerApp, 1, 1000000)},
       {"limits.max_method_claims_per_app", count(&Settings::maxMethodClaimsPerApp, 1, 1000000)},
       {"limits.max_pending_method_requests",
@@ -198,15 +284,18 @@ const std::map<std::string, Handler, std::less<>>& keyTable() {
       // At least one largest message (256 KiB body and a 64 KiB topic) must fit.
       {"limits.max_queued_bytes", count(&Settings::maxQueuedBytes, 1024 * 1024, 1ull << 40)},
       {"daemon.log_level",
-       [](Settings& s, std::string_view v) -> std::string {
-         static constexpr std::string_view kLevels[] = {"error", "warning", "notice", "info",
-                                                        "debug"};
-         if (std::find(std::begin(kLevels), std::end(kLevels), v) == std::end(kLevels)) {
-           return "expected error, warning, notice, info or debug, got \"" + std::string(v) + "\"";
-         }
-         s.logLevel = std::string(v);
-         return {};
-       }},
+       [](Settings& s, std::string_view v)
+           -> std::
+               string {
+                 static constexpr std::string_view kLevels[] = {"error", "warning", "notice",
+                                                                "info", "debug"};
+                 if (std::find(std::begin(kLevels), std::end(kLevels), v) == std::end(kLevels)) {
+                   return "expected error, warning, notice, info or debug, got \"" +
+                          std::string(v) + "\"";
+                 }
+                 s.logLevel = std::string(v);
+                 return {};
+               }},
   };
   return table;
 }
@@ -233,6 +322,12 @@ int onKey(void* user, const char* section, const char* name, const char* value) 
   }
   if (key == "hub.port") {
     state->portSet = true;
+  }
+  if (key == "provisioning.port") {
+    state->provisioningPortSet = true;
+  }
+  if (std::string_view(section) == "provisioning" && state->firstProvisioningKey.empty()) {
+    state->firstProvisioningKey = name;
   }
   std::string problem = it->second(state->settings, value);
   if (!problem.empty()) {
@@ -300,6 +395,52 @@ core::Result<void> checkConsistency(const Settings& s) {
   return {};
 }
 
+/// authentication = dps: DPS names hub and device, [provisioning] says how to ask it. The other
+/// way round, [provisioning] without dps is a forgotten authentication line, not something to
+/// ignore silently.
+core::Result<void> checkProvisioning(const Settings& s, const std::string& firstProvisioningKey) {
+  if (s.authentication != AuthKind::Dps) {
+    if (!firstProvisioningKey.empty()) {
+      return fail(Errc::Config, "[provisioning] " + firstProvisioningKey +
+                                    ": only used with [hub] authentication = dps");
+    }
+    if (!s.dpsKeyFile.empty() || !s.dpsGroupKeyFile.empty()) {
+      return fail(Errc::Config, std::string("[credentials] ") +
+                                    (s.dpsKeyFile.empty() ? "dps_group_key_file" : "dps_key_file") +
+                                    ": only used with [hub] authentication = dps");
+    }
+    return {};
+  }
+  for (auto [value, key] : {std::pair{&s.hostname, "hostname"},
+                            {&s.deviceId, "device_id"},
+                            {&s.moduleId, "module_id"}}) {
+    if (!value->empty()) {
+      return fail(Errc::Config, std::string("[hub] ") + key +
+                                    ": assigned by DPS with authentication = dps; remove it here");
+    }
+  }
+  if (s.provisioning.idScope.empty()) {
+    return fail(Errc::Config,
+                "[provisioning] id_scope: required with authentication = dps (the DPS instance's "
+                "ID scope, like 0ne00012345)");
+  }
+  if (s.provisioning.registrationId.empty()) {
+    return fail(Errc::Config, "[provisioning] registration_id: required with authentication = dps");
+  }
+  if (s.provisioning.attestation == DpsAttestation::X509 &&
+      (!s.dpsKeyFile.empty() || !s.dpsGroupKeyFile.empty())) {
+    return fail(Errc::Config, std::string("[credentials] ") +
+                                  (s.dpsKeyFile.empty() ? "dps_group_key_file" : "dps_key_file") +
+                                  ": a symmetric key, but [provisioning] attestation = x509");
+  }
+  if (!s.dpsKeyFile.empty() && !s.dpsGroupKeyFile.empty()) {
+    return fail(Errc::Config,
+                "[credentials] dps_group_key_file: a device has one enrollment; set dps_key_file "
+                "(individual) or dps_group_key_file (group), not both");
+  }
+  return {};
+}
+
 }  // namespace
 
 const char* authKindName(AuthKind kind) noexcept {
@@ -312,8 +453,14 @@ const char* authKindName(AuthKind kind) noexcept {
       return "sas-token";
     case AuthKind::X509:
       return "x509";
+    case AuthKind::Dps:
+      return "dps";
   }
   return "unknown";
+}
+
+const char* dpsAttestationName(DpsAttestation attestation) noexcept {
+  return attestation == DpsAttestation::X509 ? "x509" : "symmetric-key";
 }
 
 core::Result<Settings> parseSettings(const std::vector<ConfigSource>& sources) {
@@ -333,9 +480,15 @@ core::Result<Settings> parseSettings(const std::vector<ConfigSource>& sources) {
   if (auto r = checkProxy(state.settings); !r) {
     return fail(r.error());
   }
-  // Protocol doc 1.1: MQTT over WebSockets goes to 443 unless a port is configured.
+  if (auto r = checkProvisioning(state.settings, state.firstProvisioningKey); !r) {
+    return fail(r.error());
+  }
+  // Protocol doc 1.1: MQTT over WebSockets goes to 443 unless a port is configured; DPS too.
   if (state.settings.websockets && !state.portSet) {
     state.settings.port = 443;
+  }
+  if (state.settings.websockets && !state.provisioningPortSet) {
+    state.settings.provisioning.port = 443;
   }
   return state.settings;
 }

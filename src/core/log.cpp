@@ -21,16 +21,27 @@ std::mutex gLimiterMutex;
 LogRateLimiter gLimiter;
 
 void writeLine(LogLevel level, std::string_view message) noexcept {
-  // One write() per line so that lines from a crashing process are never interleaved; embedded
-  // newlines would start a new journal entry without a priority, so they are flattened.
+  // One write() per line so that lines from a crashing process are never interleaved. Every
+  // control byte (NUL, newline, escape sequences, DEL) is written as \xNN: a newline would start
+  // a journal entry without a priority, and hub or caller text must not drive a terminal.
   char buf[4096];
   int n = std::snprintf(buf, sizeof buf, "<%d>", static_cast<int>(level));
   auto len = static_cast<size_t>(n);
+  static constexpr char kHex[] = "0123456789abcdef";
   for (char c : message) {
-    if (len >= sizeof buf - 1) {
+    const auto byte = static_cast<unsigned char>(c);
+    const bool control = byte < 0x20 || byte == 0x7f;
+    if (len + (control ? 4 : 1) >= sizeof buf - 1) {
       break;
     }
-    buf[len++] = (c == '\n' || c == '\r') ? ' ' : c;
+    if (control) {
+      buf[len++] = '\\';
+      buf[len++] = 'x';
+      buf[len++] = kHex[byte >> 4];
+      buf[len++] = kHex[byte & 0xf];
+    } else {
+      buf[len++] = c;
+    }
   }
   buf[len++] = '\n';
   ssize_t ignored = ::write(STDERR_FILENO, buf, len);
@@ -107,23 +118,36 @@ void flushLogRateLimit() noexcept {
   writeReports(reports);
 }
 
-std::string quoted(std::string_view text) {
+std::string quoted(std::string_view text, std::size_t maxBytes) {
+  // Cut first, so that what a caller or the hub sent is bounded before it is copied; never
+  // inside a UTF-8 sequence, so that the rest stays valid for a D-Bus error reply.
+  std::size_t keep = text.size();
+  if (keep > maxBytes) {
+    keep = maxBytes;
+    while (keep > 0 && (static_cast<unsigned char>(text[keep]) & 0xC0) == 0x80) {
+      --keep;
+    }
+  }
   std::string out;
-  out.reserve(text.size() + 2);
+  out.reserve(keep + 24);
   out.push_back('"');
-  for (char c : text) {
+  for (char c : text.substr(0, keep)) {
+    const auto byte = static_cast<unsigned char>(c);
     if (c == '"' || c == '\\') {
       out.push_back('\\');
       out.push_back(c);
-    } else if (static_cast<unsigned char>(c) < 0x20) {
+    } else if (byte < 0x20 || byte == 0x7f) {
       char hex[8];
-      std::snprintf(hex, sizeof hex, "\\x%02x", static_cast<unsigned char>(c));
+      std::snprintf(hex, sizeof hex, "\\x%02x", byte);
       out += hex;
     } else {
       out.push_back(c);
     }
   }
   out.push_back('"');
+  if (keep < text.size()) {
+    out += "... (" + std::to_string(text.size()) + " bytes)";
+  }
   return out;
 }
 

@@ -5,6 +5,19 @@
 
 namespace iothubd::dbusapi {
 
+std::string boundedErrorMessage(std::string_view message) {
+  // Messages quote what a caller or the hub sent (core::quoted cuts each quote); this bounds the
+  // whole, so that no error reply comes near the bus's message limit (dbus-daemon drops a peer
+  // that sends more than 32 MiB, and the daemon would be that peer).
+  std::string text(message.substr(0, kMaxErrorMessageBytes));
+  if (message.size() > kMaxErrorMessageBytes) {
+    text += "... (cut)";
+  }
+  // Cut anywhere, or quoting invalid UTF-8: sd-bus would refuse to build the reply, and the
+  // caller would never be answered.
+  return core::validUtf8(text);
+}
+
 sdbus::Error toDbusError(const core::Error& error) {
   using core::Errc;
   const char* name = "org.freedesktop.DBus.Error.Failed";
@@ -63,9 +76,7 @@ sdbus::Error toDbusError(const core::Error& error) {
       name = "org.freedesktop.DBus.Error.Failed";
       break;
   }
-  // Messages may quote what a caller sent (cut to a length anywhere): sd-bus would refuse to
-  // build the reply from invalid UTF-8, and the caller would never be answered.
-  return sdbus::Error(name, core::validUtf8(error.message));
+  return sdbus::Error(name, boundedErrorMessage(error.message));
 }
 
 }  // namespace iothubd::dbusapi

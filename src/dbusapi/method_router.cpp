@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "inbound_limits.hpp"
 #include "iothubd/core/log.hpp"
 
 namespace iothubd::dbusapi {
@@ -37,9 +38,10 @@ MethodRouter::MethodRouter(core::Scheduler& scheduler, std::chrono::seconds resp
       limits_(limits) {}
 
 core::Result<void> MethodRouter::claim(const std::string& peer, const std::string& name) {
-  if (name.empty() || name.find('/') != std::string::npos) {
-    return fail(Errc::InvalidArgument,
-                "invalid method name " + core::quoted(name) + ": empty or containing '/'");
+  if (!validMethodName(name)) {
+    return fail(Errc::InvalidArgument, "invalid method name " + core::quoted(name) +
+                                           ": must be 1 to " + std::to_string(kMaxMethodNameBytes) +
+                                           " printable ASCII characters without '/'");
   }
   auto it = claims_.find(name);
   if (it != claims_.end()) {
@@ -89,6 +91,26 @@ void MethodRouter::onRequest(const std::string& requestId, const std::string& me
                              std::string_view payload) {
   if (pending_.contains(requestId)) {
     return;  // a duplicate delivery of a request already being handled
+  }
+  // Bounded before anything is copied or forwarded: no app can claim such a name, and a payload
+  // this large would not fit a signal (inbound_limits.hpp).
+  if (!validMethodName(methodName)) {
+    core::logf(core::LogLevel::Warning, "direct method ", core::quoted(methodName),
+               " has an invalid name, answering 400");
+    hooks_.answer(requestId, 400, errorBody("invalid method name"));
+    remember(requestId);
+    return;
+  }
+  if (payload.size() > kMaxInboundPayloadBytes) {
+    core::logf(core::LogLevel::Warning, "direct method ", core::quoted(methodName), ": payload of ",
+               payload.size(), " bytes is over the ", kMaxInboundPayloadBytes,
+               " iothubd passes on, answering 413");
+    hooks_.answer(
+        requestId, 413,
+        errorBody("payload of " + std::to_string(payload.size()) + " bytes is too large (at most " +
+                  std::to_string(kMaxInboundPayloadBytes) + ")"));
+    remember(requestId);
+    return;
   }
   auto it = claims_.find(methodName);
   if (it == claims_.end()) {

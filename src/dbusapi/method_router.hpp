@@ -68,6 +68,8 @@ class MethodRouter {
   /// Later claims and requests are bounded by `limits`; what is held already stays.
   void setLimits(Limits limits) { limits_ = limits; }
   [[nodiscard]] std::size_t pendingCount() const { return pending_.size(); }
+  /// Every claimed name (or "*") with the peer holding it (the MethodHandlers property).
+  [[nodiscard]] const std::map<std::string, std::string>& claims() const { return claims_; }
 
  private:
   struct Pending {

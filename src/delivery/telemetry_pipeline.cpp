@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "iothubd/delivery/telemetry_pipeline.hpp"
 
+#include <malloc.h>
+
 #include <algorithm>
 
 #include "iothubd/core/log.hpp"
@@ -13,16 +15,24 @@ using core::fail;
 using core::logf;
 using core::LogLevel;
 
-/// "0-2, 5, 7-9": the indices whose flag is `value`, as ranges; "none" if there are none.
-std::string indexList(const std::vector<bool>& flags, bool value) {
+/// A drained backlog at least this long gives its memory back to the system (malloc_trim): the
+/// outbox's index and read-ahead of 100 000 messages are several MB that the allocator would
+/// otherwise keep for good.
+constexpr std::uint64_t kTrimAfterBacklog = 10000;
+
+/// Where a Send message stands.
+enum class Outcome : std::uint8_t { Pending, Acked, Failed };
+
+/// "0-2, 5, 7-9": the indices whose outcome is `value`, as ranges; "none" if there are none.
+std::string indexList(const std::vector<Outcome>& outcomes, Outcome value) {
   std::string out;
-  for (std::size_t i = 0; i < flags.size();) {
-    if (flags[i] != value) {
+  for (std::size_t i = 0; i < outcomes.size();) {
+    if (outcomes[i] != value) {
       ++i;
       continue;
     }
     std::size_t end = i;
-    while (end + 1 < flags.size() && flags[end + 1] == value) {
+    while (end + 1 < outcomes.size() && outcomes[end + 1] == value) {
       ++end;
     }
     if (!out.empty()) {
@@ -39,6 +49,51 @@ std::string indexList(const std::vector<bool>& flags, bool value) {
 
 }  // namespace
 
+/// One SendMessage(s) call: its messages stay here (not stored anywhere) until each is settled,
+/// so that one whose link went can be published again. SendMessage, the common case, holds its
+/// message without a vector.
+struct TelemetryPipeline::SendCall {
+  std::string app;
+  std::optional<proto::CheckedMessage> one;  ///< SendMessage
+  std::vector<proto::CheckedMessage> many;   ///< SendMessages
+  std::vector<Outcome> outcomes;             ///< SendMessages: each message's
+  std::size_t count = 0;
+  std::size_t unsettled = 0;
+  /// The lowest index that failed, and why.
+  std::optional<std::pair<std::size_t, core::Error>> failure;
+  std::chrono::microseconds deadline{};
+  Reply reply;
+  bool answered = false;
+
+  [[nodiscard]] const proto::CheckedMessage& message(std::size_t index) const {
+    return one ? *one : many[index];
+  }
+};
+
+void TelemetryPipeline::Reply::succeed(std::vector<std::string> ids) {
+  if (!batch) {
+    succeed(std::move(ids.front()));
+  } else if (auto done = std::move(many)) {
+    done(std::move(ids));
+  }
+}
+
+void TelemetryPipeline::Reply::succeed(std::string id) {
+  if (auto done = std::move(single)) {
+    done(std::move(id));
+  }
+}
+
+void TelemetryPipeline::Reply::fail(core::Error error) {
+  if (batch) {
+    if (auto done = std::move(many)) {
+      done(core::fail(std::move(error)));
+    }
+  } else if (auto done = std::move(single)) {
+    done(core::fail(std::move(error)));
+  }
+}
+
 TelemetryPipeline::TelemetryPipeline(core::Scheduler& scheduler, core::Clock& clock,
                                      session::HubSession& session,
                                      std::unique_ptr<outbox::Outbox> outbox,
@@ -50,16 +105,17 @@ TelemetryPipeline::TelemetryPipeline(core::Scheduler& scheduler, core::Clock& cl
       unavailable_(std::move(unavailable)) {
   flushTimer_ = scheduler_.createTimer([this] { flushBatches(); });
   expiryTimer_ = scheduler_.createTimer([this] { onExpiryTimer(); });
-  waitTimer_ = scheduler_.createTimer([this] { onWaitTimer(); });
+  sendTimer_ = scheduler_.createTimer([this] { onSendTimer(); });
   session_.addObserver(this);
   if (outbox_ != nullptr) {
     // Messages stored by an earlier run may have expired meanwhile, and wait to be sent.
     armExpiry();
+    backlogPeak_ = outbox_->length();
   }
 }
 
 TelemetryPipeline::~TelemetryPipeline() {
-  *alive_ = false;
+  lifetime_.end();
   session_.removeObserver(this);
 }
 
@@ -73,224 +129,87 @@ std::uint64_t TelemetryPipeline::dropped() const {
   return outbox_ ? outbox_->dropped() : 0;
 }
 std::uint64_t TelemetryPipeline::delivered() const {
-  return (outbox_ ? outbox_->delivered() : 0) + directDelivered_;
+  return (outbox_ ? outbox_->delivered() : 0) + sentDelivered_;
 }
 
-void TelemetryPipeline::queue(std::string app, proto::OutgoingMessage message, Done done) {
-  if (outbox_ == nullptr) {
-    done(fail(Errc::Io, "the outbox is unavailable: " + unavailable_));
-    return;
-  }
-  std::vector<proto::OutgoingMessage> one;
-  one.push_back(std::move(message));
-  enqueue(std::move(app), std::move(one), false, false, std::move(done), nullptr);
-}
-
-void TelemetryPipeline::send(std::string app, proto::OutgoingMessage message, Done done) {
-  if (!session_.requestConnection()) {
-    done(fail(Errc::NotConnected, "not connected to the hub and auto_connect is off"));
-    return;
-  }
-  std::vector<proto::OutgoingMessage> one;
-  one.push_back(std::move(message));
-  if (outbox_ == nullptr) {
-    // Not durable, but served: the outbox failing must not take telemetry down with it.
-    sendDirect(std::move(one), false, std::move(done), nullptr);
-    return;
-  }
-  enqueue(std::move(app), std::move(one), false, true, std::move(done), nullptr);
-}
-
-void TelemetryPipeline::queueBatch(std::string app, std::vector<proto::OutgoingMessage> messages,
-                                   BatchDone done) {
-  if (outbox_ == nullptr) {
-    done(fail(Errc::Io, "the outbox is unavailable: " + unavailable_));
-    return;
-  }
-  enqueue(std::move(app), std::move(messages), true, false, nullptr, std::move(done));
-}
-
-void TelemetryPipeline::sendBatch(std::string app, std::vector<proto::OutgoingMessage> messages,
-                                  BatchDone done) {
-  if (!session_.requestConnection()) {
-    done(fail(Errc::NotConnected, "not connected to the hub and auto_connect is off"));
-    return;
-  }
-  if (outbox_ == nullptr) {
-    sendDirect(std::move(messages), true, nullptr, std::move(done));
-    return;
-  }
-  enqueue(std::move(app), std::move(messages), true, true, nullptr, std::move(done));
-}
-
-bool TelemetryPipeline::answeredUpFront(const std::vector<proto::OutgoingMessage>& messages,
-                                        BatchDone& many) {
-  if (messages.size() > kMaxMessagesPerCall) {
-    many(fail(Errc::InvalidArgument, "at most " + std::to_string(kMaxMessagesPerCall) +
-                                         " messages per call, not " +
-                                         std::to_string(messages.size())));
+bool TelemetryPipeline::answeredUpFront(std::size_t count, Reply& reply) {
+  if (count > kMaxMessagesPerCall) {
+    reply.fail({Errc::InvalidArgument, "at most " + std::to_string(kMaxMessagesPerCall) +
+                                           " messages per call, not " + std::to_string(count)});
     return true;
   }
-  if (messages.empty()) {
-    many(std::vector<std::string>{});
+  if (count == 0) {
+    reply.succeed(std::vector<std::string>{});
     return true;
   }
   return false;
 }
 
-void TelemetryPipeline::enqueue(std::string app, std::vector<proto::OutgoingMessage> messages,
-                                bool batch, bool forDelivery, Done single, BatchDone many) {
-  if (answeredUpFront(messages, many)) {
+// --- Queue: durable, through the outbox -------------------------------------------------------
+
+void TelemetryPipeline::queue(std::string app, proto::CheckedMessage message, Done done) {
+  std::vector<proto::CheckedMessage> one;
+  one.push_back(std::move(message));
+  enqueue(std::move(app), std::move(one), Reply{false, std::move(done), nullptr});
+}
+
+void TelemetryPipeline::queueBatch(std::string app, std::vector<proto::CheckedMessage> messages,
+                                   BatchDone done) {
+  enqueue(std::move(app), std::move(messages), Reply{true, nullptr, std::move(done)});
+}
+
+void TelemetryPipeline::enqueue(std::string app, std::vector<proto::CheckedMessage> messages,
+                                Reply reply) {
+  if (outbox_ == nullptr) {
+    reply.fail({Errc::Io, "the outbox is unavailable: " + unavailable_});
     return;
   }
-  Waiter w;
-  w.ids.reserve(messages.size());
+  if (answeredUpFront(messages.size(), reply)) {
+    return;
+  }
+  QueueCall call;
+  call.ids.reserve(messages.size());
   for (const auto& m : messages) {
-    w.ids.push_back(*m.system.messageId);
+    call.ids.push_back(m.messageId());
   }
-  w.batch = batch;
-  w.forDelivery = forDelivery;
-  w.unacked = messages.size();
-  if (batch && forDelivery) {
-    w.acked.assign(messages.size(), false);
-  }
-  w.single = std::move(single);
-  w.many = std::move(many);
-  // Commits are reported on a later loop iteration, never inside enqueue(): the waiter is in
-  // place before its messages can be stored, sent or acknowledged.
+  call.reply = std::move(reply);
+  // Commits are reported on a later loop iteration, never inside enqueue(): the call is in
+  // place before its messages can be stored.
   const std::uint64_t seq = outbox_->nextSeq();
-  auto stored = [this, alive = alive_, seq](const core::Result<void>& committed) {
-    if (*alive) {
-      onStored(seq, committed);
-    }
-  };
-  auto accepted = batch ? outbox_->enqueueBatch(std::move(app), std::move(messages), stored)
-                        : outbox_->enqueue(std::move(app), std::move(messages.front()), stored);
+  auto stored = lifetime_.guard(
+      [this, seq](const core::Result<void>& committed) { onStored(seq, committed); });
+  auto accepted = call.reply.batch
+                      ? outbox_->enqueueBatch(std::move(app), std::move(messages), stored)
+                      : outbox_->enqueue(std::move(app), std::move(messages.front()), stored);
   if (!accepted) {
-    finish(w, fail(accepted.error()));
+    call.reply.fail(accepted.error());
     return;
   }
-  waiters_.emplace(accepted->seq, std::move(w));
+  queueCalls_.emplace(accepted->seq, std::move(call));
+  backlogPeak_ = std::max(backlogPeak_, outbox_->length());
   noteDropped(accepted->dropped);
-}
-
-void TelemetryPipeline::sendDirect(std::vector<proto::OutgoingMessage> messages, bool batch,
-                                   Done single, BatchDone many) {
-  if (answeredUpFront(messages, many)) {
-    return;
-  }
-  // The session checks each message's size; a batch is checked whole before any goes out.
-  for (std::size_t i = 0; i < messages.size(); ++i) {
-    if (std::size_t size = proto::hubMessageSize(messages[i]); size > proto::kMaxTelemetryBytes) {
-      Waiter w;
-      w.batch = batch;
-      w.single = std::move(single);
-      w.many = std::move(many);
-      finish(w,
-             fail(Errc::MessageTooLarge,
-                  (batch ? "message " + std::to_string(i) + ": " : std::string()) + "message is " +
-                      std::to_string(size) + " bytes as IoT Hub counts it; the limit is " +
-                      std::to_string(proto::kMaxTelemetryBytes)));
-      return;
-    }
-  }
-  auto shared = std::make_shared<Waiter>();
-  shared->batch = batch;
-  shared->forDelivery = true;
-  shared->unacked = messages.size();
-  shared->acked.assign(messages.size(), false);
-  shared->single = std::move(single);
-  shared->many = std::move(many);
-  for (const auto& m : messages) {
-    shared->ids.push_back(*m.system.messageId);
-  }
-  for (std::size_t i = 0; i < messages.size(); ++i) {
-    session_.sendTelemetry(messages[i], [this, alive = alive_, shared, i](core::Result<void> r) {
-      Waiter& w = *shared;
-      if (*alive && r) {
-        ++directDelivered_;
-        deliveredBatch_.push_back(w.ids[i]);
-        countersChanged_ = true;
-        scheduleFlush();
-      }
-      if (w.unacked == 0) {
-        return;  // answered already (an earlier message failed)
-      }
-      if (!r) {
-        w.unacked = 0;
-        core::Error e = r.error();
-        if (w.batch) {
-          e.message = "message " + std::to_string(i) + " (id " + core::quoted(w.ids[i]) +
-                      "): " + e.message + "; acknowledged by the hub: " + indexList(w.acked, true);
-        }
-        finish(w, fail(std::move(e)));
-        return;
-      }
-      w.acked[i] = true;
-      if (--w.unacked == 0) {
-        finish(w, {});
-      }
-    });
-  }
-}
-
-void TelemetryPipeline::finish(Waiter& waiter, core::Result<void> outcome) {
-  if (waiter.batch) {
-    auto done = std::move(waiter.many);
-    if (done) {
-      done(outcome ? core::Result<std::vector<std::string>>(std::move(waiter.ids))
-                   : fail(outcome.error()));
-    }
-    return;
-  }
-  auto done = std::move(waiter.single);
-  if (done) {
-    done(outcome ? core::Result<std::string>(std::move(waiter.ids.front()))
-                 : fail(outcome.error()));
-  }
-}
-
-void TelemetryPipeline::complete(Waiters::iterator it, core::Result<void> outcome) {
-  Waiter w = std::move(it->second);
-  waiters_.erase(it);
-  finish(w, std::move(outcome));
-}
-
-TelemetryPipeline::Waiters::iterator TelemetryPipeline::findWaiter(std::uint64_t seq) {
-  auto it = waiters_.upper_bound(seq);
-  if (it == waiters_.begin()) {
-    return waiters_.end();
-  }
-  --it;
-  return seq - it->first < it->second.ids.size() ? it : waiters_.end();
 }
 
 void TelemetryPipeline::onStored(std::uint64_t seq, const core::Result<void>& committed) {
   countersChanged_ = true;
   scheduleFlush();
-  auto it = waiters_.find(seq);
-  if (!committed) {
-    std::string what = "a message";
-    if (it != waiters_.end()) {
-      const auto& ids = it->second.ids;
-      what = ids.size() == 1 ? "message " + core::quoted(ids.front())
-                             : "a batch of " + std::to_string(ids.size()) + " messages";
-    }
-    logf(LogLevel::Warning, what, " was not stored: ", committed.error().message);
-    if (it != waiters_.end()) {
-      complete(it, fail(committed.error()));
-    }
-    return;
-  }
-  if (it != waiters_.end()) {
-    if (!it->second.forDelivery) {
-      complete(it, {});
+  auto it = queueCalls_.find(seq);
+  if (it != queueCalls_.end()) {
+    QueueCall call = std::move(it->second);
+    queueCalls_.erase(it);
+    if (!committed) {
+      const auto& ids = call.ids;
+      logf(LogLevel::Warning,
+           ids.size() == 1 ? "message " + core::quoted(ids.front())
+                           : "a batch of " + std::to_string(ids.size()) + " messages",
+           " was not stored: ", committed.error().message);
+      call.reply.fail(committed.error());
     } else {
-      auto deadline = clock_.monotonic() + std::chrono::duration_cast<std::chrono::microseconds>(
-                                               session_.options().operationTimeout);
-      it->second.deadline = deadline;
-      armWaitTimer(deadline);
+      call.reply.succeed(std::move(call.ids));
     }
+  }
+  if (!committed) {
+    return;
   }
   armExpiry();
   session_.requestConnection();  // auto_connect: stored messages ask for the connection
@@ -306,16 +225,18 @@ void TelemetryPipeline::pump() {
     logf(LogLevel::Warning, "cannot read the outbox: ", batch.error().message);
     return;
   }
-  const auto& o = session_.options();
+  const std::string& prefix = topicPrefix();
   for (auto& m : *batch) {
-    std::string id = *m.message.system.messageId;
     auto r = session_.publishPrepared(
-        proto::telemetryTopic(o.deviceId, o.moduleId, m.message), m.message.body,
-        [this, alive = alive_, seq = m.seq, id](const core::Result<void>& acked) {
-          if (*alive) {
-            onAck(seq, id, acked);
+        m.message.topic(prefix), m.message.body(),
+        lifetime_.guard([this, generation = outboxGeneration_, seq = m.seq,
+                         notice = Notice{std::move(m.app), m.message.messageId()}](
+                            const core::Result<void>& acked) {
+          // A PUBACK for a store replaced meanwhile (reload) names a seq of that store.
+          if (generation == outboxGeneration_) {
+            onAck(seq, notice, acked);
           }
-        });
+        }));
     if (!r) {
       outbox_->requeueInFlight();  // the link went away under us: everything goes again later
       return;
@@ -323,16 +244,19 @@ void TelemetryPipeline::pump() {
   }
 }
 
-void TelemetryPipeline::onAck(std::uint64_t seq, const std::string& messageId,
+void TelemetryPipeline::onAck(std::uint64_t seq, const Notice& notice,
                               const core::Result<void>& result) {
   if (result) {
     if (outbox_->markDelivered(seq)) {
-      deliveredBatch_.push_back(messageId);
+      deliveredBatch_.push_back(notice);
       countersChanged_ = true;
-      ackWaiter(seq);
       scheduleFlush();
     }
     pump();
+    if (outbox_->length() == 0 && backlogPeak_ >= kTrimAfterBacklog) {
+      backlogPeak_ = 0;
+      ::malloc_trim(0);
+    }
     return;
   }
   switch (result.error().code) {
@@ -344,115 +268,10 @@ void TelemetryPipeline::onAck(std::uint64_t seq, const std::string& messageId,
       // No PUBACK within operation_timeout on a live link, or the publish failed: send the
       // in-flight window again (same message ids). Not at once: the next ack, commit or
       // reconnect pumps.
-      logf(LogLevel::Warning, "message ", core::quoted(messageId),
+      logf(LogLevel::Warning, "message ", core::quoted(notice.messageId),
            " will be sent again: ", result.error().message);
       outbox_->requeueInFlight();
       return;
-  }
-}
-
-void TelemetryPipeline::ackWaiter(std::uint64_t seq) {
-  auto it = findWaiter(seq);
-  if (it == waiters_.end() || !it->second.forDelivery) {
-    return;
-  }
-  Waiter& w = it->second;
-  if (w.batch) {
-    auto index = static_cast<std::size_t>(seq - it->first);
-    if (w.acked[index]) {
-      return;
-    }
-    w.acked[index] = true;
-  }
-  if (--w.unacked == 0) {
-    complete(it, {});
-  }
-}
-
-void TelemetryPipeline::failMessage(std::uint64_t seq, const core::Error& error) {
-  auto it = findWaiter(seq);
-  if (it == waiters_.end()) {
-    return;
-  }
-  core::Error e = error;
-  const Waiter& w = it->second;
-  if (w.batch) {
-    auto index = static_cast<std::size_t>(seq - it->first);
-    e.message = "message " + std::to_string(index) + " of the batch: " + e.message;
-    if (!w.acked.empty()) {
-      e.message += "; acknowledged by the hub: " + indexList(w.acked, true);
-    }
-  }
-  complete(it, fail(std::move(e)));
-}
-
-void TelemetryPipeline::failDeliveryWaiters(const core::Error& why, const char* after) {
-  // Collected first: an answer may lead back into the pipeline.
-  std::vector<Waiter> failed;
-  for (auto it = waiters_.begin(); it != waiters_.end();) {
-    if (it->second.forDelivery) {
-      failed.push_back(std::move(it->second));
-      it = waiters_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  for (auto& w : failed) {
-    core::Error e = why;
-    if (w.batch) {
-      e.message += "; of this batch the hub acknowledged " + indexList(w.acked, true) +
-                   ", the others stay queued and are sent " + after;
-    } else {
-      e.message +=
-          "; message " + core::quoted(w.ids.front()) + " stays queued and is sent " + after;
-    }
-    finish(w, fail(std::move(e)));
-  }
-}
-
-void TelemetryPipeline::armWaitTimer(std::chrono::microseconds deadline) {
-  if (waitDue_ && *waitDue_ <= deadline && waitTimer_->armed()) {
-    return;
-  }
-  waitDue_ = deadline;
-  waitTimer_->armAfter(std::max(deadline - clock_.monotonic(), std::chrono::microseconds(0)));
-}
-
-void TelemetryPipeline::onWaitTimer() {
-  waitDue_.reset();
-  const auto now = clock_.monotonic();
-  const auto timeout = session_.options().operationTimeout.count();
-  // Rare (only when a call actually times out, or once per operation_timeout under load), so a
-  // walk over the waiting calls is fine and keeps the per-message path free of timers.
-  std::vector<Waiter> expired;
-  std::optional<std::chrono::microseconds> next;
-  for (auto it = waiters_.begin(); it != waiters_.end();) {
-    const auto& deadline = it->second.deadline;
-    if (deadline && *deadline <= now) {
-      expired.push_back(std::move(it->second));
-      it = waiters_.erase(it);
-      continue;
-    }
-    if (deadline && (!next || *deadline < *next)) {
-      next = *deadline;
-    }
-    ++it;
-  }
-  if (next) {
-    armWaitTimer(*next);
-  }
-  for (auto& w : expired) {
-    std::string text;
-    if (w.batch) {
-      text = "the hub has not acknowledged messages " + indexList(w.acked, false) + " of " +
-             std::to_string(w.ids.size()) + " within " + std::to_string(timeout) +
-             " s (acknowledged: " + indexList(w.acked, true) +
-             "); they stay queued and will be delivered";
-    } else {
-      text = "the hub has not acknowledged message " + core::quoted(w.ids.front()) + " within " +
-             std::to_string(timeout) + " s; it stays queued and will be delivered";
-    }
-    finish(w, fail(Errc::Timeout, std::move(text)));
   }
 }
 
@@ -462,26 +281,212 @@ void TelemetryPipeline::onLinkDown() {
   }
 }
 
-void TelemetryPipeline::onStateChanged(session::ConnectionState state, const core::Error* error) {
-  if (state != session::ConnectionState::Disconnected || waiters_.empty()) {
+// --- Send: in memory, answered on the PUBACK ----------------------------------------------------
+
+void TelemetryPipeline::send(std::string app, proto::CheckedMessage message, Done done) {
+  auto call = std::make_shared<SendCall>();
+  call->app = std::move(app);
+  call->one.emplace(std::move(message));
+  call->count = 1;
+  call->reply = Reply{false, std::move(done), nullptr};
+  startSend(call);
+}
+
+void TelemetryPipeline::sendBatch(std::string app, std::vector<proto::CheckedMessage> messages,
+                                  BatchDone done) {
+  auto call = std::make_shared<SendCall>();
+  call->app = std::move(app);
+  call->count = messages.size();
+  call->many = std::move(messages);
+  call->outcomes.assign(call->count, Outcome::Pending);
+  call->reply = Reply{true, nullptr, std::move(done)};
+  startSend(call);
+}
+
+void TelemetryPipeline::startSend(const std::shared_ptr<SendCall>& call) {
+  if (!session_.requestConnection()) {
+    call->reply.fail({Errc::NotConnected, "not connected to the hub and auto_connect is off"});
     return;
   }
-  // The session gave up (credentials refused, no retry) or an app disconnected: SendMessage
-  // callers learn why now instead of at their timeout. Their messages stay stored and go out
-  // once a connection works again.
-  core::Error why =
-      error != nullptr ? *error : core::Error{Errc::Cancelled, "disconnected on request"};
-  failDeliveryWaiters(why, "once connected");
+  if (answeredUpFront(call->count, call->reply)) {
+    return;
+  }
+  call->unsettled = call->count;
+  call->deadline = clock_.monotonic() + std::chrono::duration_cast<std::chrono::microseconds>(
+                                            session_.options().operationTimeout);
+  sendCalls_.push_back(call);
+  if (!sendTimer_->armed()) {
+    armSendTimer();
+  }
+  const std::uint64_t now = clock_.unixSeconds();
+  // A completion may run inside publish() (the session refuses at once): `call` keeps the call
+  // alive, and it is answered only once every message is settled.
+  for (std::size_t i = 0; i < call->count && !call->answered; ++i) {
+    const auto& m = call->message(i);
+    if (const auto expiry = m.expiresAt(); expiry && *expiry <= now) {
+      // As the outbox does with a queued message: never sent once its own expiry has passed.
+      const core::Error why{Errc::Timeout, "message " + core::quoted(m.messageId()) +
+                                               " expired before it could be delivered"};
+      settle(*call, i, &why);
+      continue;
+    }
+    publish(call, i);
+  }
 }
+
+void TelemetryPipeline::publish(const std::shared_ptr<SendCall>& call, std::size_t index) {
+  const auto& m = call->message(index);
+  topic_.assign(topicPrefix()).append(m.propertyBag());
+  session_.publishTelemetry(topic_, m.body(),
+                            lifetime_.guard([this, call, index](const core::Result<void>& r) {
+                              onPublished(call, index, r);
+                            }));
+}
+
+void TelemetryPipeline::onPublished(const std::shared_ptr<SendCall>& call, std::size_t index,
+                                    const core::Result<void>& result) {
+  if (call->answered) {
+    return;  // timed out or cancelled already
+  }
+  if (result) {
+    ++sentDelivered_;
+    countersChanged_ = true;
+    scheduleFlush();
+    settle(*call, index, nullptr);
+    return;
+  }
+  if (result.error().code == Errc::ConnectionDropped) {
+    // The link went before the PUBACK: the session is still inside its drop handling, so the
+    // message goes again (same id) from the next loop iteration, held by the session until the
+    // link is back. The call's deadline still bounds it.
+    dropped_.emplace_back(call, index);
+    if (!resendPosted_) {
+      resendPosted_ = true;
+      (void)scheduler_.post(lifetime_.guard([this] { resendDropped(); }));
+    }
+    return;
+  }
+  settle(*call, index, &result.error());
+}
+
+void TelemetryPipeline::resendDropped() {
+  resendPosted_ = false;
+  auto dropped = std::move(dropped_);
+  dropped_.clear();
+  for (auto& [call, index] : dropped) {
+    if (!call->answered) {
+      publish(call, index);
+    }
+  }
+}
+
+void TelemetryPipeline::settle(SendCall& call, std::size_t index, const core::Error* error) {
+  if (!call.outcomes.empty()) {
+    call.outcomes[index] = error == nullptr ? Outcome::Acked : Outcome::Failed;
+  }
+  if (error != nullptr && (!call.failure || index < call.failure->first)) {
+    call.failure.emplace(index, *error);
+  }
+  if (--call.unsettled == 0) {
+    answer(call, std::nullopt);
+  }
+}
+
+void TelemetryPipeline::answer(SendCall& call, std::optional<core::Error> why) {
+  call.answered = true;
+  if (!why && call.failure) {
+    why = std::move(call.failure->second);
+    if (call.reply.batch) {
+      why->message = "message " + std::to_string(call.failure->first) +
+                     " of the batch: " + why->message +
+                     "; acknowledged by the hub: " + indexList(call.outcomes, Outcome::Acked);
+    }
+  }
+  Reply reply = std::move(call.reply);
+  std::optional<proto::CheckedMessage> one = std::move(call.one);
+  std::vector<proto::CheckedMessage> many = std::move(call.many);  // nothing to send again
+  call.one.reset();
+  call.many.clear();
+  // Answered calls leave from the front; the deadline timer skips any left behind.
+  while (!sendCalls_.empty() && sendCalls_.front()->answered) {
+    sendCalls_.pop_front();
+  }
+  if (why) {
+    reply.fail(std::move(*why));
+  } else if (one) {
+    reply.succeed(one->messageId());
+  } else {
+    std::vector<std::string> ids;
+    ids.reserve(many.size());
+    for (const auto& m : many) {
+      ids.push_back(m.messageId());
+    }
+    reply.succeed(std::move(ids));
+  }
+}
+
+void TelemetryPipeline::armSendTimer() {
+  while (!sendCalls_.empty() && sendCalls_.front()->answered) {
+    sendCalls_.pop_front();
+  }
+  if (sendCalls_.empty()) {
+    sendTimer_->disarm();
+    return;
+  }
+  sendTimer_->armAfter(
+      std::max(sendCalls_.front()->deadline - clock_.monotonic(), std::chrono::microseconds(0)));
+}
+
+void TelemetryPipeline::onSendTimer() {
+  const auto now = clock_.monotonic();
+  const auto timeout = session_.options().operationTimeout.count();
+  // Collected first: an answer may lead back into the pipeline.
+  std::vector<std::shared_ptr<SendCall>> late;
+  for (const auto& call : sendCalls_) {
+    if (call->deadline > now) {
+      break;
+    }
+    if (!call->answered) {
+      late.push_back(call);
+    }
+  }
+  for (const auto& call : late) {
+    if (call->answered) {
+      continue;
+    }
+    std::string text;
+    if (call->reply.batch) {
+      text = "the hub has not acknowledged messages " +
+             indexList(call->outcomes, Outcome::Pending) + " of " + std::to_string(call->count) +
+             " within " + std::to_string(timeout) +
+             " s (acknowledged: " + indexList(call->outcomes, Outcome::Acked) +
+             "); they may still reach it";
+    } else {
+      text = "the hub has not acknowledged message " + core::quoted(call->one->messageId()) +
+             " within " + std::to_string(timeout) + " s; it may still reach it";
+    }
+    answer(*call, core::Error{Errc::Timeout, std::move(text)});
+  }
+  armSendTimer();
+}
+
+const std::string& TelemetryPipeline::topicPrefix() {
+  const auto& o = session_.options();
+  if (prefix_.empty() || o.deviceId != prefixDevice_ || o.moduleId != prefixModule_) {
+    prefixDevice_ = o.deviceId;
+    prefixModule_ = o.moduleId;
+    prefix_ = proto::telemetryTopicPrefix(o.deviceId, o.moduleId);
+  }
+  return prefix_;
+}
+
+// --- expiry, drops, notifications ---------------------------------------------------------------
 
 void TelemetryPipeline::noteDropped(const std::vector<outbox::EntryRef>& dropped) {
   for (const auto& entry : dropped) {
     // Rate-limited by the log facade: a full outbox under load drops many.
     logf(LogLevel::Warning, "outbox full: dropped the oldest message ",
          core::quoted(entry.messageId));
-    failMessage(entry.seq, core::Error{Errc::QueueFull,
-                                       "message " + core::quoted(entry.messageId) +
-                                           " was dropped from the full outbox (drop-oldest)"});
   }
   if (!dropped.empty()) {
     countersChanged_ = true;
@@ -502,14 +507,13 @@ void TelemetryPipeline::armExpiry() {
 }
 
 void TelemetryPipeline::onExpiryTimer() {
-  for (const auto& entry : outbox_->sweepExpired()) {
-    expiredBatch_.push_back(entry.messageId);
-    failMessage(entry.seq, core::Error{Errc::Timeout, "message " + core::quoted(entry.messageId) +
-                                                          " expired before it could be delivered"});
-    countersChanged_ = true;
+  const std::size_t before = expiredBatch_.size();
+  for (auto& entry : outbox_->sweepExpired()) {
+    expiredBatch_.push_back(Notice{std::move(entry.app), std::move(entry.messageId)});
   }
-  if (!expiredBatch_.empty()) {
-    logf(LogLevel::Notice, expiredBatch_.size(), " queued messages expired before delivery");
+  if (const std::size_t swept = expiredBatch_.size() - before; swept > 0) {
+    logf(LogLevel::Notice, swept, " queued messages expired before delivery");
+    countersChanged_ = true;
     scheduleFlush();
   }
   armExpiry();
@@ -535,14 +539,64 @@ void TelemetryPipeline::flushBatches() {
   if (listener_ == nullptr) {
     return;
   }
-  if (!delivered.empty()) {
-    listener_->onDelivered(delivered);
+  // One call per app, each with its ids in delivery order: every app hears of its own only.
+  const auto byApp = [](const std::vector<Notice>& notices) {
+    std::vector<std::pair<std::string, std::vector<std::string>>> groups;
+    for (const auto& n : notices) {
+      auto it = std::find_if(groups.begin(), groups.end(),
+                             [&n](const auto& group) { return group.first == n.app; });
+      if (it == groups.end()) {
+        groups.emplace_back(n.app, std::vector<std::string>{});
+        it = std::prev(groups.end());
+      }
+      it->second.push_back(n.messageId);
+    }
+    return groups;
+  };
+  for (const auto& [app, ids] : byApp(delivered)) {
+    listener_->onDelivered(app, ids);
   }
-  if (!expired.empty()) {
-    listener_->onExpired(expired);
+  for (const auto& [app, ids] : byApp(expired)) {
+    listener_->onExpired(app, ids);
   }
   if (changed) {
     listener_->onCountersChanged();
+  }
+}
+
+std::unique_ptr<outbox::Outbox> TelemetryPipeline::releaseOutbox() {
+  released_ = {};
+  if (outbox_ == nullptr) {
+    return nullptr;
+  }
+  if (auto r = outbox_->flush(); !r) {
+    logf(LogLevel::Error, "cannot store pending messages: ", r.error().message);
+  }
+  // What is in flight stays stored, unacknowledged, and goes again from whichever store holds it
+  // (at least once, with its message id): its PUBACKs would name seqs of a closed store.
+  outbox_->requeueInFlight();
+  ++outboxGeneration_;
+  released_.path = outbox_->options().path;
+  released_.left = outbox_->length();
+  expiryTimer_->disarm();
+  return std::move(outbox_);
+}
+
+void TelemetryPipeline::adoptOutbox(std::unique_ptr<outbox::Outbox> next, std::string unavailable) {
+  const bool samePlace = next != nullptr && next->options().path == released_.path;
+  if (!samePlace && released_.left > 0) {
+    logf(LogLevel::Notice, released_.left, " messages stay in the outbox at ", released_.path,
+         "; they are delivered when it is configured again");
+  }
+  released_ = {};
+  outbox_ = std::move(next);
+  unavailable_ = std::move(unavailable);
+  countersChanged_ = true;
+  scheduleFlush();
+  if (outbox_ != nullptr) {
+    backlogPeak_ = outbox_->length();
+    armExpiry();
+    pump();
   }
 }
 
@@ -552,7 +606,22 @@ void TelemetryPipeline::shutdown() {
       logf(LogLevel::Error, "cannot store pending messages: ", r.error().message);
     }
   }
-  failDeliveryWaiters(core::Error{Errc::Cancelled, "iothubd is stopping"}, "after the next start");
+  auto calls = std::move(sendCalls_);
+  sendCalls_.clear();
+  sendTimer_->disarm();
+  for (const auto& call : calls) {
+    if (call->answered) {
+      continue;
+    }
+    std::string text = "iothubd is stopping";
+    if (call->reply.batch) {
+      text += "; acknowledged by the hub: " + indexList(call->outcomes, Outcome::Acked) +
+              " (the others may or may not have reached it)";
+    } else {
+      text += "; the message may or may not have reached the hub";
+    }
+    answer(*call, core::Error{Errc::Cancelled, std::move(text)});
+  }
   flushBatches();
 }
 

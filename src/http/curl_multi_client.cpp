@@ -16,6 +16,7 @@
 #include <curl/curl.h>
 #include <openssl/crypto.h>
 
+#include "iothubd/core/lifetime.hpp"
 #include "iothubd/core/log.hpp"
 #include "iothubd/loop/event_loop.hpp"
 
@@ -123,7 +124,7 @@ class CurlMultiClient final : public HttpClient {
   }
 
   ~CurlMultiClient() override {
-    *alive_ = false;
+    lifetime_.end();
     for (auto& [id, t] : transfers_) {
       curl_multi_remove_handle(multi_.get(), t->easy.get());
     }
@@ -264,12 +265,7 @@ class CurlMultiClient final : public HttpClient {
     }
     if (t->body) {
       const RequestId id = t->id;
-      auto alive = alive_;
-      t->body->setWakeup([this, id, alive] {
-        if (*alive) {
-          onWake(id);
-        }
-      });
+      t->body->setWakeup(lifetime_.guard([this, id] { onWake(id); }));
     }
     if (CURLMcode rc = curl_multi_add_handle(multi_.get(), e); rc != CURLM_OK) {
       return fail(Errc::Internal, "cannot start " + t->what + ": " + curl_multi_strerror(rc));
@@ -348,7 +344,7 @@ class CurlMultiClient final : public HttpClient {
       auto result = outcome(*t, code);
       auto done = std::move(t->done);
       t.reset();  // closes the body source (and its descriptor) before the caller hears of it
-      auto alive = alive_;
+      const auto self = lifetime_.watch();
       try {
         done(std::move(result));
       } catch (const std::exception& e) {
@@ -356,7 +352,7 @@ class CurlMultiClient final : public HttpClient {
       } catch (...) {
         core::logf(core::LogLevel::Error, "HTTP completion failed");
       }
-      if (!*alive) {
+      if (self.ended()) {
         return;  // the completion destroyed the client
       }
     }
@@ -545,8 +541,8 @@ class CurlMultiClient final : public HttpClient {
   std::map<curl_socket_t, std::unique_ptr<loop::IoWatch>> watches_;
   std::map<RequestId, std::unique_ptr<Transfer>> transfers_;
   RequestId nextId_ = 1;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   MultiPtr multi_;  ///< reset first in the destructor, while the watches and the timer exist
+  core::Lifetime lifetime_;  ///< last: callbacks of a destroyed client never run
 };
 
 core::Result<void> checkReadable(const std::string& path, const char* what) {

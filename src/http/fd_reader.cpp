@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "iothubd/core/lifetime.hpp"
 #include "iothubd/http/async_reader.hpp"
 #include "iothubd/loop/event_loop.hpp"
 
@@ -38,7 +39,7 @@ class FdReader final : public AsyncReader {
         size_(size) {}
 
   ~FdReader() override {
-    *alive_ = false;
+    lifetime_.end();
     watch_.reset();
   }
 
@@ -67,12 +68,7 @@ class FdReader final : public AsyncReader {
     pending_ = true;
     max_ = max;
     done_ = std::move(done);
-    auto alive = alive_;
-    loop_.post([this, alive] {
-      if (*alive) {
-        attempt();
-      }
-    });
+    loop_.post(lifetime_.guard([this] { attempt(); }));
     return {};
   }
 
@@ -117,13 +113,12 @@ class FdReader final : public AsyncReader {
     struct Job {
       std::shared_ptr<core::UniqueFd> fd;
       std::string chunk;
-      ssize_t n = 0;
-      int err = 0;
+      ssize_t n = -1;  ///< stays an error if the read never happened
+      int err = EIO;
     };
     auto job = std::make_shared<Job>();
     job->fd = fd_;
     job->chunk.resize(max_);
-    auto alive = alive_;
     loop_.runOffLoop(
         [job] {
           do {
@@ -131,17 +126,14 @@ class FdReader final : public AsyncReader {
           } while (job->n < 0 && errno == EINTR);
           job->err = job->n < 0 ? errno : 0;
         },
-        [this, job, alive] {
-          if (!*alive) {
-            return;
-          }
+        lifetime_.guard([this, job] {
           if (job->n < 0) {
             complete(fail(readError(job->err)));
             return;
           }
           job->chunk.resize(static_cast<std::size_t>(job->n));
           complete(std::move(job->chunk));
-        });
+        }));
   }
 
   void onEdge() {
@@ -167,7 +159,7 @@ class FdReader final : public AsyncReader {
   bool waiting_ = false;
   std::size_t max_ = 0;
   ReadDone done_;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  core::Lifetime lifetime_;  ///< last: callbacks of a destroyed reader never run
 };
 
 /// Streams an AsyncReader into a request body, reading one chunk ahead.

@@ -2,6 +2,7 @@
 #include "iothubd/loop/event_loop.hpp"
 
 #include <poll.h>
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include <systemd/sd-event.h>
 
 #include "iothubd/core/log.hpp"
+#include "iothubd/core/worker_thread.hpp"
 
 namespace iothubd::loop {
 namespace {
@@ -272,7 +274,14 @@ struct EventLoop::SerialWorker {
       Job job = std::move(queue.front());
       queue.pop_front();
       lock.unlock();
-      job.first();
+      try {
+        job.first();
+      } catch (const std::exception& e) {
+        // The job's `done` still runs: it finds the job's result unset and reports that.
+        core::logf(core::LogLevel::Error, "worker job failed: ", e.what());
+      } catch (...) {
+        core::logf(core::LogLevel::Error, "worker job failed");
+      }
       lock.lock();
       const bool signal = finished.empty();
       finished.push_back(std::move(job.second));
@@ -321,7 +330,7 @@ struct EventLoop::SerialWorker {
   }
 };
 
-void EventLoop::runOnWorker(std::function<void()> work, std::function<void()> done) {
+core::TaskHandle EventLoop::runOnWorker(std::function<void()> work, std::function<void()> done) {
   if (!serialWorker_) {
     auto w = std::make_unique<SerialWorker>();
     w->eventFd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -333,14 +342,16 @@ void EventLoop::runOnWorker(std::function<void()> work, std::function<void()> do
       std::abort();
     }
     w->source = EventSource(s);
-    w->thread = std::thread([raw = w.get()] { raw->run(); });
+    w->thread = core::startWorkerThread("the worker thread", [raw = w.get()] { raw->run(); });
     serialWorker_ = std::move(w);
   }
+  auto [handle, guarded] = core::TaskHandle::wrap(std::move(done));
   {
     std::lock_guard lock(serialWorker_->mutex);
-    serialWorker_->queue.emplace_back(std::move(work), std::move(done));
+    serialWorker_->queue.emplace_back(std::move(work), std::move(guarded));
   }
   serialWorker_->wake.notify_one();
+  return handle;
 }
 
 EventLoop::~EventLoop() {
@@ -380,16 +391,23 @@ core::Result<void> EventLoop::enableWatchdog() {
   return {};
 }
 
-core::Result<void> EventLoop::handleSignals(const std::vector<int>& signals,
-                                            std::function<void(int)> onSignal) {
-  onSignal_ = std::move(onSignal);
+core::Result<void> blockSignals(const std::vector<int>& signals) {
   sigset_t mask;
   sigemptyset(&mask);
   for (int sig : signals) {
     sigaddset(&mask, sig);
   }
-  if (sigprocmask(SIG_BLOCK, &mask, nullptr) < 0) {
-    return fail(Errc::Io, std::string("cannot block signals: ") + std::strerror(errno), errno);
+  if (int r = pthread_sigmask(SIG_BLOCK, &mask, nullptr); r != 0) {
+    return fail(Errc::Io, std::string("cannot block signals: ") + std::strerror(r), r);
+  }
+  return {};
+}
+
+core::Result<void> EventLoop::handleSignals(const std::vector<int>& signals,
+                                            std::function<void(int)> onSignal) {
+  onSignal_ = std::move(onSignal);
+  if (auto r = blockSignals(signals); !r) {
+    return r;
   }
   for (int sig : signals) {
     sd_event_source* s = nullptr;
@@ -425,14 +443,15 @@ core::Result<std::unique_ptr<IoWatch>> EventLoop::watchIo(
   return std::unique_ptr<IoWatch>(std::move(watch));
 }
 
-void EventLoop::runOffLoop(std::function<void()> work, std::function<void()> done) {
+core::TaskHandle EventLoop::runOffLoop(std::function<void()> work, std::function<void()> done) {
   auto worker = std::make_unique<Worker>();
+  auto [handle, guarded] = core::TaskHandle::wrap(std::move(done));
   worker->eventFd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (worker->eventFd < 0) {
     core::logf(core::LogLevel::Error, "cannot create eventfd: ", std::strerror(errno));
     std::abort();
   }
-  worker->done = std::move(done);
+  worker->done = std::move(guarded);
   Worker* raw = worker.get();
   sd_event_source* s = nullptr;
   int r = sd_event_add_io(
@@ -457,14 +476,21 @@ void EventLoop::runOffLoop(std::function<void()> work, std::function<void()> don
   }
   worker->source = EventSource(s);
   int fd = worker->eventFd;
-  worker->thread = std::thread([work = std::move(work), fd]() {
+  worker->thread = core::startWorkerThread("off-loop work", [work = std::move(work), fd]() {
+    // The loop learns the work ended even if it threw (startWorkerThread logs that).
+    struct Signal {
+      int fd;
+      ~Signal() {
+        std::uint64_t one = 1;
+        ssize_t n = ::write(fd, &one, sizeof one);
+        (void)n;
+      }
+    } signal{fd};
     work();
-    std::uint64_t one = 1;
-    ssize_t n = ::write(fd, &one, sizeof one);
-    (void)n;
   });
   reapWorkers();
   workers_.push_back(std::move(worker));
+  return handle;
 }
 
 void EventLoop::reapWorkers() noexcept {
@@ -506,9 +532,11 @@ std::unique_ptr<core::Timer> EventLoop::createTimer(std::function<void()> onFire
   return std::make_unique<SdTimer>(event_, std::move(onFire));
 }
 
-void EventLoop::post(std::function<void()> fn) {
-  posted_.push_back(std::move(fn));
+core::TaskHandle EventLoop::post(std::function<void()> fn) {
+  auto [handle, guarded] = core::TaskHandle::wrap(std::move(fn));
+  posted_.push_back(std::move(guarded));
   sd_event_source_set_enabled(postSource_.get(), SD_EVENT_ONESHOT);
+  return handle;
 }
 
 std::chrono::microseconds EventLoop::monotonic() const {

@@ -10,6 +10,7 @@
 
 #include <mosquitto.h>
 
+#include "iothubd/core/lifetime.hpp"
 #include "iothubd/core/log.hpp"
 #include "iothubd/relay/tunnel.hpp"
 
@@ -59,7 +60,7 @@ class MosquittoTransport final : public MqttTransport {
       : loop_(loop), miscTimer_(loop.createTimer([this] { onMiscTimer(); })) {}
 
   ~MosquittoTransport() override {
-    *alive_ = false;
+    lifetime_.end();
     watch_.reset();
   }
 
@@ -113,6 +114,7 @@ class MosquittoTransport final : public MqttTransport {
     sawConnack_ = false;
     connackCode_ = -1;
     lastLibError_.clear();
+    protocolFailure_.clear();
     disconnectRequested_ = false;
     state_ = State::Connecting;
     // Port 0: a Unix socket path (lib/net_mosq.c). That connect completes at once and needs no
@@ -233,6 +235,9 @@ class MosquittoTransport final : public MqttTransport {
   /// Why the connection failed as best we know: the tunnel's reason, else libmosquitto's last
   /// error line, else `fallback`.
   std::string failureDetail(const std::string& fallback) const {
+    if (!protocolFailure_.empty()) {
+      return protocolFailure_;
+    }
     if (tunnel_ && tunnel_->failure()) {
       return tunnel_->failure()->message;
     }
@@ -355,6 +360,12 @@ class MosquittoTransport final : public MqttTransport {
       closingSelf_ = true;
       mosquitto_disconnect(handle_.get());
       closingSelf_ = false;
+      if (mosquitto_socket(handle_.get()) >= 0) {
+        // Inside a libmosquitto callback (a protocol violation seen in on_connect) the DISCONNECT
+        // is only queued and the socket stays open, and nothing watches it any more: it closes
+        // with the handle, once the callback has returned.
+        retireHandle();
+      }
     }
     report(rc);
   }
@@ -409,12 +420,11 @@ class MosquittoTransport final : public MqttTransport {
       return;
     }
     if (inApiCall_) {
-      auto alive = alive_;
-      loop_.post([this, alive, fn = std::forward<Fn>(fn)]() mutable {
-        if (*alive && listener_ != nullptr) {
+      loop_.post(lifetime_.guard([this, fn = std::forward<Fn>(fn)]() mutable {
+        if (listener_ != nullptr) {
           fn(*listener_);
         }
-      });
+      }));
     } else {
       fn(*listener_);
     }
@@ -428,6 +438,17 @@ class MosquittoTransport final : public MqttTransport {
       return;  // a retired handle (retireHandle)
     }
     auto* t = self(obj);
+    if (t->state_ == State::Connected) {
+      // MQTT 3.1.1, 3.2: one CONNACK per connection. libmosquitto 2.0.11 passes a second one on
+      // (found by the scripted-broker test): a broker that sends it is not to be trusted further.
+      t->protocolFailure_ = "protocol violation: a second CONNACK";
+      try {
+        t->closeAndReport(MOSQ_ERR_PROTOCOL);
+      } catch (...) {
+        core::logf(core::LogLevel::Error, "MQTT connect handler failed");
+      }
+      return;
+    }
     t->sawConnack_ = true;
     if (rc != 0) {
       t->connackCode_ = rc;  // on_disconnect follows from the same loop_read
@@ -543,7 +564,8 @@ class MosquittoTransport final : public MqttTransport {
   int connackCode_ = -1;
   bool inApiCall_ = false;
   std::string lastLibError_;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  std::string protocolFailure_;  ///< a broker that broke MQTT on this attempt (onConnectCb)
+  core::Lifetime lifetime_;      ///< last: callbacks of a destroyed transport never run
 };
 
 }  // namespace

@@ -9,7 +9,6 @@
 
 #include "iothubd/core/log.hpp"
 #include "outbox_store.hpp"
-#include "utc_time.hpp"
 
 namespace iothubd::outbox {
 
@@ -23,6 +22,9 @@ constexpr std::size_t kMaxBatchesPerTransaction = 4;
 constexpr std::uint64_t kHotBytes = 256 * 1024;
 /// What an entry of hot_ is charged beyond its hub size (strings, map and deque overhead).
 constexpr std::uint64_t kHotOverhead = 512;
+/// Rows nextToSend() reads back at once when they are not in memory (a backlog after a restart
+/// or an outage); also bounded by kHotBytes.
+constexpr std::size_t kReadAheadRows = 256;
 }  // namespace
 
 core::Result<FullPolicy> parseFullPolicy(std::string_view text) {
@@ -86,34 +88,20 @@ Outbox::~Outbox() {
   (void)commit(true);
 }
 
-core::Result<Outbox::Checked> Outbox::check(const proto::OutgoingMessage& message,
-                                            std::uint64_t now) const {
-  if (!message.system.messageId || message.system.messageId->empty()) {
-    return core::fail(Errc::InvalidArgument, "a message for the outbox needs a message id");
-  }
-  // A message that cannot be published must not be stored: it would block the queue behind it.
-  if (auto valid = proto::validateOutgoingMessage(message); !valid) {
-    return core::fail(valid.error());
-  }
-  // (validateOutgoingMessage also bounds the size as the hub counts it.)
+Outbox::Checked Outbox::check(const proto::CheckedMessage& message, std::uint64_t now) const {
   Checked checked;
-  checked.bytes = proto::hubMessageSize(message);
-  if (const auto& own = message.system.expiryTimeUtc) {
-    // The sender's own expiry wins over the default TTL, earlier or later.
-    checked.expiresAt = parseUtcTime(*own);
-    if (!checked.expiresAt) {
-      return core::fail(Errc::InvalidArgument, "system property 'expiry-time-utc' ('" + *own +
-                                                   "') is not an ISO 8601 UTC time");
-    }
-    // 0 means "never" in the index; 1970-01-01T00:00:00Z is as expired as any past time.
-    checked.expiresAt = std::max<std::uint64_t>(*checked.expiresAt, 1);
+  checked.bytes = message.hubBytes();
+  if (const auto own = message.expiresAt()) {
+    // The sender's own expiry wins over the default TTL, earlier or later. 0 means "never" in
+    // the index; 1970-01-01T00:00:00Z is as expired as any past time.
+    checked.expiresAt = std::max<std::uint64_t>(*own, 1);
   } else if (options_.defaultTtl.count() > 0) {
     checked.expiresAt = now + static_cast<std::uint64_t>(options_.defaultTtl.count());
   }
   return checked;
 }
 
-void Outbox::insert(std::string app, proto::OutgoingMessage message, const Checked& checked,
+void Outbox::insert(std::string app, proto::CheckedMessage message, const Checked& checked,
                     std::uint64_t now, Committed onCommitted, bool groupContinues) {
   const std::uint64_t seq = nextSeq_++;
   index_.emplace_hint(index_.end(), seq,
@@ -123,40 +111,31 @@ void Outbox::insert(std::string app, proto::OutgoingMessage message, const Check
   }
   ++length_;
   bytes_ += checked.bytes;
-  PendingInsert& pending = pendingInserts_.emplace_back();
-  pending.row.seq = seq;
-  pending.row.app = std::move(app);
-  pending.row.message = std::move(message);
-  pending.row.enqueuedAt = now;
-  pending.row.expiresAt = checked.expiresAt;
-  pending.row.bytes = checked.bytes;
-  pending.done = std::move(onCommitted);
-  pending.groupContinues = groupContinues;
+  pendingInserts_.push_back(PendingInsert{
+      OutboxMessage{seq, std::move(app), std::move(message), now, checked.expiresAt, checked.bytes},
+      std::move(onCommitted), groupContinues});
 }
 
-core::Result<Outbox::Accepted> Outbox::enqueue(std::string app, proto::OutgoingMessage message,
+core::Result<Outbox::Accepted> Outbox::enqueue(std::string app, proto::CheckedMessage message,
                                                Committed onCommitted) {
   if (readOnly_) {
     return core::fail(Errc::Io,
                       "outbox " + store_->path() + " is read-only: new messages cannot be stored");
   }
   const std::uint64_t now = clock_.unixSeconds();
-  auto checked = check(message, now);
-  if (!checked) {
-    return core::fail(checked.error());
-  }
-  auto dropped = makeRoom(1, checked->bytes);
+  const Checked checked = check(message, now);
+  auto dropped = makeRoom(1, checked.bytes);
   if (!dropped) {
     return core::fail(dropped.error());
   }
   const std::uint64_t seq = nextSeq_;
-  insert(std::move(app), std::move(message), *checked, now, std::move(onCommitted), false);
+  insert(std::move(app), std::move(message), checked, now, std::move(onCommitted), false);
   writesAdded(options_.commitDelay);
   return Accepted{seq, std::move(*dropped)};
 }
 
 core::Result<Outbox::Accepted> Outbox::enqueueBatch(std::string app,
-                                                    std::vector<proto::OutgoingMessage> messages,
+                                                    std::vector<proto::CheckedMessage> messages,
                                                     Committed onCommitted) {
   if (messages.empty()) {
     return core::fail(Errc::InvalidArgument, "an empty batch");
@@ -166,18 +145,13 @@ core::Result<Outbox::Accepted> Outbox::enqueueBatch(std::string app,
                       "outbox " + store_->path() + " is read-only: new messages cannot be stored");
   }
   const std::uint64_t now = clock_.unixSeconds();
-  // Everything is checked before anything is stored: a batch goes in whole or not at all.
+  // Room for all or none: a batch goes in whole or not at all.
   std::vector<Checked> checked;
   checked.reserve(messages.size());
   std::uint64_t bytes = 0;
-  for (std::size_t i = 0; i < messages.size(); ++i) {
-    auto c = check(messages[i], now);
-    if (!c) {
-      return core::fail(c.error().code, "message " + std::to_string(i) + ": " + c.error().message,
-                        c.error().sysErrno);
-    }
-    bytes += c->bytes;
-    checked.push_back(*c);
+  for (const auto& message : messages) {
+    checked.push_back(check(message, now));
+    bytes += checked.back().bytes;
   }
   auto dropped = makeRoom(messages.size(), bytes);
   if (!dropped) {
@@ -272,9 +246,13 @@ void Outbox::writesAdded(std::chrono::microseconds delay) {
     scheduleCommit(options_.retryDelay);
     return;
   }
-  if (pendingInserts_.size() + pendingDeletes_.size() >= options_.commitBatch) {
-    // Committed now so the batch stays bounded (with a worker: as soon as the running commit
-    // ends), but callbacks never run inside the caller's enqueue()/markDelivered().
+  // With a worker, stores are committed at once unless a commit runs (its end starts the next
+  // group with whatever arrived meanwhile): a lone message waits for one fsync, not a delay and
+  // an fsync, and a burst still shares them.
+  const bool storeNow = offLoop_ && !pendingInserts_.empty();
+  if (storeNow || pendingInserts_.size() + pendingDeletes_.size() >= options_.commitBatch) {
+    // Committed now (with a worker: as soon as the running commit ends), but callbacks never run
+    // inside the caller's enqueue()/markDelivered().
     auto completions = commit(false);
     if (!completions.empty()) {
       scheduler_.post(
@@ -373,24 +351,23 @@ Outbox::Completions Outbox::commit(bool wait) {
   if (offLoop_ && !wait) {
     // The fsync runs on a worker; the loop keeps accepting (into the next batch), reading and
     // delivering through the store's reading connection until done() runs on the loop.
-    offLoop_([store = store_, job] { job->run(*store); },
-             [this, alive = std::weak_ptr<bool>(alive_), job] {
-               if (alive.expired() || job_ != job) {
-                 return;  // destroyed, or flush() already finished this job
-               }
-               auto finished = finishCommit();
-               // After a failure, deletes alone wait for the retry timer, not the next PUBACK.
-               if (!pendingInserts_.empty() ||
-                   (!writeError_ && pendingDeletes_.size() >= options_.commitBatch)) {
-                 // What arrived during the fsync has waited long enough: the next group.
-                 auto more = commit(false);
-                 finished.insert(finished.end(), std::make_move_iterator(more.begin()),
-                                 std::make_move_iterator(more.end()));
-               } else if (!pendingDeletes_.empty()) {
-                 scheduleCommit(writeError_ ? options_.retryDelay : options_.deleteDelay);
-               }
-               runCompletions(finished);  // may destroy *this: only locals from here on
-             });
+    offLoop_([store = store_, job] { job->run(*store); }, lifetime_.guard([this, job] {
+      if (job_ != job) {
+        return;  // flush() already finished this job
+      }
+      auto finished = finishCommit();
+      // After a failure, deletes alone wait for the retry timer, not the next PUBACK.
+      if (!pendingInserts_.empty() ||
+          (!writeError_ && pendingDeletes_.size() >= options_.commitBatch)) {
+        // What arrived during the fsync has waited long enough: the next group.
+        auto more = commit(false);
+        finished.insert(finished.end(), std::make_move_iterator(more.begin()),
+                        std::make_move_iterator(more.end()));
+      } else if (!pendingDeletes_.empty()) {
+        scheduleCommit(writeError_ ? options_.retryDelay : options_.deleteDelay);
+      }
+      runCompletions(finished);  // may destroy *this: only locals from here on
+    }));
     return completions;
   }
   job->run(*store_);
@@ -501,19 +478,42 @@ core::Result<std::vector<OutboxMessage>> Outbox::nextToSend() {
 }
 
 core::Result<OutboxMessage> Outbox::take(std::uint64_t seq) {
-  // hot_ is in seq order and nextToSend() asks in seq order: what lies before `seq` was skipped
-  // for good (delivered, dropped, expired, or handed out and requeued, which reads it again).
-  while (!hot_.empty() && hot_.front().seq < seq) {
-    hotBytes_ -= hot_.front().bytes + kHotOverhead;
-    hot_.pop_front();
-  }
-  if (!hot_.empty() && hot_.front().seq == seq) {
-    OutboxMessage row = std::move(hot_.front());
-    hotBytes_ -= row.bytes + kHotOverhead;
-    hot_.pop_front();
+  // hot_ and readAhead_ are in seq order and nextToSend() asks in seq order: what lies before
+  // `seq` was skipped for good (delivered, dropped, expired, or handed out and requeued, which
+  // reads it again).
+  const auto takeFront = [seq](std::deque<OutboxMessage>& rows,
+                               std::uint64_t* charged) -> std::optional<OutboxMessage> {
+    const auto pop = [&] {
+      if (charged != nullptr) {
+        *charged -= rows.front().bytes + kHotOverhead;
+      }
+      rows.pop_front();
+    };
+    while (!rows.empty() && rows.front().seq < seq) {
+      pop();
+    }
+    if (rows.empty() || rows.front().seq != seq) {
+      return std::nullopt;
+    }
+    OutboxMessage row = std::move(rows.front());
+    pop();
     return row;
+  };
+  if (auto row = takeFront(hot_, &hotBytes_)) {
+    return std::move(*row);
   }
-  return store_->read(seq);
+  if (auto row = takeFront(readAhead_, nullptr)) {
+    return std::move(*row);
+  }
+  // Not in memory (a backlog): this row and a run of those after it, in one statement.
+  readAhead_.clear();
+  if (auto r = store_->readRun(seq, kReadAheadRows, kHotBytes, readAhead_); !r) {
+    readAhead_.clear();
+    return core::fail(r.error());
+  }
+  OutboxMessage row = std::move(readAhead_.front());
+  readAhead_.pop_front();
+  return row;
 }
 
 bool Outbox::markDelivered(std::uint64_t seq) {

@@ -10,8 +10,6 @@
 #include <cstring>
 #include <ctime>
 
-#include "iothubd/proto/property_bag.hpp"
-
 namespace iothubd::outbox {
 
 namespace {
@@ -361,8 +359,13 @@ core::Result<void> OutboxStore::prepareStatements() {
     return {};
   };
   const std::string select = std::string("SELECT ") + kColumns + " FROM outbox WHERE seq = ?1";
+  const std::string selectRun =
+      std::string("SELECT ") + kColumns + " FROM outbox WHERE seq >= ?1 ORDER BY seq LIMIT ?2";
   // A read-only database without our table (never written) has nothing to select.
   if (auto r = prepare(readDb, select_, select); !r && !readOnly_) {
+    return r;
+  }
+  if (auto r = prepare(readDb, selectRun_, selectRun); !r && !readOnly_) {
     return r;
   }
   if (auto r = prepare(readDb, selectRef_, "SELECT message_id, app FROM outbox WHERE seq = ?1");
@@ -411,7 +414,7 @@ core::Result<void> OutboxStore::write(std::span<const OutboxMessage* const> rows
     for (const OutboxMessage* row : rows) {
       const auto& m = row->message;
       insert_.bind(1, static_cast<std::int64_t>(row->seq));
-      insert_.bind(2, std::string_view(*m.system.messageId));
+      insert_.bind(2, std::string_view(m.messageId()));
       insert_.bind(3, std::string_view(row->app));
       insert_.bind(4, static_cast<std::int64_t>(row->enqueuedAt));
       if (row->expiresAt) {
@@ -420,15 +423,13 @@ core::Result<void> OutboxStore::write(std::span<const OutboxMessage* const> rows
         insert_.bindNull(5);
       }
       insert_.bind(6, static_cast<std::int64_t>(row->bytes));
-      insert_.bindBlob(7, m.body);
-      std::string bag;
-      for (const auto& [key, value] : m.properties) {
-        proto::appendBagEntry(bag, key, value);
-      }
-      insert_.bind(8, std::string_view(bag));
+      insert_.bindBlob(7, m.body());
+      // The custom properties as the message encoded them on its way in (the same form as
+      // appendBagEntry writes): stored, and read back, without decoding or encoding again.
+      insert_.bind(8, m.customPropertyBag());
       int column = kFirstSystemColumn + 1;
       for (Field field : kSystemColumns) {
-        insert_.bind(column++, m.system.*field);
+        insert_.bind(column++, m.system().*field);
       }
       if (auto r = run(insert_, "cannot store a message"); !r) {
         return r;
@@ -461,6 +462,33 @@ core::Result<void> OutboxStore::write(std::span<const OutboxMessage* const> rows
   return result;
 }
 
+core::Result<OutboxMessage> OutboxStore::decodeRow(sqlite::Statement& stmt) const {
+  const auto seq = static_cast<std::uint64_t>(stmt.columnInt(0));
+  proto::SystemProperties system;
+  system.messageId = stmt.columnText(1);
+  int column = kFirstSystemColumn;
+  for (Field field : kSystemColumns) {
+    system.*field = stmt.columnOptionalText(column++);
+  }
+  const auto bytes = static_cast<std::uint64_t>(stmt.columnInt(5));
+  auto message = proto::restoreCheckedMessage(stmt.columnText(6), std::move(system),
+                                              stmt.columnText(7), bytes);
+  if (!message) {
+    return core::fail(Errc::Protocol, "outbox " + path_ + ": message " + std::to_string(seq) +
+                                          " cannot be sent: " + message.error().message);
+  }
+  std::optional<std::uint64_t> expiresAt;
+  if (!stmt.columnIsNull(4)) {
+    expiresAt = static_cast<std::uint64_t>(stmt.columnInt(4));
+  }
+  return OutboxMessage{seq,
+                       stmt.columnText(2),
+                       std::move(*message),
+                       static_cast<std::uint64_t>(stmt.columnInt(3)),
+                       expiresAt,
+                       bytes};
+}
+
 core::Result<OutboxMessage> OutboxStore::read(std::uint64_t seq) {
   if (select_.get() == nullptr) {
     return core::fail(Errc::Protocol, "outbox " + path_ + ": no message " + std::to_string(seq));
@@ -475,33 +503,48 @@ core::Result<OutboxMessage> OutboxStore::read(std::uint64_t seq) {
     return core::fail(
         sqlite::error(readOnly_ ? db_.get() : reader_.get(), rc, "cannot read a message", path_));
   }
-  OutboxMessage row;
-  row.seq = static_cast<std::uint64_t>(select_.columnInt(0));
-  row.message.system.messageId = select_.columnText(1);
-  row.app = select_.columnText(2);
-  row.enqueuedAt = static_cast<std::uint64_t>(select_.columnInt(3));
-  if (!select_.columnIsNull(4)) {
-    row.expiresAt = static_cast<std::uint64_t>(select_.columnInt(4));
+  return decodeRow(select_);
+}
+
+core::Result<void> OutboxStore::readRun(std::uint64_t seq, std::size_t maxRows,
+                                        std::uint64_t maxBytes, std::deque<OutboxMessage>& out) {
+  if (selectRun_.get() == nullptr) {
+    return core::fail(Errc::Protocol, "outbox " + path_ + ": no message " + std::to_string(seq));
   }
-  row.bytes = static_cast<std::uint64_t>(select_.columnInt(5));
-  row.message.body = select_.columnText(6);
-  auto bag = proto::parsePropertyBag(select_.columnText(7));
-  if (!bag) {
-    return core::fail(Errc::Protocol, "outbox " + path_ + ": message " + std::to_string(seq) +
-                                          " has unreadable properties: " + bag.error().message);
+  sqlite::ResetGuard guard(selectRun_);
+  selectRun_.bind(1, static_cast<std::int64_t>(seq));
+  selectRun_.bind(2, static_cast<std::int64_t>(std::max<std::size_t>(maxRows, 1)));
+  const std::size_t before = out.size();
+  std::uint64_t bytes = 0;
+  int rc = SQLITE_ROW;
+  while (bytes < maxBytes || out.size() == before) {
+    rc = selectRun_.step();
+    if (rc != SQLITE_ROW) {
+      break;
+    }
+    const bool first = out.size() == before;
+    if (first && static_cast<std::uint64_t>(selectRun_.columnInt(0)) != seq) {
+      rc = SQLITE_DONE;  // `seq` itself is not there
+      break;
+    }
+    auto row = decodeRow(selectRun_);
+    if (!row) {
+      if (first) {
+        return core::fail(row.error());
+      }
+      return {};  // reported once asked for on its own
+    }
+    bytes += row->bytes;
+    out.push_back(std::move(*row));
   }
-  for (auto& entry : *bag) {
-    row.message.properties[std::move(entry.key)] = std::move(entry.value);
+  if (out.size() > before) {
+    return {};
   }
-  int column = kFirstSystemColumn;
-  for (Field field : kSystemColumns) {
-    row.message.system.*field = select_.columnOptionalText(column++);
+  if (rc == SQLITE_DONE || rc == SQLITE_ROW) {
+    return core::fail(Errc::Protocol, "outbox " + path_ + ": no message " + std::to_string(seq));
   }
-  if (row.message.system.messageId->empty()) {
-    return core::fail(Errc::Protocol,
-                      "outbox " + path_ + ": message " + std::to_string(seq) + " has no id");
-  }
-  return row;
+  return core::fail(
+      sqlite::error(readOnly_ ? db_.get() : reader_.get(), rc, "cannot read a message", path_));
 }
 
 EntryRef OutboxStore::ref(std::uint64_t seq) {

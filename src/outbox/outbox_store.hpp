@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <span>
@@ -52,6 +53,12 @@ class OutboxStore {
   /// One stored row. Errors: Errc::Io when SQLite fails; Errc::Protocol when the row is missing
   /// or cannot be decoded (it will never be readable).
   [[nodiscard]] core::Result<OutboxMessage> read(std::uint64_t seq);
+  /// Row `seq` and the stored rows after it, in seq order, appended to `out`: at most `maxRows`,
+  /// and no more once their hub sizes reach `maxBytes` (row `seq` always). A later row that
+  /// cannot be decoded ends the run before it (read() reports it when it is asked for).
+  /// Errors as read() for row `seq`; `out` is unchanged then.
+  [[nodiscard]] core::Result<void> readRun(std::uint64_t seq, std::size_t maxRows,
+                                           std::uint64_t maxBytes, std::deque<OutboxMessage>& out);
   /// The id and app of a stored row (EntryRef with empty strings if it is gone or unreadable).
   [[nodiscard]] EntryRef ref(std::uint64_t seq);
 
@@ -63,6 +70,8 @@ class OutboxStore {
   struct Attempt;
   OutboxStore(std::string path, sqlite::Database db, bool readOnly);
   [[nodiscard]] core::Result<void> prepareStatements();
+  /// The row select_ or selectRun_ stands on.
+  [[nodiscard]] core::Result<OutboxMessage> decodeRow(sqlite::Statement& stmt) const;
 
   std::string path_;
   sqlite::Database db_;      ///< writes (and reads too when read-only)
@@ -72,6 +81,7 @@ class OutboxStore {
   sqlite::Statement insert_;
   sqlite::Statement delete_;
   sqlite::Statement select_;
+  sqlite::Statement selectRun_;
   sqlite::Statement selectRef_;
   sqlite::Statement begin_;
   sqlite::Statement commit_;

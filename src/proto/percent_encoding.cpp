@@ -7,12 +7,6 @@ namespace {
 
 constexpr char kHexDigits[] = "0123456789ABCDEF";
 
-// RFC 3986 unreserved set, the only bytes enc() leaves alone (protocol doc "Legend").
-bool isUnreserved(unsigned char c) {
-  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
-         c == '.' || c == '_' || c == '~';
-}
-
 int hexValue(char c) {
   if (c >= '0' && c <= '9') {
     return c - '0';
@@ -28,19 +22,31 @@ int hexValue(char c) {
 
 }  // namespace
 
+bool isUnreserved(unsigned char c) noexcept {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+         c == '.' || c == '_' || c == '~';
+}
+
+void appendPercentEncoded(std::string& out, std::string_view in) {
+  // Runs of unreserved bytes (ids, most names and values) are copied in one append.
+  std::size_t run = 0;
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    const auto c = static_cast<unsigned char>(in[i]);
+    if (isUnreserved(c)) {
+      continue;
+    }
+    out.append(in.data() + run, i - run);
+    const char escape[3] = {'%', kHexDigits[c >> 4], kHexDigits[c & 0x0F]};
+    out.append(escape, 3);
+    run = i + 1;
+  }
+  out.append(in.data() + run, in.size() - run);
+}
+
 std::string percentEncode(std::string_view in) {
   std::string out;
   out.reserve(in.size());
-  for (char ch : in) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (isUnreserved(c)) {
-      out.push_back(ch);
-    } else {
-      out.push_back('%');
-      out.push_back(kHexDigits[c >> 4]);
-      out.push_back(kHexDigits[c & 0x0F]);
-    }
-  }
+  appendPercentEncoded(out, in);
   return out;
 }
 

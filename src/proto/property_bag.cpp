@@ -45,7 +45,45 @@ void appendBagEntry(std::string& bag, std::string_view key, std::string_view val
   if (!bag.empty()) {
     bag.push_back('&');
   }
-  bag.append(percentEncode(key)).append("=").append(percentEncode(value));
+  appendPercentEncoded(bag, key);
+  bag.push_back('=');
+  appendPercentEncoded(bag, value);
+}
+
+bool isEncodedPropertyBag(std::string_view bag) {
+  const auto hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F'); };
+  const auto value = [](char c) { return c <= '9' ? c - '0' : c - 'A' + 10; };
+  const auto unreserved = [](int c) { return isUnreserved(static_cast<unsigned char>(c)); };
+  bool inValue = false;
+  std::size_t keyLength = 0;
+  for (std::size_t i = 0; i < bag.size(); ++i) {
+    const char c = bag[i];
+    if (c == '=') {
+      if (inValue || keyLength == 0) {
+        return false;
+      }
+      inValue = true;
+    } else if (c == '&') {
+      if (!inValue) {
+        return false;  // a pair without '=' (or an empty one)
+      }
+      inValue = false;
+      keyLength = 0;
+    } else if (c == '%') {
+      // Upper-case hex, and never an escaped unreserved byte (percentEncode leaves those alone).
+      if (i + 2 >= bag.size() || !hex(bag[i + 1]) || !hex(bag[i + 2]) ||
+          unreserved(value(bag[i + 1]) * 16 + value(bag[i + 2]))) {
+        return false;
+      }
+      i += 2;
+      keyLength += inValue ? 0 : 1;
+    } else if (unreserved(c)) {
+      keyLength += inValue ? 0 : 1;
+    } else {
+      return false;
+    }
+  }
+  return bag.empty() || inValue;
 }
 
 }  // namespace iothubd::proto

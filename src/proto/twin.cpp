@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "json_reader.hpp"
+
 namespace iothubd::proto {
 
 namespace {
@@ -180,7 +182,10 @@ class DepthLimiter {
   rapidjson::ParseErrorCode refused_ = rapidjson::kParseErrorNone;
 };
 
-// Parses `json` into `doc` (one value, no trailing text, within kMaxJsonDepth).
+}  // namespace
+
+namespace detail {
+
 core::Result<void> parseJson(std::string_view json, rapidjson::Document& doc, Errc code) {
   // RapidJSON stops at a NUL byte as if the text ended there, which would accept `{}\0junk`.
   if (const std::size_t nul = json.find('\0'); nul != std::string_view::npos) {
@@ -234,6 +239,13 @@ const char* typeName(const rapidjson::Value& value) {
   }
   return "unknown";
 }
+
+}  // namespace detail
+
+namespace {
+
+using detail::parseJson;
+using detail::typeName;
 
 core::Result<std::uint64_t> versionMember(const rapidjson::Value& object, const std::string& what) {
   const auto it = object.FindMember("$version");

@@ -22,6 +22,7 @@
 #include <filesystem>
 #include <vector>
 
+#include "iothubd/core/lifetime.hpp"
 #include "iothubd/core/log.hpp"
 #include "proxy_handshake.hpp"
 #include "socket_address.hpp"
@@ -200,7 +201,7 @@ class TunnelImpl final : public Tunnel {
       : loop_(loop), options_(std::move(options)) {}
 
   ~TunnelImpl() override {
-    *alive_ = false;
+    lifetime_.end();
     closeAll();
     removeSocketFiles();
   }
@@ -290,7 +291,7 @@ class TunnelImpl final : public Tunnel {
 
   struct Resolved {
     std::vector<SocketAddress> addresses;
-    int error = 0;
+    int error = EAI_FAIL;    ///< stays a failure if the lookup never ran
     std::string targetIpv4;  ///< SOCKS4: the hub's IPv4 address
     int targetError = 0;
     core::Result<SslCtxPtr> ctx = core::fail(Errc::Internal, "not built");
@@ -301,7 +302,6 @@ class TunnelImpl final : public Tunnel {
     hopHost_ = viaProxy ? options_.proxy.host : options_.host;
     hopPort_ = viaProxy ? options_.proxy.port : options_.port;
     auto result = std::make_shared<Resolved>();
-    auto alive = alive_;
     std::string host = hopHost_;
     std::string port = std::to_string(hopPort_);
     // SOCKS4 carries an IPv4 address. SOCKS4a would let the proxy resolve the name, but common
@@ -355,11 +355,7 @@ class TunnelImpl final : public Tunnel {
             ::freeaddrinfo(list);
           }
         },
-        [this, result, alive] {
-          if (*alive) {
-            onResolved(*result);
-          }
-        });
+        lifetime_.guard([this, result] { onResolved(*result); }));
   }
 
   /// "HTTP proxy host:port", or "host:port" without a proxy.
@@ -906,7 +902,6 @@ class TunnelImpl final : public Tunnel {
 
   loop::EventLoop& loop_;
   TunnelOptions options_;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   Phase phase_ = Phase::Resolving;
   std::optional<core::Error> failure_;
   std::string dir_;
@@ -938,6 +933,7 @@ class TunnelImpl final : public Tunnel {
   bool downEof_ = false;
   bool hubClosed_ = false;
   std::string closeInfo_;
+  core::Lifetime lifetime_;  ///< last: callbacks of a destroyed tunnel never run
 };
 
 }  // namespace

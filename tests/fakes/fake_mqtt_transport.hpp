@@ -35,6 +35,7 @@ class FakeMqttTransport final : public mqtt::MqttTransport {
   }
   core::Result<int> subscribe(std::string_view topic, int) override {
     subscriptions.emplace_back(topic);
+    lastSubscribeMid = nextMid_;
     return nextMid_++;
   }
 
@@ -69,6 +70,8 @@ class FakeMqttTransport final : public mqtt::MqttTransport {
     listener_->onDisconnected({core::Error{core::Errc::Cancelled, "bye"}, true, -1});
   }
   void ack(int mid) { listener_->onPublishAcked(mid); }
+  /// SUBACK for the subscription subscribe() answered with `mid`.
+  void suback(int mid) { listener_->onSubscribed(mid); }
   void deliver(const std::string& topic, const std::string& payload) {
     listener_->onMessage(topic, payload);
   }
@@ -90,6 +93,7 @@ class FakeMqttTransport final : public mqtt::MqttTransport {
   std::vector<mqtt::ConnectOptions> connects;
   std::vector<Published> published;
   std::vector<std::string> subscriptions;
+  int lastSubscribeMid = 0;
   bool connecting = false;
   bool connected = false;
   bool disconnectRequested = false;

@@ -19,7 +19,11 @@ namespace iothubd::fakes {
 class ManualScheduler final : public core::Scheduler, public core::Clock {
  public:
   std::unique_ptr<core::Timer> createTimer(std::function<void()> onFire) override;
-  void post(std::function<void()> fn) override { posted_.push_back(std::move(fn)); }
+  core::TaskHandle post(std::function<void()> fn) override {
+    auto [handle, guarded] = core::TaskHandle::wrap(std::move(fn));
+    posted_.push_back(std::move(guarded));
+    return handle;
+  }
 
   std::chrono::microseconds monotonic() const override { return now_; }
   std::uint64_t unixSeconds() const override {

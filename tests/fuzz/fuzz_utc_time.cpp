@@ -8,13 +8,13 @@
 #include <string>
 
 #include "fuzz_check.hpp"
-#include "utc_time.hpp"
+#include "iothubd/proto/utc_time.hpp"
 
 using namespace iothubd;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view text = fuzz::asText(data, size);
-  const auto parsed = outbox::parseUtcTime(text);
+  const auto parsed = proto::parseUtcTime(text);
   if (!parsed) {
     return 0;
   }

@@ -120,9 +120,11 @@ def seeds() -> dict[str, list[bytes]]:
                       if l.startswith(b"SharedAccessSignature") or b"sr=" in l] + tokens,
         "connection-string": [l for l in from_tests("proto/connection_string_test.cpp")
                               if b"=" in l] + connection_strings,
-        "config": [l for l in from_tests("config/settings_test.cpp") if b"\n" in l]
+        "config": [l for l in from_tests("config/settings_test.cpp",
+                                         "config/provisioning_config_test.cpp") if b"\n" in l]
                   + [(ROOT / "config" / "iothubd.conf").read_bytes()],
         "file-upload": [l for l in from_tests("proto/file_upload_test.cpp") if any_text(l)],
+        "dps": [l for l in from_tests("proto/provisioning_test.cpp") if any_text(l)],
         # The first two bytes choose where the reader's input is split.
         "http-head": [b"\x00\x08" + l for l in from_tests("relay/http_head_test.cpp",
                                                             "relay/websocket_codec_test.cpp",

@@ -148,6 +148,16 @@ std::string pctDecode(std::string_view text) {
   return out;
 }
 
+// base64(HMAC-SHA256(base64-decode(key), data)): SAS signatures and derived device keys.
+std::string hmacBase64(const std::string& base64Key, std::string_view data) {
+  const std::string key = b64Decode(base64Key);
+  unsigned char mac[EVP_MAX_MD_SIZE];
+  unsigned int macLen = 0;
+  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+       reinterpret_cast<const unsigned char*>(data.data()), data.size(), mac, &macLen);
+  return b64Encode(std::string(reinterpret_cast<char*>(mac), macLen));
+}
+
 std::string randomBytes(size_t n) {
   std::string bytes(n, '\0');
   if (RAND_bytes(reinterpret_cast<unsigned char*>(bytes.data()), static_cast<int>(n)) != 1) {
@@ -468,14 +478,28 @@ std::string makeSasToken(const std::string& hubHost, const std::string& clientId
     resource += "/modules/" + clientId.substr(slash + 1);
   const std::string sr = pctEncode(resource);
   const std::string se = std::to_string(expiryUnixSeconds);
-  const std::string key = b64Decode(base64Key);
-  const std::string toSign = sr + "\n" + se;
-  unsigned char mac[EVP_MAX_MD_SIZE];
-  unsigned int macLen = 0;
-  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
-       reinterpret_cast<const unsigned char*>(toSign.data()), toSign.size(), mac, &macLen);
-  const std::string sig = b64Encode(std::string(reinterpret_cast<char*>(mac), macLen));
+  const std::string sig = hmacBase64(base64Key, sr + "\n" + se);
   return "SharedAccessSignature sr=" + sr + "&sig=" + pctEncode(sig) + "&se=" + se;
+}
+
+std::string makeDpsSasToken(const std::string& idScope, const std::string& registrationId,
+                            const std::string& base64Key, int64_t expiryUnixSeconds,
+                            const std::string& keyName) {
+  const std::string sr = pctEncode(idScope + "/registrations/" + registrationId);
+  const std::string se = std::to_string(expiryUnixSeconds);
+  std::string token = "SharedAccessSignature sr=" + sr +
+                      "&sig=" + pctEncode(hmacBase64(base64Key, sr + "\n" + se)) + "&se=" + se;
+  if (!keyName.empty())
+    token += "&skn=" + keyName;
+  return token;
+}
+
+std::string makeDpsUsername(const std::string& idScope, const std::string& registrationId) {
+  return idScope + "/registrations/" + registrationId + "/api-version=2019-03-31";
+}
+
+std::string deriveDeviceKey(const std::string& groupKeyBase64, const std::string& registrationId) {
+  return hmacBase64(groupKeyBase64, registrationId);
 }
 
 std::string makeUsername(const std::string& hubHost, const std::string& clientId,
@@ -491,8 +515,8 @@ std::string makeTestDirectory(const char* prefix) {
   return makeTempDir(prefix);
 }
 
-std::string randomKey() {
-  return b64Encode(randomBytes(32));
+std::string randomKey(size_t bytes) {
+  return b64Encode(randomBytes(bytes));
 }
 
 Properties decodePropertyBag(std::string_view bag) {
@@ -640,6 +664,8 @@ void HubEmulator::writeConfig() const {
        << "plugin_opt_registry " << dir_ << "/registry\n"
        << "plugin_opt_hub_host " << options_.hubHost << "\n"
        << "plugin_opt_service_password " << servicePassword_ << "\n";
+  for (const auto& [key, value] : options_.pluginOptions)
+    conf << "plugin_opt_" << key << " " << value << "\n";
   if (options_.shaping) {
     // The plugin's front serves the hub's port with TLS and relays to a plain inner listener.
     std::string listen;

@@ -41,8 +41,17 @@ std::string makeSasToken(const std::string& hubHost, const std::string& clientId
                          const std::string& base64Key, int64_t expiryUnixSeconds);
 std::string makeUsername(const std::string& hubHost, const std::string& clientId,
                          const std::string& apiVersion = "2021-04-12");
-// A fresh random 32-byte key, base64-encoded.
-std::string randomKey();
+// Their DPS counterparts (dps_emulator.hpp): "SharedAccessSignature sr={enc(scope/registrations/
+// id)}&sig=…&se=…&skn=registration" (without skn when `keyName` is empty, as [py] sends it), the
+// user name "{scope}/registrations/{id}/api-version=2019-03-31", and the device key of a
+// symmetric-key group enrollment, Base64(HMAC-SHA256(Base64-decode(groupKey), registrationId)).
+std::string makeDpsSasToken(const std::string& idScope, const std::string& registrationId,
+                            const std::string& base64Key, int64_t expiryUnixSeconds,
+                            const std::string& keyName = "registration");
+std::string makeDpsUsername(const std::string& idScope, const std::string& registrationId);
+std::string deriveDeviceKey(const std::string& groupKeyBase64, const std::string& registrationId);
+// A fresh random key of `bytes` bytes (device keys 32, DPS group keys 64), base64-encoded.
+std::string randomKey(size_t bytes = 32);
 // A TCP port on 127.0.0.1 that was free a moment ago (bind it soon; retry if it was taken).
 int freeLoopbackPort();
 // A fresh directory (mkdtemp under $TMPDIR, mode 0755 so an unprivileged daemon can reach a CA
@@ -79,6 +88,9 @@ class HubEmulator {
     // delay (HubBehaviour::subackDelay) can hold acknowledgements back per connection without
     // stalling the broker. Off by default (one more hop).
     bool shaping = false;
+    // Further `plugin_opt_<key> <value>` lines: {"mode", "dps"} runs the plugin as DPS
+    // (DpsEmulator, dps_emulator.hpp, sets them).
+    std::vector<std::pair<std::string, std::string>> pluginOptions;
   };
 
   // Creates the per-test directory (mkdtemp under $TMPDIR) with the PKI; does not start the

@@ -3,9 +3,13 @@
 // Properties Get/GetAll/Set, Introspect, Ping, unknown members) with random valid and invalid
 // values: huge strings, invalid UTF-8 in byte arrays, deep and broken JSON, empty maps, thousands
 // of properties, descriptors of every kind, wrong signatures; they vanish with calls outstanding
-// while the hub invokes direct methods, sends cloud-to-device messages and desired patches. The
-// daemon must answer a Ping every second, never answer with an internal error, and afterwards
-// serve a normal SendMessage with its RSS and descriptor count back in their starting band.
+// while the hub invokes direct methods, sends cloud-to-device messages and desired patches (some
+// beyond what the daemon passes on). Some clients connect as a member of group iothub instead of
+// root, so admin-only calls meet the policy and file paths the caller-rights check; method names
+// and paths go far beyond their bounds, and UploadFileFromPath has a listed directory full of
+// links to reach out of. The daemon must answer a Ping every second, never answer with an
+// internal error, and afterwards serve a normal SendMessage with its RSS and descriptor count
+// back in their starting band.
 //
 //   IOTHUBD_BUS_FUZZ_SECONDS   fuzzing time (default 40; 20 in the sanitizer build)
 //   IOTHUBD_BUS_FUZZ_SEED      the seed (default fixed); every failure prints it, and the same
@@ -32,6 +36,10 @@
 #include <sstream>
 #include <thread>
 
+#include <grp.h>
+#include <pwd.h>
+
+#include "bus_peer.hpp"
 #include "daemon_fixture.hpp"
 #include "raw_bus.hpp"
 
@@ -398,14 +406,37 @@ class Fd {
   int fd_ = -1;
 };
 
+/// Who a fuzzing client connects as when it is not root.
+struct Identity {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::vector<gid_t> groups;
+};
+
+Identity identityOf(const std::string& user) {
+  passwd* pw = ::getpwnam(user.c_str());
+  if (pw == nullptr) {
+    throw std::runtime_error("no user " + user);
+  }
+  Identity id{pw->pw_uid, pw->pw_gid, std::vector<gid_t>(64)};
+  int count = static_cast<int>(id.groups.size());
+  ::getgrouplist(user.c_str(), pw->pw_gid, id.groups.data(), &count);
+  id.groups.resize(static_cast<std::size_t>(std::max(count, 0)));
+  return id;
+}
+
 /// The fuzzing clients and what they sent; runs on the test thread only.
 class BusFuzzer {
  public:
-  BusFuzzer(std::string address, std::uint64_t seed, std::string scratchDir,
-            std::function<std::string(Gen&)> sasToken)
+  /// `uploadDir` is listed in upload_from_path_directories; `member` is who a third of the
+  /// clients connect as.
+  BusFuzzer(std::string address, std::uint64_t seed, std::string scratchDir, std::string uploadDir,
+            Identity member, std::function<std::string(Gen&)> sasToken)
       : address_(std::move(address)),
         gen_(seed),
         scratch_(std::move(scratchDir)),
+        uploadDir_(std::move(uploadDir)),
+        member_(std::move(member)),
         sasToken_(std::move(sasToken)),
         watch_(openBus(address_)) {}
 
@@ -537,7 +568,9 @@ class BusFuzzer {
   void openClient() {
     try {
       auto c = std::make_unique<Client>();
-      c->bus = openBus(address_);
+      const bool asMember = gen_.percent(33);
+      c->bus = asMember ? openBusAs(address_, member_.uid, member_.gid, member_.groups)
+                        : openBus(address_);
       // MethodRequestReceived is unicast to the claimer: no match rule needed, a filter sees it.
       if (sd_bus_add_filter(c->bus.get(), nullptr, &BusFuzzer::onIncoming, c.get()) < 0) {
         finding("sd_bus_add_filter failed");
@@ -545,7 +578,8 @@ class BusFuzzer {
       }
       clients_.push_back(std::move(c));
       ++clientsOpened_;
-      note("open client " + std::to_string(clients_.size() - 1));
+      note("open client " + std::to_string(clients_.size() - 1) +
+           (asMember ? " (member of iothub)" : " (root)"));
     } catch (const std::exception& e) {
       finding(std::string("cannot open a client: ") + e.what());
     }
@@ -707,9 +741,21 @@ class BusFuzzer {
       check(sd_bus_message_append(raw, "s", patch.c_str()));
       what += " " + std::to_string(patch.size()) + " B: " + patch.substr(0, 40);
     } else if (member == "RegisterMethodHandler" || member == "UnregisterMethodHandler") {
-      const std::string name =
-          gen_.percent(70) ? gen_.pick(std::vector<std::string>{"fuzz", "fuzz2", "reboot", "*", ""})
-                           : gen_.word() + std::to_string(gen_.below(80));
+      std::string name;
+      const auto kind = gen_.below(100);
+      if (kind < 60) {
+        name = gen_.pick(std::vector<std::string>{"fuzz", "fuzz2", "reboot", "*", ""});
+      } else if (kind < 80) {
+        name = gen_.word() + std::to_string(gen_.below(80));
+      } else if (kind < 95) {
+        // Around and far beyond the 128-byte bound, printable or not.
+        name = std::string(gen_.pick(std::vector<std::size_t>{127, 128, 129, 4096}), 'n');
+        if (gen_.percent(30)) {
+          name[gen_.below(name.size())] = static_cast<char>(1 + gen_.below(31));
+        }
+      } else {
+        name = gen_.text(gen_.pick(std::vector<std::size_t>{64 * 1024, 1024 * 1024}));
+      }
       check(sd_bus_message_append(raw, "s", name.c_str()));
       what += " " + name.substr(0, 40);
     } else if (member == "SendMethodResponse") {
@@ -804,11 +850,28 @@ class BusFuzzer {
         "/dev/null", "/dev/zero",   "/etc/shadow",      "/nonexistent/file", "/proc/self/status",
         "/",         "relative",    "/dev/stdin",       "/proc/self/fd/0",   "/dev/urandom",
         "",          "/etc/passwd", "/tmp/../etc/hosts"};
-    if (gen_.percent(10)) {
+    // Inside the listed directory (BusFuzzTest::SetUp fills it): a file, a FIFO nobody writes
+    // (it must not block the daemon's open()), links out of it, names that climb out.
+    static const std::vector<std::string> kInside = {
+        "/readable",    "/fifo",        "/root-only",         "/hardlink",
+        "/link-shadow", "/link-proc",   "/link-dir/readable", "/../fifo",
+        "/./readable",  "//etc/passwd", "/missing",           "/sub/../readable",
+        "/link-fd/0"};
+    const auto r = gen_.below(100);
+    if (r < 10) {
       return "/" + std::string(gen_.pick(std::vector<std::size_t>{255, 4096, 70000}), 'p');
     }
-    if (gen_.percent(10)) {
-      return scratch_ + "/fifo";  // a FIFO nobody writes: must not block the daemon's open()
+    if (r < 15) {
+      // Far beyond PATH_MAX, with bytes that quote four times as long.
+      return uploadDir_ + "/" +
+             std::string(gen_.pick(std::vector<std::size_t>{4096, 1 << 20}),
+                         static_cast<char>(1 + gen_.below(31)));
+    }
+    if (r < 20) {
+      return scratch_ + "/fifo";
+    }
+    if (r < 55) {
+      return uploadDir_ + gen_.pick(kInside);
     }
     return gen_.percent(80) ? gen_.pick(kPaths) : gen_.word();
   }
@@ -913,25 +976,6 @@ class BusFuzzer {
       signature.remove_prefix(n);
     }
     return 0;
-  }
-
-  static std::size_t completeTypeLength(std::string_view s) {
-    if (s.empty()) {
-      return 0;
-    }
-    if (s[0] == 'a') {
-      return 1 + completeTypeLength(s.substr(1));
-    }
-    if (s[0] == '(' || s[0] == '{') {
-      int depth = 0;
-      for (std::size_t i = 0; i < s.size(); ++i) {
-        depth += (s[i] == '(' || s[i] == '{') ? 1 : (s[i] == ')' || s[i] == '}') ? -1 : 0;
-        if (depth == 0) {
-          return i + 1;
-        }
-      }
-    }
-    return 1;
   }
 
   int appendOne(sd_bus_message* m, std::string_view type) {
@@ -1041,6 +1085,8 @@ class BusFuzzer {
   Gen gen_;
   std::size_t budget_ = 0;  ///< bytes a randomly typed message may still grow by
   std::string scratch_;
+  std::string uploadDir_;
+  Identity member_;
   std::function<std::string(Gen&)> sasToken_;
   BusPtr watch_;  ///< the liveness Ping's own connection
   std::vector<std::unique_ptr<Client>> clients_;
@@ -1083,15 +1129,18 @@ class CloudSide {
     const std::vector<std::string> names = {"fuzz", "fuzz2", "reboot", "nobody"};
     while (true) {
       try {
+        // Now and then beyond what the daemon passes on (256 KiB): dropped or answered 413.
+        const std::size_t size = rng() % 20 == 0 ? 300 * 1024 : rng() % 2048;
         switch (rng() % 5) {
           case 0:
-            cloud.sendC2d(device, std::string(rng() % 2048, 'c'), {{"$.mid", "c2d"}}, {{"k", "v"}});
+            cloud.sendC2d(device, std::string(size, 'c'), {{"$.mid", "c2d"}}, {{"k", "v"}});
             break;
           case 1:
-            (void)cloud.patchDesired(device, "{\"fuzz\":" + std::to_string(rng() % 1000) + "}");
+            (void)cloud.patchDesired(device, "{\"fuzz\":\"" + std::string(size, 'd') + "\"}");
             break;
           default:
-            (void)cloud.invokeMethod(device, names[rng() % names.size()], "{\"x\":1}", 4s);
+            (void)cloud.invokeMethod(device, names[rng() % names.size()],
+                                     "\"" + std::string(size, 'x') + "\"", 4s);
             break;
         }
       } catch (const std::exception&) {
@@ -1121,10 +1170,26 @@ class BusFuzzTest : public DaemonTest {
     tokenExpiry_ = static_cast<std::int64_t>(std::time(nullptr)) + 2 * 24 * 3600;
     writeCredential("connection-string", "HostName=" + hub_.hubHost() + ";DeviceId=" + kDevice +
                                              ";SharedAccessSignature=" + goodToken() + "\n");
+    // UploadFileFromPath gets a listed directory, with a file, a FIFO, a file only root may
+    // read, a hard link and links out of it.
+    const std::string up = dir_ / "up";
+    ASSERT_EQ(::mkdir(up.c_str(), 0755), 0);
+    ASSERT_EQ(::mkdir((up + "/sub").c_str(), 0755), 0);
+    writeFile(up + "/readable", "fuzz", 0644);
+    writeFile(up + "/root-only", "root's", 0600);
+    ASSERT_EQ(::mkfifo((up + "/fifo").c_str(), 0666), 0);
+    ASSERT_EQ(::link((up + "/readable").c_str(), (dir_ / "second-name").c_str()), 0);
+    ASSERT_EQ(::link((up + "/root-only").c_str(), (up + "/hardlink").c_str()), 0);
+    ASSERT_EQ(::symlink("/etc/shadow", (up + "/link-shadow").c_str()), 0);
+    ASSERT_EQ(::symlink("/proc/self", (up + "/link-proc").c_str()), 0);
+    ASSERT_EQ(::symlink(up.c_str(), (up + "/link-dir").c_str()), 0);
+    ASSERT_EQ(::symlink("/proc/self/fd", (up + "/link-fd").c_str()), 0);
     writeConfig("[methods]\nmethod_response_timeout = 2\n[file_upload]\nhttps_port = " +
-                std::to_string(hubemu::freeLoopbackPort()) + "\n[daemon]\nlog_level = notice\n");
+                std::to_string(hubemu::freeLoopbackPort()) +
+                "\nupload_from_path_directories = " + up + "\n[daemon]\nlog_level = notice\n");
     const std::string fifo = dir_ / "fifo";
     ASSERT_EQ(::mkfifo(fifo.c_str(), 0666), 0);
+    ensureTestUsers();
   }
 
   /// A valid token for the device (each call a different expiry, so a different token).
@@ -1212,7 +1277,8 @@ TEST_F(BusFuzzTest, DaemonSurvivesHostileCallersAndReturnsToItsStartingBand) {
   // messages and desired patches, so that signals go out while clients come and go.
   CloudSide cloud(hub_, kDevice, seed);
 
-  BusFuzzer fuzzer(bus_->address(), seed, dir_.path(), [this](Gen& g) { return fuzzToken(g); });
+  BusFuzzer fuzzer(bus_->address(), seed, dir_.path(), dir_ / "up", identityOf(kMemberUser),
+                   [this](Gen& g) { return fuzzToken(g); });
   auto reportFindings = [&] {
     for (const auto& f : fuzzer.findings()) {
       ADD_FAILURE() << f;

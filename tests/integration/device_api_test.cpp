@@ -264,6 +264,7 @@ TEST_F(DeviceApiTest, LiveDesiredPatchesArriveAsSignals) {
 }
 
 TEST_F(DeviceApiTest, DesiredChangeMadeWhileDisconnectedReachesAppsAfterReconnect) {
+  writeConfig("[connection]\nkeep_connected = false\n");  // so that Disconnect closes the link
   startDaemon();
   hubemu::ServiceClient service(hub_);
   awaitOnline();
@@ -468,6 +469,31 @@ TEST_F(SasTokenAuthTest, ConnectsAsksForANewTokenAndRenewsThroughUpdateSasToken)
   EXPECT_EQ(c.SasTokenExpiry(), static_cast<uint64_t>(latest.se));
   for (const auto& r : c.signals("ConnectionStateChanged")) {
     EXPECT_NE(r.args[0], "false") << "re-authorising looked like an outage";
+  }
+}
+
+TEST_F(SasTokenAuthTest, ATokenTheHubRefusesLeavesThePreviousOneInUseAndSaysSo) {
+  useToken(token(kDevice, 3600s));
+  startDaemon();
+  hubemu::ServiceClient service(hub_);
+  awaitOnline();
+  auto& c = client();
+  const std::uint64_t expiry = c.SasTokenExpiry();
+  const size_t auths = service.authCount(kDevice);
+  // Well-formed, for this device, not expired: only the hub can tell the signature is wrong.
+  c.UpdateSasToken(hubemu::makeSasToken(hub_.hubHost(), kDevice, hubemu::randomKey(),
+                                        static_cast<int64_t>(std::time(nullptr) + 7200)));
+  auto refused = c.waitForSignal("BackgroundException");
+  ASSERT_TRUE(refused.has_value());
+  EXPECT_EQ(refused->args[0], "org.iothubd.Error.Credential");
+  EXPECT_NE(refused->args[1].find("the previous token"), std::string::npos) << refused->args[1];
+  ASSERT_TRUE(service.waitForAuthCount(kDevice, auths + 1, 10s))
+      << "reconnected with the old token";
+  ASSERT_FALSE(c.SendMessage("with the previous token", {}, {}).empty());
+  EXPECT_EQ(c.SasTokenExpiry(), expiry);
+  EXPECT_NE(c.LastError().find("refused the new SAS token"), std::string::npos) << c.LastError();
+  for (const auto& r : c.signals("ConnectionStateChanged")) {
+    EXPECT_NE(r.args[0], "false") << "the refused token took the device offline";
   }
 }
 

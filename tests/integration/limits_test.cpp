@@ -2,6 +2,9 @@
 // Limits on what bus peers can make the daemon hold (issue 9), each over the real bus against
 // the real daemon and hub emulator: every over-limit call gets its named error at once, nothing
 // is held or sent for it, and other apps (and the next call) are served as before.
+#include <sys/stat.h>
+
+#include <functional>
 #include <future>
 
 #include "daemon_fixture.hpp"
@@ -257,6 +260,81 @@ TEST_F(LimitsTest, WhatTheHubWouldRefuseIsRefusedAtOnceNamingTheRuleAndNeverSent
   EXPECT_EQ(result.status, 200);
   EXPECT_EQ(result.payload, R"({"ok":true})");
   EXPECT_TRUE(service.events("method-response-refused", kDevice).empty());
+}
+
+TEST_F(LimitsTest, WhatTheHubSendsOverTheBoundIsDroppedOrAnsweredNeverForwarded) {
+  // 256 KiB pass on (IoT Hub itself sends at most 64 KiB C2D, 128 KiB method payloads and 32 KiB
+  // desired sections); beyond that the daemon would be asked to build signals near the bus's
+  // limit.
+  startDaemon();
+  hubemu::ServiceClient service(hub_);
+  awaitOnline();
+  auto& c = client();
+  const std::string big(300 * 1024, 'b');
+
+  service.sendC2d(kDevice, big);
+  auto dropped = c.waitForSignal("BackgroundException");
+  ASSERT_TRUE(dropped.has_value());
+  EXPECT_EQ(dropped->args[0], "org.iothubd.Error.MessageTooLarge");
+  EXPECT_NE(dropped->args[1].find("cloud-to-device message of 307200 bytes"), std::string::npos)
+      << dropped->args[1];
+  service.sendC2d(kDevice, "small");
+  auto small = c.waitForSignal("MessageReceived");
+  ASSERT_TRUE(small.has_value());
+  EXPECT_EQ(std::string(small->body.begin(), small->body.end()), "small")
+      << "the large one was forwarded";
+  EXPECT_EQ(c.signals("MessageReceived").size(), 1u);
+
+  service.patchDesired(kDevice, R"({"big":")" + big + R"("})");
+  auto patchDropped = c.waitForSignal("BackgroundException");
+  ASSERT_TRUE(patchDropped.has_value());
+  EXPECT_NE(patchDropped->args[1].find("desired-properties patch"), std::string::npos);
+  service.patchDesired(kDevice, R"({"small":1})");
+  ASSERT_TRUE(c.waitForSignal("TwinDesiredPropertiesPatchReceived", [](const SignalRecord& r) {
+                 return r.args[0].find("small") != std::string::npos;
+               }).has_value());
+  for (const auto& r : c.signals("TwinDesiredPropertiesPatchReceived")) {
+    EXPECT_EQ(r.args[0].find("\"big\""), std::string::npos) << "the large patch was forwarded";
+  }
+
+  c.RegisterMethodHandler("*");
+  auto tooLarge = service.invokeMethod(kDevice, "upload", "\"" + big + "\"", 5s);
+  EXPECT_EQ(tooLarge.status, 413);
+  auto badName = service.invokeMethod(kDevice, std::string(129, 'n'), "{}", 5s);
+  EXPECT_EQ(badName.status, 400);
+  EXPECT_TRUE(c.signals("MethodRequestReceived").empty()) << "a request was forwarded";
+  EXPECT_NE(daemon_->log().find("answering 413"), std::string::npos);
+}
+
+TEST_F(LimitsTest, MethodNamesAndEveryQuotedStringInAnErrorAreBounded) {
+  writeConfig("[file_upload]\nupload_from_path_directories = " + daemonDir_ + "x\n");
+  ::mkdir((daemonDir_ + "x").c_str(), 0755);
+  startDaemon();
+  auto& c = client();
+  EXPECT_NO_THROW(c.RegisterMethodHandler(std::string(128, 'm')));
+  std::string message;
+  EXPECT_EQ(errorNameOf([&] { c.RegisterMethodHandler(std::string(129, 'm')); }, &message),
+            "org.freedesktop.DBus.Error.InvalidArgs");
+  EXPECT_EQ(errorNameOf([&] { c.RegisterMethodHandler("tab\there"); }),
+            "org.freedesktop.DBus.Error.InvalidArgs");
+  // Strings of megabytes full of bytes that quote four times as long: every error stays small.
+  const std::string huge(4 * 1024 * 1024, '\x01');
+  for (const auto& call : std::vector<std::function<void()>>{
+           [&] { c.RegisterMethodHandler(huge); }, [&] { c.UnregisterMethodHandler(huge); },
+           [&] { c.UploadFileFromPath("x", "/" + huge); },
+           [&] { c.UploadFileFromPath("x", daemonDir_ + "x/" + huge); },
+           [&] { c.SendMethodResponse(huge, 200, ""); },
+           [&] {
+             c.SendMessage("x", {{huge, "v"}}, {});
+           },
+           [&] {
+             c.SendMessage("x", {}, {{huge, "v"}});
+           }}) {
+    message.clear();
+    EXPECT_FALSE(errorNameOf(call, &message).empty());
+    EXPECT_LE(message.size(), 2048u + 16u) << message.substr(0, 200);
+  }
+  EXPECT_FALSE(c.SendMessage("still serving", {}, {}).empty());
 }
 
 }  // namespace

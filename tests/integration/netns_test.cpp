@@ -22,6 +22,7 @@
 #include <iostream>
 #include <thread>
 
+#include "ctl_process.hpp"
 #include "daemon_fixture.hpp"
 #include "file_upload_hub.hpp"
 #include "netns_support.hpp"
@@ -43,9 +44,14 @@ class NetnsTest : public DaemonTest {
 
   void SetUp() override {
     DaemonTest::SetUp();
-    // REJECT (TCP reset) rather than DROP: a bypass fails at once with a clear error.
+    rejectForDaemon({hub_.port(), hub_.websocketsPort()});
+  }
+
+  /// The daemon's user may not reach `ports` directly. REJECT (TCP reset) rather than DROP: a
+  /// bypass fails at once with a clear error.
+  static void rejectForDaemon(std::initializer_list<int> ports) {
     for (const char* tool : {"iptables", "ip6tables"}) {
-      for (int port : {hub_.port(), hub_.websocketsPort()}) {
+      for (int port : ports) {
         ASSERT_EQ(
             run({tool, "-w", "-A", "OUTPUT", "-p", "tcp", "--dport", std::to_string(port), "-m",
                  "owner", "--uid-owner", "iothubd", "-j", "REJECT", "--reject-with", "tcp-reset"}),
@@ -154,7 +160,8 @@ TEST_F(WebSocketTest, TelemetryTwinMethodsAndCloudToDeviceAllWorkOverWebSockets)
 }
 
 TEST_F(WebSocketTest, ADroppedWebSocketReconnectsAndDisconnectIsOrderly) {
-  useWebSockets("[connection]\nconnection_retry_interval = 1\n");
+  // keep_connected off: the test's own Disconnect closes the link (nobody else holds it).
+  useWebSockets("[connection]\nconnection_retry_interval = 1\nkeep_connected = false\n");
   startDaemon();
   hubemu::ServiceClient service(hub_);
   awaitOnline();
@@ -316,6 +323,30 @@ TEST_F(ProxyTest, HttpConnectCarriesWebSocketsToo) {
   startAndSend("wss through tinyproxy");
 }
 
+// iothubctl check goes the daemon's way too: DNS and TCP to the proxy, then TLS and the
+// WebSocket upgrade through it (the proxy's log shows the CONNECT).
+TEST_F(ProxyTest, IothubctlCheckGoesThroughTheProxyAndUpgradesToWebSockets) {
+  startTinyproxy();
+  useProxy("HTTP", true, kProxyPassword, webSocketsOn(hub_.websocketsPort()));
+  CtlProcess::Options o;
+  o.busAddress = bus_->address();
+  auto r =
+      runCtl({"check", "--json", "--config", configPath_, "--credentials-dir", credentialsDir_}, o);
+  const std::string proxyAt = "HTTP proxy 127.0.0.1:" + std::to_string(proxyPort_);
+  for (const std::string& line :
+       {R"({"id":"dns","result":"ok","message":")" + proxyAt.substr(0, proxyAt.rfind(':')) +
+            " resolves to 127.0.0.1 (the proxy resolves localhost)",
+        R"({"id":"tcp","result":"ok","message":")" + proxyAt + " accepts TCP (127.0.0.1)",
+        R"({"id":"tls","result":"ok","message":"TLS with localhost:)" +
+            std::to_string(hub_.websocketsPort()) +
+            ": certificate verified, WebSocket upgrade accepted"}) {
+    EXPECT_NE(r.out.find(line), std::string::npos) << line << "\n" << r.out << r.err;
+  }
+  EXPECT_NE(proxy_->log().find("localhost:" + std::to_string(hub_.websocketsPort())),
+            std::string::npos)
+      << proxy_->log();
+}
+
 TEST_F(ProxyTest, WrongProxyCredentialsFailWithACredentialErrorNamingTheProxy) {
   startTinyproxy();
   useProxy("HTTP", true, "not the password");
@@ -374,14 +405,7 @@ TEST_F(ProxyTest, FileUploadGoesThroughTheHttpProxyToo) {
   hubemu::FileUploadHub files(hub_, &azurite);
   files.start();
   // The hub's file-upload endpoints and storage are closed to the daemon as well.
-  for (const char* tool : {"iptables", "ip6tables"}) {
-    for (int port : {files.port(), azurite.port()}) {
-      ASSERT_EQ(
-          run({tool, "-w", "-A", "OUTPUT", "-p", "tcp", "--dport", std::to_string(port), "-m",
-               "owner", "--uid-owner", "iothubd", "-j", "REJECT", "--reject-with", "tcp-reset"}),
-          0);
-    }
-  }
+  rejectForDaemon({files.port(), azurite.port()});
   startTinyproxy();
   useProxy("HTTP", true, kProxyPassword,
            "[file_upload]\nhttps_port = " + std::to_string(files.port()) + "\n");
@@ -403,6 +427,49 @@ TEST_F(ProxyTest, FileUploadGoesThroughTheHttpProxyToo) {
   std::string log = proxy_->log();
   EXPECT_NE(log.find("localhost:" + std::to_string(files.port())), std::string::npos) << log;
   EXPECT_NE(log.find(std::to_string(azurite.port())), std::string::npos) << log;
+  EXPECT_EQ(daemon_->log().find(kProxyPassword), std::string::npos) << "the proxy password leaked";
+}
+
+// A reload that adds [proxy] (reload_test.cpp covers the other sections): the connection and
+// file upload both take it at once, and the firewall proves that neither bypasses it.
+TEST_F(ProxyTest, AReloadThatAddsAProxyTakesTheConnectionAndUploadsThroughIt) {
+  hubemu::Azurite azurite(hub_.dir());
+  azurite.start();
+  hubemu::FileUploadHub files(hub_, &azurite);
+  files.start();
+  rejectForDaemon({files.port(), azurite.port()});
+  const std::string extra = "[file_upload]\nhttps_port = " + std::to_string(files.port()) +
+                            "\n[connection]\nconnection_retry_interval = 1\n";
+  writeConfig(extra);
+  startDaemon();
+  std::string message;
+  EXPECT_EQ(errorNameOf([&] { client().Connect(); }, &message),
+            "org.iothubd.Error.ConnectionFailed")
+      << "the firewall let the daemon through: " << message;
+
+  startTinyproxy();
+  useProxy("HTTP", true, kProxyPassword, extra);
+  size_t mark = daemon_->log().size();
+  ASSERT_TRUE(daemon_->reload());
+  std::string log = daemon_->log().substr(mark);
+  EXPECT_NE(log.find("reload: hub connection: reconnecting for proxy"), std::string::npos) << log;
+  EXPECT_NE(log.find("reload: HTTPS client: rebuilt for proxy"), std::string::npos) << log;
+  hubemu::ServiceClient service(hub_);
+  ASSERT_TRUE(client().waitForConnectedProperty(true, 10s)) << client().LastError();
+  EXPECT_FALSE(client().SendMessage("through the proxy after a reload", {}, {}).empty());
+
+  std::string path = daemonDir_ + "/after-reload.txt";
+  writeFile(path, "uploaded through the proxy\n", 0644);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  std::string correlationId = client().UploadFile("after-reload.txt", sdbus::UnixFd(fd));
+  ::close(fd);
+  EXPECT_TRUE(files.blob("dev1/after-reload.txt").exists);
+  std::string proxyLog = proxy_->log();
+  EXPECT_NE(proxyLog.find("localhost:" + std::to_string(hub_.port())), std::string::npos)
+      << proxyLog;
+  EXPECT_NE(proxyLog.find("localhost:" + std::to_string(files.port())), std::string::npos)
+      << proxyLog;
   EXPECT_EQ(daemon_->log().find(kProxyPassword), std::string::npos) << "the proxy password leaked";
 }
 

@@ -1,8 +1,13 @@
 // SPDX-License-Identifier: MIT
 #include "raw_bus.hpp"
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstring>
 #include <stdexcept>
+#include <thread>
 
 namespace iothubd::testing {
 namespace {
@@ -23,6 +28,35 @@ BusPtr openBus(const std::string& address) {
   check(sd_bus_set_bus_client(bus.get(), 1), "sd_bus_set_bus_client");
   check(sd_bus_negotiate_fds(bus.get(), 1), "sd_bus_negotiate_fds");
   check(sd_bus_start(bus.get()), "sd_bus_start " + address);
+  return bus;
+}
+
+BusPtr openBusAs(const std::string& address, uid_t uid, gid_t gid,
+                 const std::vector<gid_t>& groups) {
+  BusPtr bus;
+  std::string error;
+  // Raw system calls: glibc's set*id() wrappers would change every thread of the process. The
+  // thread ends with its credentials; sd_bus_start() connects and writes the EXTERNAL
+  // handshake (with this thread's uid) before it returns.
+  std::thread connector([&] {
+    if (::syscall(SYS_setgroups, groups.size(), groups.data()) != 0 ||
+        ::syscall(SYS_setresgid, -1, gid, -1) != 0 || ::syscall(SYS_setresuid, -1, uid, -1) != 0) {
+      error = std::string("cannot take the caller's credentials: ") + std::strerror(errno);
+      return;
+    }
+    try {
+      bus = openBus(address);
+      // Blocks until the handshake and Hello are through: the bus knows us as this user.
+      const char* name = nullptr;
+      check(sd_bus_get_unique_name(bus.get(), &name), "Hello");
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  });
+  connector.join();
+  if (!error.empty()) {
+    throw std::runtime_error(error);
+  }
   return bus;
 }
 

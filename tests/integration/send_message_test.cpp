@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <cstdio>
+#include <future>
 
 #include "daemon_fixture.hpp"
 
@@ -107,7 +108,9 @@ TEST_F(SendMessageTest, UnknownSystemPropertyIsInvalidArgsNamingIt) {
 }
 
 TEST_F(SendMessageTest, DisconnectAndConnectAreSignalledAndNoConnectionWithoutAutoConnect) {
-  writeConfig("[connection]\nauto_connect = false\n");
+  // keep_connected off: a Disconnect that leaves no app holding the link closes it (the
+  // single-app gateway's behaviour; by default the daemon keeps it up, see trust_test.cpp).
+  writeConfig("[connection]\nauto_connect = false\nkeep_connected = false\n");
   startDaemon();
   awaitOnline();  // the daemon connects at start
   auto& c = client();
@@ -125,6 +128,7 @@ TEST_F(SendMessageTest, DisconnectAndConnectAreSignalledAndNoConnectionWithoutAu
 }
 
 TEST_F(SendMessageTest, AutoConnectOpensTheConnectionForTheFirstMessage) {
+  writeConfig("[connection]\nkeep_connected = false\n");
   startDaemon();
   hubemu::ServiceClient service(hub_);
   client().Disconnect();
@@ -132,6 +136,51 @@ TEST_F(SendMessageTest, AutoConnectOpensTheConnectionForTheFirstMessage) {
   EXPECT_FALSE(client().SendMessage("auto", {}, {}).empty());
   EXPECT_TRUE(client().Connected());
   EXPECT_TRUE(service.waitForTelemetry().has_value());
+}
+
+TEST_F(SendMessageTest, WhileTheHubIsAwayMessagesWaitInMemoryWithinTheLimitAndAreNeverStored) {
+  // Issue 13: SendMessage is not durable; while the connection is re-established it waits in
+  // memory, bounded by [limits] max_queued_messages, and is answered after its PUBACK.
+  writeConfig("[connection]\nconnection_retry_interval = 1\n[limits]\nmax_queued_messages = 3\n");
+  startDaemon();
+  awaitOnline();
+  hub_.stop();
+  ASSERT_TRUE(client().waitForConnectionStateChanged(false));
+
+  std::vector<std::future<std::string>> waiting;  // the error name, "" for success
+  for (int i = 1; i <= 3; ++i) {
+    auto promise = std::make_shared<std::promise<std::string>>();
+    waiting.push_back(promise->get_future());
+    client()
+        .getProxyForTest()
+        .callMethodAsync("SendMessage")
+        .onInterface("org.iothubd.Device1")
+        .withArguments(std::string("held"), StringMap{},
+                       StringMap{{"message-id", "held-" + std::to_string(i)}})
+        .uponReplyInvoke([promise](const sdbus::Error* error, const std::string&) {
+          promise->set_value(error != nullptr ? error->getName() : std::string());
+        });
+  }
+  std::string message;
+  EXPECT_EQ(errorNameOf([&] { client().SendMessage("one too many", {}, {}); }, &message),
+            "org.iothubd.Error.QueueFull");
+  EXPECT_NE(message.find("(3)"), std::string::npos) << message;
+  for (auto& w : waiting) {
+    EXPECT_EQ(w.wait_for(0s), std::future_status::timeout) << "answered without the hub";
+  }
+  EXPECT_EQ(client().OutboxLength(), 0u) << "a SendMessage was stored";
+
+  hub_.restart();
+  for (auto& w : waiting) {
+    ASSERT_EQ(w.wait_for(30s), std::future_status::ready);
+    EXPECT_EQ(w.get(), "");
+  }
+  hubemu::ServiceClient service(hub_);
+  auto ledger = service.ledger(kDevice);
+  for (const char* id : {"held-1", "held-2", "held-3"}) {
+    EXPECT_EQ(ledger.ids.count(id), 1u) << id;
+  }
+  EXPECT_EQ(client().OutboxLength(), 0u);
 }
 
 TEST_F(SendMessageTest, BusctlCanSendAMessage) {

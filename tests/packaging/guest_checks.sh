@@ -81,6 +81,37 @@ as_user() {
   shift
   setpriv --reuid="$user" --regid="$user" --init-groups -- "$@"
 }
+# Bus clients of ours (iothubd-test-peer from tests/integration/peer), one process per user, driven
+# through a FIFO with one JSON command per line; what they receive goes to $peers/NAME.out.
+readonly peers=/run/iothubd-peers
+readonly peer_bin=/usr/local/bin/iothubd-test-peer
+peer_start() {
+  local name=$1 user=$2 fd
+  mkfifo "$peers/$name.in"
+  as_user "$user" "$peer_bin" unix:path=/run/dbus/system_bus_socket \
+    <"$peers/$name.in" >"$peers/$name.out" 2>"$peers/$name.err" &
+  exec {fd}>"$peers/$name.in"
+  printf -v "peer_fd_$name" '%s' "$fd"
+}
+peer_send() {
+  local fd_var=peer_fd_$1
+  printf '%s\n' "$2" >&"${!fd_var}"
+}
+# Waits (at most 10 s) for TEXT in what peer NAME printed.
+peer_saw() {
+  local i
+  for ((i = 0; i < 100; i++)); do
+    grep -qF -- "$2" "$peers/$1.out" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+peer_stop() {
+  local fd_var=peer_fd_$1
+  local fd=${!fd_var}
+  exec {fd}>&-
+}
+
 # send_as USER MESSAGE-ID BODY: SendMessage with a message id the host looks up in the ledger.
 send_as() { as_user "$1" "${bus_call[@]}" SendMessage 'sa{ss}a{ss}' "$3" 1 check packaging 1 message-id "$2"; }
 sends_as() {
@@ -104,6 +135,7 @@ require "apt-get install ./$(basename "$DEB") (dependencies from the mirror)" in
 has_account() { getent "$1" "$2" >/dev/null; }
 check "sysusers created user iothubd" has_account passwd iothubd
 check "... and group iothub" has_account group iothub
+check "... and group iothub-admin" has_account group iothub-admin
 check "the unit is installed disabled (it needs a credential first)" \
   test "$(systemctl is-enabled "$unit")" = disabled
 check "the unit did not start at installation" test "$(systemctl is-active "$unit")" = inactive
@@ -111,8 +143,20 @@ is_conffile() { dpkg-query -W -f='${Conffiles}\n' iothubd | grep '^ /etc/iothubd
 check "/etc/iothubd/iothubd.conf is a conffile" is_conffile
 check "D-Bus policy installed" test -f /usr/share/dbus-1/system.d/org.iothubd.conf
 check "D-Bus activation file installed" test -f /usr/share/dbus-1/system-services/org.iothubd.service
-has_man_pages() { man -w 8 iothubd >/dev/null && man -w 5 iothubd.conf >/dev/null; }
-check "man pages iothubd(8) and iothubd.conf(5)" has_man_pages
+has_man_pages() {
+  man -w 8 iothubd >/dev/null && man -w 5 iothubd.conf >/dev/null && man -w 1 iothubctl >/dev/null &&
+    man -w 5 org.iothubd.Device1 >/dev/null
+}
+check "man pages iothubd(8), iothubd.conf(5), iothubctl(1), org.iothubd.Device1(5)" has_man_pages
+check "the interface XML in /usr/share/dbus-1/interfaces" \
+  test -f /usr/share/dbus-1/interfaces/org.iothubd.Device1.xml
+check "iothubctl and its bash completion installed" \
+  test -x /usr/bin/iothubctl -a -f /usr/share/bash-completion/completions/iothubctl
+has_docs() {
+  local d=/usr/share/doc/iothubd
+  ls $d/README.md* $d/NEWS.md* $d/changelog.gz $d/examples/iothubd.conf* >/dev/null
+}
+check "README, NEWS, changelog and the example configuration in /usr/share/doc/iothubd" has_docs
 
 verify_unit() {
   systemd-analyze verify "$unit" >/dev/null 2>"$share/verify.err" && [[ ! -s $share/verify.err ]]
@@ -128,6 +172,8 @@ security_rc=$?
 exposure=$(sed -n 's/.*Overall exposure level for iothubd.service: \([0-9.]*\).*/\1/p' "$share/security.txt")
 result security_exposure "$exposure"
 check "systemd-analyze security --offline=yes: exposure $exposure <= 2.0" test "$security_rc" -eq 0
+check "the unit has LimitCORE=0 and MemoryMax=256M" \
+  test "$(prop LimitCORE)/$(prop MemoryMax)" = "0/268435456"
 
 install -d -m 0700 /etc/credstore
 install -m 0600 "$share/connection-string" /etc/credstore/connection-string
@@ -142,8 +188,35 @@ EOF
 check "iothubd --check-config accepts the configuration and the credential store" \
   env CREDENTIALS_DIRECTORY=/etc/credstore /usr/libexec/iothubd --check-config
 
+# Bus activation goes through dbus-org.iothubd.service, which exists only while the unit is
+# enabled: no caller, a member of iothub or anyone else, starts the disabled service.
+useradd --system --no-create-home --groups iothub pkgtest-app
+useradd --system --no-create-home pkgtest-outsider
+not_activated() {
+  local out
+  if out=$(as_user "$1" "${bus_call[@]}" SendMessage 'sa{ss}a{ss}' '{"check":"disabled"}' 0 0 2>&1); then
+    echo "    busctl succeeded: $out"
+    return 1
+  fi
+  [[ $(systemctl is-active "$unit") == inactive ]] || { echo "    $unit started: $out"; return 1; }
+}
+check "a call from a member of iothub does not start the disabled unit" not_activated pkgtest-app
+pinged_not_activated() {
+  ! as_user pkgtest-outsider busctl call org.iothubd /org/iothubd/Device org.freedesktop.DBus.Peer \
+    Ping >/dev/null 2>&1 && [[ $(systemctl is-active "$unit") == inactive ]]
+}
+check "... nor a Ping from anyone else" pinged_not_activated
+ctl_not_running() {
+  local rc=0
+  as_user pkgtest-app iothubctl status >/dev/null 2>&1 || rc=$?
+  [[ $rc == 69 ]] || { echo "    iothubctl status exited $rc"; return 1; }
+}
+check "iothubctl status: 69 while iothubd is not running" ctl_not_running
+
 # Type=notify: this returns only after READY=1 (or fails).
 require "systemctl enable --now $unit" systemctl enable --now "$unit"
+check "enabling links the bus activation alias dbus-org.iothubd.service" \
+  test "$(readlink /etc/systemd/system/dbus-org.iothubd.service)" = /lib/systemd/system/$unit
 
 # --- 1. active, as iothubd, READY came -------------------------------------------------------
 main_pid=$(prop MainPID)
@@ -157,16 +230,32 @@ status_connected() { [[ $(prop StatusText) == "connected to localhost as dev1" ]
 check "StatusText becomes \"connected to localhost as dev1\"" await status_connected
 check "the credential came from /etc/credstore through LoadCredential=" \
   test -f /run/credentials/$unit/connection-string
+not_dumpable() { [[ $(stat -c %U "/proc/$main_pid/environ") == root ]]; }
+check "PR_SET_DUMPABLE 0: /proc/$main_pid belongs to root, not iothubd" not_dumpable
 
 # --- 2. a member of iothub can send ------------------------------------------------------------
-useradd --system --no-create-home --groups iothub pkgtest-app
-useradd --system --no-create-home pkgtest-outsider
 member_id=pkgtest-member-$RUN_ID
 result member_id "$member_id"
 check "SendMessage as a member of group iothub returns the message id" \
   sends_as pkgtest-app "$member_id" '{"check":"member"}'
 connected_prop() { [[ $(as_user pkgtest-app busctl get-property org.iothubd /org/iothubd/Device org.iothubd.Device1 Connected) == "b true" ]]; }
 check "a member reads Connected = true" connected_prop
+ctl_status() {
+  local out
+  out=$(as_user pkgtest-app iothubctl status) && grep -q '^     State: connected$' <<<"$out" ||
+    { echo "    iothubctl status: $out"; return 1; }
+}
+check "iothubctl status as a member: connected, exit status 0" ctl_status
+ctl_check() {
+  # As root, with the running service's credentials; the clock check can only warn here (the
+  # emulator serves no HTTPS) and group iothub-admin may be missing: warnings, no error.
+  iothubctl check >"$share/check.txt" 2>&1 || { sed 's/^/    /' "$share/check.txt"; return 1; }
+  local id
+  for id in configuration credentials tls-settings dns tcp tls expiry daemon outbox bus-policy; do
+    grep -Eq "^ok +$id " "$share/check.txt" || { echo "    not ok: $id"; sed 's/^/    /' "$share/check.txt"; return 1; }
+  done
+}
+check "iothubctl check as root: no error; configuration to bus policy ok" ctl_check
 
 # --- 3. anyone else is refused by the bus ------------------------------------------------------
 outsider_id=pkgtest-outsider-$RUN_ID
@@ -198,6 +287,34 @@ introspectable() {
 }
 check "introspection stays open to everyone" introspectable
 
+# --- 3b. credentials only from root and iothub-admin ------------------------------------------
+useradd --system --no-create-home --groups iothub-admin pkgtest-admin
+# update_token_as USER ERROR: UpdateSasToken fails with ERROR (dbus-send names it; the call fails,
+# so its output is captured before grep, not piped: pipefail).
+update_token_as() {
+  local out
+  out=$(as_user "$1" dbus-send --system --print-reply --dest=org.iothubd /org/iothubd/Device \
+    org.iothubd.Device1.UpdateSasToken 'string:SharedAccessSignature sr=x&sig=y&se=1' 2>&1)
+  grep -q "^Error $2" <<<"$out" || { echo "    dbus-send: $out"; return 1; }
+}
+member_refused_token() { update_token_as pkgtest-app org.freedesktop.DBus.Error.AccessDenied; }
+check "UpdateSasToken as a member of iothub: AccessDenied by the bus" member_refused_token
+# Past the bus and the daemon's own check: this device has a key, so there is nothing to update.
+admin_passes() { update_token_as pkgtest-admin org.iothubd.Error.NotSupported; }
+check "UpdateSasToken as a member of iothub-admin gets through (NotSupported for a key)" admin_passes
+
+# --- 3c. who hears what: a user outside the groups listens with match rules --------------------
+install -d -m 0755 "$peers"
+install -m 0755 "$share/iothubd-test-peer" "$peer_bin"
+peer_start outsider pkgtest-outsider
+peer_start member pkgtest-app
+peer_send outsider '{"id":1,"op":"match","rule":"sender='"'"'org.iothubd'"'"'"}'
+peer_send outsider '{"id":2,"op":"match","rule":"type='"'"'signal'"'"'"}'
+peer_send outsider '{"id":3,"op":"match","rule":"eavesdrop=true,sender='"'"'org.iothubd'"'"'"}'
+peer_send member '{"id":1,"op":"match","rule":"sender='"'"'org.iothubd'"'"'"}'
+check "the bus takes the outsider's match rules on org.iothubd and on every signal" \
+  peer_saw outsider '{"id":2,"reply":[]}'
+
 # --- 4. reload ----------------------------------------------------------------------------------
 reload_product=pkgtest-reload-$RUN_ID
 result reload_product "$reload_product"
@@ -210,6 +327,28 @@ check "iothubd applies it and reconnects" \
 check "... and is connected again" await_journal "$cursor" "connected to localhost as dev1"
 check "... in the same process (MainPID $main_pid, no restart)" \
   test "$(prop MainPID)/$(prop NRestarts)" = "$main_pid/0"
+# The member queues a message (MessagesDelivered comes back to it alone); the reload above made
+# iothubd emit PropertiesChanged for the identity to every member.
+peer_send member '{"id":2,"op":"call","dest":"org.iothubd","path":"/org/iothubd/Device","iface":"org.iothubd.Device1","member":"QueueMessage","sig":"sa{ss}a{ss}","args":["{\"check\":\"signals\"}",{},{}]}'
+check "the member receives iothubd's PropertiesChanged" peer_saw member '"member":"PropertiesChanged"'
+check "... and MessagesDelivered for its own queued message" peer_saw member '"member":"MessagesDelivered"'
+# A peer coming and going makes the bus broadcast NameOwnerChanged, which the outsider's
+# type='signal' rule does deliver; once the outsider has it, and has answered a round trip,
+# everything sent before reached it or never will.
+busctl call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus GetId >/dev/null
+peer_send outsider '{"id":9,"op":"sync"}'
+check "the outsider's rules work: it sees the bus announce peers" \
+  peer_saw outsider '"member":"NameOwnerChanged"'
+check "... and it answered a round trip after everything above" peer_saw outsider '{"id":9,"reply"'
+outsider_heard_nothing() {
+  if grep -F '"path":"/org/iothubd/Device"' "$peers/outsider.out"; then
+    return 1
+  fi
+}
+check "the user outside iothub received nothing from iothubd" outsider_heard_nothing
+peer_stop outsider
+peer_stop member
+
 reload_id=pkgtest-after-reload-$RUN_ID
 result reload_id "$reload_id"
 check "SendMessage works after the reload" sends_as pkgtest-app "$reload_id" '{"check":"reload"}'
@@ -264,7 +403,35 @@ encrypted_id=pkgtest-encrypted-$RUN_ID
 result encrypted_id "$encrypted_id"
 check "SendMessage works with the encrypted credential" \
   sends_as pkgtest-app "$encrypted_id" '{"check":"encrypted"}'
+
+# --- 6. X.509 through /etc/credstore/x509-cert + x509-key ---------------------------------------
+use_x509() {
+  systemctl stop "$unit" &&
+    install -m 0600 "$share/x509-cert" /etc/credstore/x509-cert &&
+    install -m 0600 "$share/x509-key" /etc/credstore/x509-key &&
+    printf '[hub]\nauthentication = x509\nhostname = localhost\ndevice_id = dev1\nport = %s\n' \
+      "$HUB_X509_PORT" >/etc/iothubd/iothubd.conf.d/80-x509.conf
+}
+check "X.509 certificate and key in /etc/credstore, authentication = x509" use_x509
+check "systemctl start $unit with the X.509 credentials" systemctl start "$unit"
+check "... it connects with the certificate" await status_connected
+check "... which came through LoadCredential=x509-cert and x509-key" \
+  test -f "/run/credentials/$unit/x509-cert" -a -f "/run/credentials/$unit/x509-key"
+x509_auth() { [[ $(as_user pkgtest-app busctl get-property org.iothubd /org/iothubd/Device org.iothubd.Device1 AuthenticationType) == 's "x509"' ]]; }
+check "... AuthenticationType reads x509" x509_auth
+x509_id=pkgtest-x509-$RUN_ID
+result x509_id "$x509_id"
+check "SendMessage works with the X.509 identity" sends_as pkgtest-app "$x509_id" '{"check":"x509"}'
 check "final systemctl stop" systemctl stop "$unit"
+
+# --- purge ---------------------------------------------------------------------------------------
+check "the state directory exists before the purge" test -d /var/lib/iothubd
+purge() { apt-get purge -y -q iothubd >>"$share/apt.log" 2>&1; }
+check "apt-get purge iothubd" purge
+check "purge removed /var/lib/iothubd" test ! -e /var/lib/iothubd
+check "... the bus activation alias" test ! -e /etc/systemd/system/dbus-org.iothubd.service
+check "... and the shipped configuration" test ! -e /etc/iothubd/iothubd.conf
+check "the accounts stay, as Debian keeps system accounts" has_account passwd iothubd
 
 # --- logs: priorities kept, no secret anywhere --------------------------------------------------
 at_notice() { journalctl -u "$unit" -p notice..notice -o cat | grep '^iothubd .* serving device dev1 of localhost' >/dev/null; }
@@ -276,5 +443,6 @@ journal_lacks() { ! grep -qF -- "$1" "$share/messages.txt"; }
 check "the device key appears nowhere in the journal" journal_lacks "$DEVICE_KEY"
 check "no SAS token in the journal" journal_lacks "SharedAccessSignature sr="
 check "no connection string in the journal" journal_lacks "SharedAccessKey="
+check "no private key in the journal" journal_lacks "PRIVATE KEY"
 
 finish

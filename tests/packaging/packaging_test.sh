@@ -9,12 +9,14 @@
 #      `systemd-nspawn --register=no --keep-unit -b`; there guest_checks.sh runs as a oneshot
 #      unit: installs the .deb with apt, verifies the unit (systemd-analyze verify, security),
 #      gives it a connection string through /etc/credstore, starts it and drives it on the
-#      container's real system bus; its exit status comes back as nspawn's;
+#      container's real system bus (members, a user outside the groups listening for signals with
+#      iothubd-test-peer, X.509 credentials through /etc/credstore); its exit status comes back as
+#      nspawn's;
 #   3. checks from the host what the hub emulator (running beside the container: the container
 #      shares the host's network, the emulator listens on 127.0.0.1) received.
 #
 #   packaging_test.sh --source DIR --version V --plugin SO --emulator SCRIPT --guest-checks SCRIPT
-#                     [--deb PATH]
+#                     --peer BINARY [--deb PATH]
 #
 # --deb takes an already built package and skips steps 1's build and lintian (for iterating on
 # the container checks; the suite as scripts/test runs it always builds).
@@ -25,7 +27,7 @@
 # Network: only the Debian mirror and loopback. Exit 77 (meson: skipped) when not run as root.
 set -euo pipefail
 
-source_dir="" version="" plugin="" emulator="" guest_checks="" prebuilt_deb=""
+source_dir="" version="" plugin="" emulator="" guest_checks="" peer="" prebuilt_deb=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --source) source_dir=$2; shift 2 ;;
@@ -33,11 +35,12 @@ while [[ $# -gt 0 ]]; do
     --plugin) plugin=$2; shift 2 ;;
     --emulator) emulator=$2; shift 2 ;;
     --guest-checks) guest_checks=$2; shift 2 ;;
+    --peer) peer=$2; shift 2 ;;
     --deb) prebuilt_deb=$(realpath "$2"); shift 2 ;;
     *) echo "usage: $0 --source DIR --version V --plugin SO --emulator SCRIPT --guest-checks SCRIPT" >&2; exit 2 ;;
   esac
 done
-[[ -n $source_dir && -n $version && -n $plugin && -n $emulator && -n $guest_checks ]] ||
+[[ -n $source_dir && -n $version && -n $plugin && -n $emulator && -n $guest_checks && -n $peer ]] ||
   { echo "missing arguments (see the header of $0)" >&2; exit 2; }
 
 readonly kMirror=http://deb.debian.org/debian
@@ -90,6 +93,24 @@ fail() {
   [[ -s $work/hub/broker.log ]] && { echo "--- hub emulator log (last 40 lines)"; tail -n 40 "$work/hub/broker.log"; }
   exit 1
 }
+
+# --- 0. the unit loads every credential the code reads -------------------------------------------
+# The names credentials.cpp passes next to the credentials directory, against LoadCredential=.
+check_credential_list() {
+  local code unit missing=()
+  code=$(tr -s ' \n' ' ' <"$source_dir/src/config/credentials.cpp" |
+    grep -oE '"[a-z0-9-]+", credentialsDirectory' | cut -d'"' -f2 | sort -u)
+  unit=$(sed -n 's/^LoadCredential=\([a-z0-9-]*\)$/\1/p' "$source_dir/systemd/iothubd.service.in" | sort -u)
+  [[ -n $code ]] || fail "found no credential names in src/config/credentials.cpp"
+  local name
+  for name in $code; do
+    grep -qxF "$name" <<<"$unit" || missing+=("$name")
+  done
+  [[ ${#missing[@]} -eq 0 ]] ||
+    fail "iothubd.service lacks LoadCredential= for: ${missing[*]} (iothubd reads them: credentials.cpp)"
+  echo "ok   the unit loads every credential iothubd reads: $(tr '\n' ' ' <<<"$code")"
+}
+check_credential_list
 
 # --- 1. the package ---------------------------------------------------------------------------
 build_package() {
@@ -178,7 +199,7 @@ phase_done "root file system ($key)"
 # --- 3. the hub emulator beside the container --------------------------------------------------
 log "starting the hub emulator"
 device_key=$(openssl rand -base64 32)
-"$emulator" start "$work/hub" --plugin "$plugin" --device "dev1=$device_key" >/dev/null
+"$emulator" start "$work/hub" --plugin "$plugin" --device "dev1=$device_key" --x509 >/dev/null
 hub_started=true
 # shellcheck disable=SC1091 # written by hub-emulator start
 source "$work/hub/env"
@@ -188,6 +209,11 @@ share=$work/share
 mkdir -m 0700 "$share"
 cp "$deb" "$HUB_CA" "$share/"
 cp "$guest_checks" "$share/guest_checks.sh"
+# A bus client the guest runs as its users (tests/integration/peer); built against the same
+# Debian 12 libraries.
+install -m 0755 "$peer" "$share/iothubd-test-peer"
+# The device's X.509 identity, for the start through /etc/credstore/x509-cert + x509-key.
+"$emulator" cert "$work/hub" dev1 "$share/x509-cert" "$share/x509-key"
 (
   umask 077
   printf 'HostName=%s;DeviceId=dev1;SharedAccessKey=%s\n' "$HUB_HOST" "$device_key" >"$share/connection-string"
@@ -195,6 +221,7 @@ cp "$guest_checks" "$share/guest_checks.sh"
 DEB=/iothubd-test/$(basename "$deb")
 HUB_CA=/iothubd-test/$(basename "$HUB_CA")
 HUB_PORT=$HUB_PORT
+HUB_X509_PORT=$HUB_X509_PORT
 DEVICE_KEY=$device_key
 RUN_ID=$(basename "$work" | tr -cd 'A-Za-z0-9')
 EOF
@@ -240,6 +267,7 @@ phase_done "container"
 
 # --- 5. what the hub received ------------------------------------------------------------------
 member_id="" outsider_id="" reload_id="" broken_id="" activated_id="" encrypted_id="" reload_product=""
+x509_id=""
 security_exposure=""
 # shellcheck disable=SC1091 # written by guest_checks.sh
 source "$share/results.env"
@@ -265,6 +293,7 @@ expect_ledger "received the message sent after the reload" "$reload_id" 1
 expect_ledger "received the message sent after the broken reload" "$broken_id" 1
 expect_ledger "received the message that bus-activated iothubd" "$activated_id" 1
 expect_ledger "received the message sent with the encrypted credential" "$encrypted_id" 1
+expect_ledger "received the message sent with the X.509 identity from /etc/credstore" "$x509_id" 1
 # The reload's CONNECT carries the new keep-alive and product info (mosquitto logs both).
 if grep -E "as dev1 \(p2, c[01], k45, u'[^']*${reload_product}" "$work/hub/broker.log" >/dev/null; then
   echo "ok   hub: after the reload iothubd reconnected with keep_alive 45 and the new product_info"

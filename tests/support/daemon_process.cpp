@@ -231,10 +231,16 @@ bool DaemonProcess::waitStatus(const std::string& status, std::chrono::milliseco
 }
 
 bool DaemonProcess::reload(std::chrono::milliseconds timeout) {
+  int before = 0;
+  {
+    // Counted before the signal: a daemon quick enough to finish the reload before this thread
+    // looked again would otherwise be waited for in vain.
+    std::lock_guard lock(mutex_);
+    before = reloadsDone_;
+  }
   if (pid_ <= 0 || ::kill(pid_, SIGHUP) != 0) {
     return false;
   }
-  int before = reloadsDone_;
   return waitFor([this, before] { return reloadsDone_ > before; }, timeout);
 }
 

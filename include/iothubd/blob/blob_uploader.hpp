@@ -12,6 +12,7 @@
 #include <string>
 
 #include "iothubd/core/clock.hpp"
+#include "iothubd/core/lifetime.hpp"
 #include "iothubd/core/result.hpp"
 #include "iothubd/core/scheduler.hpp"
 #include "iothubd/core/secret.hpp"
@@ -38,6 +39,8 @@ struct HubEndpoint {
   std::string host;
   std::string deviceId;  ///< devices only: modules cannot upload files
   std::string apiVersion = std::string(proto::kFileUploadApiVersion);
+
+  bool operator==(const HubEndpoint&) const = default;
 };
 
 struct UploaderOptions {
@@ -67,6 +70,14 @@ struct UploaderOptions {
   std::function<double()> random;
   /// Progress callbacks at most this often (and once more at the end).
   std::chrono::milliseconds progressInterval{std::chrono::seconds(1)};
+
+  /// The settings a reload compares (composition.cpp); `random` is a test seam, not a setting.
+  [[nodiscard]] bool operator==(const UploaderOptions& o) const {
+    return blockSize == o.blockSize && maxConcurrentUploads == o.maxConcurrentUploads &&
+           uploadTimeout == o.uploadTimeout && requestTimeout == o.requestTimeout &&
+           maxAttempts == o.maxAttempts && hubMaxAttempts == o.hubMaxAttempts &&
+           retryDelay == o.retryDelay && progressInterval == o.progressInterval;
+  }
 };
 
 struct UploadProgress {
@@ -127,6 +138,9 @@ class BlobUploader {
   /// `done` gets Errc::Cancelled. Unknown ids are ignored.
   void cancel(UploadId id);
   [[nodiscard]] std::size_t activeUploads() const { return uploads_.size(); }
+  /// No upload and no single step is waiting for anything: destroying the uploader now drops no
+  /// caller's answer (a reload retires the old uploader once it is idle).
+  [[nodiscard]] bool idle() const { return uploads_.empty() && steps_.empty(); }
 
   /// Step 1 alone (the seed's get_storage_info_for_blob): POST /devices/{id}/files, retried like
   /// the upload's (hubMaxAttempts). Errors as upload()'s. The StorageInfo's sasToken is a secret:
@@ -168,7 +182,7 @@ class BlobUploader {
   std::map<std::uint64_t, std::unique_ptr<HubCall>> steps_;  ///< getStorageInfo / notifyStatus
   std::uint64_t nextStep_ = 1;
   UploadId nextId_ = 1;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  core::Lifetime lifetime_;  ///< last: callbacks of a destroyed uploader never run
 };
 
 }  // namespace iothubd::blob

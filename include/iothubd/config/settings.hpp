@@ -15,6 +15,7 @@ enum class AuthKind {
   SymmetricKey,      ///< create_from_symmetric_key: credential "shared-access-key"
   SasToken,          ///< create_from_sastoken: credential "sas-token"
   X509,              ///< create_from_x509_certificate: certificate + key files
+  Dps,  ///< zero-touch: the Device Provisioning Service assigns hub and device id ([provisioning])
 };
 [[nodiscard]] const char* authKindName(AuthKind kind) noexcept;
 
@@ -26,6 +27,25 @@ struct ProxySettings {
   int port = 0;
   std::string username;
   std::string passwordFile;
+};
+
+/// How the device proves its identity to DPS ([provisioning] attestation).
+enum class DpsAttestation {
+  SymmetricKey,  ///< credential "dps-key" (individual enrollment) or "dps-group-key" (group)
+  X509,          ///< the X.509 certificate and key of [credentials] (as authentication = x509)
+};
+[[nodiscard]] const char* dpsAttestationName(DpsAttestation attestation) noexcept;
+
+/// [provisioning]: registration with the Device Provisioning Service (authentication = dps), with
+/// the Python SDK's ProvisioningDeviceClient names where it has one.
+struct ProvisioningSettings {
+  std::string globalEndpoint = "global.azure-devices-provisioning.net";  ///< provisioning_host
+  int port = 8883;  ///< 443 with websockets unless set; tests use the emulator's
+  std::string idScope;
+  std::string registrationId;
+  DpsAttestation attestation = DpsAttestation::SymmetricKey;
+  std::string payloadFile;        ///< JSON object sent with the registration (custom allocation)
+  int registrationTimeout = 300;  ///< seconds one registration may take, retries included
 };
 
 /// Everything in iothubd.conf and its drop-ins, validated. Holds no secret: secrets are loaded
@@ -46,6 +66,8 @@ struct Settings {
   std::string x509CertFile;
   std::string x509KeyFile;
   std::string x509PassPhraseFile;
+  std::string dpsKeyFile;       ///< credential "dps-key": individual enrollment key
+  std::string dpsGroupKeyFile;  ///< credential "dps-group-key": group enrollment key
 
   // [connection]: the seed's keyword arguments, same names and defaults
   std::string serverVerificationCert;  ///< PEM file to trust instead of the system store
@@ -59,8 +81,13 @@ struct Settings {
   int connectionRetryInterval = 10;
   bool ensureDesiredProperties = true;
   int operationTimeout = 60;  ///< seconds any hub operation (connect, publish, twin) may take
+  /// Keep the link up while no app holds it (Connect); false: it closes when the last hold goes
+  /// (Disconnect, or the holder leaves the bus), as a single-app gateway may want.
+  bool keepConnected = true;
 
   ProxySettings proxy;
+
+  ProvisioningSettings provisioning;
 
   // [methods]
   /// The hub's default responseTimeoutInSeconds: a later answer finds the service gone.
@@ -71,6 +98,9 @@ struct Settings {
   std::uint64_t blockSize = 4 * 1024 * 1024;  ///< Put Block size; smaller content is one Put Blob
   int maxConcurrentUploads = 4;               ///< the hub allows 10 per device
   int uploadTimeout = 1800;                   ///< seconds one whole upload may take
+  /// Directories UploadFileFromPath may read from (absolute; checked by
+  /// checkUploadDirectories()); empty: UploadFileFromPath is refused (AccessDenied).
+  std::vector<std::string> uploadFromPathDirectories;
 
   // [outbox]: the durable telemetry queue (QueueMessage; SendMessage goes through it too)
   std::string outboxPath;  ///< empty: $STATE_DIRECTORY/outbox.db, else /var/lib/iothubd/outbox.db

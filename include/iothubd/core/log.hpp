@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <cstddef>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -48,7 +49,14 @@ void logf(LogLevel level, const Args&... args) noexcept {
   }
 }
 
-/// Quotes a user-supplied string for a log line so that spaces and empty values stay visible.
-[[nodiscard]] std::string quoted(std::string_view text);
+/// Longest part of a string that quoted() copies (about a line of text): enough to recognise a
+/// name, path or id, while an error reply or a log line stays small whatever was sent.
+inline constexpr std::size_t kQuotedMaxBytes = 160;
+
+/// Quotes a string a caller or the hub supplied, for a log line or an error message: in double
+/// quotes (so that spaces and empty values stay visible), `"` and `\` escaped, every control
+/// byte (NUL included) and DEL as \xNN, and cut after `maxBytes` (at a UTF-8 boundary) with
+/// `... (N bytes)` naming the full length.
+[[nodiscard]] std::string quoted(std::string_view text, std::size_t maxBytes = kQuotedMaxBytes);
 
 }  // namespace iothubd::core

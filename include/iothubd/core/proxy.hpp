@@ -27,6 +27,8 @@ struct ProxySettings {
   Secret<> password;     ///< HTTP Basic / SOCKS5 RFC 1929 password; unused by SOCKS4
 
   [[nodiscard]] bool enabled() const noexcept { return type != Type::None; }
+
+  bool operator==(const ProxySettings&) const = default;
 };
 
 /// "HTTP", "SOCKS4", "SOCKS5" or "none", as in the configuration file.

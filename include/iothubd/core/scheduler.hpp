@@ -5,6 +5,8 @@
 #include <functional>
 #include <memory>
 
+#include "iothubd/core/lifetime.hpp"
+
 namespace iothubd::core {
 
 /// A one-shot timer owned by its creator; destroying it cancels it. Loop thread only.
@@ -25,8 +27,9 @@ class Scheduler {
   /// `onFire` runs on the loop thread; it may destroy the timer that fired.
   [[nodiscard]] virtual std::unique_ptr<Timer> createTimer(std::function<void()> onFire) = 0;
   /// Runs `fn` on the loop thread after the current callback returns (never re-entrantly), which
-  /// is how a callback safely destroys the object that called it.
-  virtual void post(std::function<void()> fn) = 0;
+  /// is how a callback safely destroys the object that called it. The handle cancels it; a
+  /// component that posts work touching itself guards `fn` with its core::Lifetime instead.
+  virtual TaskHandle post(std::function<void()> fn) = 0;
 };
 
 }  // namespace iothubd::core

@@ -17,6 +17,8 @@ struct TlsSettings {
   std::string certFile;  ///< X.509 client certificate (chain, PEM), empty for SAS auth
   std::string keyFile;   ///< its private key
   Secret<> keyPassphrase;
+
+  bool operator==(const TlsSettings&) const = default;
 };
 
 }  // namespace iothubd::core

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "iothubd/blob/blob_uploader.hpp"
 #include "iothubd/core/scheduler.hpp"
@@ -33,6 +34,8 @@ struct BusLimits {
   /// Direct-method requests delivered and not yet answered, all peers together; the hub's
   /// request beyond it is answered 503 at once.
   std::size_t maxPendingMethodRequests = 256;
+
+  bool operator==(const BusLimits&) const = default;
 };
 
 class DeviceObject {
@@ -45,6 +48,16 @@ class DeviceObject {
   virtual void setLimits(const BusLimits& limits) = 0;
   /// Configuration reload: emits PropertiesChanged for the identity properties.
   virtual void identityChanged() = 0;
+  /// Configuration reload ([connection] keep_connected): on, the link is (re)opened and kept;
+  /// off, it closes at the next Disconnect or departure that leaves no app holding it.
+  virtual void setKeepConnected(bool keep) = 0;
+  /// Configuration reload ([file_upload] upload_from_path_directories, already checked by
+  /// config::checkUploadDirectories()): applies to later UploadFileFromPath calls.
+  virtual void setUploadDirectories(std::vector<std::string> directories) = 0;
+  /// Configuration reload: later file-upload calls go to this uploader (null: file upload not
+  /// available). Uploads already running finish on the one they started with, which the caller
+  /// keeps alive until it is idle.
+  virtual void setUploader(blob::BlobUploader* uploads) = 0;
 };
 
 /// What the object serves the bus with.
@@ -55,6 +68,10 @@ struct DeviceServices {
   delivery::TelemetryPipeline& telemetry;
   blob::BlobUploader* uploads = nullptr;  ///< null: file upload not available (module identity)
   BusLimits limits;
+  /// [connection] keep_connected: the link stays up while no app holds it (Connect).
+  bool keepConnected = true;
+  /// [file_upload] upload_from_path_directories, checked: empty refuses UploadFileFromPath.
+  std::vector<std::string> uploadFromPathDirectories;
 };
 
 [[nodiscard]] std::unique_ptr<DeviceObject> createDeviceObject(sdbus::IConnection& connection,

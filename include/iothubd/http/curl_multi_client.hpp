@@ -25,6 +25,8 @@ struct CurlOptions {
   long maxConnections = 16;
   /// The seed's proxy_options, for every request (protocol doc 1.6).
   core::ProxySettings proxy;
+
+  bool operator==(const CurlOptions&) const = default;
 };
 
 /// HttpClient over libcurl's multi socket interface, driven by the daemon's sd-event loop

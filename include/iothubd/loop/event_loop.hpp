@@ -44,6 +44,11 @@ class IoWatch {
   virtual void setEvents(std::uint32_t events) = 0;
 };
 
+/// Blocks `signals` for the calling thread (SIG_BLOCK), so that threads started later inherit the
+/// mask and the signals reach only the loop's signalfd (handleSignals). main() calls it before any
+/// thread exists: a signal delivered to a worker thread would otherwise run its default action.
+[[nodiscard]] core::Result<void> blockSignals(const std::vector<int>& signals);
+
 /// The daemon's single event loop (architecture doc 6.1): D-Bus, MQTT, curl, timers, signals and
 /// the watchdog are all sources on this sd_event, dispatched on one thread.
 class EventLoop final : public core::Scheduler, public core::Clock {
@@ -72,15 +77,17 @@ class EventLoop final : public core::Scheduler, public core::Clock {
 
   /// Runs `work` on a short-lived worker thread (for a call that may block, such as a DNS lookup
   /// inside mosquitto_connect_async) and then `done` on the loop thread. The loop must not touch
-  /// what `work` touches until `done` runs.
-  void runOffLoop(std::function<void()> work, std::function<void()> done);
+  /// what `work` touches until `done` runs. Cancelling the handle skips `done` (`work` still runs
+  /// to its end); an exception escaping `work` is logged and `done` runs all the same.
+  core::TaskHandle runOffLoop(std::function<void()> work, std::function<void()> done);
 
   /// Runs `work` on the loop's one long-lived worker thread, in the order submitted, and then
   /// `done` on the loop thread: for steady streams of short blocking jobs (the outbox's grouped
   /// commits, each an fsync), where a thread per job would cost more than the job. Not for work
   /// that may block for long (a DNS lookup would hold up every job behind it): runOffLoop. Jobs
   /// still queued when the loop is destroyed run to the end first; their `done` does not run.
-  void runOnWorker(std::function<void()> work, std::function<void()> done);
+  /// Cancelling the handle skips `done`, not `work`.
+  core::TaskHandle runOnWorker(std::function<void()> work, std::function<void()> done);
 
   /// Dispatches the sdbus-c++ 1.2 connection on this loop through getEventLoopPollData() /
   /// processPendingRequest() (1.2 has no sd-event attach). The connection must outlive the loop's
@@ -90,7 +97,7 @@ class EventLoop final : public core::Scheduler, public core::Clock {
 
   // core::Scheduler
   [[nodiscard]] std::unique_ptr<core::Timer> createTimer(std::function<void()> onFire) override;
-  void post(std::function<void()> fn) override;
+  core::TaskHandle post(std::function<void()> fn) override;
 
   // core::Clock
   [[nodiscard]] std::chrono::microseconds monotonic() const override;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "iothubd/core/clock.hpp"
+#include "iothubd/core/lifetime.hpp"
 #include "iothubd/core/result.hpp"
 #include "iothubd/core/scheduler.hpp"
 #include "iothubd/proto/telemetry.hpp"
@@ -47,16 +48,20 @@ struct OutboxOptions {
   std::chrono::seconds defaultTtl{0};
   /// How many messages nextToSend() hands out before markDelivered()/requeueInFlight().
   std::size_t maxInflight = 64;
-  /// A transaction is committed as soon as this many writes (stores, deletes) are pending...
+  /// A transaction is committed as soon as this many writes (stores, deletes) are pending.
   std::size_t commitBatch = 256;
-  /// ...or this long after the first unstored message arrived. The price of one fsync is shared
-  /// by everything that arrives meanwhile; an idle caller waits at most this long for its reply.
+  /// With a commit worker (open()'s OffLoopRunner) a message is committed at once when no commit
+  /// runs, and what arrives during one forms the next (a lone message costs one fsync, not a wait
+  /// and an fsync). Without a worker, commits run on the loop: stores wait at most this long for
+  /// company, so that one fsync serves a burst.
   std::chrono::microseconds commitDelay{2000};
   /// Deletes (delivered, dropped, expired) alone wait longer: losing them in a crash only means a
   /// redelivery with the same message id, so they need not cost an fsync each.
   std::chrono::microseconds deleteDelay{100000};
   /// After a failed commit, pending deletes are tried again this much later.
   std::chrono::microseconds retryDelay{std::chrono::seconds(1)};
+
+  bool operator==(const OutboxOptions&) const = default;
 };
 
 /// Who and what an entry is, for MessagesDelivered/MessagesExpired and drop logs.
@@ -70,11 +75,11 @@ struct EntryRef {
 struct OutboxMessage {
   std::uint64_t seq = 0;
   std::string app;
-  /// Ready for proto::telemetryTopic(); `message.system.messageId` is always set.
-  proto::OutgoingMessage message;
+  /// Checked and encoded when it was accepted; its topic is prefix + propertyBag().
+  proto::CheckedMessage message;
   std::uint64_t enqueuedAt = 0;            ///< Unix seconds
   std::optional<std::uint64_t> expiresAt;  ///< Unix seconds; the message's own expiry or the TTL
-  std::uint64_t bytes = 0;                 ///< proto::hubMessageSize(message)
+  std::uint64_t bytes = 0;                 ///< message.hubBytes()
 };
 
 /// The durable store-and-forward queue for telemetry (issue 5): an SQLite database in WAL mode
@@ -85,7 +90,8 @@ struct OutboxMessage {
 /// power cut, while one fsync serves a whole batch under load. Deletes are grouped the same way.
 ///
 /// Delivery: nextToSend() hands out the oldest stored messages (never one still waiting for its
-/// commit), at most maxInflight at a time, and marks them in flight (in memory only);
+/// commit), at most maxInflight at a time, and marks them in flight (in memory only); what it
+/// does not still hold from the commit it reads back a run of rows at a time;
 /// markDelivered() on PUBACK removes them, requeueInFlight() after a lost connection makes them
 /// eligible again, in order and with the same message ids (at-least-once).
 ///
@@ -137,23 +143,20 @@ class Outbox {
     std::vector<EntryRef> dropped;
   };
 
-  /// Accepts one message from `app` (D-Bus unique name or uid: kept with the message). The id
-  /// must be set (`message.system.messageId`). `onCommitted` runs later: ok once the message is
-  /// durable, or Errc::Io if its transaction failed (then it is gone from the outbox).
-  /// Errors returned at once (and `onCommitted` never runs): InvalidArgument (no message id, bad
-  /// custom property, unparseable `expiry-time-utc`), MessageTooLarge (over the hub's limit),
-  /// QueueFull (over a limit under FullPolicy::Reject, or nothing left to drop), Io (the store is
-  /// read-only).
-  [[nodiscard]] core::Result<Accepted> enqueue(std::string app, proto::OutgoingMessage message,
+  /// Accepts one message from `app` (D-Bus unique name or uid: kept with the message), checked
+  /// where it entered (proto::checkOutgoingMessage). `onCommitted` runs later: ok once the
+  /// message is durable, or Errc::Io if its transaction failed (then it is gone from the outbox).
+  /// Errors returned at once (and `onCommitted` never runs): QueueFull (over a limit under
+  /// FullPolicy::Reject, or nothing left to drop), Io (the store is read-only).
+  [[nodiscard]] core::Result<Accepted> enqueue(std::string app, proto::CheckedMessage message,
                                                Committed onCommitted);
 
-  /// Accepts `messages` from `app` as one group (SendMessages/QueueMessages): every message is
-  /// checked as by enqueue() before any is stored, and the first that fails decides the error,
-  /// its text starting "message <index>: ". Room is made for all of them at once; they get
-  /// consecutive seqs from Accepted::seq on, are written in one transaction (never split across
-  /// two), and `onCommitted` runs once for the whole group. An empty batch: InvalidArgument.
+  /// Accepts `messages` from `app` as one group (QueueMessages): room is made for all of them at
+  /// once; they get consecutive seqs from Accepted::seq on, are written in one transaction (never
+  /// split across two), and `onCommitted` runs once for the whole group. Errors as enqueue(); an
+  /// empty batch: InvalidArgument.
   [[nodiscard]] core::Result<Accepted> enqueueBatch(std::string app,
-                                                    std::vector<proto::OutgoingMessage> messages,
+                                                    std::vector<proto::CheckedMessage> messages,
                                                     Committed onCommitted);
 
   /// The seq the next accepted message (or the first of the next batch) will get.
@@ -220,7 +223,7 @@ class Outbox {
     Committed done;
     bool groupContinues = false;  ///< a batch's later rows follow: commit them together
   };
-  /// What check() found out about a message before it is stored.
+  /// What the outbox keeps in its index about a message it accepts.
   struct Checked {
     std::uint64_t bytes = 0;
     std::optional<std::uint64_t> expiresAt;
@@ -232,9 +235,8 @@ class Outbox {
   Outbox(OutboxOptions options, core::Scheduler& scheduler, core::Clock& clock,
          std::unique_ptr<OutboxStore> store, bool readOnly, OffLoopRunner offLoop);
 
-  [[nodiscard]] core::Result<Checked> check(const proto::OutgoingMessage& message,
-                                            std::uint64_t now) const;
-  void insert(std::string app, proto::OutgoingMessage message, const Checked& checked,
+  [[nodiscard]] Checked check(const proto::CheckedMessage& message, std::uint64_t now) const;
+  void insert(std::string app, proto::CheckedMessage message, const Checked& checked,
               std::uint64_t now, Committed onCommitted, bool groupContinues);
   [[nodiscard]] core::Result<std::vector<EntryRef>> makeRoom(std::uint64_t newCount,
                                                              std::uint64_t newBytes);
@@ -252,7 +254,8 @@ class Outbox {
   [[nodiscard]] Completions finishCommit();
   static void runCompletions(Completions& completions);
   [[nodiscard]] bool expiredAt(const Meta& meta, std::uint64_t now) const noexcept;
-  /// `seq` from hot_ if it is there (then removed from it), else from the store.
+  /// `seq` from hot_ or readAhead_ if it is there (then removed from it), else from the store,
+  /// reading the rows that follow it into readAhead_ on the way.
   [[nodiscard]] core::Result<OutboxMessage> take(std::uint64_t seq);
 
   OutboxOptions options_;
@@ -262,7 +265,6 @@ class Outbox {
   bool readOnly_;
   OffLoopRunner offLoop_;
   std::shared_ptr<CommitJob> job_;  ///< the transaction being committed, if any
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 
   std::map<std::uint64_t, Meta> index_;  ///< every live entry, by seq (arrival order)
   std::set<std::pair<std::uint64_t, std::uint64_t>> expiries_;  ///< (expiresAt, seq)
@@ -274,6 +276,9 @@ class Outbox {
   /// SQLite statement fewer. Entries that left the outbox meanwhile are skipped lazily.
   std::deque<OutboxMessage> hot_;
   std::uint64_t hotBytes_ = 0;
+  /// Rows read from the store ahead of nextToSend() (a backlog: one statement for a run of rows
+  /// instead of one each), in seq order; skipped lazily like hot_.
+  std::deque<OutboxMessage> readAhead_;
   std::unique_ptr<core::Timer> commitTimer_;
   std::optional<std::chrono::microseconds> commitDue_;  ///< monotonic deadline of commitTimer_
   std::uint64_t nextSeq_ = 1;
@@ -286,6 +291,7 @@ class Outbox {
   std::size_t inFlight_ = 0;
   std::uint64_t transactions_ = 0;
   std::optional<core::Error> writeError_;
+  core::Lifetime lifetime_;  ///< last: a commit finishing after the outbox is gone is ignored
 };
 
 }  // namespace iothubd::outbox

@@ -27,4 +27,10 @@ struct BagEntry {
 /// Appends `enc(key)=enc(value)` to a bag under construction, with a `&` unless it is the first.
 void appendBagEntry(std::string& bag, std::string_view key, std::string_view value);
 
+/// Whether `bag` is exactly what appendBagEntry() writes: `key=value` pairs joined by `&`, every
+/// key non-empty, every byte unreserved or a `%XX` escape with upper-case hex digits. For a bag
+/// stored earlier that goes back on the wire as it is (the outbox), instead of decoding and
+/// encoding it again. The empty bag is well-formed.
+[[nodiscard]] bool isEncodedPropertyBag(std::string_view bag);
+
 }  // namespace iothubd::proto

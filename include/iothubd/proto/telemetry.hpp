@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -73,6 +74,10 @@ struct OutgoingMessage {
 /// (validateCustomProperties); does not check the size (hubMessageSize).
 [[nodiscard]] std::string telemetryTopic(std::string_view deviceId, std::string_view moduleId,
                                          const OutgoingMessage& message);
+/// The part of the telemetry topic before the property bag: `devices/{dev}/messages/events/` or
+/// `devices/{dev}/modules/{mod}/messages/events/` (sections 4 and 10).
+[[nodiscard]] std::string telemetryTopicPrefix(std::string_view deviceId,
+                                               std::string_view moduleId);
 
 /// The hub's message size limit: 256 KB (protocol doc section 4).
 inline constexpr std::size_t kMaxTelemetryBytes = 262144;
@@ -96,10 +101,10 @@ inline constexpr std::size_t kMaxPropertyBagBytes =
              std::string_view("/modules/").size() + kMaxIdentityIdLength +
              std::string_view("/messages/events/").size());
 
-/// Everything a device-to-cloud message must satisfy before it is accepted, in one place: the
-/// D-Bus methods that take messages (SendMessage, QueueMessage and their batch and binary
-/// variants), the outbox and the session all call it. Checks, cheapest first so that the count
-/// bounds the work of the rest:
+/// Everything a device-to-cloud message must satisfy before it is accepted, in one place
+/// (checkOutgoingMessage() runs it where a message enters: the D-Bus methods that take messages,
+/// and the session's own sendTelemetry). Checks, cheapest first so that the count bounds the work
+/// of the rest:
 /// - at most kMaxMessageProperties custom properties;
 /// - validateCustomProperties (Errc::InvalidArgument);
 /// - names at most kMaxPropertyNameLength, values at most kMaxPropertyValueLength bytes;
@@ -112,5 +117,63 @@ inline constexpr std::size_t kMaxPropertyBagBytes =
 /// in the MQTT topic (percent-encoded); the limit is 65245"). Names in messages are cut to 32
 /// bytes.
 [[nodiscard]] core::Result<void> validateOutgoingMessage(const OutgoingMessage& message);
+
+/// A device-to-cloud message that passed every check, with its property bag percent-encoded:
+/// what travels from where a message enters (the D-Bus layer) through the telemetry pipeline and
+/// the outbox to the session, so that nothing on the way checks or encodes it again (issue 13).
+/// Only checkOutgoingMessage() and restoreCheckedMessage() make one. Moved, not copied, on the
+/// hot path.
+class CheckedMessage {
+ public:
+  [[nodiscard]] const std::string& body() const noexcept { return body_; }
+  /// `$.mid`; always set and non-empty.
+  [[nodiscard]] const std::string& messageId() const noexcept { return *system_.messageId; }
+  [[nodiscard]] const SystemProperties& system() const noexcept { return system_; }
+  /// The whole property bag as it follows the topic prefix (telemetryTopic's order): system
+  /// properties, the creation time, then the custom properties.
+  [[nodiscard]] const std::string& propertyBag() const noexcept { return bag_; }
+  /// The custom properties' part of propertyBag(), `enc(k)=enc(v)&...` in key order (what the
+  /// outbox stores beside the system properties' own columns).
+  [[nodiscard]] std::string_view customPropertyBag() const noexcept {
+    return std::string_view(bag_).substr(customOffset_);
+  }
+  /// hubMessageSize() of the message.
+  [[nodiscard]] std::size_t hubBytes() const noexcept { return hubBytes_; }
+  /// `expiry-time-utc` as Unix seconds (parseUtcTime), if the message has one.
+  [[nodiscard]] std::optional<std::uint64_t> expiresAt() const noexcept { return expiresAt_; }
+  /// telemetryTopicPrefix() + propertyBag(): the topic to publish on.
+  [[nodiscard]] std::string topic(std::string_view prefix) const;
+
+ private:
+  friend core::Result<CheckedMessage> checkOutgoingMessage(OutgoingMessage message);
+  friend core::Result<CheckedMessage> restoreCheckedMessage(std::string body,
+                                                            SystemProperties system,
+                                                            std::string_view customPropertyBag,
+                                                            std::size_t hubBytes);
+  CheckedMessage() = default;
+
+  std::string body_;
+  SystemProperties system_;
+  std::string bag_;
+  std::size_t customOffset_ = 0;
+  std::size_t hubBytes_ = 0;
+  std::optional<std::uint64_t> expiresAt_;
+};
+
+/// validateOutgoingMessage(), plus: the message id must be set (the D-Bus layer gives one to a
+/// message without), and `expiry-time-utc`, if set, must parse (parseUtcTime). Encodes the
+/// property bag once. Errors: as validateOutgoingMessage; Errc::InvalidArgument for a missing id
+/// or an unreadable expiry time.
+[[nodiscard]] core::Result<CheckedMessage> checkOutgoingMessage(OutgoingMessage message);
+
+/// A message checked before and kept since (the outbox's row): the system properties as they
+/// were, the custom properties' bag as customPropertyBag() returned it, the size as hubBytes()
+/// returned it. Only the encoding of the system properties is redone. Errors (Errc::Protocol, the
+/// row cannot be sent as it is): no message id, a bag that is not what appendBagEntry writes
+/// (isEncodedPropertyBag), a property bag over kMaxPropertyBagBytes, an unreadable expiry time.
+[[nodiscard]] core::Result<CheckedMessage> restoreCheckedMessage(std::string body,
+                                                                 SystemProperties system,
+                                                                 std::string_view customPropertyBag,
+                                                                 std::size_t hubBytes);
 
 }  // namespace iothubd::proto

@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: MIT
+// The one device connection to the hub, composed of parts that each have one job: the connection
+// state machine (connection_machine.hpp), the retry policy, the publish tracker (PUBACKs,
+// held publishes, timeouts) and the twin client ($rid requests, desired patches). The session
+// turns transport callbacks and API calls into the machine's events and performs its actions.
 #pragma once
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -12,70 +15,37 @@
 #include <random>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "iothubd/core/clock.hpp"
+#include "iothubd/core/lifetime.hpp"
 #include "iothubd/core/result.hpp"
 #include "iothubd/core/scheduler.hpp"
 #include "iothubd/core/secret.hpp"
 #include "iothubd/mqtt/mqtt_transport.hpp"
 #include "iothubd/proto/telemetry.hpp"
 #include "iothubd/proto/topics.hpp"
+#include "iothubd/session/connection_machine.hpp"
+#include "iothubd/session/connection_state.hpp"
+#include "iothubd/session/publish_tracker.hpp"
+#include "iothubd/session/retry_policy.hpp"
+#include "iothubd/session/session_options.hpp"
+#include "iothubd/session/twin_client.hpp"
 
 namespace iothubd::session {
-
-/// The values of the D-Bus property ConnectionState.
-enum class ConnectionState { Disconnected, Connecting, Connected, Reconnecting };
-[[nodiscard]] const char* connectionStateName(ConnectionState state) noexcept;
-
-/// How the device proves its identity on CONNECT.
-enum class AuthMethod {
-  SymmetricKey,  ///< renewable SAS tokens made from the device key
-  SasToken,      ///< a token the operator supplied; not renewable by us
-  X509,          ///< TLS client certificate; CONNECT has a user name but no password (doc 1.2)
-};
-
-/// Everything the session needs to know; built by the daemon from the configuration.
-struct SessionOptions {
-  std::string hubHostname;  ///< user name and SAS `sr` (protocol doc 1.2, 2)
-  std::string deviceId;
-  std::string moduleId;
-  std::string gatewayHostname;  ///< TLS peer if set (doc 1.4); else hubHostname
-  int port = 8883;
-  AuthMethod auth = AuthMethod::SymmetricKey;
-  core::Secret<> sharedAccessKey;
-  core::Secret<> sasToken;
-  mqtt::TlsSettings tls;
-  bool websockets = false;    ///< MQTT over WebSockets (protocol doc 1.1)
-  core::ProxySettings proxy;  ///< protocol doc 1.6
-  std::string userAgent = "iothubd";
-  std::string productInfo;
-  int keepAliveSeconds = 60;
-  std::chrono::seconds sasTokenTtl{3600};
-  bool autoConnect = true;
-  bool connectionRetry = true;
-  std::chrono::seconds connectionRetryInterval{10};
-  std::chrono::seconds operationTimeout{60};
-  /// Telemetry accepted while (re)connecting, waiting to be published; over either → QueueFull.
-  std::size_t maxQueuedMessages = 10000;
-  std::size_t maxQueuedBytes = 16 * 1024 * 1024;  ///< topics and payloads of those messages
-  /// After every (re)connect fetch the twin and report the desired section if it moved
-  /// (seed: ensure_desired_properties).
-  bool ensureDesiredProperties = true;
-  /// Twin requests waiting for an answer; over it → QueueFull.
-  std::size_t maxTwinRequests = 64;
-};
 
 /// The one device connection to the hub: connects, publishes telemetry and matches PUBACKs,
 /// reconnects after a drop, and reports its state. Loop thread only; it knows MQTT topics and
 /// SAS tokens (through proto) but no socket, no D-Bus and no sd-event.
-class HubSession final : private mqtt::MqttTransport::Listener {
+class HubSession final : private mqtt::MqttTransport::Listener,
+                         private ConnectionMachine::Actions,
+                         private TwinClient::Listener {
  public:
   using Completion = std::function<void(core::Result<void>)>;
 
   /// Told about every state change; `lastError` is the reason for a change away from Connected
-  /// or for a failed attempt (else nullptr).
+  /// or for a failed attempt (else nullptr). A failed attempt is told even when the state stays
+  /// the same (a retry that failed again, for another reason perhaps).
   class Observer {
    public:
     virtual ~Observer() = default;
@@ -138,6 +108,12 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   /// disconnected and auto_connect is on, else fails with NotConnected. MessageTooLarge before
   /// anything is sent; Timeout after operation_timeout.
   void sendTelemetry(const proto::OutgoingMessage& message, Completion done);
+  /// The same for a message whose topic the caller built from a proto::CheckedMessage (checked
+  /// and encoded where it entered; nothing is checked again): published at once when the link is
+  /// up, else held while (re)connecting within max_queued_messages/max_queued_bytes (QueueFull
+  /// beyond), NotConnected when disconnected and auto_connect is off. Completes on the PUBACK;
+  /// ConnectionDropped if the link goes first; Timeout after operation_timeout.
+  void publishTelemetry(std::string_view topic, std::string_view payload, Completion done);
 
   /// Applies new options (configuration reload). Reconnects, without an outage visible to apps,
   /// only when something the connection depends on changed; returns whether it does.
@@ -150,9 +126,7 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   /// with the new reported $version.
   void patchReportedProperties(const std::string& patchJson, VersionCompletion done);
   /// True while a publish goes out at once (link up, no planned reconnect draining).
-  [[nodiscard]] bool readyToPublish() const noexcept {
-    return linkUp_ && !plannedPending_ && !plannedActive_;
-  }
+  [[nodiscard]] bool readyToPublish() const noexcept { return machine_.state() == LinkState::Up; }
   /// Publishes a prepared QoS 1 message now, for a caller that does its own queueing (the
   /// outbox): NotConnected unless readyToPublish(). `done` runs on the PUBACK, or with
   /// ConnectionDropped when the link goes first, or Timeout after operation_timeout.
@@ -168,15 +142,21 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   /// Replaces the operator-supplied SAS token and re-authorises (protocol doc 2): NotSupported
   /// unless authentication is sas-token; InvalidArgument if it does not parse, is for another
   /// hub/device/module, or has expired. Re-authorisation failures are reported as background
-  /// errors and state changes.
+  /// errors and state changes. If the hub refuses the new token while the one it replaced was
+  /// accepted and has not expired, that one stays in use (reconnecting with it at once) and the
+  /// refusal is reported as a background error and in lastError().
   [[nodiscard]] core::Result<void> updateSasToken(const std::string& token);
 
   /// The Authorization value for the hub's HTTPS calls (file upload, protocol doc 8): a fresh
   /// token made from the key, or the operator's token; never cached.
   [[nodiscard]] core::Result<core::Secret<>> httpAuthorization() const;
 
-  [[nodiscard]] ConnectionState state() const noexcept { return state_; }
-  [[nodiscard]] bool connected() const noexcept { return state_ == ConnectionState::Connected; }
+  [[nodiscard]] ConnectionState state() const noexcept { return machine_.visible(); }
+  [[nodiscard]] bool connected() const noexcept {
+    return machine_.visible() == ConnectionState::Connected;
+  }
+  /// Where the link is, finer than state() (tests, debugging).
+  [[nodiscard]] LinkState linkState() const noexcept { return machine_.state(); }
   [[nodiscard]] const SessionOptions& options() const noexcept { return options_; }
   /// `se` of the token used by the current (or last) connection; 0 before the first.
   [[nodiscard]] std::uint64_t sasTokenExpiry() const noexcept { return tokenExpiry_; }
@@ -187,17 +167,6 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   [[nodiscard]] std::string newMessageId();
 
  private:
-  struct Queued {
-    std::string topic;
-    std::string payload;
-    Completion done;
-    std::chrono::microseconds deadline{};
-  };
-  struct InFlight {
-    Completion done;
-    std::chrono::microseconds deadline{};
-  };
-
   // MqttTransport::Listener
   void onConnected() override;
   void onDisconnected(const mqtt::Disconnect& reason) override;
@@ -205,27 +174,34 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   void onSubscribed(int messageId) override;
   void onMessage(std::string_view topic, std::string_view payload) override;
 
-  struct TwinRequest {
-    enum class Kind { Get, PatchReported, EnsureDesired } kind = Kind::Get;
-    std::string payload;
-    std::function<void(core::Result<proto::TwinResponse>, std::string body)> done;
-    std::chrono::microseconds deadline{};
-    bool sent = false;
-  };
+  // ConnectionMachine::Actions
+  void perform(LinkAction action, const ConnectionMachine::Step& step) override;
+
+  // TwinClient::Listener
+  void onDesiredProperties(const std::string& json) override;
+  void onTwinError(const core::Error& error) override { backgroundError(error); }
+
+  /// A failed attempt or an ended link: Lost (retried) or GaveUp, as the retry policy says.
+  void failed(core::Error error);
+  void beginAttempt();
+  void linkUp();
+  void release();
+  void linkDown();
+  void record(const ConnectionMachine::Step& step);
+  void giveUp(const ConnectionMachine::Step& step);
+  void announce(const ConnectionMachine::Step& step);
+  void finishClose();
+  /// Reconnects on purpose (token renewal, new settings, a new token); apps see no state change
+  /// unless the new CONNECT fails. From idle, only credentials the hub refused are retried.
+  void renew(const char* why);
 
   void publishOrQueue(std::string topic, std::string payload, Completion done);
   [[nodiscard]] bool canReachHub() const;
   void ensureConnecting();
-  void twinRequest(TwinRequest::Kind kind, std::string payload,
-                   std::function<void(core::Result<proto::TwinResponse>, std::string)> done);
-  void sendTwinRequest(const std::string& rid, TwinRequest& request);
-  void armTwinTimer();
-  void onTwinTimer();
-  void onTwinResponse(std::string_view topic, std::string_view payload);
-  void onDesiredPatch(std::string_view topic, std::string_view payload);
-  void ensureDesiredProperties();
   void backgroundError(core::Error error);
   void subscribeAll();
+  void armRenewal();
+  void applyOptions();
   /// Calls `fn` for each observer; an observer may remove itself meanwhile.
   template <class Fn>
   void notify(Fn&& fn) {
@@ -236,25 +212,11 @@ class HubSession final : private mqtt::MqttTransport::Listener {
       }
     }
   }
-  void startAttempt();
-  void attemptFailedBeforeStart(const core::Error& error);
-  void attemptFailed(const core::Error& error, bool wasConnected);
-  void setState(ConnectionState state, const core::Error* error);
   void failConnectWaiters(const core::Error& error);
-  void failQueued(const core::Error& error);
-  void failInFlight(const core::Error& error);
-  void publishNow(const std::string& topic, const std::string& payload, Completion done);
-  void armInFlightTimer();
-  void onInFlightTimer();
-  [[nodiscard]] std::chrono::microseconds deadlineFromNow() const;
-  void scheduleRetry(bool immediate);
-  /// Reconnects on purpose (token renewal, new settings): waits (bounded) for in-flight PUBACKs
-  /// so nothing is sent twice, then DISCONNECT + CONNECT with a fresh password. Apps see no state
-  /// change unless the new CONNECT fails.
-  void reconnectPlanned(const char* why);
-  void finishPlannedDrain();
-  void armRenewal();
-  [[nodiscard]] core::Result<core::Secret<>> currentPassword();
+  /// The hub refused a token from updateSasToken(): goes back to the one it replaced, if that
+  /// one was accepted and is still valid, and tries again with it (FellBack). False if there is
+  /// none or no attempt is under way.
+  bool restorePreviousSasToken(const core::Error& refusal);
 
   core::Scheduler& scheduler_;
   core::Clock& clock_;
@@ -262,37 +224,34 @@ class HubSession final : private mqtt::MqttTransport::Listener {
   SessionOptions options_;
   std::vector<Observer*> observers_;
 
-  ConnectionState state_ = ConnectionState::Disconnected;
-  bool wantConnected_ = false;  ///< reconnect after a drop (cleared by disconnect())
-  bool attemptActive_ = false;
-  bool credentialsRefused_ = false;  ///< the last attempt ended in CONNACK 4/5
-  bool linkUp_ = false;          ///< the transport is connected (may differ from state_ briefly)
-  bool plannedPending_ = false;  ///< a planned reconnect waits for in-flight PUBACKs
-  bool plannedActive_ = false;   ///< our own DISCONNECT of a planned reconnect is under way
-  const char* plannedWhy_ = "";
-  bool connectTimedOut_ = false;
+  ConnectionMachine machine_{*this};
+  RetryPolicy retry_;
+  PublishTracker publishes_;
+  TwinClient twin_;
+
+  bool wantConnected_ = false;       ///< keep the link up: reconnect after a drop
+  bool credentialsRefused_ = false;  ///< the last attempt ended in CONNACK 4/5 (or a proxy's 407)
+  bool linkUp_ = false;              ///< the transport's link is established (LinkUp..LinkDown)
+  core::Error failure_;              ///< the failure being recorded (Record, GiveUp)
+  std::chrono::microseconds retryDelay_{};  ///< ArmRetry's delay, from the policy
   core::Error lastError_;
+  const char* renewWhy_ = "";
+  ConnectionState announced_ = ConnectionState::Disconnected;
   std::vector<Completion> connectWaiters_;
   std::vector<Completion> disconnectWaiters_;
-  std::deque<Queued> queued_;
-  std::size_t queuedBytes_ = 0;  ///< topics and payloads in queued_
-  std::unordered_map<int, InFlight> inFlight_;
-  std::deque<int> inFlightOrder_;  ///< message ids by deadline (all share one timeout)
-  bool dropped_ = false;           ///< an established connection was lost and not yet regained
   std::unique_ptr<core::Timer> connectTimer_;
   std::unique_ptr<core::Timer> retryTimer_;
-  std::unique_ptr<core::Timer> inFlightTimer_;
   std::unique_ptr<core::Timer> renewTimer_;
-  std::unique_ptr<core::Timer> twinTimer_;
-  std::unique_ptr<core::Timer> ensureRetryTimer_;
-  std::map<std::string, TwinRequest> twinRequests_;  ///< by $rid
-  std::uint64_t nextRid_ = 1;
-  std::optional<std::uint64_t> lastDesiredVersion_;
-  bool ensureInFlight_ = false;
   std::unique_ptr<core::Timer> drainTimer_;
   std::uint64_t tokenExpiry_ = 0;
+  /// sas-token: options_.sasToken connected successfully at least once.
+  bool sasTokenAccepted_ = false;
+  /// sas-token: the accepted token an updateSasToken() replaced, until the new one is accepted.
+  std::optional<core::Secret<>> previousSasToken_;
+  /// Why the previous token came back, kept as lastError() past the reconnect it causes.
+  std::optional<core::Error> restoredNote_;
   std::mt19937_64 random_;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  core::Lifetime lifetime_;  ///< last: callbacks of a destroyed session never run
 };
 
 }  // namespace iothubd::session

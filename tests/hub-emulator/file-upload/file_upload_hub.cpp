@@ -274,6 +274,7 @@ std::string Azurite::log() const {
 FileUploadHub::FileUploadHub(const HubEmulator& hub, const Azurite* azurite)
     : FileUploadHub(hub.dir(), azurite) {
   registryPath_ = hub.dir() + "/registry";
+  hubHost_ = hub.hubHost();  // tokens name the hub the MQTT side plays
 }
 
 FileUploadHub::FileUploadHub(std::string pkiDir, const Azurite* azurite)
@@ -302,7 +303,7 @@ void FileUploadHub::start() {
                                 "--control-password",
                                 password_};
   if (!registryPath_.empty()) {
-    argv.insert(argv.end(), {"--registry", registryPath_});
+    argv.insert(argv.end(), {"--registry", registryPath_, "--hub-host", hubHost_});
   }
   if (azurite_ != nullptr) {
     argv.insert(argv.end(),

@@ -148,6 +148,7 @@ class FileUploadHub {
  private:
   std::string pkiDir_;
   std::string registryPath_;
+  std::string hubHost_ = "localhost";  ///< the `sr` host tokens must name
   const Azurite* azurite_;
   std::string dir_;
   std::string password_;

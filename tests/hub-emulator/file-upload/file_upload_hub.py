@@ -219,6 +219,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def state(self):
         return self.server.state
 
+    def date_time_string(self, timestamp=None):
+        # Fault "date": the hub's clock is off by offsetSeconds (every answer's Date header).
+        offset = self.state.faults.get("date", {}).get("offsetSeconds", 0)
+        return super().date_time_string((time.time() if timestamp is None else timestamp) + offset)
+
     def log_message(self, fmt, *args):
         sys.stderr.write("%s %s\n" % (time.strftime("%H:%M:%S"), redact(fmt % args)))
 

@@ -3,7 +3,6 @@
 
 #include <mosquitto.h>
 #include <mosquitto_plugin.h>
-#include <openssl/x509.h>
 
 #include <algorithm>
 #include <chrono>
@@ -33,25 +32,6 @@ constexpr size_t kMaxMethodPayloadBytes = 128 * 1024;
 // The service's default responseTimeoutInSeconds for a direct method.
 constexpr int64_t kDefaultMethodTimeoutMs = 30'000;
 
-// The subject CN of the client's TLS certificate, or nullopt without one. The broker already
-// verified the chain against the listener's cafile (require_certificate true).
-std::optional<std::string> certificateCommonName(mosquitto* client) {
-  // mosquitto_broker.h declares it void* unless WITH_TLS is defined; it is an X509*.
-  auto* cert = static_cast<X509*>(mosquitto_client_certificate(client));
-  if (cert == nullptr)
-    return std::nullopt;
-  std::string cn;
-  X509_NAME* subject = X509_get_subject_name(cert);
-  const int index = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
-  if (index >= 0) {
-    ASN1_STRING* data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, index));
-    cn.assign(reinterpret_cast<const char*>(ASN1_STRING_get0_data(data)),
-              static_cast<size_t>(ASN1_STRING_length(data)));
-  }
-  X509_free(cert);
-  return cn;
-}
-
 int64_t nowMs() {
   // Wall clock on purpose: token expiry (se) is absolute Unix time.
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -69,36 +49,6 @@ int64_t steadyMs() {
 template <typename... Args>
 void logf(int level, const char* fmt, Args... args) {
   mosquitto_log_printf(level, fmt, args...);
-}
-
-// Splits "a=b&c=d" into decoded pairs; a key without '=' gets an empty value.
-std::vector<std::pair<std::string, std::string>> parseQuery(std::string_view query) {
-  std::vector<std::pair<std::string, std::string>> out;
-  while (!query.empty()) {
-    const size_t amp = query.find('&');
-    const std::string_view pair = query.substr(0, amp);
-    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
-    if (pair.empty())
-      continue;
-    const size_t eq = pair.find('=');
-    const std::string_view rawKey = pair.substr(0, eq);
-    const std::string_view rawValue =
-        eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1);
-    out.emplace_back(percentDecode(rawKey).value_or(std::string(rawKey)),
-                     percentDecode(rawValue).value_or(std::string(rawValue)));
-  }
-  return out;
-}
-
-std::string queryValue(std::string_view topic, std::string_view key) {
-  const size_t q = topic.find('?');
-  if (q == std::string_view::npos)
-    return {};
-  for (auto& [k, v] : parseQuery(topic.substr(q + 1))) {
-    if (k == key)
-      return v;
-  }
-  return {};
 }
 
 bool startsWith(std::string_view s, std::string_view prefix) {
@@ -692,37 +642,12 @@ void Emulator::handleMethodResponse(const ClientInfo& info, std::string_view top
 
 void Emulator::handleControl(const ClientInfo& info, std::string_view topic,
                              std::string_view payload) {
-  Request req;
-  const std::string_view rest = topic.substr(kRequestPrefix.size());
-  const size_t slash = rest.find('/');
-  req.command = std::string(rest.substr(0, slash));
-  req.rid = slash == std::string_view::npos ? "" : std::string(rest.substr(slash + 1));
-  req.requester = info.clientId;
-
-  JsonOut out;
-  int status = 200;
-  std::string error;
-  try {
+  serveControlRequest(topic, payload, info.clientId, [this](const Request& req, JsonOut& out) {
     const auto handler = commands_.find(req.command);
     if (handler == commands_.end())
       throw CommandError(404, "unknown command");
-    auto args = parseObject(payload.empty() ? std::string_view("{}") : payload);
-    if (!args)
-      throw CommandError(400, "payload must be a JSON object");
-    req.args = std::move(*args);
     (this->*(handler->second))(req, out);
-  } catch (const CommandError& e) {
-    status = e.status;
-    error = e.what();
-  }
-  if (status != 200) {
-    out.str("error", error);
-    logf(MOSQ_LOG_WARNING, "hub-emulator: control '%s' failed: %d %s", req.command.c_str(), status,
-         error.c_str());
-  }
-  out.num("status", status);
-  publishTo(req.requester, std::string(kResponsePrefix) + req.command + "/" + req.rid, out.finish(),
-            1);
+  });
 }
 
 std::string Emulator::requireDevice(const Request& req) const {
@@ -1101,25 +1026,11 @@ void Emulator::onDisconnect(const mosquitto_evt_disconnect& event) {
 
 void Emulator::publishTo(const std::string& clientId, const std::string& topic,
                          const std::string& payload, int qos) {
-  const int rc = mosquitto_broker_publish_copy(clientId.c_str(), topic.c_str(),
-                                               static_cast<int>(payload.size()), payload.data(),
-                                               qos, false, nullptr);
-  if (rc != MOSQ_ERR_SUCCESS) {
-    logf(MOSQ_LOG_ERR, "hub-emulator: publish to '%s' on '%s' failed: %s", clientId.c_str(),
-         topic.c_str(), mosquitto_strerror(rc));
-  }
+  publishToClient(clientId, topic, payload, qos);
 }
 
 void Emulator::emitEvent(std::string_view type, const std::string& json) {
-  // Routed normally (no client id) so that every subscribed service client sees it; QoS 1 so a
-  // busy test client does not lose events.
-  const std::string topic = std::string(kEventPrefix) + std::string(type);
-  const int rc = mosquitto_broker_publish_copy(
-      nullptr, topic.c_str(), static_cast<int>(json.size()), json.data(), 1, false, nullptr);
-  if (rc != MOSQ_ERR_SUCCESS) {
-    logf(MOSQ_LOG_ERR, "hub-emulator: event '%s' failed: %s", topic.c_str(),
-         mosquitto_strerror(rc));
-  }
+  emitControlEvent(type, json);
 }
 
 }  // namespace iothubd::hubemu

@@ -18,16 +18,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "broker_util.hpp"
 #include "front.hpp"
 #include "json_util.hpp"
 
 namespace iothubd::hubemu {
-
-// Control-topic namespace (see ../README.md, "Control-topic protocol").
-inline constexpr std::string_view kRequestPrefix = "$hubemu/req/";
-inline constexpr std::string_view kResponsePrefix = "$hubemu/res/";
-inline constexpr std::string_view kEventPrefix = "$hubemu/evt/";
-inline constexpr std::string_view kServiceUser = "service";
 
 class Emulator {
  public:
@@ -116,12 +111,7 @@ class Emulator {
     int qos = 0;
   };
 
-  struct Request {
-    std::string command;
-    std::string rid;
-    std::string requester;
-    rapidjson::Document args;
-  };
+  using Request = ControlRequest;
   using Handler = void (Emulator::*)(const Request&, JsonOut&);
 
   void loadRegistry();

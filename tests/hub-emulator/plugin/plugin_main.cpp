@@ -11,39 +11,49 @@
 #include <memory>
 #include <string>
 
+#include "dps_service.hpp"
 #include "emulator.hpp"
 
 namespace {
 
+using iothubd::hubemu::DpsService;
 using iothubd::hubemu::Emulator;
 
 constexpr int kEvents[] = {MOSQ_EVT_BASIC_AUTH, MOSQ_EVT_ACL_CHECK, MOSQ_EVT_MESSAGE, MOSQ_EVT_TICK,
                            MOSQ_EVT_DISCONNECT};
 
+// One of the two is set: the hub (default) or, with plugin_opt_mode dps, DPS.
 struct PluginState {
   mosquitto_plugin_id_t* id = nullptr;
   std::unique_ptr<Emulator> emulator;
+  std::unique_ptr<DpsService> dps;
 };
 
+template <class Mode>
+int handle(Mode* emulator, int event, void* eventData) {
+  switch (event) {
+    case MOSQ_EVT_BASIC_AUTH:
+      return emulator->onBasicAuth(*static_cast<mosquitto_evt_basic_auth*>(eventData));
+    case MOSQ_EVT_ACL_CHECK:
+      return emulator->onAclCheck(*static_cast<mosquitto_evt_acl_check*>(eventData));
+    case MOSQ_EVT_MESSAGE:
+      return emulator->onMessage(*static_cast<mosquitto_evt_message*>(eventData));
+    case MOSQ_EVT_TICK:
+      emulator->onTick();
+      return MOSQ_ERR_SUCCESS;
+    case MOSQ_EVT_DISCONNECT:
+      emulator->onDisconnect(*static_cast<mosquitto_evt_disconnect*>(eventData));
+      return MOSQ_ERR_SUCCESS;
+    default:
+      return MOSQ_ERR_SUCCESS;
+  }
+}
+
 int dispatch(int event, void* eventData, void* userdata) noexcept {
-  auto* emulator = static_cast<PluginState*>(userdata)->emulator.get();
+  auto* state = static_cast<PluginState*>(userdata);
   try {
-    switch (event) {
-      case MOSQ_EVT_BASIC_AUTH:
-        return emulator->onBasicAuth(*static_cast<mosquitto_evt_basic_auth*>(eventData));
-      case MOSQ_EVT_ACL_CHECK:
-        return emulator->onAclCheck(*static_cast<mosquitto_evt_acl_check*>(eventData));
-      case MOSQ_EVT_MESSAGE:
-        return emulator->onMessage(*static_cast<mosquitto_evt_message*>(eventData));
-      case MOSQ_EVT_TICK:
-        emulator->onTick();
-        return MOSQ_ERR_SUCCESS;
-      case MOSQ_EVT_DISCONNECT:
-        emulator->onDisconnect(*static_cast<mosquitto_evt_disconnect*>(eventData));
-        return MOSQ_ERR_SUCCESS;
-      default:
-        return MOSQ_ERR_SUCCESS;
-    }
+    return state->dps ? handle(state->dps.get(), event, eventData)
+                      : handle(state->emulator.get(), event, eventData);
   } catch (const std::exception& e) {
     mosquitto_log_printf(MOSQ_LOG_ERR, "hub-emulator: event %d failed: %s", event, e.what());
   } catch (...) {
@@ -71,10 +81,16 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t* identifier, void** userdata,
                           mosquitto_opt* options, int optionCount) {
   try {
     Emulator::Options opts;
+    DpsService::Options dpsOpts;
+    std::string mode = "hub";
     for (int i = 0; i < optionCount; ++i) {
       const std::string key = options[i].key ? options[i].key : "";
       const std::string value = options[i].value ? options[i].value : "";
-      if (key == "registry") {
+      if (key == "mode") {
+        mode = value;
+      } else if (key == "dps_config") {
+        dpsOpts.configPath = value;
+      } else if (key == "registry") {
         opts.registryPath = value;
       } else if (key == "hub_host") {
         opts.hubHost = value;
@@ -103,7 +119,12 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t* identifier, void** userdata,
     }
     auto state = std::make_unique<PluginState>();
     state->id = identifier;
-    state->emulator = std::make_unique<Emulator>(std::move(opts));
+    if (mode == "dps") {
+      dpsOpts.servicePassword = opts.servicePassword;
+      state->dps = std::make_unique<DpsService>(std::move(dpsOpts));
+    } else {
+      state->emulator = std::make_unique<Emulator>(std::move(opts));
+    }
     for (size_t i = 0; i < std::size(kEvents); ++i) {
       const int rc =
           mosquitto_callback_register(identifier, kEvents[i], dispatch, nullptr, state.get());

@@ -28,6 +28,24 @@ TEST(Settings, DefaultsAreTheSeedDefaults) {
   EXPECT_FALSE(s->websockets);
   EXPECT_EQ(s->port, 8883);
   EXPECT_EQ(s->methodResponseTimeout, 30);  // the hub's default responseTimeoutInSeconds
+  EXPECT_TRUE(s->keepConnected);
+  EXPECT_TRUE(s->uploadFromPathDirectories.empty()) << "UploadFileFromPath is off by default";
+}
+
+TEST(Settings, UploadDirectoriesAreAnAbsoluteListThatALaterLineReplaces) {
+  auto s = parse(
+      "[file_upload]\nupload_from_path_directories = /srv/a  /var/lib/app/out/\n"
+      "[connection]\nkeep_connected = false\n");
+  ASSERT_TRUE(s) << s.error().message;
+  EXPECT_EQ(s->uploadFromPathDirectories, (std::vector<std::string>{"/srv/a", "/var/lib/app/out"}));
+  EXPECT_FALSE(s->keepConnected);
+  auto cleared = parse(
+      "[file_upload]\nupload_from_path_directories = /srv/a\n"
+      "[file_upload]\nupload_from_path_directories =\n");
+  ASSERT_TRUE(cleared);
+  EXPECT_TRUE(cleared->uploadFromPathDirectories.empty());
+  EXPECT_NE(errorOf("[file_upload]\nupload_from_path_directories = srv/a\n").find("absolute"),
+            std::string::npos);
 }
 
 TEST(Settings, ReadsEveryKindOfValue) {
@@ -129,7 +147,7 @@ TEST(Settings, ErrorsNameFileLineSectionAndKey) {
       "/etc/iothubd/iothubd.conf:2: [connection] auto_connect: expected true or false, got maybe");
   EXPECT_EQ(errorOf("[hub]\nauthentication = password\n"),
             "/etc/iothubd/iothubd.conf:2: [hub] authentication: expected connection-string, "
-            "symmetric-key, sas-token or x509, got \"password\"");
+            "symmetric-key, sas-token, x509 or dps, got \"password\"");
   EXPECT_EQ(errorOf("[hub]\nport = 70000\n"),
             "/etc/iothubd/iothubd.conf:2: [hub] port: must be between 1 and 65535, got 70000");
   EXPECT_EQ(

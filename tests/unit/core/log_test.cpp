@@ -70,7 +70,44 @@ TEST(Log, EachLineCarriesItsSyslogPriority) {
   auto lines = capture.lines();
   ASSERT_EQ(lines.size(), 2u);
   EXPECT_EQ(lines[0], "<4>the hub refused the token");
-  EXPECT_EQ(lines[1], "<3>two lines") << "an embedded newline must not start an unprefixed entry";
+  EXPECT_EQ(lines[1], "<3>two\\x0alines")
+      << "an embedded newline must not start an unprefixed entry";
+}
+
+TEST(Log, EveryControlByteIncludingNulIsEscaped) {
+  StderrCapture capture;
+  using namespace std::string_literals;
+  logLine(LogLevel::Warning, "nul\0cr\rtab\tesc\x1b[31mdel\x7f end"s);
+  auto lines = capture.lines();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0], "<4>nul\\x00cr\\x0dtab\\x09esc\\x1b[31mdel\\x7f end");
+}
+
+TEST(Log, AnOverlongLineIsCutNotSplit) {
+  StderrCapture capture;
+  logLine(LogLevel::Warning, std::string(10000, '\n'));
+  auto lines = capture.lines();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_LT(lines[0].size(), 4096u);
+  EXPECT_EQ(lines[0].substr(0, 11), "<4>\\x0a\\x0a");
+}
+
+TEST(Quoted, EscapesQuotesBackslashesAndControlBytes) {
+  using namespace std::string_literals;
+  EXPECT_EQ(core::quoted(""), "\"\"");
+  EXPECT_EQ(core::quoted("a \"b\" \\ c"), "\"a \\\"b\\\" \\\\ c\"");
+  EXPECT_EQ(core::quoted("x\0y\x7f\n"s), "\"x\\x00y\\x7f\\x0a\"");
+}
+
+TEST(Quoted, CutsLongTextAtAUtf8BoundaryAndNamesItsLength) {
+  std::string text(kQuotedMaxBytes - 1, 'a');
+  text += "\xc3\xa9";  // a two-byte character across the cut
+  text += std::string(100000, 'b');
+  std::string q = core::quoted(text);
+  EXPECT_EQ(q, "\"" + std::string(kQuotedMaxBytes - 1, 'a') + "\"... (" +
+                   std::to_string(text.size()) + " bytes)");
+  EXPECT_EQ(core::quoted(std::string(40, 'p'), 8), "\"pppppppp\"... (40 bytes)");
+  EXPECT_EQ(core::quoted(std::string(8, 'p'), 8), "\"pppppppp\"");
 }
 
 TEST(Log, AFloodOfIdenticalLinesIsCutToTheBurstAndReportedAtExit) {

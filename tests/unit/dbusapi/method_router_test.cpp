@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include "inbound_limits.hpp"
 #include "manual_scheduler.hpp"
 
 namespace iothubd::dbusapi {
@@ -53,6 +54,23 @@ TEST_F(MethodRouterTest, UnclaimedMethodIsAnswered501AtOnceWithAJsonError) {
   EXPECT_TRUE(delivered_.empty());
 }
 
+TEST_F(MethodRouterTest, HubRequestsWithABadNameOrAnOversizedPayloadAreAnsweredNotDelivered) {
+  ASSERT_TRUE(router_.claim(":1.1", "*"));
+  router_.onRequest("1", std::string(129, 'n'), "{}");
+  router_.onRequest("2", "ctl\x1b", "{}");
+  router_.onRequest("3", "big", std::string(kMaxInboundPayloadBytes + 1, ' '));
+  router_.onRequest("4", "fits", std::string(kMaxInboundPayloadBytes, ' '));
+  ASSERT_EQ(answered_.size(), 3u);
+  EXPECT_EQ(answered_[0].status, 400);
+  EXPECT_EQ(answered_[1].status, 400);
+  EXPECT_EQ(answered_[2].status, 413);
+  EXPECT_LT(answered_[2].payload.size(), 200u);
+  ASSERT_EQ(delivered_.size(), 1u);
+  EXPECT_EQ(delivered_[0].rid, "4");
+  EXPECT_EQ(router_.takeResponse(":1.1", "3").error().code, core::Errc::Timeout)
+      << "an id the daemon answered";
+}
+
 TEST_F(MethodRouterTest, WildcardTakesOnlyNamesNobodyElseClaimed) {
   ASSERT_TRUE(router_.claim(":1.1", "*"));
   ASSERT_TRUE(router_.claim(":1.2", "ping"));
@@ -66,6 +84,15 @@ TEST_F(MethodRouterTest, WildcardTakesOnlyNamesNobodyElseClaimed) {
 TEST_F(MethodRouterTest, ClaimRules) {
   EXPECT_EQ(router_.claim(":1.1", "").error().code, core::Errc::InvalidArgument);
   EXPECT_EQ(router_.claim(":1.1", "a/b").error().code, core::Errc::InvalidArgument);
+  EXPECT_EQ(router_.claim(":1.1", "tab\there").error().code, core::Errc::InvalidArgument);
+  EXPECT_EQ(router_.claim(":1.1", "caf\xc3\xa9").error().code, core::Errc::InvalidArgument);
+  EXPECT_TRUE(router_.claim(":1.1", std::string(128, 'n'))) << "128 printable bytes are fine";
+  auto tooLong = router_.claim(":1.1", std::string(129, 'n'));
+  ASSERT_FALSE(tooLong);
+  EXPECT_EQ(tooLong.error().code, core::Errc::InvalidArgument);
+  auto huge = router_.claim(":1.1", std::string(1 << 20, '\x01'));
+  ASSERT_FALSE(huge);
+  EXPECT_LT(huge.error().message.size(), 1024u) << "the name is cut in the error";
   ASSERT_TRUE(router_.claim(":1.1", "x"));
   EXPECT_TRUE(router_.claim(":1.1", "x")) << "claiming again is harmless";
   EXPECT_EQ(router_.claim(":1.2", "x").error().code, core::Errc::AlreadyClaimed);

@@ -46,7 +46,7 @@ std::vector<std::string> storedIds(Outbox& box) {
       break;
     }
     for (const auto& m : *batch) {
-      ids.push_back(*m.message.system.messageId);
+      ids.push_back(m.message.messageId());
       box.markDelivered(m.seq);
     }
   }
@@ -369,7 +369,7 @@ TEST_F(OutboxFileSystem, AFullFileSystemFailsNewMessagesClearlyAndRecoversWhenTh
   ASSERT_TRUE(batch) << batch.error().message;
   std::vector<std::string> ids;
   for (const auto& m : *batch) {
-    ids.push_back(*m.message.system.messageId);
+    ids.push_back(m.message.messageId());
   }
   EXPECT_EQ(ids, acked);
   box->requeueInFlight();

@@ -63,7 +63,7 @@ TEST_P(OutboxOnEventLoop, CommitsOnAWorkerAndAnswersOnTheLoopThread) {
   auto batch = box.nextToSend();
   ASSERT_TRUE(batch) << batch.error().message;
   EXPECT_EQ(batch->size(), options.maxInflight);
-  EXPECT_EQ(*batch->front().message.system.messageId, "m0");
+  EXPECT_EQ(batch->front().message.messageId(), "m0");
 }
 
 INSTANTIATE_TEST_SUITE_P(Runners, OutboxOnEventLoop, ::testing::Bool(), [](const auto& info) {

@@ -4,6 +4,7 @@
 #include "iothubd/outbox/outbox.hpp"
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include <optional>
 #include <string>
@@ -17,6 +18,8 @@ namespace iothubd::outbox {
 namespace {
 
 using namespace std::chrono_literals;
+using testsupport::checked;
+using testsupport::outgoing;
 using testsupport::telemetry;
 
 /// Records the outcome of one enqueue callback.
@@ -32,7 +35,7 @@ struct Commit {
 std::vector<std::string> idsOf(const std::vector<OutboxMessage>& batch) {
   std::vector<std::string> ids;
   for (const auto& m : batch) {
-    ids.push_back(*m.message.system.messageId);
+    ids.push_back(m.message.messageId());
   }
   return ids;
 }
@@ -94,7 +97,7 @@ TEST_F(OutboxTest, HandsOutMessagesInArrivalOrderWithEverythingTheTopicNeeds) {
   full.system.outputName = "out";
   full.system.componentName = "thermostat";
   full.system.creationTimeUtc = "2023-11-14T22:13:20Z";
-  ASSERT_TRUE(box.enqueue(":1.7", full, nullptr));
+  ASSERT_TRUE(box.enqueue(":1.7", checked(full), nullptr));
   put("m2", ":1.9");
   put("m3", ":1.7");
   settle();
@@ -107,15 +110,17 @@ TEST_F(OutboxTest, HandsOutMessagesInArrivalOrderWithEverythingTheTopicNeeds) {
   EXPECT_EQ((*batch)[1].app, ":1.9");
   EXPECT_LT(first.seq, (*batch)[1].seq);
   EXPECT_LT((*batch)[1].seq, (*batch)[2].seq);
-  EXPECT_EQ(first.message.body, full.body);
-  EXPECT_EQ(first.message.properties, full.properties);
+  EXPECT_EQ(first.message.body(), full.body);
+  EXPECT_EQ(first.message.system().correlationId, "c1");
+  EXPECT_EQ(first.message.system().creationTimeUtc, full.system.creationTimeUtc);
   // The stored message rebuilds exactly the topic the original would have had.
-  EXPECT_EQ(proto::telemetryTopic("dev1", "", first.message),
+  EXPECT_EQ(first.message.topic(proto::telemetryTopicPrefix("dev1", "")),
             proto::telemetryTopic("dev1", "", full));
   EXPECT_EQ(first.bytes, proto::hubMessageSize(full));
+  EXPECT_EQ(first.message.hubBytes(), proto::hubMessageSize(full));
   EXPECT_EQ(first.enqueuedAt, sched_.unixSeconds());
   EXPECT_EQ(first.expiresAt, 4070908800u);
-  EXPECT_FALSE((*batch)[1].message.system.contentType);
+  EXPECT_FALSE((*batch)[1].message.system().contentType);
 }
 
 TEST_F(OutboxTest, RunsTheCallbackOnlyAfterTheCommitAndNeverInsideEnqueue) {
@@ -240,7 +245,7 @@ TEST_F(OutboxTest, MessagesSurviveCloseAndReopenAndNewOnesQueueBehindThem) {
   }
   auto& box = open();
   EXPECT_EQ(box.length(), 3u);
-  EXPECT_EQ(box.bytes(), 3 * proto::hubMessageSize(telemetry("m1")));
+  EXPECT_EQ(box.bytes(), 3 * telemetry("m1").hubBytes());
   put("m5");
   settle();
   auto batch = box.nextToSend();
@@ -271,7 +276,7 @@ TEST_F(OutboxTest, RejectsWhenFullUnderTheRejectPolicy) {
 
 TEST_F(OutboxTest, RejectsWhenTheByteLimitWouldBeExceeded) {
   auto opts = options();
-  const auto size = proto::hubMessageSize(telemetry("m1"));
+  const auto size = telemetry("m1").hubBytes();
   opts.maxBytes = 2 * size + size / 2;
   auto& box = open(opts);
   put("m1");
@@ -326,13 +331,13 @@ TEST_F(OutboxTest, AMessagesOwnExpiryWinsOverTheDefaultTtl) {
   sched_.unixBase_ = 1704067200;  // 2024-01-01T00:00:00Z
   auto& box = open(opts);
   const std::uint64_t t0 = sched_.unixSeconds();
-  auto shortLived = telemetry("short");
+  auto shortLived = outgoing("short");
   shortLived.system.expiryTimeUtc = "2024-01-01T00:00:10Z";  // earlier than the TTL
-  auto longLived = telemetry("long");
+  auto longLived = outgoing("long");
   longLived.system.expiryTimeUtc = "2024-01-01T00:10:00Z";  // later than the TTL
   put("ttl");
-  ASSERT_TRUE(box.enqueue("app1", shortLived, nullptr));
-  ASSERT_TRUE(box.enqueue("app1", longLived, nullptr));
+  ASSERT_TRUE(box.enqueue("app1", checked(shortLived), nullptr));
+  ASSERT_TRUE(box.enqueue("app1", checked(longLived), nullptr));
   settle();
   EXPECT_EQ(box.nextExpiry(), t0 + 10);
   EXPECT_TRUE(box.sweepExpired().empty());
@@ -372,30 +377,41 @@ TEST_F(OutboxTest, AMessageInFlightIsNotExpiredUntilItComesBack) {
   EXPECT_FALSE(box.markDelivered(seq));
 }
 
-TEST_F(OutboxTest, RefusesMessagesItCannotStoreOrSend) {
-  auto& box = open();
-  proto::OutgoingMessage noId;
-  noId.body = "x";
-  auto r = box.enqueue("app1", noId, nullptr);
-  ASSERT_FALSE(r);
-  EXPECT_EQ(r.error().code, core::Errc::InvalidArgument);
+TEST_F(OutboxTest, ABacklogIsReadBackInRunsAndAnUnreadableRowIsDiscardedAlone) {
+  auto opts = options();
+  opts.maxInflight = 5;
+  open(opts);
+  for (int i = 0; i < 12; ++i) {
+    auto m = outgoing("m" + std::to_string(i));
+    m.properties["n"] = std::to_string(i) + "/12";
+    ASSERT_TRUE(outbox_->enqueue("app", checked(std::move(m)), nullptr));
+  }
+  outbox_.reset();  // stored; after a restart nothing of it is in memory
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(options().path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "UPDATE outbox SET properties = 'not a bag' WHERE message_id = 'm3'",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
 
-  auto badExpiry = telemetry("m1");
-  badExpiry.system.expiryTimeUtc = "next tuesday";
-  r = box.enqueue("app1", badExpiry, nullptr);
-  ASSERT_FALSE(r);
-  EXPECT_EQ(r.error().code, core::Errc::InvalidArgument);
-  EXPECT_NE(r.error().message.find("expiry-time-utc"), std::string::npos);
-
-  auto reserved = telemetry("m2");
-  reserved.properties["$.mid"] = "spoof";
-  r = box.enqueue("app1", reserved, nullptr);
-  ASSERT_FALSE(r);
-  EXPECT_EQ(r.error().code, core::Errc::InvalidArgument);
-
-  r = box.enqueue("app1", telemetry("m3", std::string(proto::kMaxTelemetryBytes, 'x')), nullptr);
-  ASSERT_FALSE(r);
-  EXPECT_EQ(r.error().code, core::Errc::MessageTooLarge);
+  auto& box = open(opts);
+  auto first = box.nextToSend();
+  ASSERT_TRUE(first) << first.error().message;
+  EXPECT_EQ(idsOf(*first), (std::vector<std::string>{"m0", "m1", "m2", "m4"}));
+  EXPECT_EQ(box.dropped(), 1u);
+  EXPECT_EQ((*first)[3].message.propertyBag(), "%24.mid=m4&n=4%2F12");
+  for (const auto& m : *first) {
+    ASSERT_TRUE(box.markDelivered(m.seq));
+  }
+  std::vector<std::string> rest;
+  for (auto batch = box.nextToSend(); batch && !batch->empty(); batch = box.nextToSend()) {
+    for (const auto& m : *batch) {
+      rest.push_back(m.message.messageId());
+      EXPECT_EQ(m.message.customPropertyBag(), "n=" + m.message.messageId().substr(1) + "%2F12");
+      ASSERT_TRUE(box.markDelivered(m.seq));
+    }
+  }
+  EXPECT_EQ(rest, (std::vector<std::string>{"m5", "m6", "m7", "m8", "m9", "m10", "m11"}));
   EXPECT_EQ(box.length(), 0u);
 }
 
@@ -408,7 +424,7 @@ TEST_F(OutboxTest, FlushCommitsAndAnswersAtOnce) {
   EXPECT_EQ(box.transactions(), 1u);
 }
 
-TEST_F(OutboxTest, WithAWorkerTheLoopAcceptsAndDeliversWhileACommitRuns) {
+TEST_F(OutboxTest, WithAWorkerALoneMessageCommitsAtOnceAndArrivalsGroupWhileItRuns) {
   testsupport::ThreadedOffLoop worker;
   auto opened = Outbox::open(options(), sched_, sched_, worker.runner());
   ASSERT_TRUE(opened) << opened.error().message;
@@ -422,29 +438,28 @@ TEST_F(OutboxTest, WithAWorkerTheLoopAcceptsAndDeliversWhileACommitRuns) {
     };
   };
   put("m1", "app1", record("m1"));
-  put("m2", "app1", record("m2"));
-  sched_.advance(box.options().commitDelay);
+  // No waiting for company (issue 13): the commit started with the message, time stood still.
   ASSERT_EQ(worker.running(), 1u);
-  put("m3", "app1", record("m3"));  // accepted while the first group is being written
+  put("m2", "app1", record("m2"));  // accepted while the first commit is being written
+  put("m3", "app1", record("m3"));
+  EXPECT_EQ(worker.running(), 1u);
   EXPECT_TRUE(committed.empty());
   EXPECT_TRUE(box.nextToSend()->empty());
 
   worker.finishRunning();
-  EXPECT_EQ(committed, (std::vector<std::string>{"m1", "m2"}));
-  EXPECT_EQ(worker.running(), 1u);  // m3 forms the next group at once
-  auto batch = box.nextToSend();    // read on the loop while the worker writes m3
+  EXPECT_EQ(committed, (std::vector<std::string>{"m1"}));
+  EXPECT_EQ(worker.running(), 1u);  // m2 and m3 form the next group at once
+  auto batch = box.nextToSend();    // read on the loop while the worker writes m2 and m3
   ASSERT_TRUE(batch) << batch.error().message;
-  ASSERT_EQ(idsOf(*batch), (std::vector<std::string>{"m1", "m2"}));
-  for (const auto& m : *batch) {
-    EXPECT_TRUE(box.markDelivered(m.seq));
-  }
+  ASSERT_EQ(idsOf(*batch), (std::vector<std::string>{"m1"}));
+  EXPECT_TRUE(box.markDelivered(batch->front().seq));
   worker.finishAll();
   EXPECT_EQ(committed, (std::vector<std::string>{"m1", "m2", "m3"}));
   EXPECT_EQ(box.transactions(), 2u);
-  ASSERT_TRUE(box.flush());  // the deletes
+  ASSERT_TRUE(box.flush());  // the delete
 
   open();
-  EXPECT_EQ(idsOf(*outbox_->nextToSend()), (std::vector<std::string>{"m3"}));
+  EXPECT_EQ(idsOf(*outbox_->nextToSend()), (std::vector<std::string>{"m2", "m3"}));
 }
 
 TEST_F(OutboxTest, FlushAndCloseWaitForACommitRunningOnAWorker) {

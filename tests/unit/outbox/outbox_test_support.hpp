@@ -15,12 +15,26 @@
 
 namespace iothubd::outbox::testsupport {
 
-/// A telemetry message with id `id`.
-inline proto::OutgoingMessage telemetry(const std::string& id, std::string body = "{\"t\":21.5}") {
+/// A telemetry message with id `id`, before its check.
+inline proto::OutgoingMessage outgoing(const std::string& id, std::string body = "{\"t\":21.5}") {
   proto::OutgoingMessage m;
   m.body = std::move(body);
   m.system.messageId = id;
   return m;
+}
+
+/// `message` as it reaches the outbox: checked and encoded where it entered (or throws).
+inline proto::CheckedMessage checked(proto::OutgoingMessage message) {
+  auto c = proto::checkOutgoingMessage(std::move(message));
+  if (!c) {
+    throw std::runtime_error(c.error().message);
+  }
+  return std::move(*c);
+}
+
+/// A checked telemetry message with id `id`.
+inline proto::CheckedMessage telemetry(const std::string& id, std::string body = "{\"t\":21.5}") {
+  return checked(outgoing(id, std::move(body)));
 }
 
 /// Stands in for EventLoop::runOffLoop: `work` runs on a real thread at once; `done` runs when

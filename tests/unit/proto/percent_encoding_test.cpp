@@ -49,6 +49,14 @@ TEST(PercentEncode, EmptyStaysEmpty) {
   EXPECT_EQ(percentEncode(""), "");
 }
 
+TEST(PercentEncode, AppendsRunsAndEscapesToWhatIsThere) {
+  std::string out = "a=";
+  appendPercentEncoded(out, "x y/z~");
+  appendPercentEncoded(out, "");
+  appendPercentEncoded(out, "%");
+  EXPECT_EQ(out, "a=x%20y%2Fz~%25");
+}
+
 TEST(PercentDecode, DecodesUpperAndLowerCaseHex) {
   EXPECT_EQ(percentDecode("a%2Fb%2fc").value(), "a/b/c");
   EXPECT_EQ(percentDecode("%C3%A9").value(), "\xC3\xA9");

@@ -268,5 +268,95 @@ TEST(ValidateOutgoingMessage, KeepsTheEncodedPropertyBagWithinAnMqttTopic) {
             65535u);
 }
 
+TEST(CheckOutgoingMessage, EncodesTheBagOnceExactlyAsTheTopicBuilderDoes) {
+  OutgoingMessage message;
+  message.body = "{}";
+  message.properties = {{"alert level", "high"}, {"path", "a/b&c"}};
+  message.system.messageId = "m 1";
+  message.system.creationTimeUtc = "2021-04-21T11:30:16Z";
+  const std::string topic = telemetryTopic("dev1", "", message);
+  const std::size_t size = hubMessageSize(message);
+  auto checked = checkOutgoingMessage(message);
+  ASSERT_TRUE(checked) << errorOf(checked);
+  EXPECT_EQ(checked->topic(telemetryTopicPrefix("dev1", "")), topic);
+  EXPECT_EQ(checked->propertyBag(),
+            "%24.mid=m%201&iothub-creation-time-utc=2021-04-21T11%3A30%3A16Z"
+            "&alert%20level=high&path=a%2Fb%26c");
+  EXPECT_EQ(checked->customPropertyBag(), "alert%20level=high&path=a%2Fb%26c");
+  EXPECT_EQ(checked->hubBytes(), size);
+  EXPECT_EQ(checked->messageId(), "m 1");
+  EXPECT_EQ(checked->body(), "{}");
+  EXPECT_EQ(checked->expiresAt(), std::nullopt);
+  EXPECT_EQ(telemetryTopicPrefix("d", "m"), "devices/d/modules/m/messages/events/");
+}
+
+TEST(CheckOutgoingMessage, KnowsWhereTheCustomPropertiesStartInEveryShape) {
+  OutgoingMessage onlyCustom;
+  onlyCustom.system.messageId = "m";
+  onlyCustom.properties = {{"k", "v"}};
+  auto c = checkOutgoingMessage(onlyCustom);
+  ASSERT_TRUE(c) << errorOf(c);
+  EXPECT_EQ(c->propertyBag(), "%24.mid=m&k=v");
+  EXPECT_EQ(c->customPropertyBag(), "k=v");
+  OutgoingMessage noCustom;
+  noCustom.system.messageId = "m";
+  c = checkOutgoingMessage(noCustom);
+  ASSERT_TRUE(c) << errorOf(c);
+  EXPECT_EQ(c->customPropertyBag(), "");
+}
+
+TEST(CheckOutgoingMessage, NeedsAnIdAndAReadableExpiryOnTopOfTheValidation) {
+  OutgoingMessage message;
+  message.body = "x";
+  EXPECT_TRUE(failedWith(checkOutgoingMessage(message), Errc::InvalidArgument,
+                         "a message needs a message id"));
+  message.system.messageId = "m1";
+  message.system.expiryTimeUtc = "next tuesday";
+  EXPECT_TRUE(failedWith(checkOutgoingMessage(message), Errc::InvalidArgument,
+                         "system property 'expiry-time-utc' ('next tuesday') is not an ISO 8601 "
+                         "UTC time"));
+  message.system.expiryTimeUtc = "2030-01-01T00:00:00Z";
+  auto checked = checkOutgoingMessage(message);
+  ASSERT_TRUE(checked) << errorOf(checked);
+  EXPECT_EQ(checked->expiresAt(), 1893456000u);
+  message.properties = {{"$.mid", "spoof"}};
+  EXPECT_EQ(checkOutgoingMessage(message).error().code, Errc::InvalidArgument);
+  message.properties.clear();
+  message.body = std::string(kMaxTelemetryBytes, 'x');
+  EXPECT_EQ(checkOutgoingMessage(message).error().code, Errc::MessageTooLarge);
+}
+
+TEST(RestoreCheckedMessage, RebuildsTheSameMessageFromWhatWasStored) {
+  OutgoingMessage message;
+  message.body = std::string("bin\0ary", 7);
+  message.properties = {{"\xC3\xBC", "100%"}, {"empty", ""}};
+  message.system.messageId = "m1";
+  message.system.contentType = "application/json";
+  message.system.expiryTimeUtc = "2030-01-01T00:00:00Z";
+  auto original = checkOutgoingMessage(message);
+  ASSERT_TRUE(original) << errorOf(original);
+  auto restored = restoreCheckedMessage(original->body(), original->system(),
+                                        original->customPropertyBag(), original->hubBytes());
+  ASSERT_TRUE(restored) << errorOf(restored);
+  EXPECT_EQ(restored->propertyBag(), original->propertyBag());
+  EXPECT_EQ(restored->customPropertyBag(), original->customPropertyBag());
+  EXPECT_EQ(restored->body(), original->body());
+  EXPECT_EQ(restored->hubBytes(), original->hubBytes());
+  EXPECT_EQ(restored->expiresAt(), original->expiresAt());
+}
+
+TEST(RestoreCheckedMessage, RefusesWhatCouldNotGoOnTheWireAsItIs) {
+  SystemProperties system;
+  system.messageId = "m1";
+  for (const char* bad :
+       {"k=v&", "=v", "k", "k=a b", "k=%2f", "k=%2", "k=v&&j=w", "a=b=c", "k=%41"}) {
+    EXPECT_EQ(restoreCheckedMessage("x", system, bad, 1).error().code, Errc::Protocol) << bad;
+  }
+  EXPECT_TRUE(restoreCheckedMessage("x", system, "k=&j=%2F", 1).has_value());
+  EXPECT_TRUE(restoreCheckedMessage("x", system, "", 1).has_value());
+  SystemProperties noId;
+  EXPECT_EQ(restoreCheckedMessage("x", noId, "", 1).error().code, Errc::Protocol);
+}
+
 }  // namespace
 }  // namespace iothubd::proto

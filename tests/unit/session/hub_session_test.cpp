@@ -33,8 +33,12 @@ struct Outcome {
 
 class StateRecorder : public HubSession::Observer {
  public:
-  void onStateChanged(ConnectionState s, const core::Error*) override { states.push_back(s); }
+  void onStateChanged(ConnectionState s, const core::Error* e) override {
+    states.push_back(s);
+    errors.push_back(e != nullptr ? e->message : "");
+  }
   std::vector<ConnectionState> states;
+  std::vector<std::string> errors;  ///< the lastError of each notification ("" for none)
 };
 
 class HubSessionTest : public ::testing::Test {
@@ -100,6 +104,23 @@ TEST_F(HubSessionTest, ConnectsWithTheSdkIdentityAndAFreshSasToken) {
   EXPECT_TRUE(connect.ok());
   EXPECT_EQ(s.state(), ConnectionState::Connected);
   EXPECT_EQ(states_.states, (std::vector{ConnectionState::Connecting, ConnectionState::Connected}));
+}
+
+// LastError's PropertiesChanged and the service status follow every failed attempt, also a retry
+// that fails while the state stays "connecting".
+TEST_F(HubSessionTest, EveryFailedAttemptIsToldWithItsErrorEvenInTheSameState) {
+  auto& s = make();
+  s.start();
+  transport_.failConnect("connection refused");
+  clock_.advance(13s);  // connection_retry_interval plus at most 20 % jitter
+  ASSERT_EQ(transport_.connects.size(), 2u);
+  transport_.failConnect("TLS handshake failed");
+  EXPECT_EQ(s.state(), ConnectionState::Connecting);
+  ASSERT_GE(states_.errors.size(), 3u);
+  EXPECT_NE(states_.errors[1].find("connection refused"), std::string::npos) << states_.errors[1];
+  EXPECT_NE(states_.errors.back().find("TLS handshake failed"), std::string::npos)
+      << states_.errors.back();
+  EXPECT_EQ(s.lastError().message, states_.errors.back());
 }
 
 TEST_F(HubSessionTest, X509SendsNoPasswordAndNeverRenews) {
@@ -745,6 +766,59 @@ TEST_F(HubSessionInboundTest, UpdateSasTokenValidatesAndReauthorises) {
   EXPECT_EQ(transport_.connects[1].password.reveal(), fresh);
   transport_.acceptConnect();
   EXPECT_EQ(s.sasTokenExpiry(), clock_.unixSeconds() + 3600);
+}
+
+TEST_F(HubSessionInboundTest, ATokenTheHubRefusesLeavesThePreviousOneInUseAndSaysSo) {
+  auto o = options();
+  o.auth = AuthMethod::SasToken;
+  auto token = [&](std::uint64_t expiry) {
+    return "SharedAccessSignature sr=contoso.azure-devices.net%2Fdevices%2Fdev1&sig=abc%3D&se=" +
+           std::to_string(expiry);
+  };
+  const std::string good = token(clock_.unixSeconds() + 600);
+  o.sasToken = core::Secret<>(good);
+  auto& s = connectedWith(std::move(o));
+  events_.states.clear();
+  ASSERT_TRUE(s.updateSasToken(token(clock_.unixSeconds() + 3600)));
+  transport_.finishDisconnect();
+  ASSERT_EQ(transport_.connects.size(), 2u);
+  transport_.refuseConnect(5);
+  // At once, with the token that worked, and no outage apps would see.
+  ASSERT_EQ(transport_.connects.size(), 3u);
+  EXPECT_EQ(transport_.connects[2].password.reveal(), good);
+  ASSERT_EQ(events_.errors.size(), 1u);
+  EXPECT_EQ(events_.errors[0].code, core::Errc::Unauthorized);
+  EXPECT_NE(events_.errors[0].message.find("previous token"), std::string::npos)
+      << events_.errors[0].message;
+  transport_.acceptConnect();
+  EXPECT_EQ(s.state(), ConnectionState::Connected);
+  EXPECT_TRUE(events_.states.empty()) << "the state never left connected";
+  EXPECT_NE(s.lastError().message.find("refused the new SAS token"), std::string::npos);
+  EXPECT_EQ(s.sasTokenExpiry(), clock_.unixSeconds() + 600);
+
+  // Refused again later: no fallback is left twice, the accepted token is the fallback again.
+  ASSERT_TRUE(s.updateSasToken(token(clock_.unixSeconds() + 7200)));
+  transport_.finishDisconnect();
+  transport_.refuseConnect(5);
+  ASSERT_EQ(transport_.connects.size(), 5u);
+  EXPECT_EQ(transport_.connects[4].password.reveal(), good);
+}
+
+TEST_F(HubSessionInboundTest, AnExpiredPreviousTokenIsNotRestored) {
+  auto o = options();
+  o.auth = AuthMethod::SasToken;
+  auto token = [&](std::uint64_t expiry) {
+    return "SharedAccessSignature sr=contoso.azure-devices.net%2Fdevices%2Fdev1&sig=abc%3D&se=" +
+           std::to_string(expiry);
+  };
+  o.sasToken = core::Secret<>(token(clock_.unixSeconds() + 60));
+  auto& s = connectedWith(std::move(o));
+  ASSERT_TRUE(s.updateSasToken(token(clock_.unixSeconds() + 3600)));
+  clock_.advance(61s);
+  transport_.finishDisconnect();
+  transport_.refuseConnect(5);
+  EXPECT_EQ(transport_.connects.size(), 2u) << "nothing valid to go back to";
+  EXPECT_EQ(s.lastError().code, core::Errc::Unauthorized);
 }
 
 TEST_F(HubSessionInboundTest, UpdateSasTokenIsNotSupportedForKeyAuthentication) {

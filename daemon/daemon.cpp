@@ -1,0 +1,272 @@
+// SPDX-License-Identifier: MIT
+#include "daemon.hpp"
+
+#include <cstdlib>
+
+#include <sdbus-c++/sdbus-c++.h>
+#include <systemd/sd-daemon.h>
+
+#include "iothubd/core/log.hpp"
+#include "iothubd/http/async_reader.hpp"
+#include "iothubd/http/lazy_http_client.hpp"
+#include "iothubd/mqtt/mosquitto_transport.hpp"
+#include "iothubd/outbox/outbox.hpp"
+
+namespace iothubd::daemon {
+namespace {
+
+using core::logf;
+using core::LogLevel;
+using session::ConnectionState;
+
+/// How often replaced uploaders are checked for having finished their work.
+constexpr std::chrono::seconds kReapInterval{1};
+
+}  // namespace
+
+/// Mirrors the session's state into the service manager's STATUS= (`systemctl status`).
+class StatusReporter final : public session::HubSession::Observer {
+ public:
+  explicit StatusReporter(session::HubSession& session) : session_(session) {
+    session_.addObserver(this);
+  }
+  ~StatusReporter() override { session_.removeObserver(this); }
+  StatusReporter(const StatusReporter&) = delete;
+  StatusReporter& operator=(const StatusReporter&) = delete;
+
+  [[nodiscard]] std::string text() const {
+    const auto& o = session_.options();
+    std::string who = o.moduleId.empty() ? o.deviceId : o.deviceId + "/" + o.moduleId;
+    std::string where = o.hubHostname;
+    if (!o.gatewayHostname.empty()) {
+      where += " via " + o.gatewayHostname;
+    }
+    const auto& error = session_.lastError();
+    std::string why = error.message.empty() ? "" : ": " + error.message;
+    switch (session_.state()) {
+      case ConnectionState::Connecting:
+        return "connecting to " + where + " as " + who;
+      case ConnectionState::Connected:
+        return "connected to " + where + " as " + who;
+      case ConnectionState::Reconnecting:
+        return "reconnecting to " + where + " as " + who + why;
+      case ConnectionState::Disconnected:
+        return "disconnected from " + where + why;
+    }
+    return "";
+  }
+
+ private:
+  void onStateChanged(ConnectionState, const core::Error*) override {
+    sd_notifyf(0, "STATUS=%s", text().c_str());
+  }
+
+  session::HubSession& session_;
+};
+
+Daemon::Daemon(loop::EventLoop& loop) : loop_(loop) {
+  reapTimer_ = loop_.createTimer([this] { reapRetired(); });
+}
+
+Daemon::~Daemon() {
+  // The object first (it holds references to everything below), then what feeds it.
+  status_.reset();
+  object_.reset();
+  telemetry_.reset();
+  retired_.clear();
+  uploads_ = {};
+  https_.reset();
+  session_.reset();
+  transport_.reset();
+}
+
+core::Result<void> Daemon::start(const config::Composition& composition, sdbus::IConnection& bus) {
+  auto transport = mqtt::createMosquittoTransport(loop_);
+  if (!transport) {
+    return core::fail(transport.error());
+  }
+  transport_ = std::move(*transport);
+  auto applied = config::apply(running_, composition, *this);
+  if (!applied) {
+    return core::fail(applied.error());
+  }
+  object_ = dbusapi::createDeviceObject(
+      bus, {*session_, loop_, bus_.methodResponseTimeout, *telemetry_, uploads_.uploader.get(),
+            bus_.limits, bus_.keepConnected, bus_.uploadFromPathDirectories});
+  status_ = std::make_unique<StatusReporter>(*session_);
+  return {};
+}
+
+void Daemon::connect() {
+  session_->start();
+}
+
+void Daemon::stopServing() {
+  status_.reset();
+  object_.reset();
+}
+
+std::string Daemon::statusText() const {
+  return status_ ? status_->text() : std::string();
+}
+
+void Daemon::reload(const config::Composition& next, const std::string& configPath) {
+  auto applied = config::apply(running_, next, *this);
+  if (!applied) {
+    return;  // (apply fails only at start)
+  }
+  if (applied->identityChanged && object_) {
+    object_->identityChanged();
+  }
+  std::string outcome =
+      applied->reconnects ? "; reconnecting to apply it" : "; the connection is unaffected";
+  if (!applied->refused.empty()) {
+    outcome += "; " + std::to_string(applied->refused.size()) + " change(s) not applied (above)";
+  }
+  logf(LogLevel::Notice, "configuration reloaded from ", configPath, outcome);
+}
+
+void Daemon::shutdown(std::function<void()> done) {
+  telemetry_->shutdown();
+  session_->disconnect([done = std::move(done)](const core::Result<void>&) { done(); });
+}
+
+// --- config::Components --------------------------------------------------------------------------
+
+void Daemon::setLogLevel(core::LogLevel level) {
+  core::setLogLevel(level);
+}
+
+void Daemon::configureSession(const session::SessionOptions& options) {
+  if (!session_) {
+    session_ = std::make_unique<session::HubSession>(loop_, loop_, *transport_, options);
+    return;
+  }
+  (void)session_->reconfigure(options);
+}
+
+core::Result<void> Daemon::buildHttps(const http::CurlOptions& options) {
+  // libcurl is loaded with the first upload, not now (issue 13: idle memory).
+  auto client = http::createLazyCurlMultiClient(loop_, options);
+  if (!client) {
+    return core::fail(core::Errc::Config, "file upload: " + client.error().message);
+  }
+  https_ = std::shared_ptr<http::HttpClient>(std::move(*client));
+  return {};
+}
+
+void Daemon::buildUpload(const std::optional<config::UploadOptions>& options) {
+  Uploads next;
+  if (options) {
+    next.https = https_;
+    // The tokens are for the identity this uploader was built for: once a reload changed it, an
+    // upload still running here goes on with its own identity, not the new one's.
+    const session::SessionOptions identity = session_->options();
+    auto token = [session = session_.get(), identity,
+                  clock = static_cast<const core::Clock*>(&loop_)]() {
+      const auto& now = session->options();
+      if (now.hubHostname == identity.hubHostname && now.deviceId == identity.deviceId &&
+          now.moduleId == identity.moduleId) {
+        return session->httpAuthorization();
+      }
+      return session::httpAuthorization(identity, *clock);
+    };
+    auto readers = [&loop = loop_](core::UniqueFd fd) {
+      return http::createFdReader(loop, std::move(fd));
+    };
+    next.uploader = std::make_unique<blob::BlobUploader>(*next.https, loop_, loop_,
+                                                         options->endpoint, std::move(token),
+                                                         std::move(readers), options->uploader);
+  }
+  if (object_) {
+    object_->setUploader(next.uploader.get());
+  }
+  retire(std::exchange(uploads_, std::move(next)));
+}
+
+void Daemon::retire(Uploads uploads) {
+  if (!uploads.uploader) {
+    return;
+  }
+  retired_.push_back(std::move(uploads));
+  reapRetired();
+}
+
+void Daemon::reapRetired() {
+  std::erase_if(retired_, [](const Uploads& u) { return u.uploader->idle(); });
+  if (!retired_.empty()) {
+    // Uploads are bounded by upload_timeout, single steps by operation_timeout.
+    reapTimer_->armAfter(kReapInterval);
+  }
+}
+
+core::Result<outbox::Outbox::Opened> Daemon::openOutbox(const outbox::OutboxOptions& options) {
+  // fsync on a worker: a commit may take tens of milliseconds and must not stall the loop.
+  auto opened = outbox::Outbox::open(options, loop_, loop_, [this](auto work, auto done) {
+    (void)loop_.runOnWorker(std::move(work), std::move(done));
+  });
+  if (!opened) {
+    return opened;
+  }
+  if (opened->movedAside) {
+    logf(LogLevel::Warning, "the outbox ", options.path, " was corrupted; moved aside to ",
+         *opened->movedAside, " and started afresh");
+  }
+  if (opened->readOnly) {
+    logf(LogLevel::Warning, "the outbox ", options.path,
+         " is on a read-only file system: stored messages are delivered, new ones refused");
+  }
+  if (opened->outbox->length() > 0) {
+    logf(LogLevel::Notice, opened->outbox->length(), " messages wait in the outbox ", options.path);
+  }
+  return opened;
+}
+
+core::Result<void> Daemon::buildOutbox(const outbox::OutboxOptions& options) {
+  if (!telemetry_) {
+    auto opened = openOutbox(options);
+    if (!opened) {
+      // The pipeline sends directly and QueueMessage explains why it cannot store.
+      logf(LogLevel::Error,
+           "outbox unavailable, telemetry is not durable: ", opened.error().message);
+      telemetry_ = std::make_unique<delivery::TelemetryPipeline>(loop_, loop_, *session_, nullptr,
+                                                                 opened.error().message);
+      return core::fail(opened.error());
+    }
+    telemetry_ = std::make_unique<delivery::TelemetryPipeline>(loop_, loop_, *session_,
+                                                               std::move(opened->outbox), "");
+    return {};
+  }
+  // The running store is closed first: the new one may be the same file, whose index it reads.
+  auto old = telemetry_->releaseOutbox();
+  std::optional<outbox::OutboxOptions> oldOptions;
+  if (old) {
+    oldOptions = old->options();
+    old.reset();
+  }
+  auto opened = openOutbox(options);
+  if (opened) {
+    telemetry_->adoptOutbox(std::move(opened->outbox), "");
+    return {};
+  }
+  // Keep what ran: open the old store again.
+  auto again = oldOptions ? openOutbox(*oldOptions) : core::fail(opened.error());
+  if (again) {
+    telemetry_->adoptOutbox(std::move(again->outbox), "");
+  } else {
+    telemetry_->adoptOutbox(nullptr, again.error().message);
+  }
+  return core::fail(opened.error());
+}
+
+void Daemon::configureBus(const config::BusOptions& options) {
+  bus_ = options;
+  if (object_) {
+    object_->setLimits(options.limits);
+    object_->setMethodResponseTimeout(options.methodResponseTimeout);
+    object_->setKeepConnected(options.keepConnected);
+    object_->setUploadDirectories(options.uploadFromPathDirectories);
+  }
+}
+
+}  // namespace iothubd::daemon
