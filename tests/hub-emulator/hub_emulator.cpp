@@ -255,7 +255,8 @@ X509Ptr makeCertificate(EVP_PKEY* key, const char* commonName, X509* issuer, EVP
     addExtension(cert.get(), signer, NID_basic_constraints, "CA:FALSE");
     addExtension(cert.get(), signer, NID_key_usage, "critical,digitalSignature,keyEncipherment");
     addExtension(cert.get(), signer, NID_ext_key_usage, "serverAuth");
-    addExtension(cert.get(), signer, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1,IP:::1");
+    addExtension(cert.get(), signer, NID_subject_alt_name,
+                 "DNS:localhost,IP:127.0.0.1,IP:127.0.0.2,IP:::1");
     addExtension(cert.get(), signer, NID_authority_key_identifier, "keyid");
   }
   if (X509_sign(cert.get(), issuerKey, EVP_sha256()) <= 0)
@@ -657,7 +658,7 @@ void HubEmulator::writeConfig() const {
     conf << "user root\n";
   std::vector<std::string> addresses;
   if (options_.listen != Options::Listen::Ipv6)
-    addresses.emplace_back("127.0.0.1");
+    addresses.emplace_back(options_.ipv4Address);
   if (options_.listen != Options::Listen::Ipv4)
     addresses.emplace_back("::1");
   conf << "plugin " << options_.pluginPath << "\n"
@@ -772,7 +773,7 @@ void HubEmulator::start() {
   const bool keepPort = port_ != 0;  // restart: clients were configured with this port
   for (int attempt = 0; attempt < 8; ++attempt) {
     if (!keepPort) {
-      port_ = freePort();
+      port_ = options_.port != 0 ? options_.port : freePort();
       innerPort_ = options_.shaping ? freePort() : 0;
       x509Port_ = options_.x509Listener ? freePort() : 0;
       gatewayPort_ = options_.gatewayListener ? freePort() : 0;

@@ -83,6 +83,12 @@ class HubEmulator {
     // must fall back to 127.0.0.1 to get in.
     enum class Listen { Ipv4, Ipv6, Both };
     Listen listen = Listen::Ipv4;
+    // The IPv4 address of the hub's port. Two emulators on one port (as two real hubs share
+    // 8883, which a device with one [hub] port relies on) need two addresses: "127.0.0.2" is in
+    // the server certificate too, so it can be a second hub's hubHost.
+    std::string ipv4Address = "127.0.0.1";
+    // The hub's port; 0 picks a free one. A fixed port is retried as such, never changed.
+    int port = 0;
     // Traffic shaping on port(): the plugin's front (plugin/front.hpp, README "Traffic shaping")
     // terminates TLS and relays to the broker, so that ServiceClient::throttle() and a SUBACK
     // delay (HubBehaviour::subackDelay) can hold acknowledgements back per connection without
