@@ -27,14 +27,21 @@ constexpr std::chrono::seconds kReapInterval{1};
 /// Mirrors the session's state into the service manager's STATUS= (`systemctl status`).
 class StatusReporter final : public session::HubSession::Observer {
  public:
-  explicit StatusReporter(session::HubSession& session) : session_(session) {
+  StatusReporter(session::HubSession& session, const Provisioner* provisioning)
+      : session_(session), provisioning_(provisioning) {
     session_.addObserver(this);
   }
+  void update() const { sd_notifyf(0, "STATUS=%s", text().c_str()); }
   ~StatusReporter() override { session_.removeObserver(this); }
   StatusReporter(const StatusReporter&) = delete;
   StatusReporter& operator=(const StatusReporter&) = delete;
 
   [[nodiscard]] std::string text() const {
+    if (provisioning_ != nullptr) {
+      if (auto text = provisioning_->statusText(); !text.empty()) {
+        return text;
+      }
+    }
     const auto& o = session_.options();
     std::string who = o.moduleId.empty() ? o.deviceId : o.deviceId + "/" + o.moduleId;
     std::string where = o.hubHostname;
@@ -57,11 +64,10 @@ class StatusReporter final : public session::HubSession::Observer {
   }
 
  private:
-  void onStateChanged(ConnectionState, const core::Error*) override {
-    sd_notifyf(0, "STATUS=%s", text().c_str());
-  }
+  void onStateChanged(ConnectionState, const core::Error*) override { update(); }
 
   session::HubSession& session_;
+  const Provisioner* provisioning_;
 };
 
 Daemon::Daemon(loop::EventLoop& loop) : loop_(loop) {
@@ -76,6 +82,10 @@ Daemon::~Daemon() {
   retired_.clear();
   uploads_ = {};
   https_.reset();
+  if (provisioner_ && session_) {
+    session_->removeObserver(provisioner_.get());
+  }
+  provisioner_.reset();
   session_.reset();
   transport_.reset();
 }
@@ -86,19 +96,137 @@ core::Result<void> Daemon::start(const config::Composition& composition, sdbus::
     return core::fail(transport.error());
   }
   transport_ = std::move(*transport);
-  auto applied = config::apply(running_, composition, *this);
+  composed_ = composition;
+  bool reregister = false;
+  configureProvisioning(reregister);
+  auto applied = config::apply(running_, effective(), *this);
   if (!applied) {
     return core::fail(applied.error());
   }
+  if (provisioner_) {
+    session_->addObserver(provisioner_.get());
+  }
   object_ = dbusapi::createDeviceObject(
       bus, {*session_, loop_, bus_.methodResponseTimeout, *telemetry_, uploads_.uploader.get(),
-            bus_.limits, bus_.keepConnected, bus_.uploadFromPathDirectories});
-  status_ = std::make_unique<StatusReporter>(*session_);
+            bus_.limits, bus_.keepConnected, bus_.uploadFromPathDirectories,
+            [this]() -> core::Result<void> {
+              if (!provisioner_) {
+                return core::fail(core::Errc::NotSupported,
+                                  "Reprovision needs authentication = dps ([provisioning])");
+              }
+              logf(LogLevel::Notice, "Reprovision() called: registering with DPS again");
+              provisioner_->registerNow("Reprovision()", true);
+              return {};
+            }});
+  status_ = std::make_unique<StatusReporter>(*session_, provisioner_.get());
+  onProvisioningChanged();
   return {};
 }
 
 void Daemon::connect() {
+  if (provisioner_ && !assignment_) {
+    // The session starts once DPS assigned a hub (onAssigned).
+    provisioner_->registerNow("no stored assignment", false);
+    return;
+  }
   session_->start();
+}
+
+ProvisioningState Daemon::provisioningState() const {
+  return provisioner_ ? provisioner_->state() : ProvisioningState::NotConfigured;
+}
+
+void Daemon::configureProvisioning(bool& reregister) {
+  const auto& next = composed_.provisioning;
+  if (!next) {
+    if (provisioner_) {
+      if (session_) {
+        session_->removeObserver(provisioner_.get());
+      }
+      provisioner_.reset();
+      assignment_.reset();
+      onProvisioningChanged();
+    }
+    return;
+  }
+  const bool changed =
+      !provisioner_ || !running_ || !(running_->provisioning == composed_.provisioning);
+  if (!changed) {
+    return;
+  }
+  if (!provisioner_) {
+    // DPS gets a connection of its own, made like the hub's (relay tunnel, proxy, WebSockets).
+    auto transport = mqtt::createMosquittoTransport(loop_);
+    if (!transport) {
+      logf(LogLevel::Error, "DPS: ", transport.error().message);
+      return;
+    }
+    provisioner_ = std::make_unique<Provisioner>(
+        loop_, loop_, std::move(*transport), composed_.stateDirectory,
+        Provisioner::Callbacks{
+            .assigned = [this](const provisioning::StoredAssignment& a) { onAssigned(a); },
+            .changed = [this] { onProvisioningChanged(); },
+            .failed =
+                [this](const core::Error& error) {
+                  if (object_) {
+                    object_->reportBackgroundError(error);
+                  }
+                }});
+    if (session_) {
+      session_->addObserver(provisioner_.get());
+    }
+  }
+  auto stored = provisioner_->configure(*next);
+  if (stored) {
+    assignment_ = std::move(stored);
+    return;
+  }
+  // At a reload the device keeps its current hub (if any) until DPS assigned the new one.
+  reregister = running_.has_value();
+}
+
+config::Composition Daemon::effective() const {
+  config::Composition c = composed_;
+  if (!c.provisioning) {
+    return c;
+  }
+  if (assignment_) {
+    config::assignHub(c, assignment_->assignedHub, assignment_->deviceId);
+  } else if (running_ && !running_->session.hubHostname.empty()) {
+    // A reload turned DPS on: the connection stays where it is until DPS assigned a hub.
+    config::assignHub(c, running_->session.hubHostname, running_->session.deviceId);
+  } else {
+    // Nowhere to go yet: apps' messages wait in the outbox, the link opens with the assignment.
+    c.session.autoConnect = false;
+  }
+  return c;
+}
+
+void Daemon::onAssigned(const provisioning::StoredAssignment& assignment) {
+  const bool moved = !assignment_ || assignment_->assignedHub != assignment.assignedHub ||
+                     assignment_->deviceId != assignment.deviceId;
+  assignment_ = assignment;
+  const config::Composition next = effective();
+  if (moved || !(running_->session == next.session)) {
+    configureSession(next.session);
+    running_->session = next.session;
+    buildUpload(next.upload);
+    running_->upload = next.upload;
+    if (object_) {
+      object_->identityChanged();
+    }
+  }
+  session_->start();
+}
+
+void Daemon::onProvisioningChanged() {
+  if (object_) {
+    object_->setProvisioning({provisioningStateName(provisioningState()),
+                              provisioner_ ? provisioner_->lastError() : core::Error{}});
+  }
+  if (status_) {
+    status_->update();
+  }
 }
 
 void Daemon::stopServing() {
@@ -111,10 +239,15 @@ std::string Daemon::statusText() const {
 }
 
 void Daemon::reload(const config::Composition& next, const std::string& configPath) {
-  auto applied = config::apply(running_, next, *this);
+  composed_ = next;
+  bool reregister = false;
+  configureProvisioning(reregister);
+  auto applied = config::apply(running_, effective(), *this);
   if (!applied) {
     return;  // (apply fails only at start)
   }
+  running_->provisioning = composed_.provisioning;
+  running_->stateDirectory = composed_.stateDirectory;
   if (applied->identityChanged && object_) {
     object_->identityChanged();
   }
@@ -124,6 +257,9 @@ void Daemon::reload(const config::Composition& next, const std::string& configPa
     outcome += "; " + std::to_string(applied->refused.size()) + " change(s) not applied (above)";
   }
   logf(LogLevel::Notice, "configuration reloaded from ", configPath, outcome);
+  if (reregister) {
+    provisioner_->registerNow("[provisioning] changed", false);
+  }
 }
 
 void Daemon::shutdown(std::function<void()> done) {

@@ -19,6 +19,7 @@
 #include "iothubd/mqtt/mqtt_transport.hpp"
 #include "iothubd/outbox/outbox.hpp"
 #include "iothubd/session/hub_session.hpp"
+#include "provisioner.hpp"
 
 namespace sdbus {
 class IConnection;
@@ -52,6 +53,8 @@ class Daemon final : private config::Components {
   /// "connected to contoso.azure-devices.net as dev1", for STATUS= and the start-up line.
   [[nodiscard]] std::string statusText() const;
   [[nodiscard]] const session::HubSession& session() const { return *session_; }
+  /// NotConfigured unless authentication = dps.
+  [[nodiscard]] ProvisioningState provisioningState() const;
 
  private:
   /// An uploader with the HTTPS client it runs on; a replaced one is kept until it is idle.
@@ -70,11 +73,23 @@ class Daemon final : private config::Components {
 
   [[nodiscard]] core::Result<outbox::Outbox::Opened> openOutbox(
       const outbox::OutboxOptions& options);
+  /// authentication = dps: creates, reconfigures or removes the provisioner for `composed_`
+  /// and takes its stored assignment; `reregister` when a registration must start now (the
+  /// [provisioning] settings changed at a reload and nothing is stored for the new ones).
+  void configureProvisioning(bool& reregister);
+  /// `composed_` pointed at the assigned hub; without an assignment yet, one that does not
+  /// connect on its own (auto_connect off) until DPS assigned a hub.
+  [[nodiscard]] config::Composition effective() const;
+  void onAssigned(const provisioning::StoredAssignment& assignment);
+  void onProvisioningChanged();
   void retire(Uploads uploads);
   void reapRetired();
 
   loop::EventLoop& loop_;
   std::optional<config::Composition> running_;
+  config::Composition composed_;  ///< as composed from the configuration, before assignHub()
+  std::optional<provisioning::StoredAssignment> assignment_;
+  std::unique_ptr<Provisioner> provisioner_;
   std::unique_ptr<mqtt::MqttTransport> transport_;
   std::unique_ptr<session::HubSession> session_;
   std::shared_ptr<http::HttpClient> https_;

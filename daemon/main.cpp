@@ -98,6 +98,18 @@ int run(const Options& opts) {
   iothubd::core::setLogLevel(composition.logLevel);
   const auto& identity = loaded->identity;
   if (opts.checkOnly) {
+    if (const auto& dps = identity.dps) {
+      // The settings, the enrollment key (or certificate) and payload_file were checked by
+      // load(); whether DPS knows the device only a registration tells.
+      std::cout << "configuration OK: DPS registration " << dps->registrationId << " in ID scope "
+                << dps->idScope << " at " << dps->globalEndpoint << ":" << dps->port << " ("
+                << iothubd::config::dpsAttestationName(dps->attestation)
+                << (dps->attestation == iothubd::config::DpsAttestation::SymmetricKey
+                        ? (dps->groupEnrollment ? ", group enrollment" : ", individual enrollment")
+                        : "")
+                << ")\n";
+      return EXIT_SUCCESS;
+    }
     std::cout << "configuration OK: device " << identity.deviceId << " on " << identity.hubHostname
               << " (" << iothubd::config::authKindName(identity.authentication) << ")\n";
     return EXIT_SUCCESS;
@@ -174,8 +186,11 @@ int run(const Options& opts) {
   }
 
   daemon.connect();
-  logf(LogLevel::Notice, "iothubd ", IOTHUBD_VERSION, " serving device ", identity.deviceId, " of ",
-       identity.hubHostname, " as ", iothubd::dbusapi::kBusName);
+  const auto& serving = daemon.session().options();
+  logf(LogLevel::Notice, "iothubd ", IOTHUBD_VERSION, " serving device ",
+       serving.deviceId.empty() ? "(assigned by DPS)" : serving.deviceId, " of ",
+       serving.hubHostname.empty() ? "(assigned by DPS)" : serving.hubHostname, " as ",
+       iothubd::dbusapi::kBusName);
   sd_notifyf(0, "READY=1\nSTATUS=%s", daemon.statusText().c_str());
 
   auto code = ev.run();

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "iothubd/config/composition.hpp"
 
+#include <algorithm>
 #include <utility>
 
 #include "iothubd/config/upload_directories.hpp"
@@ -232,12 +233,6 @@ core::Result<Loaded> load(const std::string& configPath, const Environment& env,
   if (!identity) {
     return fail(Errc::Config, "credentials: " + identity.error().message);
   }
-  if (identity->authentication == AuthKind::Dps) {
-    // TODO(lead): #16 part 2 wires src/provisioning into the daemon; until then refused here.
-    return fail(Errc::Config,
-                "configuration: [hub] authentication = dps: provisioning is not available in "
-                "this build yet");
-  }
   auto proxy = loadProxy(*settings, env.credentialsDirectory);
   if (!proxy) {
     return fail(Errc::Config, "credentials: " + proxy.error().message);
@@ -289,7 +284,43 @@ Composition compose(const Loaded& loaded, const Environment& env) {
   c.bus.methodResponseTimeout = std::chrono::seconds(s.methodResponseTimeout);
   c.bus.keepConnected = s.keepConnected;
   c.bus.uploadFromPathDirectories = s.uploadFromPathDirectories;
+
+  c.stateDirectory = env.stateDirectory;
+  if (const auto& dps = loaded.identity.dps) {
+    // The DPS connection goes the way the hub connection goes: same trust (and X.509 identity),
+    // WebSockets, proxy and keep-alive.
+    provisioning::ProvisioningOptions p;
+    p.globalEndpoint = dps->globalEndpoint;
+    p.port = dps->port;
+    p.idScope = dps->idScope;
+    p.registrationId = dps->registrationId;
+    p.attestation = dps->attestation == DpsAttestation::X509
+                        ? provisioning::Attestation::X509
+                        : provisioning::Attestation::SymmetricKey;
+    p.deviceKey = loaded.identity.sharedAccessKey;
+    p.tls = c.session.tls;
+    p.websockets = c.session.websockets;
+    p.proxy = c.session.proxy;
+    p.userAgent = env.userAgent;
+    p.payloadJson = dps->payloadJson;
+    p.modelId = dps->modelId;
+    p.keepAliveSeconds = s.keepAlive;
+    p.sasTokenTtl = std::chrono::seconds(s.sastokenTtl);
+    p.timeout = dps->registrationTimeout;
+    c.provisioning = std::move(p);
+  }
   return c;
+}
+
+void assignHub(Composition& composition, const std::string& hub, const std::string& deviceId) {
+  if (auto& u = composition.upload) {
+    // endpoint.host is the hub followed by ":https_port" when that is not 443.
+    u->endpoint.host = hub + u->endpoint.host.substr(std::min(
+                                 composition.session.hubHostname.size(), u->endpoint.host.size()));
+    u->endpoint.deviceId = deviceId;
+  }
+  composition.session.hubHostname = hub;
+  composition.session.deviceId = deviceId;
 }
 
 const char* componentName(Component component) noexcept {

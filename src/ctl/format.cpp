@@ -229,6 +229,9 @@ std::string formatStatus(const DaemonStatus& s, std::uint64_t nowUnix) {
     hub += " via gateway " + text(s, "GatewayHostName");
   }
   line("Hub", hub);
+  if (std::string dps = text(s, "ProvisioningState"); !dps.empty() && dps != "not-configured") {
+    line("DPS", dps);
+  }
   line("Device", text(s, "DeviceId"));
   if (!text(s, "ModuleId").empty()) {
     line("Module", text(s, "ModuleId"));

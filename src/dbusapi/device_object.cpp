@@ -158,6 +158,7 @@ class DeviceObjectImpl final : public DeviceObject,
         quota_(services.limits.maxPendingCallsPerApp),
         holds_(services.keepConnected),
         uploadDirectories_(std::move(services.uploadFromPathDirectories)),
+        reprovision_(std::move(services.reprovision)),
         appTag_(runTag()),
         connected_(session_.connected()) {
     // The match on NameOwnerChanged is in place before the vtable is, and the daemon asks for
@@ -203,6 +204,18 @@ class DeviceObjectImpl final : public DeviceObject,
   }
 
   void setUploader(blob::BlobUploader* uploads) override { uploads_ = uploads; }
+
+  void setProvisioning(ProvisioningStatus status) override {
+    const bool stateChanged = status.state != provisioning_.state;
+    const bool errorChanged = status.error.message != provisioning_.error.message;
+    provisioning_ = std::move(status);
+    if (stateChanged || errorChanged) {
+      emitChanged(stateChanged ? std::vector<std::string>{"ProvisioningState", "LastError"}
+                               : std::vector<std::string>{"LastError"});
+    }
+  }
+
+  void reportBackgroundError(const core::Error& error) override { onBackgroundError(error); }
 
  private:
   static MethodRouter::Limits routerLimits(const BusLimits& limits) {
@@ -625,6 +638,33 @@ class DeviceObjectImpl final : public DeviceObject,
     });
   }
 
+  /// Forgets DPS's assignment and registers again: root and group iothub-admin only (it moves
+  /// the device), by the bus policy and here.
+  void Reprovision(sdbus::Result<>&& result) override {
+    replyGuard(result, "Reprovision", [&] {
+      auto done = completion(std::move(result), replyEmpty());
+      if (!reprovision_) {
+        done(core::Result<void>(core::fail(
+            core::Errc::NotSupported, "Reprovision needs authentication = dps ([provisioning])")));
+        return;
+      }
+      withCredentials(caller(), [this, done](core::Result<PeerCredentials> who) mutable {
+        if (!who) {
+          done(core::Result<void>(core::fail(who.error())));
+          return;
+        }
+        if (!isAdmin(*who)) {
+          done(core::Result<void>(core::fail(
+              core::Errc::AccessDenied,
+              std::string("Reprovision moves the device: only root and members of group ") +
+                  kAdminGroup + " may call it")));
+          return;
+        }
+        done(reprovision_());
+      });
+    });
+  }
+
   // --- file upload (protocol doc 8) ---------------------------------------------------------
   blob::BlobUploader& uploads() {
     if (uploads_ == nullptr) {
@@ -736,7 +776,14 @@ class DeviceObjectImpl final : public DeviceObject,
   // --- properties ---------------------------------------------------------------------------
   bool Connected() override { return session_.connected(); }
   std::string ConnectionState() override { return session::connectionStateName(session_.state()); }
-  std::string LastError() override { return session_.lastError().message; }
+  std::string LastError() override {
+    // Until DPS assigned a hub (or after the hub refused the device), the registration's error.
+    if (provisioning_.state != "assigned" && !provisioning_.error.message.empty()) {
+      return provisioning_.error.message;
+    }
+    return session_.lastError().message;
+  }
+  std::string ProvisioningState() override { return provisioning_.state; }
   std::string DeviceId() override { return session_.options().deviceId; }
   std::string ModuleId() override { return session_.options().moduleId; }
   std::string HostName() override { return session_.options().hubHostname; }
@@ -852,6 +899,8 @@ class DeviceObjectImpl final : public DeviceObject,
   CallQuota quota_;
   LinkHolds holds_;
   std::vector<std::string> uploadDirectories_;
+  std::function<core::Result<void>()> reprovision_;
+  ProvisioningStatus provisioning_;
   const std::string appTag_;
   CallQuota::Ticket admitted_;  ///< the slot of the call being dispatched, for completion()
   /// Answers the call being dispatched once completion() holds its Result.

@@ -877,10 +877,22 @@ class BusFuzzer {
   }
 
   void propertiesCall(Client& c) {
-    static const std::vector<std::string> kNames = {
-        "Connected",   "ConnectionState", "LastError",          "DeviceId",       "ModuleId",
-        "HostName",    "GatewayHostName", "AuthenticationType", "SasTokenExpiry", "OutboxLength",
-        "OutboxBytes", "MessagesDropped", "MessagesDelivered",  "Nope",           ""};
+    static const std::vector<std::string> kNames = {"Connected",
+                                                    "ConnectionState",
+                                                    "LastError",
+                                                    "DeviceId",
+                                                    "ModuleId",
+                                                    "HostName",
+                                                    "GatewayHostName",
+                                                    "AuthenticationType",
+                                                    "SasTokenExpiry",
+                                                    "OutboxLength",
+                                                    "OutboxBytes",
+                                                    "MessagesDropped",
+                                                    "MessagesDelivered",
+                                                    "ProvisioningState",
+                                                    "Nope",
+                                                    ""};
     const std::string iface = gen_.percent(85) ? "org.iothubd.Device1" : gen_.word();
     sd_bus* bus = c.bus.get();
     switch (gen_.below(3)) {

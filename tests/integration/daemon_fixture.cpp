@@ -247,6 +247,7 @@ void DaemonTest::launchDaemon() {
   options.configPath = configPath_;
   options.busAddress = bus_->address();
   options.credentialsDirectory = credentialsDir_;
+  options.extraEnv = daemonEnv_;
   daemon_ = std::make_unique<DaemonProcess>(dir_.path(), options);
   daemon_->start();
 }

@@ -135,6 +135,8 @@ class DaemonTest : public ::testing::Test {
   std::string credentialsDir_;
   std::unique_ptr<DaemonProcess> daemon_;
   std::unique_ptr<DeviceClient> client_;
+  /// More environment for the daemon (e.g. STATE_DIRECTORY), set before launchDaemon().
+  std::map<std::string, std::string> daemonEnv_;
 };
 
 }  // namespace iothubd::testing

@@ -90,6 +90,7 @@ TEST_F(DeviceApiTest, PropertiesDescribeTheDeviceAndAreReadOnly) {
   EXPECT_EQ(c.HostName(), "localhost");
   EXPECT_EQ(c.GatewayHostName(), "");
   EXPECT_EQ(c.AuthenticationType(), "sas");
+  EXPECT_EQ(c.ProvisioningState(), "not-configured");
   auto now = static_cast<uint64_t>(std::time(nullptr));
   EXPECT_GE(c.SasTokenExpiry(), now + 3500);
   EXPECT_LE(c.SasTokenExpiry(), now + 3601);

@@ -108,7 +108,7 @@ TEST_F(TrustTest, EachCallerMayCallExactlyWhatThePolicyAndTheDaemonAllow) {
     EXPECT_NE(root->call(method).error, "org.freedesktop.DBus.Error.AccessDenied");
     EXPECT_NE(admin->call(method).error, "org.freedesktop.DBus.Error.AccessDenied");
     const auto byMember = member->call(method);
-    if (method == "UpdateSasToken") {
+    if (method == "UpdateSasToken" || method == "Reprovision") {
       EXPECT_EQ(byMember.error, "org.freedesktop.DBus.Error.AccessDenied") << byMember.message;
     } else {
       EXPECT_NE(byMember.error, "org.freedesktop.DBus.Error.AccessDenied") << byMember.message;
@@ -139,6 +139,10 @@ TEST_F(TrustTest, EachCallerMayCallExactlyWhatThePolicyAndTheDaemonAllow) {
   EXPECT_EQ(root->call("UpdateSasToken", "s", token).error, "org.iothubd.Error.NotSupported");
   EXPECT_EQ(member->call("UpdateSasToken", "s", token).error,
             "org.freedesktop.DBus.Error.AccessDenied");
+  // Reprovision moves the device: the same rule (without DPS configured: NotSupported).
+  EXPECT_EQ(admin->call("Reprovision").error, "org.iothubd.Error.NotSupported");
+  EXPECT_EQ(root->call("Reprovision").error, "org.iothubd.Error.NotSupported");
+  EXPECT_EQ(member->call("Reprovision").error, "org.freedesktop.DBus.Error.AccessDenied");
 }
 
 TEST_F(TrustTest, TheDaemonRefusesUpdateSasTokenToAMemberEvenWhereThePolicyWouldLetItThrough) {
@@ -151,6 +155,9 @@ TEST_F(TrustTest, TheDaemonRefusesUpdateSasTokenToAMemberEvenWhereThePolicyWould
   auto refused = member->call("UpdateSasToken", "s", "[\"SharedAccessSignature sr=x&sig=y&se=1\"]");
   EXPECT_EQ(refused.error, "org.freedesktop.DBus.Error.AccessDenied");
   EXPECT_NE(refused.message.find("iothub-admin"), std::string::npos) << refused.message;
+  auto reprovision = member->call("Reprovision");
+  EXPECT_EQ(reprovision.error, "org.freedesktop.DBus.Error.AccessDenied");
+  EXPECT_NE(reprovision.message.find("iothub-admin"), std::string::npos) << reprovision.message;
 }
 
 // --- nobody takes the link from another ---------------------------------------------------

@@ -21,6 +21,7 @@
 #include "iothubd/dbusapi/device_object.hpp"
 #include "iothubd/http/curl_multi_client.hpp"
 #include "iothubd/outbox/outbox.hpp"
+#include "iothubd/provisioning/provisioning_client.hpp"
 #include "iothubd/session/hub_session.hpp"
 
 namespace iothubd::config {
@@ -77,11 +78,19 @@ struct Composition {
   std::optional<UploadOptions> upload;
   outbox::OutboxOptions outbox;  ///< path resolved against the state directory
   BusOptions bus;
+  /// authentication = dps: how to register with DPS. The session's hubHostname and deviceId (and
+  /// the upload endpoint's) stay empty until assignHub() fills them from DPS's assignment.
+  std::optional<provisioning::ProvisioningOptions> provisioning;
+  std::string stateDirectory;  ///< where the DPS assignment is kept (AssignmentStore)
 
   bool operator==(const Composition&) const = default;
 };
 
 [[nodiscard]] Composition compose(const Loaded& loaded, const Environment& env);
+
+/// Points a composition at the hub and device id DPS assigned: the session's and file upload's
+/// (which keeps its https_port suffix).
+void assignHub(Composition& composition, const std::string& hub, const std::string& deviceId);
 
 /// The components a composition configures, in the order apply() visits them (later ones may
 /// depend on earlier ones: file upload uses the HTTPS client and the session's identity).

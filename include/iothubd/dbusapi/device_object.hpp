@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,6 +39,14 @@ struct BusLimits {
   bool operator==(const BusLimits&) const = default;
 };
 
+/// authentication = dps: the ProvisioningState property (not-configured, registering,
+/// assigned, failed) and why the last registration failed or the hub refused the device (what
+/// LastError shows while it is not empty and the device is not assigned).
+struct ProvisioningStatus {
+  std::string state = "not-configured";
+  core::Error error;
+};
+
 class DeviceObject {
  public:
   virtual ~DeviceObject() = default;
@@ -58,6 +67,10 @@ class DeviceObject {
   /// available). Uploads already running finish on the one they started with, which the caller
   /// keeps alive until it is idle.
   virtual void setUploader(blob::BlobUploader* uploads) = 0;
+  /// Emits PropertiesChanged for ProvisioningState and LastError when they changed.
+  virtual void setProvisioning(ProvisioningStatus status) = 0;
+  /// A failure no call was waiting for (BackgroundException), from outside the session.
+  virtual void reportBackgroundError(const core::Error& error) = 0;
 };
 
 /// What the object serves the bus with.
@@ -72,6 +85,9 @@ struct DeviceServices {
   bool keepConnected = true;
   /// [file_upload] upload_from_path_directories, checked: empty refuses UploadFileFromPath.
   std::vector<std::string> uploadFromPathDirectories;
+  /// Reprovision(), after the caller was found to be root or in iothub-admin; null when
+  /// authentication is not dps (NotSupported).
+  std::function<core::Result<void>()> reprovision;
 };
 
 [[nodiscard]] std::unique_ptr<DeviceObject> createDeviceObject(sdbus::IConnection& connection,

@@ -57,6 +57,8 @@ struct ProvisioningOptions {
   /// value up to the second, plus up to 20 % jitter.
   std::chrono::seconds retryBackoffInitial{1};
   std::chrono::seconds retryBackoffMax{60};
+
+  bool operator==(const ProvisioningOptions&) const = default;
 };
 
 /// DPS's answer: where the device lives now.

@@ -149,6 +149,59 @@ std::vector<Case> cases() {
   };
 }
 
+/// authentication = dps: hub and device id come from DPS (the daemon fills them in with
+/// assignHub()), the registration from [provisioning] and the dps credentials.
+Loaded dpsBase() {
+  Loaded l = base();
+  l.identity.authentication = AuthKind::Dps;
+  l.identity.hubHostname.clear();
+  l.identity.deviceId.clear();
+  DpsRegistration dps;
+  dps.globalEndpoint = "global.azure-devices-provisioning.net";
+  dps.idScope = "0ne00000001";
+  dps.registrationId = "gw-1";
+  l.identity.dps = dps;
+  return l;
+}
+
+/// A [provisioning] key or dps credential: the registration changes (the daemon then
+/// registers again, unless an assignment is stored for the new settings); the connection
+/// changes only where it uses the same credential.
+struct DpsCase {
+  const char* key;
+  std::function<void(Loaded&)> change;
+  std::map<C, T> expect;  ///< components not listed stay Unchanged
+};
+
+std::vector<DpsCase> dpsCases() {
+  auto key = [](Loaded& l) { l.identity.sharedAccessKey = core::Secret<>("b3RoZXIta2V5"); };
+  return {
+      {"provisioning.global_endpoint",
+       [](Loaded& l) { l.identity.dps->globalEndpoint = "dps.example.net"; },
+       {}},
+      {"provisioning.port", [](Loaded& l) { l.identity.dps->port = 443; }, {}},
+      {"provisioning.id_scope", [](Loaded& l) { l.identity.dps->idScope = "0ne00000002"; }, {}},
+      {"provisioning.registration_id",
+       [](Loaded& l) { l.identity.dps->registrationId = "gw-2"; },
+       {}},
+      {"provisioning.attestation",
+       [](Loaded& l) {
+         l.identity.dps->attestation = DpsAttestation::X509;
+         l.identity.x509CertFile = "/etc/iothubd/gw.pem";
+       },
+       kTrust},
+      {"provisioning.payload_file",
+       [](Loaded& l) { l.identity.dps->payloadJson = R"({"site":"north"})"; },
+       {}},
+      {"provisioning.registration_timeout",
+       [](Loaded& l) { l.identity.dps->registrationTimeout = std::chrono::seconds(60); },
+       {}},
+      // The device key is the enrollment's (or derived from the group's) at the hub too.
+      {"credentials.dps_key_file", key, kReconnect},
+      {"credentials.dps_group_key_file", key, kReconnect},
+  };
+}
+
 /// "section.key" for every key the shipped iothubd.conf documents (set or commented out).
 std::set<std::string> documentedKeys() {
   std::ifstream in(std::string(IOTHUBD_SOURCE_DIR) + "/config/iothubd.conf");
@@ -174,13 +227,10 @@ TEST(Composition, EveryDocumentedKeyHasAReloadCase) {
   for (const auto& c : cases()) {
     covered.insert(c.key);
   }
-  // authentication = dps is refused by load() until provisioning is part of the composition
-  // (issue 16 part 2), so its keys reach no component yet.
-  auto documented = documentedKeys();
-  std::erase_if(documented, [](const std::string& key) {
-    return key.starts_with("provisioning.") || key.starts_with("credentials.dps_");
-  });
-  EXPECT_EQ(covered, documented)
+  for (const auto& c : dpsCases()) {
+    covered.insert(c.key);
+  }
+  EXPECT_EQ(covered, documentedKeys())
       << "a key of config/iothubd.conf lacks a case here (what does a reload do with it?)";
 }
 
@@ -198,6 +248,54 @@ TEST(Composition, EachKeyIsTreatedAsItsComponentCan) {
       EXPECT_EQ(d.changed.empty(), want == T::Unchanged) << c.key;
     }
   }
+}
+
+TEST(Composition, EachProvisioningKeyChangesTheRegistration) {
+  const auto env = environment();
+  const Composition running = compose(dpsBase(), env);
+  ASSERT_TRUE(running.provisioning.has_value());
+  for (const auto& c : dpsCases()) {
+    Loaded changed = dpsBase();
+    c.change(changed);
+    const Composition next = compose(changed, env);
+    ASSERT_TRUE(next.provisioning.has_value()) << c.key;
+    EXPECT_FALSE(*running.provisioning == *next.provisioning) << c.key;
+    for (const Decision& d : plan(running, next)) {
+      auto want = c.expect.contains(d.component) ? c.expect.at(d.component) : T::Unchanged;
+      EXPECT_EQ(d.treatment, want) << c.key << " → " << componentName(d.component);
+    }
+  }
+}
+
+TEST(Composition, ADpsDeviceRegistersWithTheHubConnectionsSettingsAndConnectsWhereAssigned) {
+  Loaded l = dpsBase();
+  l.settings.fileUploadPort = 8443;
+  l.settings.websockets = true;
+  l.settings.serverVerificationCert = "/etc/iothubd/ca.pem";
+  l.proxy.type = core::ProxySettings::Type::Http;
+  l.proxy.host = "proxy.local";
+  Composition c = compose(l, environment());
+  ASSERT_TRUE(c.provisioning.has_value());
+  EXPECT_EQ(c.stateDirectory, "/var/lib/iothubd");
+  EXPECT_EQ(c.provisioning->registrationId, "gw-1");
+  EXPECT_EQ(c.provisioning->deviceKey, c.session.sharedAccessKey);
+  EXPECT_EQ(c.provisioning->tls, c.session.tls);
+  EXPECT_EQ(c.provisioning->proxy, c.session.proxy);
+  EXPECT_TRUE(c.provisioning->websockets);
+  EXPECT_EQ(c.provisioning->userAgent, "iothubd/test");
+  EXPECT_EQ(c.session.hubHostname, "") << "until DPS assigned a hub";
+
+  assignHub(c, "hub-a.azure-devices.net", "gw-1");
+  EXPECT_EQ(c.session.hubHostname, "hub-a.azure-devices.net");
+  EXPECT_EQ(c.session.deviceId, "gw-1");
+  ASSERT_TRUE(c.upload.has_value());
+  EXPECT_EQ(c.upload->endpoint.host, "hub-a.azure-devices.net:8443");
+  EXPECT_EQ(c.upload->endpoint.deviceId, "gw-1");
+  // Moved to another hub: the https_port suffix stays.
+  assignHub(c, "hub-b.azure-devices.net", "gw-1b");
+  EXPECT_EQ(c.upload->endpoint.host, "hub-b.azure-devices.net:8443");
+  EXPECT_EQ(c.session.deviceId, "gw-1b");
+  EXPECT_FALSE(compose(base(), environment()).provisioning.has_value());
 }
 
 TEST(Composition, NothingChangedIsNothingToDo) {

@@ -105,6 +105,19 @@ TEST(Format, StatusAtAGlance) {
             R"("Version":"0.1.0","Pid":4711,"UptimeSeconds":192})");
 }
 
+TEST(Format, StatusShowsTheProvisioningStateOfADpsDevice) {
+  DaemonStatus s = connectedStatus();
+  s.properties["ProvisioningState"] = std::string("not-configured");
+  EXPECT_EQ(formatStatus(s, 1796580000).find("DPS:"), std::string::npos);
+  s.properties["ProvisioningState"] = std::string("assigned");
+  EXPECT_NE(formatStatus(s, 1796580000)
+                .find("       Hub: contoso.azure-devices.net via gateway edge.local\n"
+                      "       DPS: assigned\n"
+                      "    Device: gw-7\n"),
+            std::string::npos)
+      << formatStatus(s, 1796580000);
+}
+
 TEST(Format, MethodClaimsAsATable) {
   EXPECT_EQ(formatMethodClaims({{"reboot", ":1.7", 42, "python3 app.py"}, {"*", ":1.9", {}, ""}}),
             "METHOD  CLAIMED BY\n"
