@@ -112,6 +112,15 @@ class ProvisioningTest : public DaemonTest {
         .has_value();
   }
 
+  /// Sends `body` with SendMessage; the hub of `service` must receive it from this device.
+  void expectSentTo(ServiceClient& service, const std::string& body) {
+    const std::string id = client().SendMessage(body, {}, {});
+    auto received = service.waitForTelemetry();
+    ASSERT_TRUE(received.has_value()) << body;
+    EXPECT_EQ(received->device, registrationId_);
+    EXPECT_EQ(received->property("$.mid"), id);
+  }
+
   std::string registrationId_ = "gw-7";
   std::string groupKey_;
   std::string stateDir_;
@@ -127,11 +136,7 @@ TEST_F(ProvisioningTest, AGroupEnrollmentGatewayProvisionsConnectsAndSendsThenRe
   ASSERT_TRUE(waitForProvisioningState("assigned"));
   EXPECT_EQ(client().HostName(), "localhost");
   EXPECT_EQ(client().DeviceId(), registrationId_);
-  const std::string id = client().SendMessage("provisioned", {}, {});
-  auto received = service.waitForTelemetry();
-  ASSERT_TRUE(received.has_value());
-  EXPECT_EQ(received->device, registrationId_);
-  EXPECT_EQ(received->property("$.mid"), id);
+  expectSentTo(service, "provisioned");
   DpsControl control(*dps_);
   auto seen = control.registration(registrationId_);
   ASSERT_TRUE(seen.has_value());
@@ -147,10 +152,7 @@ TEST_F(ProvisioningTest, AGroupEnrollmentGatewayProvisionsConnectsAndSendsThenRe
   startDaemon();
   EXPECT_EQ(client().ProvisioningState(), "assigned");
   EXPECT_EQ(client().HostName(), "localhost");
-  const std::string again = client().SendMessage("after the restart", {}, {});
-  received = service.waitForTelemetry();
-  ASSERT_TRUE(received.has_value());
-  EXPECT_EQ(received->property("$.mid"), again);
+  expectSentTo(service, "after the restart");
   EXPECT_EQ(daemon_->log().find("DPS: registering"), std::string::npos) << daemon_->log();
 }
 
@@ -243,20 +245,9 @@ TEST_F(ProvisioningTest, AReloadThatChangesTheRegistrationRegistersAgain) {
   writeFile(daemonDir_ + "/payload.json", R"({"site":"north"})", 0644);
   useDps("payload_file = " + daemonDir_ + "/payload.json\n");
   ASSERT_TRUE(daemon_->reload());
-  ASSERT_TRUE(client()
-                  .waitForSignal(
-                      "PropertiesChanged",
-                      [](const SignalRecord& r) {
-                        auto it = r.changed.find("HostName");
-                        return it != r.changed.end() && it->second.get<std::string>() == kSecondHub;
-                      },
-                      15s)
-                  .has_value());
+  EXPECT_TRUE(waitForProperty("HostName", sdbus::Variant(std::string(kSecondHub))));
   ServiceClient serviceB(*hubB_);
-  const std::string id = client().SendMessage("on the new hub", {}, {});
-  auto received = serviceB.waitForTelemetry();
-  ASSERT_TRUE(received.has_value());
-  EXPECT_EQ(received->property("$.mid"), id);
+  expectSentTo(serviceB, "on the new hub");
   auto seen = control.registration(registrationId_);
   ASSERT_TRUE(seen.has_value());
   EXPECT_EQ(seen->registerRequests, 2);
@@ -331,10 +322,7 @@ TEST_F(ProvisioningX509Test, AnX509DeviceProvisionsWithItsCertificate) {
   ASSERT_TRUE(auth.has_value());
   EXPECT_EQ(auth->method, "x509");
   EXPECT_EQ(client().AuthenticationType(), "x509");
-  const std::string id = client().SendMessage("from an X.509 gateway", {}, {});
-  auto received = service.waitForTelemetry();
-  ASSERT_TRUE(received.has_value());
-  EXPECT_EQ(received->property("$.mid"), id);
+  expectSentTo(service, "from an X.509 gateway");
   auto seen = control.registration(registrationId_);
   ASSERT_TRUE(seen.has_value());
   EXPECT_EQ(seen->attestation, "x509");
