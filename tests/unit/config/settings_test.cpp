@@ -23,7 +23,9 @@ TEST(Settings, DefaultsAreTheSeedDefaults) {
   EXPECT_EQ(s->sastokenTtl, 3600);
   EXPECT_TRUE(s->autoConnect);
   EXPECT_TRUE(s->connectionRetry);
-  EXPECT_EQ(s->connectionRetryInterval, 10);
+  EXPECT_EQ(s->connectionRetryInitialDelay, 1);
+  EXPECT_EQ(s->connectionRetryMaxDelay, 0);  // not set: 60 s unless connection_retry_interval is
+  EXPECT_EQ(s->connectionRetryInterval, 0);
   EXPECT_TRUE(s->ensureDesiredProperties);
   EXPECT_FALSE(s->websockets);
   EXPECT_EQ(s->port, 8883);
