@@ -62,13 +62,13 @@ session::SessionOptions sessionOptions(const Loaded& l, const Environment& env) 
   o.sasTokenTtl = std::chrono::seconds(s.sastokenTtl);
   o.autoConnect = s.autoConnect;
   o.connectionRetry = s.connectionRetry;
-  o.connectionRetryInitialDelay = std::chrono::seconds(s.connectionRetryInitialDelay);
+  o.connectionRetryInitialDelay = std::chrono::milliseconds(s.connectionRetryInitialDelayMs);
   // connection_retry_interval, the Python SDK's fixed interval, now names the cap: the schedule
   // never waits longer than it (man iothubd.conf: deprecated for connection_retry_max_delay).
-  const int maxDelay = s.connectionRetryMaxDelay > 0   ? s.connectionRetryMaxDelay
-                       : s.connectionRetryInterval > 0 ? s.connectionRetryInterval
-                                                       : 60;
-  o.connectionRetryMaxDelay = std::chrono::seconds(maxDelay);
+  const int maxDelayMs = s.connectionRetryMaxDelayMs > 0  ? s.connectionRetryMaxDelayMs
+                         : s.connectionRetryInterval > 0 ? s.connectionRetryInterval * 1000
+                                                         : 60 * 1000;
+  o.connectionRetryMaxDelay = std::chrono::milliseconds(maxDelayMs);
   o.operationTimeout = std::chrono::seconds(s.operationTimeout);
   o.ensureDesiredProperties = s.ensureDesiredProperties;
   o.maxQueuedMessages = s.maxQueuedMessages;

@@ -26,7 +26,10 @@ TwinClient::Options twinOptions(const SessionOptions& o) {
   // Pitfall 15: a failed desired fetch is retried no sooner than today's 10 s, nor later than
   // the connection's own cap (short bounds make short tests).
   return {o.maxTwinRequests, o.operationTimeout,
-          std::min<std::chrono::seconds>(o.connectionRetryMaxDelay, std::chrono::seconds(10)),
+          std::max(std::chrono::seconds(1),
+                   std::min(std::chrono::duration_cast<std::chrono::seconds>(
+                                o.connectionRetryMaxDelay),
+                            std::chrono::seconds(10))),
           o.ensureDesiredProperties};
 }
 

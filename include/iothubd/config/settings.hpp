@@ -78,9 +78,10 @@ struct Settings {
   int sastokenTtl = 3600;
   bool autoConnect = true;
   bool connectionRetry = true;
-  /// The reconnect schedule's bounds in seconds (session/retry_policy.hpp).
-  int connectionRetryInitialDelay = 1;
-  int connectionRetryMaxDelay = 0;  ///< 0: not set, connection_retry_interval or 60
+  /// The reconnect schedule's bounds in milliseconds (session/retry_policy.hpp); the file gives
+  /// seconds with up to three decimals.
+  int connectionRetryInitialDelayMs = 1000;
+  int connectionRetryMaxDelayMs = 0;  ///< 0: not set, connection_retry_interval or 60 s
   int connectionRetryInterval = 0;  ///< deprecated name of connection_retry_max_delay; 0: not set
   bool ensureDesiredProperties = true;
   int operationTimeout = 60;  ///< seconds any hub operation (connect, publish, twin) may take

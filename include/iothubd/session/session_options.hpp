@@ -44,8 +44,8 @@ struct SessionOptions {
   bool autoConnect = true;
   bool connectionRetry = true;
   /// The retry policy's bounds (retry_policy.hpp): the first delay and the cap.
-  std::chrono::seconds connectionRetryInitialDelay{1};
-  std::chrono::seconds connectionRetryMaxDelay{60};
+  std::chrono::milliseconds connectionRetryInitialDelay{1000};
+  std::chrono::milliseconds connectionRetryMaxDelay{60000};
   std::chrono::seconds operationTimeout{60};
   /// Telemetry accepted while (re)connecting, waiting to be published; over either → QueueFull.
   std::size_t maxQueuedMessages = 10000;

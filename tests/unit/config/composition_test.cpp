@@ -102,9 +102,9 @@ std::vector<Case> cases() {
       {"connection.connection_retry", [](Loaded& l) { l.settings.connectionRetry = false; },
        kSessionInPlace},
       {"connection.connection_retry_initial_delay",
-       [](Loaded& l) { l.settings.connectionRetryInitialDelay = 3; }, kSessionInPlace},
+       [](Loaded& l) { l.settings.connectionRetryInitialDelayMs = 3000; }, kSessionInPlace},
       {"connection.connection_retry_max_delay",
-       [](Loaded& l) { l.settings.connectionRetryMaxDelay = 3; }, kSessionInPlace},
+       [](Loaded& l) { l.settings.connectionRetryMaxDelayMs = 250; }, kSessionInPlace},
       {"connection.connection_retry_interval",
        [](Loaded& l) { l.settings.connectionRetryInterval = 3; }, kSessionInPlace},
       {"connection.ensure_desired_properties",
@@ -245,11 +245,11 @@ TEST(Composition, TheRetryBoundsAndTheDeprecatedIntervalReachTheSession) {
   EXPECT_EQ(compose(l, environment()).session.connectionRetryMaxDelay, std::chrono::seconds(60));
   l.settings.connectionRetryInterval = 5;
   EXPECT_EQ(compose(l, environment()).session.connectionRetryMaxDelay, std::chrono::seconds(5));
-  l.settings.connectionRetryMaxDelay = 30;
-  l.settings.connectionRetryInitialDelay = 2;
+  l.settings.connectionRetryMaxDelayMs = 30000;
+  l.settings.connectionRetryInitialDelayMs = 250;
   const auto session = compose(l, environment()).session;
   EXPECT_EQ(session.connectionRetryMaxDelay, std::chrono::seconds(30));
-  EXPECT_EQ(session.connectionRetryInitialDelay, std::chrono::seconds(2));
+  EXPECT_EQ(session.connectionRetryInitialDelay, std::chrono::milliseconds(250));
 }
 
 /// Records what apply() asks of the components.
