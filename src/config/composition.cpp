@@ -65,7 +65,7 @@ session::SessionOptions sessionOptions(const Loaded& l, const Environment& env) 
   o.connectionRetryInitialDelay = std::chrono::milliseconds(s.connectionRetryInitialDelayMs);
   // connection_retry_interval, the Python SDK's fixed interval, now names the cap: the schedule
   // never waits longer than it (man iothubd.conf: deprecated for connection_retry_max_delay).
-  const int maxDelayMs = s.connectionRetryMaxDelayMs > 0  ? s.connectionRetryMaxDelayMs
+  const int maxDelayMs = s.connectionRetryMaxDelayMs > 0 ? s.connectionRetryMaxDelayMs
                          : s.connectionRetryInterval > 0 ? s.connectionRetryInterval * 1000
                                                          : 60 * 1000;
   o.connectionRetryMaxDelay = std::chrono::milliseconds(maxDelayMs);

@@ -23,14 +23,12 @@ PublishTracker::Limits publishLimits(const SessionOptions& o) {
 }
 
 TwinClient::Options twinOptions(const SessionOptions& o) {
-  // Pitfall 15: a failed desired fetch is retried no sooner than today's 10 s, nor later than
-  // the connection's own cap (short bounds make short tests).
-  return {o.maxTwinRequests, o.operationTimeout,
-          std::max(std::chrono::seconds(1),
-                   std::min(std::chrono::duration_cast<std::chrono::seconds>(
-                                o.connectionRetryMaxDelay),
-                            std::chrono::seconds(10))),
-          o.ensureDesiredProperties};
+  // Pitfall 15: a failed desired fetch is retried after 10 s, or after the connection's cap if
+  // that is shorter (short bounds make short tests), but never sooner than after 1 s.
+  using std::chrono::seconds;
+  const auto cap = std::chrono::duration_cast<seconds>(o.connectionRetryMaxDelay);
+  const seconds retry = std::max(seconds(1), std::min(cap, seconds(10)));
+  return {o.maxTwinRequests, o.operationTimeout, retry, o.ensureDesiredProperties};
 }
 
 RetryPolicy::Settings retrySettings(const SessionOptions& o) {

@@ -5,8 +5,13 @@
 // itself once the hub does; a throttled hub never sees a message twice on one connection; a twin
 // GET issued while the subscriptions wait for their SUBACK is answered; a method request pending
 // across a drop is never answered on the next connection.
+#include <mosquitto.h>
+
+#include <atomic>
 #include <cstdio>
+#include <ctime>
 #include <future>
+#include <thread>
 
 #include "daemon_fixture.hpp"
 
@@ -51,6 +56,71 @@ std::chrono::milliseconds gap(const std::vector<Steady::time_point>& t, std::siz
 }
 
 class RetryTest : public DaemonTest {};
+
+/// Another device with the same identity that connects again as soon as the hub closes it (a
+/// cloned gateway image), paced at 100 ms so as not to flood the broker.
+class Intruder {
+ public:
+  Intruder(const hubemu::HubEmulator& hub, const std::string& device, const std::string& key)
+      : thread_([this, &hub, device, key] { run(hub, device, key); }) {}
+  ~Intruder() {
+    stop_ = true;
+    thread_.join();
+  }
+
+ private:
+  void run(const hubemu::HubEmulator& hub, const std::string& device, const std::string& key) {
+    while (!stop_) {
+      mosquitto* m = mosquitto_new(device.c_str(), true, nullptr);
+      const std::string token =
+          hubemu::makeSasToken(hub.hubHost(), device, key, std::time(nullptr) + 600);
+      mosquitto_username_pw_set(m, hubemu::makeUsername(hub.hubHost(), device).c_str(),
+                                token.c_str());
+      mosquitto_tls_set(m, hub.caFile().c_str(), nullptr, nullptr, nullptr, nullptr);
+      if (mosquitto_connect(m, hub.hubHost().c_str(), hub.port(), 30) == MOSQ_ERR_SUCCESS) {
+        while (!stop_ && mosquitto_loop(m, 50, 1) == MOSQ_ERR_SUCCESS) {
+        }
+      }
+      mosquitto_destroy(m);
+      std::this_thread::sleep_for(100ms);  // pacing, not waiting for a condition
+    }
+  }
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// Two devices with one identity: each CONNECT closes the other's connection (400027). iothubd's
+// links end right after their CONNACK; it retries once at once, then backs off with a floor
+// instead of reconnecting every 10 ms, and keeps its place once the other one is gone.
+TEST_F(RetryTest, ADuplicateIdentityGetsABoundedBackingOffReconnectSchedule) {
+  writeConfig(kShortSchedule);
+  startDaemon();
+  hubemu::ServiceClient service(hub_);
+  awaitOnline();
+  auto& c = client();
+  std::vector<Steady::time_point> ours;
+  {
+    Intruder intruder(hub_, kDevice, deviceKey_);
+    const auto until = Steady::now() + 6s;
+    while (Steady::now() < until) {
+      auto auth = service.waitForAuth(kDevice, 500ms);
+      if (auth && auth->username.find("DeviceClientType=") != std::string::npos) {
+        ours.push_back(Steady::now());
+      }
+    }
+  }
+  for (std::size_t i = 0; i < ours.size(); ++i) {
+    std::printf("iothubd's CONNECT %zu: +%lld ms\n", i + 1,
+                static_cast<long long>(i == 0 ? 0 : gap(ours, i).count()));
+  }
+  ASSERT_GE(ours.size(), 2u) << "iothubd did not try to come back";
+  // 10 ms loops would be hundreds; the floor (0.8–1.6 s here) allows a handful.
+  EXPECT_LE(ours.size(), 9u);
+  for (std::size_t i = 2; i < ours.size(); ++i) {
+    EXPECT_GE(gap(ours, i), 700ms) << "CONNECT " << i + 1;
+  }
+  EXPECT_TRUE(c.waitForConnectionStateChanged(true, 5s) || c.Connected());
+}
 
 // A hub that closes every CONNECT without a CONNACK (unavailable, throttling): attempts back off
 // exponentially up to the cap; the device is back once the hub is.

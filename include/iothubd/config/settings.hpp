@@ -82,7 +82,7 @@ struct Settings {
   /// seconds with up to three decimals.
   int connectionRetryInitialDelayMs = 1000;
   int connectionRetryMaxDelayMs = 0;  ///< 0: not set, connection_retry_interval or 60 s
-  int connectionRetryInterval = 0;  ///< deprecated name of connection_retry_max_delay; 0: not set
+  int connectionRetryInterval = 0;    ///< deprecated name of connection_retry_max_delay; 0: not set
   bool ensureDesiredProperties = true;
   int operationTimeout = 60;  ///< seconds any hub operation (connect, publish, twin) may take
   /// Keep the link up while no app holds it (Connect); false: it closes when the last hold goes

@@ -242,7 +242,7 @@ class HubSession final : private mqtt::MqttTransport::Listener,
   bool twinSubscribed_ = false;  ///< ... and after: twin requests may go out on this link
   /// Method request ids of the current link not answered yet; cleared when it goes.
   std::unordered_set<std::string> methodRequests_;
-  core::Error failure_;              ///< the failure being recorded (Record, GiveUp)
+  core::Error failure_;                     ///< the failure being recorded (Record, GiveUp)
   std::chrono::microseconds retryDelay_{};  ///< ArmRetry's delay, from the policy
   /// No attempt before this (monotonic): the policy's delay after the last failure.
   std::optional<std::chrono::microseconds> retryNotBefore_;

@@ -27,10 +27,10 @@ namespace iothubd::session {
 /// nothing is ever sent twice on one link by us. A publish whose owner keeps it (the outbox) waits
 /// for its PUBACK as long as its link lives (UntilLinkEnds): a hub that shapes traffic delays
 /// PUBACKs, and giving up on one would only lead to sending it again (issue 14; the Python SDK and
-/// libmosquitto wait too and resend on the next link). Held publishes survive link changes, each bounded
-/// by its own deadline. Every publish shares one timeout (operation_timeout) counted from when it
-/// was sent or held, so arrival order is deadline order and one timer serves them all. Loop thread
-/// only.
+/// libmosquitto wait too and resend on the next link). Held publishes survive link changes, each
+/// bounded by its own deadline. Every publish shares one timeout (operation_timeout) counted from
+/// when it was sent or held, so arrival order is deadline order and one timer serves them all. Loop
+/// thread only.
 class PublishTracker {
  public:
   using Completion = std::function<void(core::Result<void>)>;
