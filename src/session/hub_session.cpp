@@ -184,8 +184,8 @@ void HubSession::sendMethodResponse(const std::string& requestId, int status,
   if (methodRequests_.erase(requestId) == 0 || !linkUp_) {
     done(fail(Errc::ConnectionDropped,
               "method request " + core::quoted(requestId) +
-                  " came on a connection that has closed since; the hub no longer takes its "
-                  "answer"));
+                  " is not pending on the current connection (it came on one that has closed "
+                  "since, or was answered): the hub no longer takes its answer"));
     return;
   }
   // Protocol doc 6: the request id is echoed unchanged; QoS 1 so that the caller learns the
