@@ -479,8 +479,9 @@ void HubSession::perform(LinkAction action, const ConnectionMachine::Step& step)
       return;
     case LinkAction::ArmRetry:
       logf(LogLevel::Info, "reconnecting in ",
-           std::chrono::duration_cast<std::chrono::milliseconds>(retryDelay_).count(),
-           " ms (attempt ", retry_.failures() + 1, " of the backoff)");
+           std::chrono::duration_cast<std::chrono::milliseconds>(retryDelay_).count(), " ms",
+           retry_.failures() == 0 ? std::string()
+                                  : " (backoff step " + std::to_string(retry_.failures()) + ")");
       retryTimer_->armAfter(retryDelay_);
       return;
     case LinkAction::CancelRetry:

@@ -68,7 +68,8 @@ class RetryPolicy {
     failures_ = 0;
     quickRetryUsed_ = false;
   }
-  /// Failures in a row since the schedule (re)started, quick retries not counted.
+  /// The schedule's step: failures in a row since it (re)started, quick retries not counted,
+  /// raised to the floor's step after a short-lived link.
   [[nodiscard]] unsigned failures() const noexcept { return failures_; }
 
   /// Whether a failure with `error` is retried when the credentials are `renewable`.
