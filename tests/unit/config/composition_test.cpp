@@ -101,6 +101,10 @@ std::vector<Case> cases() {
        kSessionInPlace},
       {"connection.connection_retry", [](Loaded& l) { l.settings.connectionRetry = false; },
        kSessionInPlace},
+      {"connection.connection_retry_initial_delay",
+       [](Loaded& l) { l.settings.connectionRetryInitialDelayMs = 3000; }, kSessionInPlace},
+      {"connection.connection_retry_max_delay",
+       [](Loaded& l) { l.settings.connectionRetryMaxDelayMs = 250; }, kSessionInPlace},
       {"connection.connection_retry_interval",
        [](Loaded& l) { l.settings.connectionRetryInterval = 3; }, kSessionInPlace},
       {"connection.ensure_desired_properties",
@@ -231,6 +235,21 @@ TEST(Composition, TheComponentsGetTheSettingsAsTheyAreMeant) {
   EXPECT_FALSE(compose(l, environment()).upload.has_value()) << "modules cannot upload";
   l.identity.moduleId.clear();
   EXPECT_EQ(compose(l, environment()).upload->endpoint.host, "contoso.azure-devices.net");
+}
+
+// connection_retry_interval (the Python SDK's fixed interval) survives as the schedule's cap,
+// unless connection_retry_max_delay says otherwise.
+TEST(Composition, TheRetryBoundsAndTheDeprecatedIntervalReachTheSession) {
+  Loaded l = base();
+  EXPECT_EQ(compose(l, environment()).session.connectionRetryInitialDelay, std::chrono::seconds(1));
+  EXPECT_EQ(compose(l, environment()).session.connectionRetryMaxDelay, std::chrono::seconds(60));
+  l.settings.connectionRetryInterval = 5;
+  EXPECT_EQ(compose(l, environment()).session.connectionRetryMaxDelay, std::chrono::seconds(5));
+  l.settings.connectionRetryMaxDelayMs = 30000;
+  l.settings.connectionRetryInitialDelayMs = 250;
+  const auto session = compose(l, environment()).session;
+  EXPECT_EQ(session.connectionRetryMaxDelay, std::chrono::seconds(30));
+  EXPECT_EQ(session.connectionRetryInitialDelay, std::chrono::milliseconds(250));
 }
 
 /// Records what apply() asks of the components.
