@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // The composition: what each key of iothubd.conf does to the components at a reload (every key
-// the shipped file documents has a case here, so a new key cannot be forgotten), and the apply
-// step that start and reload share, against recording components.
+// the shipped file documents has a case here, so a new key cannot be forgotten, and iothubd.conf(5)
+// describes the same keys), and the apply step that start and reload share, against recording
+// components.
 #include "iothubd/config/composition.hpp"
 
 #include <gtest/gtest.h>
@@ -182,6 +183,34 @@ TEST(Composition, EveryDocumentedKeyHasAReloadCase) {
   });
   EXPECT_EQ(covered, documented)
       << "a key of config/iothubd.conf lacks a case here (what does a reload do with it?)";
+}
+
+/// "section.key" for every key iothubd.conf(5) describes (`.SH [section]`, then `.BI "key = "`).
+std::set<std::string> manualKeys() {
+  std::ifstream in(std::string(IOTHUBD_SOURCE_DIR) + "/man/iothubd.conf.5");
+  EXPECT_TRUE(in.good());
+  static const std::regex kSection(R"(^\.SH \[([a-z_]+)\])");
+  static const std::regex kOtherSection(R"(^\.SH )");
+  static const std::regex kKeyLine(R"(^\.BI "([a-z_0-9]+) = ")");
+  std::set<std::string> keys;
+  std::string section;
+  std::string line;
+  std::smatch m;
+  while (std::getline(in, line)) {
+    if (std::regex_search(line, m, kSection)) {
+      section = m[1];
+    } else if (std::regex_search(line, kOtherSection)) {
+      section.clear();
+    } else if (!section.empty() && std::regex_search(line, m, kKeyLine)) {
+      keys.insert(section + "." + std::string(m[1]));
+    }
+  }
+  return keys;
+}
+
+TEST(Composition, TheManualDescribesEveryKeyOfTheShippedFile) {
+  EXPECT_EQ(manualKeys(), documentedKeys())
+      << "config/iothubd.conf and man/iothubd.conf.5 list different keys";
 }
 
 TEST(Composition, EachKeyIsTreatedAsItsComponentCan) {
