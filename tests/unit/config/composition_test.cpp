@@ -150,24 +150,36 @@ std::vector<Case> cases() {
   };
 }
 
-/// "section.key" for every key the shipped iothubd.conf documents (set or commented out).
-std::set<std::string> documentedKeys() {
-  std::ifstream in(std::string(IOTHUBD_SOURCE_DIR) + "/config/iothubd.conf");
-  EXPECT_TRUE(in.good());
-  static const std::regex kSection(R"(^\[([a-z_]+)\])");
-  static const std::regex kLine(R"(^#?([a-z_0-9]+) =)");
+/// "section.key" for every line of `file` (below the source dir) that `keyLine` matches below a
+/// line that `sectionLine` matches with a section name; one it matches without ends a section.
+std::set<std::string> keysIn(const std::string& file, const std::regex& sectionLine,
+                             const std::regex& keyLine) {
+  std::ifstream in(std::string(IOTHUBD_SOURCE_DIR) + "/" + file);
+  EXPECT_TRUE(in.good()) << file;
   std::set<std::string> keys;
   std::string section;
   std::string line;
   std::smatch m;
   while (std::getline(in, line)) {
-    if (std::regex_search(line, m, kSection)) {
+    if (std::regex_search(line, m, sectionLine)) {
       section = m[1];
-    } else if (std::regex_search(line, m, kLine)) {
+    } else if (!section.empty() && std::regex_search(line, m, keyLine)) {
       keys.insert(section + "." + std::string(m[1]));
     }
   }
   return keys;
+}
+
+/// Every key the shipped iothubd.conf documents (set or commented out).
+std::set<std::string> documentedKeys() {
+  return keysIn("config/iothubd.conf", std::regex(R"(^\[([a-z_]+)\])"),
+                std::regex(R"(^#?([a-z_0-9]+) =)"));
+}
+
+/// Every key iothubd.conf(5) describes: `.BI "key = "` in a `.SH [section]`.
+std::set<std::string> manualKeys() {
+  return keysIn("man/iothubd.conf.5", std::regex(R"(^\.SH (?:\[([a-z_]+)\])?)"),
+                std::regex(R"(^\.BI "([a-z_0-9]+) = ")"));
 }
 
 TEST(Composition, EveryDocumentedKeyHasAReloadCase) {
@@ -183,29 +195,6 @@ TEST(Composition, EveryDocumentedKeyHasAReloadCase) {
   });
   EXPECT_EQ(covered, documented)
       << "a key of config/iothubd.conf lacks a case here (what does a reload do with it?)";
-}
-
-/// "section.key" for every key iothubd.conf(5) describes (`.SH [section]`, then `.BI "key = "`).
-std::set<std::string> manualKeys() {
-  std::ifstream in(std::string(IOTHUBD_SOURCE_DIR) + "/man/iothubd.conf.5");
-  EXPECT_TRUE(in.good());
-  static const std::regex kSection(R"(^\.SH \[([a-z_]+)\])");
-  static const std::regex kOtherSection(R"(^\.SH )");
-  static const std::regex kKeyLine(R"(^\.BI "([a-z_0-9]+) = ")");
-  std::set<std::string> keys;
-  std::string section;
-  std::string line;
-  std::smatch m;
-  while (std::getline(in, line)) {
-    if (std::regex_search(line, m, kSection)) {
-      section = m[1];
-    } else if (std::regex_search(line, kOtherSection)) {
-      section.clear();
-    } else if (!section.empty() && std::regex_search(line, m, kKeyLine)) {
-      keys.insert(section + "." + std::string(m[1]));
-    }
-  }
-  return keys;
 }
 
 TEST(Composition, TheManualDescribesEveryKeyOfTheShippedFile) {
