@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // The composition: what each key of iothubd.conf does to the components at a reload (every key
-// the shipped file documents has a case here, so a new key cannot be forgotten), and the apply
-// step that start and reload share, against recording components.
+// the shipped file documents has a case here, so a new key cannot be forgotten, and iothubd.conf(5)
+// describes the same keys), and the apply step that start and reload share, against recording
+// components.
 #include "iothubd/config/composition.hpp"
 
 #include <gtest/gtest.h>
@@ -153,24 +154,36 @@ std::vector<Case> cases() {
   };
 }
 
-/// "section.key" for every key the shipped iothubd.conf documents (set or commented out).
-std::set<std::string> documentedKeys() {
-  std::ifstream in(std::string(IOTHUBD_SOURCE_DIR) + "/config/iothubd.conf");
-  EXPECT_TRUE(in.good());
-  static const std::regex kSection(R"(^\[([a-z_]+)\])");
-  static const std::regex kLine(R"(^#?([a-z_0-9]+) =)");
+/// "section.key" for every line of `file` (below the source dir) that `keyLine` matches below a
+/// line that `sectionLine` matches with a section name; one it matches without ends a section.
+std::set<std::string> keysIn(const std::string& file, const std::regex& sectionLine,
+                             const std::regex& keyLine) {
+  std::ifstream in(std::string(IOTHUBD_SOURCE_DIR) + "/" + file);
+  EXPECT_TRUE(in.good()) << file;
   std::set<std::string> keys;
   std::string section;
   std::string line;
   std::smatch m;
   while (std::getline(in, line)) {
-    if (std::regex_search(line, m, kSection)) {
+    if (std::regex_search(line, m, sectionLine)) {
       section = m[1];
-    } else if (std::regex_search(line, m, kLine)) {
+    } else if (!section.empty() && std::regex_search(line, m, keyLine)) {
       keys.insert(section + "." + std::string(m[1]));
     }
   }
   return keys;
+}
+
+/// Every key the shipped iothubd.conf documents (set or commented out).
+std::set<std::string> documentedKeys() {
+  return keysIn("config/iothubd.conf", std::regex(R"(^\[([a-z_]+)\])"),
+                std::regex(R"(^#?([a-z_0-9]+) =)"));
+}
+
+/// Every key iothubd.conf(5) describes: `.BI "key = "` in a `.SH [section]`.
+std::set<std::string> manualKeys() {
+  return keysIn("man/iothubd.conf.5", std::regex(R"(^\.SH (?:\[([a-z_]+)\])?)"),
+                std::regex(R"(^\.BI "([a-z_0-9]+) = ")"));
 }
 
 TEST(Composition, EveryDocumentedKeyHasAReloadCase) {
@@ -186,6 +199,11 @@ TEST(Composition, EveryDocumentedKeyHasAReloadCase) {
   });
   EXPECT_EQ(covered, documented)
       << "a key of config/iothubd.conf lacks a case here (what does a reload do with it?)";
+}
+
+TEST(Composition, TheManualDescribesEveryKeyOfTheShippedFile) {
+  EXPECT_EQ(manualKeys(), documentedKeys())
+      << "config/iothubd.conf and man/iothubd.conf.5 list different keys";
 }
 
 TEST(Composition, EachKeyIsTreatedAsItsComponentCan) {
