@@ -8,7 +8,7 @@
 //   iothubd-bench [--smoke] [--reps N] [--json FILE] [--readme FILE] [--no-node] [--no-callgrind]
 //
 // With --readme, the block between "<!-- bench-results -->" and "<!-- end of bench-results -->"
-// in FILE (the README's Performance section) is replaced by this run's tables.
+// in FILE (bench/README.md, the latest figures) is replaced by this run's tables.
 //
 // Needs root (the daemon runs as user iothubd). The programs it starts are those of its own build
 // (bench_paths.hpp); each can be replaced through the environment: IOTHUBD_BINARY,
@@ -1166,7 +1166,7 @@ class Bench {
   }
 
   /// The comparison table and the targets, in Markdown, then text() as a code block:
-  /// the README's Performance figures.
+  /// the latest figures in bench/README.md.
   [[nodiscard]] std::string readmeBlock() const {
     const auto median = [this](const char* scenario, const char* subject, double Sample::*field) {
       const Series* s = report_.find(scenario, subject);
@@ -1239,7 +1239,7 @@ class Bench {
     return out;
   }
 
-  /// Replaces the README's bench-results block with this run's readmeBlock().
+  /// Replaces the bench-results block of bench/README.md with this run's readmeBlock().
   void writeReadme() const {
     static constexpr std::string_view kBegin = "<!-- bench-results -->";
     static constexpr std::string_view kEnd = "<!-- end of bench-results -->";

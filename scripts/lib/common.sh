@@ -19,7 +19,7 @@ IOTHUBD_PACKAGES=(
   curl
   # helpers used by the harness scripts
   python3 procps util-linux passwd acl
-  # the README's python example (examples/iothubd_app.py)
+  # the Python example app (examples/iothubd_app.py), which the tests run
   python3-dbus python3-gi
   # iothubctl's bash completion test (shell-completion/)
   bash-completion

@@ -63,7 +63,13 @@ session::SessionOptions sessionOptions(const Loaded& l, const Environment& env) 
   o.sasTokenTtl = std::chrono::seconds(s.sastokenTtl);
   o.autoConnect = s.autoConnect;
   o.connectionRetry = s.connectionRetry;
-  o.connectionRetryInterval = std::chrono::seconds(s.connectionRetryInterval);
+  o.connectionRetryInitialDelay = std::chrono::milliseconds(s.connectionRetryInitialDelayMs);
+  // connection_retry_interval, the Python SDK's fixed interval, now names the cap: the schedule
+  // never waits longer than it (man iothubd.conf: deprecated for connection_retry_max_delay).
+  const int maxDelayMs = s.connectionRetryMaxDelayMs > 0 ? s.connectionRetryMaxDelayMs
+                         : s.connectionRetryInterval > 0 ? s.connectionRetryInterval * 1000
+                                                         : 60 * 1000;
+  o.connectionRetryMaxDelay = std::chrono::milliseconds(maxDelayMs);
   o.operationTimeout = std::chrono::seconds(s.operationTimeout);
   o.ensureDesiredProperties = s.ensureDesiredProperties;
   o.maxQueuedMessages = s.maxQueuedMessages;
@@ -122,7 +128,9 @@ std::vector<std::string> sessionChanges(const session::SessionOptions& a,
       .field("sastoken_ttl", a.sasTokenTtl, b.sasTokenTtl)
       .field("auto_connect", a.autoConnect, b.autoConnect)
       .field("connection_retry", a.connectionRetry, b.connectionRetry)
-      .field("connection_retry_interval", a.connectionRetryInterval, b.connectionRetryInterval)
+      .field("connection_retry_initial_delay", a.connectionRetryInitialDelay,
+             b.connectionRetryInitialDelay)
+      .field("connection_retry_max_delay", a.connectionRetryMaxDelay, b.connectionRetryMaxDelay)
       .field("operation_timeout", a.operationTimeout, b.operationTimeout)
       .field("ensure_desired_properties", a.ensureDesiredProperties, b.ensureDesiredProperties)
       .field("max_queued_messages", a.maxQueuedMessages, b.maxQueuedMessages)

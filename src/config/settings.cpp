@@ -81,6 +81,38 @@ Handler number(int Settings::*field, int min, int max) {
   };
 }
 
+/// Seconds with up to three decimals ("1", "0.25"), stored in milliseconds.
+Handler milliseconds(int Settings::*field, int minMs, int maxMs) {
+  return [field, minMs, maxMs](Settings& s, std::string_view v) -> std::string {
+    const auto dot = v.find('.');
+    int whole = 0;
+    int fraction = 0;
+    const std::string_view wholeText = v.substr(0, dot);
+    std::string_view fractionText =
+        dot == std::string_view::npos ? std::string_view() : v.substr(dot + 1);
+    bool ok = parseInt(wholeText, whole) && whole >= 0 && whole <= 86400 &&
+              (dot == std::string_view::npos ||
+               (!fractionText.empty() && fractionText.size() <= 3 &&
+                fractionText.find_first_not_of("0123456789") == std::string_view::npos));
+    if (ok && !fractionText.empty()) {
+      ok = parseInt(fractionText, fraction);
+      for (std::size_t i = fractionText.size(); i < 3; ++i) {
+        fraction *= 10;
+      }
+    }
+    if (!ok) {
+      return "expected seconds with at most three decimals, got \"" + std::string(v) + "\"";
+    }
+    const int ms = whole * 1000 + fraction;
+    if (ms < minMs || ms > maxMs) {
+      return "must be between " + std::to_string(minMs) + " ms and " +
+             std::to_string(maxMs / 1000) + " s, got " + std::string(v);
+    }
+    s.*field = ms;
+    return {};
+  };
+}
+
 Handler count(std::uint64_t Settings::*field, std::uint64_t min, std::uint64_t max) {
   return [field, min, max](Settings& s, std::string_view v) -> std::string {
     std::uint64_t n = 0;
@@ -142,6 +174,10 @@ const std::map<std::string, Handler, std::less<>>& keyTable() {
       {"connection.sastoken_ttl", number(&Settings::sastokenTtl, 5, 365 * 24 * 3600)},
       {"connection.auto_connect", flag(&Settings::autoConnect)},
       {"connection.connection_retry", flag(&Settings::connectionRetry)},
+      {"connection.connection_retry_initial_delay",
+       milliseconds(&Settings::connectionRetryInitialDelayMs, 10, 3600 * 1000)},
+      {"connection.connection_retry_max_delay",
+       milliseconds(&Settings::connectionRetryMaxDelayMs, 10, 86400 * 1000)},
       {"connection.connection_retry_interval",
        number(&Settings::connectionRetryInterval, 1, 86400)},
       {"connection.ensure_desired_properties", flag(&Settings::ensureDesiredProperties)},

@@ -18,8 +18,8 @@ namespace {
 
 using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
 
-/// Numbers stay text (RapidJSON 1.1.0's own conversion of hostile numbers is unsafe, see the
-/// README's Security section), nesting is parsed without recursion, UTF-8 is checked.
+/// Numbers stay text (RapidJSON 1.1.0's own conversion has undefined behaviour on hostile numbers,
+/// found by our fuzzer), nesting is parsed without recursion, UTF-8 is checked.
 constexpr unsigned kParseFlags = rapidjson::kParseNumbersAsStringsFlag |
                                  rapidjson::kParseIterativeFlag |
                                  rapidjson::kParseValidateEncodingFlag;

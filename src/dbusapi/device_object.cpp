@@ -892,6 +892,8 @@ class DeviceObjectImpl final : public DeviceObject,
 
   void onSasTokenExpiryChanged(std::uint64_t) override { emitChanged({"SasTokenExpiry"}); }
 
+  void onLinkDown() override { router_.linkGone(); }
+
   session::HubSession& session_;
   delivery::TelemetryPipeline& telemetry_;
   blob::BlobUploader* uploads_;

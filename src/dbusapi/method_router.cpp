@@ -87,6 +87,25 @@ void MethodRouter::peerGone(const std::string& peer) {
   }
 }
 
+void MethodRouter::linkGone() {
+  if (pending_.empty()) {
+    return;
+  }
+  core::logf(core::LogLevel::Notice, "dropping ", pending_.size(),
+             " pending method requests: the connection they came on closed");
+  for (const auto& [rid, p] : pending_) {
+    if (dropped_.insert(rid).second) {
+      answeredOrder_.push_back(rid);
+    }
+  }
+  pending_.clear();  // not inside one of their timers: destroying them here is safe
+  while (answeredOrder_.size() > kRememberedAnswers) {
+    answered_.erase(answeredOrder_.front());
+    dropped_.erase(answeredOrder_.front());
+    answeredOrder_.pop_front();
+  }
+}
+
 void MethodRouter::onRequest(const std::string& requestId, const std::string& methodName,
                              std::string_view payload) {
   if (pending_.contains(requestId)) {
@@ -151,6 +170,12 @@ core::Result<void> MethodRouter::takeResponse(const std::string& peer,
                                               const std::string& requestId) {
   auto it = pending_.find(requestId);
   if (it == pending_.end()) {
+    if (dropped_.contains(requestId)) {
+      return fail(Errc::ConnectionDropped,
+                  "method request " + core::quoted(requestId) +
+                      " came on a connection that has closed since; the hub no longer takes its "
+                      "answer");
+    }
     if (answered_.contains(requestId)) {
       return fail(Errc::Timeout,
                   "method request " + core::quoted(requestId) +
@@ -188,6 +213,7 @@ void MethodRouter::remember(const std::string& requestId) {
   }
   while (answeredOrder_.size() > kRememberedAnswers) {
     answered_.erase(answeredOrder_.front());
+    dropped_.erase(answeredOrder_.front());
     answeredOrder_.pop_front();
   }
 }

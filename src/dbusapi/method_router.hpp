@@ -53,6 +53,10 @@ class MethodRouter {
   [[nodiscard]] core::Result<void> release(const std::string& peer, const std::string& name);
   /// The peer left the bus: its claims go, and its pending requests are answered 503 at once.
   void peerGone(const std::string& peer);
+  /// The hub connection the pending requests came on closed: they are dropped, not answered
+  /// (the hub takes no answer on another connection, issue 14); their claimers' late
+  /// SendMethodResponse fails with ConnectionDropped.
+  void linkGone();
 
   /// A request from the hub. Beyond maxPendingRequests it is answered 503 at once.
   void onRequest(const std::string& requestId, const std::string& methodName,
@@ -89,6 +93,7 @@ class MethodRouter {
   std::unordered_map<std::string, Pending> pending_;
   std::deque<std::string> answeredOrder_;
   std::unordered_set<std::string> answered_;  ///< answered by the daemon, for late responses
+  std::unordered_set<std::string> dropped_;   ///< dropped with their link, for late responses
 };
 
 }  // namespace iothubd::dbusapi

@@ -265,9 +265,10 @@ void TelemetryPipeline::onAck(std::uint64_t seq, const Notice& notice,
     case Errc::Cancelled:
       return;  // onLinkDown requeues whatever was in flight
     default:
-      // No PUBACK within operation_timeout on a live link, or the publish failed: send the
-      // in-flight window again (same message ids). Not at once: the next ack, commit or
-      // reconnect pumps.
+      // The transport refused the publish (it was not sent): send the in-flight window again
+      // (same message ids). Not at once: the next ack, commit or reconnect pumps. A publish that
+      // was sent waits for its PUBACK as long as its link lives (publishPrepared): it is never
+      // sent twice on one link, even when a throttling hub holds PUBACKs back (issue 14).
       logf(LogLevel::Warning, "message ", core::quoted(notice.messageId),
            " will be sent again: ", result.error().message);
       outbox_->requeueInFlight();

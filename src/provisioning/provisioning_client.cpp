@@ -83,7 +83,7 @@ ProvisioningClient::ProvisioningClient(core::Scheduler& scheduler, core::Clock& 
 }
 
 ProvisioningClient::~ProvisioningClient() {
-  *alive_ = false;
+  lifetime_.end();
   transport_.setListener(nullptr);
   if (transportOpen_) {
     transport_.disconnect();
@@ -94,11 +94,8 @@ void ProvisioningClient::registerDevice(Completion done) {
   auto refuse = [&](std::string message) {
     Outcome outcome = tl::unexpected(
         makeFailure(FailureKind::InvalidOptions, Errc::InvalidArgument, std::move(message)));
-    scheduler_.post([alive = alive_, done = std::move(done), outcome = std::move(outcome)] {
-      if (*alive) {
-        done(outcome);
-      }
-    });
+    scheduler_.post(
+        lifetime_.guard([done = std::move(done), outcome = std::move(outcome)] { done(outcome); }));
   };
   if (active()) {
     refuse("a DPS registration is already under way");
@@ -467,11 +464,8 @@ void ProvisioningClient::finish(Outcome outcome) {
   if (!done) {
     return;
   }
-  scheduler_.post([alive = alive_, done = std::move(done), outcome = std::move(outcome)] {
-    if (*alive) {
-      done(outcome);
-    }
-  });
+  scheduler_.post(
+      lifetime_.guard([done = std::move(done), outcome = std::move(outcome)] { done(outcome); }));
 }
 
 void ProvisioningClient::closeTransport() {

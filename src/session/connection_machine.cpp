@@ -19,7 +19,10 @@ using V = Visible;
 ///
 /// Why the rows are what they are:
 /// - Failures become Lost (retried) or GaveUp by the RetryPolicy (protocol doc 9): after a refused
-///   CONNACK the same credentials are not tried again.
+///   CONNACK the same credentials are not tried again unless made afresh (device key, X.509).
+/// - Nothing starts an attempt before the policy's delay has passed: Start while in Backoff (an
+///   app's Connect(), auto_connect) waits for the retry timer, and Start from Idle within the
+///   delay after a failure is StartLater. Only new credentials or settings (Renew) go at once.
 /// - A planned reconnect (token renewal, new settings) first drains in-flight PUBACKs so nothing is
 ///   sent twice (dbus-contract-notes "Connection"), then closes and reconnects at once; apps see
 ///   no change unless the new CONNECT fails.
@@ -31,8 +34,8 @@ constexpr ConnectionMachine::Transition kTable[] = {
     // from         event          to             apps see      actions, in order
     {S::Idle, E::Start, S::Connecting, V::Trying, {A::Announce, A::BeginAttempt}},
     {S::Idle, E::Stop, S::Idle, V::Disconnected, {A::Announce, A::FinishClose}},
+    {S::Idle, E::StartLater, S::Backoff, V::Trying, {A::Announce, A::ArmRetry}},
 
-    {S::Backoff, E::Start, S::Connecting, V::Keep, {A::CancelRetry, A::BeginAttempt}},
     {S::Backoff, E::RetryDue, S::Connecting, V::Keep, {A::BeginAttempt}},
     {S::Backoff, E::Renew, S::Connecting, V::Keep, {A::CancelRetry, A::BeginAttempt}},
     {S::Backoff, E::Stop, S::Idle, V::Disconnected, {A::CancelRetry, A::Announce, A::FinishClose}},
@@ -166,6 +169,8 @@ const char* linkEventName(LinkEvent event) noexcept {
       return "Drained";
     case E::FellBack:
       return "FellBack";
+    case E::StartLater:
+      return "StartLater";
   }
   return "?";
 }

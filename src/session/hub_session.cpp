@@ -23,12 +23,17 @@ PublishTracker::Limits publishLimits(const SessionOptions& o) {
 }
 
 TwinClient::Options twinOptions(const SessionOptions& o) {
-  return {o.maxTwinRequests, o.operationTimeout, o.connectionRetryInterval,
-          o.ensureDesiredProperties};
+  // Pitfall 15: a failed desired fetch is retried after 10 s, or after the connection's cap if
+  // that is shorter (short bounds make short tests), but never sooner than after 1 s.
+  using std::chrono::seconds;
+  const auto cap = std::chrono::duration_cast<seconds>(o.connectionRetryMaxDelay);
+  const seconds retry = std::max(seconds(1), std::min(cap, seconds(10)));
+  return {o.maxTwinRequests, o.operationTimeout, retry, o.ensureDesiredProperties};
 }
 
 RetryPolicy::Settings retrySettings(const SessionOptions& o) {
-  return {o.connectionRetry, o.connectionRetryInterval};
+  return {o.connectionRetry, o.connectionRetryInitialDelay, o.connectionRetryMaxDelay,
+          o.auth != AuthMethod::SasToken};
 }
 
 }  // namespace
@@ -117,6 +122,16 @@ std::string HubSession::newMessageId() {
 
 void HubSession::start() {
   wantConnected_ = true;
+  if (machine_.state() == LinkState::Idle) {
+    // Issue 14: an attempt asked for soon after a failure (auto_connect, Connect()) waits out
+    // the retry policy's delay like any other, instead of starting a CONNECT at once.
+    const auto now = clock_.monotonic();
+    if (retryNotBefore_ && now < *retryNotBefore_) {
+      retryDelay_ = *retryNotBefore_ - now;
+      machine_.handle(LinkEvent::StartLater);
+      return;
+    }
+  }
   machine_.handle(LinkEvent::Start);
 }
 
@@ -128,7 +143,7 @@ void HubSession::connect(Completion done) {
     return;
   }
   connectWaiters_.push_back(std::move(done));
-  machine_.handle(LinkEvent::Start);
+  start();
 }
 
 void HubSession::disconnect(Completion done) {
@@ -163,9 +178,19 @@ void HubSession::publishTelemetry(std::string_view topic, std::string_view paylo
 
 void HubSession::sendMethodResponse(const std::string& requestId, int status,
                                     const std::string& payload, Completion done) {
+  // Issue 14: the hub takes an answer only on the connection its request came on; a request id
+  // from an earlier link is never answered on a later one (the hub told the cloud caller it
+  // timed out or the device went away).
+  if (methodRequests_.erase(requestId) == 0 || !linkUp_) {
+    done(fail(Errc::ConnectionDropped,
+              "method request " + core::quoted(requestId) +
+                  " is not pending on the current connection (it came on one that has closed "
+                  "since, or was answered): the hub no longer takes its answer"));
+    return;
+  }
   // Protocol doc 6: the request id is echoed unchanged; QoS 1 so that the caller learns the
-  // hub took the answer.
-  publishOrQueue(proto::methodResponseTopic(status, requestId), payload, std::move(done));
+  // hub took the answer. On the request's link even while a planned reconnect drains it.
+  publishes_.publish(proto::methodResponseTopic(status, requestId), payload, std::move(done));
 }
 
 core::Result<void> HubSession::publishPrepared(const std::string& topic, const std::string& payload,
@@ -173,7 +198,7 @@ core::Result<void> HubSession::publishPrepared(const std::string& topic, const s
   if (!readyToPublish()) {
     return fail(Errc::NotConnected, "not connected to the hub");
   }
-  publishes_.publish(topic, payload, std::move(done));
+  publishes_.publish(topic, payload, std::move(done), PublishTracker::Wait::UntilLinkEnds);
   return {};
 }
 
@@ -219,7 +244,7 @@ void HubSession::getTwin(TwinCompletion done) {
     done(fail(Errc::NotConnected, "not connected to the hub and auto_connect is off"));
     return;
   }
-  twin_.get(readyToPublish(), std::move(done));
+  twin_.get(twinReady(), std::move(done));
   ensureConnecting();
 }
 
@@ -228,7 +253,7 @@ void HubSession::patchReportedProperties(const std::string& patchJson, VersionCo
     done(fail(Errc::NotConnected, "not connected to the hub and auto_connect is off"));
     return;
   }
-  twin_.patchReported(patchJson, readyToPublish(), std::move(done));
+  twin_.patchReported(patchJson, twinReady(), std::move(done));
   ensureConnecting();
 }
 
@@ -307,6 +332,9 @@ core::Result<core::Secret<>> HubSession::httpAuthorization() const {
 }
 
 void HubSession::renew(const char* why) {
+  // New credentials or settings: their first attempt is no repeat of the failures before.
+  retry_.reset();
+  retryNotBefore_.reset();
   if (machine_.state() == LinkState::Idle) {
     // The old credentials may have been the problem (protocol doc 9: after a refusal, retry
     // only once they changed): try the new ones now. Otherwise nothing is open to renew.
@@ -357,11 +385,16 @@ void HubSession::failed(core::Error error) {
     return;
   }
   credentialsRefused_ = error.code == Errc::Unauthorized;
-  const bool linkWasUp = machine_.visible() == ConnectionState::Connected;
-  auto delay = wantConnected_ ? retry_.next(error, linkWasUp) : std::nullopt;
+  const auto now = clock_.monotonic();
+  std::optional<std::chrono::microseconds> lived;
+  if (linkUp_) {
+    lived = now - linkUpSince_;
+  }
+  const auto decision = retry_.next(error, lived);
+  retryDelay_ = decision.delay;
+  retryNotBefore_ = now + decision.delay;
   failure_ = std::move(error);
-  if (delay) {
-    retryDelay_ = *delay;
+  if (wantConnected_ && decision.retry) {
     machine_.handle(LinkEvent::Lost);
   } else {
     machine_.handle(LinkEvent::GaveUp);
@@ -372,7 +405,18 @@ void HubSession::onPublishAcked(int messageId) {
   (void)publishes_.acknowledge(messageId);  // unknown: timed out already, or not ours
 }
 
-void HubSession::onSubscribed(int) {}
+void HubSession::onSubscribed(int messageId) {
+  if (!twinSubscription_ || messageId != *twinSubscription_ || !linkUp_) {
+    return;
+  }
+  // Twin requests wait for the SUBACK of $iothub/twin/res/#, as every SDK does: a request the
+  // hub gets before the subscription is in place has its answer dropped (issue 14).
+  twinSubscription_.reset();
+  twinSubscribed_ = true;
+  if (readyToPublish()) {
+    twin_.linkReady();
+  }
+}
 
 void HubSession::onMessage(std::string_view topic, std::string_view payload) {
   switch (proto::classifyTopic(topic, options_.deviceId)) {
@@ -395,6 +439,7 @@ void HubSession::onMessage(std::string_view topic, std::string_view payload) {
             {Errc::Protocol, "unreadable direct method request: " + request.error().message});
         return;
       }
+      methodRequests_.insert(request->requestId);
       notify([&](Observer& o) {
         o.onMethodRequest(request->requestId, request->methodName, payload);
       });
@@ -434,7 +479,9 @@ void HubSession::perform(LinkAction action, const ConnectionMachine::Step& step)
       return;
     case LinkAction::ArmRetry:
       logf(LogLevel::Info, "reconnecting in ",
-           std::chrono::duration_cast<std::chrono::milliseconds>(retryDelay_).count(), " ms");
+           std::chrono::duration_cast<std::chrono::milliseconds>(retryDelay_).count(), " ms",
+           retry_.failures() == 0 ? std::string()
+                                  : " (backoff step " + std::to_string(retry_.failures()) + ")");
       retryTimer_->armAfter(retryDelay_);
       return;
     case LinkAction::CancelRetry:
@@ -512,7 +559,10 @@ void HubSession::linkUp() {
   IOTHUBD_ASSERT(!linkUp_, "a link comes up only after the previous one went down");
   linkUp_ = true;
   credentialsRefused_ = false;
-  retry_.reset();
+  // The retry schedule goes on: it starts afresh only once this link has lived long enough
+  // (RetryPolicy::kStableLink), so that a link that keeps dropping backs off.
+  linkUpSince_ = clock_.monotonic();
+  retryNotBefore_.reset();
   armRenewal();
   lastError_ = restoredNote_.value_or(core::Error{});
   restoredNote_.reset();
@@ -537,8 +587,11 @@ void HubSession::release() {
     return;  // a completion dropped the link again: the rest waits for the next one
   }
   // Twin requests whose answer a drop or a planned reconnect swallowed go out again with the
-  // same $rid (twin requests are QoS 0 and the hub keeps no session state for them).
-  twin_.linkReady();
+  // same $rid (twin requests are QoS 0 and the hub keeps no session state for them), once the
+  // hub has acknowledged the subscription their answers come on (onSubscribed).
+  if (twinSubscribed_) {
+    twin_.linkReady();
+  }
   if (linkUp_) {
     notify([](Observer& o) { o.onLinkUp(); });
   }
@@ -549,6 +602,13 @@ void HubSession::linkDown() {
     return;  // the link never came up (an attempt ended)
   }
   linkUp_ = false;
+  twinSubscribed_ = false;
+  twinSubscription_.reset();
+  if (!methodRequests_.empty()) {
+    logf(LogLevel::Info, "dropping ", methodRequests_.size(),
+         " unanswered method requests of the closed connection");
+    methodRequests_.clear();
+  }
   twin_.linkLost();
   // Publishes are tracked per connection (the transport starts every connection afresh):
   // whatever the hub did not acknowledge on this one is the owner's to resend. A planned
@@ -628,8 +688,11 @@ void HubSession::subscribeAll() {
   topics.emplace_back(proto::kTwinResponseSubscribeTopic);
   topics.emplace_back(proto::kTwinDesiredSubscribeTopic);
   for (const auto& t : topics) {
-    if (auto r = transport_.subscribe(t, 1); !r) {
+    auto r = transport_.subscribe(t, 1);
+    if (!r) {
       backgroundError({Errc::Protocol, "cannot subscribe to " + t + ": " + r.error().message});
+    } else if (t == proto::kTwinResponseSubscribeTopic) {
+      twinSubscription_ = *r;
     }
   }
 }

@@ -21,13 +21,17 @@ std::chrono::microseconds PublishTracker::deadline(std::chrono::microseconds sin
   return since + std::chrono::duration_cast<std::chrono::microseconds>(limits_.timeout);
 }
 
-void PublishTracker::publish(std::string_view topic, std::string_view payload, Completion done) {
+void PublishTracker::publish(std::string_view topic, std::string_view payload, Completion done,
+                             Wait wait) {
   auto mid = transport_.publish(topic, payload, 1);
   if (!mid) {
     done(fail(mid.error()));
     return;
   }
   inFlight_[*mid] = InFlight{std::move(done), clock_.monotonic()};
+  if (wait == Wait::UntilLinkEnds) {
+    return;  // no deadline: not in order_
+  }
   order_.push_back(*mid);
   if (!timer_->armed()) {
     armTimer();

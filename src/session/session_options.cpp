@@ -30,7 +30,8 @@ bool linkDependsOnChange(const SessionOptions& a, const SessionOptions& b) {
   SessionOptions inPlace = b;
   inPlace.autoConnect = a.autoConnect;
   inPlace.connectionRetry = a.connectionRetry;
-  inPlace.connectionRetryInterval = a.connectionRetryInterval;
+  inPlace.connectionRetryInitialDelay = a.connectionRetryInitialDelay;
+  inPlace.connectionRetryMaxDelay = a.connectionRetryMaxDelay;
   inPlace.operationTimeout = a.operationTimeout;
   inPlace.maxQueuedMessages = a.maxQueuedMessages;
   inPlace.maxQueuedBytes = a.maxQueuedBytes;

@@ -36,6 +36,7 @@ class FakeMqttTransport final : public mqtt::MqttTransport {
   core::Result<int> subscribe(std::string_view topic, int) override {
     subscriptions.emplace_back(topic);
     lastSubscribeMid = nextMid_;
+    unacknowledgedSubscribes_.push_back(nextMid_);
     return nextMid_++;
   }
 
@@ -44,6 +45,9 @@ class FakeMqttTransport final : public mqtt::MqttTransport {
     connecting = false;
     connected = true;
     listener_->onConnected();
+    if (subackOnConnect) {
+      subackAll();
+    }
   }
   void refuseConnect(int connackCode) {
     connecting = false;
@@ -72,6 +76,14 @@ class FakeMqttTransport final : public mqtt::MqttTransport {
   void ack(int mid) { listener_->onPublishAcked(mid); }
   /// SUBACK for the subscription subscribe() answered with `mid`.
   void suback(int mid) { listener_->onSubscribed(mid); }
+  /// SUBACKs for every subscription not acknowledged yet, in order.
+  void subackAll() {
+    auto mids = std::move(unacknowledgedSubscribes_);
+    unacknowledgedSubscribes_.clear();
+    for (int mid : mids) {
+      listener_->onSubscribed(mid);
+    }
+  }
   void deliver(const std::string& topic, const std::string& payload) {
     listener_->onMessage(topic, payload);
   }
@@ -94,6 +106,8 @@ class FakeMqttTransport final : public mqtt::MqttTransport {
   std::vector<Published> published;
   std::vector<std::string> subscriptions;
   int lastSubscribeMid = 0;
+  /// acceptConnect() SUBACKs the subscriptions the CONNACK caused.
+  bool subackOnConnect = false;
   bool connecting = false;
   bool connected = false;
   bool disconnectRequested = false;
@@ -101,6 +115,7 @@ class FakeMqttTransport final : public mqtt::MqttTransport {
  private:
   Listener* listener_ = nullptr;
   int nextMid_ = 1;
+  std::vector<int> unacknowledgedSubscribes_;
 };
 
 }  // namespace iothubd::fakes

@@ -8,8 +8,6 @@
 
 #include <netinet/in.h>
 
-#include <sstream>
-
 #include "ctl_process.hpp"
 #include "daemon_fixture.hpp"
 #include "file_upload_hub.hpp"
@@ -278,8 +276,8 @@ TEST_F(CtlTest, MethodHandlersPropertyNamesEachClaimAndItsHolder) {
   EXPECT_EQ(client().Version(), IOTHUBD_VERSION);
 }
 
-/// The README's Python example answers again after a daemon restart: it claims its method on
-/// every new owner of org.iothubd (NameOwnerChanged).
+/// The Python example (examples/iothubd_app.py) answers again after a daemon restart: it claims its
+/// method on every new owner of org.iothubd (NameOwnerChanged).
 TEST_F(CtlTest, PythonExampleClaimsAgainAfterTheDaemonRestarts) {
   startDaemon();
   CtlProcess::Options o = options();
@@ -293,38 +291,6 @@ TEST_F(CtlTest, PythonExampleClaimsAgainAfterTheDaemonRestarts) {
   auto r = service.invokeMethod(kDevice, "reboot", R"({"delay":0})", 10s);
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.payload, R"({"rebooting": true})");
-}
-
-/// The README's iothubctl lines that end by themselves, verbatim (the watches, method serve,
-/// upload and check have their own tests here).
-TEST_F(CtlTest, ReadmeLinesWorkVerbatim) {
-  startDaemon();
-  hubemu::ServiceClient service(hub_);
-  awaitOnline();
-  const std::string readme = readFile(std::string(IOTHUBD_SOURCE_DIR) + "/README.md");
-  auto begin = readme.find("<!-- iothubctl-examples");
-  auto end = readme.find("<!-- end of iothubctl-examples -->");
-  ASSERT_NE(begin, std::string::npos);
-  ASSERT_NE(end, std::string::npos);
-  std::istringstream lines(readme.substr(begin, end - begin));
-  const std::string binary = std::getenv("IOTHUBCTL_BINARY");
-  const std::string path = binary.substr(0, binary.rfind('/')) + ":" + std::getenv("PATH");
-  int ran = 0;
-  for (std::string line; std::getline(lines, line);) {
-    if (line.find("iothubctl ") == std::string::npos || line.rfind("<!--", 0) == 0 ||
-        line.find(" watch") != std::string::npos || line.find(" serve ") != std::string::npos ||
-        line.find(" upload ") != std::string::npos || line.rfind("sudo ", 0) == 0) {
-      continue;
-    }
-    CtlProcess::Options o = options();
-    o.program = "/bin/sh";
-    setenv("PATH", path.c_str(), 1);  // the sh child finds the built iothubctl
-    auto r = runCtl({"-c", line}, o);
-    EXPECT_EQ(r.status, 0) << line << "\n" << r.out << r.err;
-    ++ran;
-  }
-  EXPECT_GE(ran, 7);
-  EXPECT_TRUE(service.waitForTelemetry([](const auto& m) { return m.payload == R"({"seq":2})"; }));
 }
 
 // --- check ----------------------------------------------------------------------------------

@@ -334,6 +334,10 @@ TEST_F(DeviceApiTest, RefusedReconnectsAreRetriedUntilTheHubTakesUsBack) {
 }
 
 TEST_F(DeviceApiTest, AHubThatEndsTheTokenEarlyIsReconnectedWithAFreshOne) {
+  // Links that end 2 s after their CONNACK back off with a floor (README "How iothubd retries"):
+  // a short schedule keeps the test short.
+  writeConfig(
+      "[connection]\nconnection_retry_initial_delay = 0.2\nconnection_retry_max_delay = 2\n");
   startDaemon();
   hubemu::ServiceClient service(hub_);
   awaitOnline();

@@ -89,14 +89,14 @@ TEST_F(ReloadTest, EverySettingTheLinkDoesNotDependOnAppliesInPlace) {
   c.RegisterMethodHandler("first");
 
   std::string log = reloadWith(
-      "[connection]\noperation_timeout = 30\nconnection_retry_interval = 3\n"
+      "[connection]\noperation_timeout = 30\nconnection_retry_max_delay = 3\n"
       "[methods]\nmethod_response_timeout = 1\n"
       "[limits]\nmax_method_claims_per_app = 1\nmax_queued_messages = 500\n"
       "[file_upload]\nblock_size = 1048576\nmax_concurrent_uploads = 2\n"
       "[daemon]\nlog_level = notice\n");
 
   EXPECT_NE(log.find("reload: log level: notice"), std::string::npos) << log;
-  EXPECT_NE(log.find("reload: hub connection: applied in place: connection_retry_interval, "
+  EXPECT_NE(log.find("reload: hub connection: applied in place: connection_retry_max_delay, "
                      "operation_timeout, max_queued_messages"),
             std::string::npos)
       << log;

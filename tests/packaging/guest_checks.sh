@@ -384,7 +384,7 @@ check "a call while stopped bus-activates $unit and succeeds" \
   sends_as pkgtest-app "$activated_id" '{"check":"activation"}'
 check "... leaving the unit active" test "$(systemctl is-active "$unit")" = active
 
-# The README's encrypted alternative: systemd-creds encrypt + LoadCredentialEncrypted= drop-in.
+# iothubd(8)'s encrypted alternative: systemd-creds encrypt + LoadCredentialEncrypted= drop-in.
 encrypt_credential() {
   install -d -m 0700 /etc/credstore.encrypted &&
     systemd-creds encrypt --name=connection-string - /etc/credstore.encrypted/connection-string \

@@ -68,6 +68,9 @@ CtlProcess::CtlProcess(const std::vector<std::string>& args, const Options& opti
     ::dup2(out[1], STDOUT_FILENO);
     ::dup2(err[1], STDERR_FILENO);
     ::setenv("DBUS_SYSTEM_BUS_ADDRESS", options.busAddress.c_str(), 1);
+    if (!options.directory.empty() && ::chdir(options.directory.c_str()) != 0) {
+      ::_exit(126);
+    }
     if (pw != nullptr) {
       if (::setgroups(0, nullptr) != 0 || ::setgid(pw->pw_gid) != 0 || ::setuid(pw->pw_uid) != 0) {
         ::_exit(126);

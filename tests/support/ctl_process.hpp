@@ -26,6 +26,7 @@ class CtlProcess {
     std::string input;       ///< standard input (a file: ends after it)
     std::string user;        ///< run as this user (and its primary group only); "" = as the test
     std::string program;     ///< "" = iothubctl ($IOTHUBCTL_BINARY)
+    std::string directory;   ///< its working directory; "" = the test's
   };
   CtlProcess(const std::vector<std::string>& args, const Options& options);
   ~CtlProcess();  // SIGKILL if still running

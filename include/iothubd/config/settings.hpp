@@ -78,7 +78,11 @@ struct Settings {
   int sastokenTtl = 3600;
   bool autoConnect = true;
   bool connectionRetry = true;
-  int connectionRetryInterval = 10;
+  /// The reconnect schedule's bounds in milliseconds (session/retry_policy.hpp); the file gives
+  /// seconds with up to three decimals.
+  int connectionRetryInitialDelayMs = 1000;
+  int connectionRetryMaxDelayMs = 0;  ///< 0: not set, connection_retry_interval or 60 s
+  int connectionRetryInterval = 0;    ///< deprecated name of connection_retry_max_delay; 0: not set
   bool ensureDesiredProperties = true;
   int operationTimeout = 60;  ///< seconds any hub operation (connect, publish, twin) may take
   /// Keep the link up while no app holds it (Connect); false: it closes when the last hold goes

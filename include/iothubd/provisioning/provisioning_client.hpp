@@ -12,6 +12,7 @@
 #include <tl/expected.hpp>
 
 #include "iothubd/core/clock.hpp"
+#include "iothubd/core/lifetime.hpp"
 #include "iothubd/core/proxy.hpp"
 #include "iothubd/core/result.hpp"
 #include "iothubd/core/scheduler.hpp"
@@ -189,7 +190,7 @@ class ProvisioningClient final : private mqtt::MqttTransport::Listener {
   std::unique_ptr<core::Timer> retryTimer_;
   std::unique_ptr<core::Timer> overallTimer_;
   std::mt19937_64 random_;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  core::Lifetime lifetime_;  ///< last: callbacks of a destroyed client never run
 };
 
 }  // namespace iothubd::provisioning

@@ -46,8 +46,11 @@ enum class LinkEvent : std::uint8_t {
   /// The hub refused a new SAS token (UpdateSasToken) and the accepted one it replaced is back:
   /// the attempt is made again at once with it, without apps seeing a change.
   FellBack,
+  /// The link is wanted, but the retry policy's delay after the last failure has not passed
+  /// (an operation under auto_connect, Connect()): the attempt waits for the retry timer.
+  StartLater,
 };
-inline constexpr std::size_t kLinkEvents = 11;
+inline constexpr std::size_t kLinkEvents = 12;
 
 /// What a transition does, in the order its row lists them. The session performs them.
 enum class LinkAction : std::uint8_t {

@@ -15,6 +15,7 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <vector>
 
 #include "iothubd/core/clock.hpp"
@@ -95,8 +96,8 @@ class HubSession final : private mqtt::MqttTransport::Listener,
   }
 
   /// Opens the connection and keeps it up from now on (the daemon calls this at start-up):
-  /// failed attempts are retried every connection_retry_interval unless the hub refused the
-  /// credentials.
+  /// failed attempts are retried as the RetryPolicy says. Within the policy's delay after a
+  /// failure the attempt waits for it.
   void start();
   /// Completes once connected (at once if already), or with the next attempt's error:
   /// Unauthorized, ConnectionFailed, Timeout, Cancelled.
@@ -129,14 +130,16 @@ class HubSession final : private mqtt::MqttTransport::Listener,
   [[nodiscard]] bool readyToPublish() const noexcept { return machine_.state() == LinkState::Up; }
   /// Publishes a prepared QoS 1 message now, for a caller that does its own queueing (the
   /// outbox): NotConnected unless readyToPublish(). `done` runs on the PUBACK, or with
-  /// ConnectionDropped when the link goes first, or Timeout after operation_timeout.
+  /// ConnectionDropped when the link goes first; there is no timeout (a throttling hub delays
+  /// PUBACKs; the message is sent again only on the next link, never twice on one).
   [[nodiscard]] core::Result<void> publishPrepared(const std::string& topic,
                                                    const std::string& payload, Completion done);
   /// Opens the connection if it is not open and auto_connect allows it (an operation needs
   /// it); false if the hub cannot be reached that way (disconnected and auto_connect off).
   bool requestConnection();
 
-  /// Publishes a direct-method answer; completes on its PUBACK.
+  /// Publishes a direct-method answer on the link its request came on; completes on its PUBACK.
+  /// ConnectionDropped at once if that link has closed (or the id is unknown or answered).
   void sendMethodResponse(const std::string& requestId, int status, const std::string& payload,
                           Completion done);
   /// Replaces the operator-supplied SAS token and re-authorises (protocol doc 2): NotSupported
@@ -197,6 +200,8 @@ class HubSession final : private mqtt::MqttTransport::Listener,
 
   void publishOrQueue(std::string topic, std::string payload, Completion done);
   [[nodiscard]] bool canReachHub() const;
+  /// Twin requests go out now: the link is up and the hub acknowledged their answers' topic.
+  [[nodiscard]] bool twinReady() const noexcept { return readyToPublish() && twinSubscribed_; }
   void ensureConnecting();
   void backgroundError(core::Error error);
   void subscribeAll();
@@ -232,8 +237,16 @@ class HubSession final : private mqtt::MqttTransport::Listener,
   bool wantConnected_ = false;       ///< keep the link up: reconnect after a drop
   bool credentialsRefused_ = false;  ///< the last attempt ended in CONNACK 4/5 (or a proxy's 407)
   bool linkUp_ = false;              ///< the transport's link is established (LinkUp..LinkDown)
-  core::Error failure_;              ///< the failure being recorded (Record, GiveUp)
+  /// The SUBSCRIBE of $iothub/twin/res/# on this link until its SUBACK came.
+  std::optional<int> twinSubscription_;
+  bool twinSubscribed_ = false;  ///< ... and after: twin requests may go out on this link
+  /// Method request ids of the current link not answered yet; cleared when it goes.
+  std::unordered_set<std::string> methodRequests_;
+  core::Error failure_;                     ///< the failure being recorded (Record, GiveUp)
   std::chrono::microseconds retryDelay_{};  ///< ArmRetry's delay, from the policy
+  /// No attempt before this (monotonic): the policy's delay after the last failure.
+  std::optional<std::chrono::microseconds> retryNotBefore_;
+  std::chrono::microseconds linkUpSince_{};  ///< when the current link came up (monotonic)
   core::Error lastError_;
   const char* renewWhy_ = "";
   ConnectionState announced_ = ConnectionState::Disconnected;

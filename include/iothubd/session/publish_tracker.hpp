@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -23,10 +24,13 @@ namespace iothubd::session {
 /// Resend policy: a publish lives and dies with its link. The transport starts every connection
 /// afresh (no library resend), so when a link goes, whatever it did not acknowledge fails with
 /// ConnectionDropped and its owner decides (the outbox sends it again, an app gets the error);
-/// nothing is ever sent twice on one link by us. Held publishes survive link changes, each bounded
-/// by its own deadline. Every publish shares one timeout (operation_timeout) counted from when it
-/// was sent or held, so arrival order is deadline order and one timer serves them all. Loop thread
-/// only.
+/// nothing is ever sent twice on one link by us. A publish whose owner keeps it (the outbox) waits
+/// for its PUBACK as long as its link lives (UntilLinkEnds): a hub that shapes traffic delays
+/// PUBACKs, and giving up on one would only lead to sending it again (issue 14; the Python SDK and
+/// libmosquitto wait too and resend on the next link). Held publishes survive link changes, each
+/// bounded by its own deadline. Every publish shares one timeout (operation_timeout) counted from
+/// when it was sent or held, so arrival order is deadline order and one timer serves them all. Loop
+/// thread only.
 class PublishTracker {
  public:
   using Completion = std::function<void(core::Result<void>)>;
@@ -49,9 +53,16 @@ class PublishTracker {
     armTimer();
   }
 
+  /// How long a publish in flight waits for its PUBACK.
+  enum class Wait : std::uint8_t {
+    Timeout,        ///< operation_timeout, then Timeout (an app waits for the answer)
+    UntilLinkEnds,  ///< as long as its link lives (its owner sends it again on the next one)
+  };
   /// Publishes now (QoS 1). `done` runs on the PUBACK, with the transport's error at once if it
-  /// refuses, with Timeout after the timeout, or with what linkLost()/failInFlight() give.
-  void publish(std::string_view topic, std::string_view payload, Completion done);
+  /// refuses, with Timeout after the timeout (Wait::Timeout), or with what
+  /// linkLost()/failInFlight() give.
+  void publish(std::string_view topic, std::string_view payload, Completion done,
+               Wait wait = Wait::Timeout);
   /// Holds a publish until flush(). QueueFull over a limit: returned, and `done` is not called.
   [[nodiscard]] core::Result<void> hold(std::string topic, std::string payload, Completion done);
   /// The link is up: publishes what is held, in order, as long as `linkUp()` stays true (a

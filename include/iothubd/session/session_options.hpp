@@ -43,7 +43,9 @@ struct SessionOptions {
   std::chrono::seconds sasTokenTtl{3600};
   bool autoConnect = true;
   bool connectionRetry = true;
-  std::chrono::seconds connectionRetryInterval{10};
+  /// The retry policy's bounds (retry_policy.hpp): the first delay and the cap.
+  std::chrono::milliseconds connectionRetryInitialDelay{1000};
+  std::chrono::milliseconds connectionRetryMaxDelay{60000};
   std::chrono::seconds operationTimeout{60};
   /// Telemetry accepted while (re)connecting, waiting to be published; over either → QueueFull.
   std::size_t maxQueuedMessages = 10000;

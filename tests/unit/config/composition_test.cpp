@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // The composition: what each key of iothubd.conf does to the components at a reload (every key
-// the shipped file documents has a case here, so a new key cannot be forgotten), and the apply
-// step that start and reload share, against recording components.
+// the shipped file documents has a case here, so a new key cannot be forgotten, and iothubd.conf(5)
+// describes the same keys), and the apply step that start and reload share, against recording
+// components.
 #include "iothubd/config/composition.hpp"
 
 #include <gtest/gtest.h>
@@ -101,6 +102,10 @@ std::vector<Case> cases() {
        kSessionInPlace},
       {"connection.connection_retry", [](Loaded& l) { l.settings.connectionRetry = false; },
        kSessionInPlace},
+      {"connection.connection_retry_initial_delay",
+       [](Loaded& l) { l.settings.connectionRetryInitialDelayMs = 3000; }, kSessionInPlace},
+      {"connection.connection_retry_max_delay",
+       [](Loaded& l) { l.settings.connectionRetryMaxDelayMs = 250; }, kSessionInPlace},
       {"connection.connection_retry_interval",
        [](Loaded& l) { l.settings.connectionRetryInterval = 3; }, kSessionInPlace},
       {"connection.ensure_desired_properties",
@@ -202,24 +207,36 @@ std::vector<DpsCase> dpsCases() {
   };
 }
 
-/// "section.key" for every key the shipped iothubd.conf documents (set or commented out).
-std::set<std::string> documentedKeys() {
-  std::ifstream in(std::string(IOTHUBD_SOURCE_DIR) + "/config/iothubd.conf");
-  EXPECT_TRUE(in.good());
-  static const std::regex kSection(R"(^\[([a-z_]+)\])");
-  static const std::regex kLine(R"(^#?([a-z_0-9]+) =)");
+/// "section.key" for every line of `file` (below the source dir) that `keyLine` matches below a
+/// line that `sectionLine` matches with a section name; one it matches without ends a section.
+std::set<std::string> keysIn(const std::string& file, const std::regex& sectionLine,
+                             const std::regex& keyLine) {
+  std::ifstream in(std::string(IOTHUBD_SOURCE_DIR) + "/" + file);
+  EXPECT_TRUE(in.good()) << file;
   std::set<std::string> keys;
   std::string section;
   std::string line;
   std::smatch m;
   while (std::getline(in, line)) {
-    if (std::regex_search(line, m, kSection)) {
+    if (std::regex_search(line, m, sectionLine)) {
       section = m[1];
-    } else if (std::regex_search(line, m, kLine)) {
+    } else if (!section.empty() && std::regex_search(line, m, keyLine)) {
       keys.insert(section + "." + std::string(m[1]));
     }
   }
   return keys;
+}
+
+/// Every key the shipped iothubd.conf documents (set or commented out).
+std::set<std::string> documentedKeys() {
+  return keysIn("config/iothubd.conf", std::regex(R"(^\[([a-z_]+)\])"),
+                std::regex(R"(^#?([a-z_0-9]+) =)"));
+}
+
+/// Every key iothubd.conf(5) describes: `.BI "key = "` in a `.SH [section]`.
+std::set<std::string> manualKeys() {
+  return keysIn("man/iothubd.conf.5", std::regex(R"(^\.SH (?:\[([a-z_]+)\])?)"),
+                std::regex(R"(^\.BI "([a-z_0-9]+) = ")"));
 }
 
 TEST(Composition, EveryDocumentedKeyHasAReloadCase) {
@@ -232,6 +249,11 @@ TEST(Composition, EveryDocumentedKeyHasAReloadCase) {
   }
   EXPECT_EQ(covered, documentedKeys())
       << "a key of config/iothubd.conf lacks a case here (what does a reload do with it?)";
+}
+
+TEST(Composition, TheManualDescribesEveryKeyOfTheShippedFile) {
+  EXPECT_EQ(manualKeys(), documentedKeys())
+      << "config/iothubd.conf and man/iothubd.conf.5 list different keys";
 }
 
 TEST(Composition, EachKeyIsTreatedAsItsComponentCan) {
@@ -329,6 +351,21 @@ TEST(Composition, TheComponentsGetTheSettingsAsTheyAreMeant) {
   EXPECT_FALSE(compose(l, environment()).upload.has_value()) << "modules cannot upload";
   l.identity.moduleId.clear();
   EXPECT_EQ(compose(l, environment()).upload->endpoint.host, "contoso.azure-devices.net");
+}
+
+// connection_retry_interval (the Python SDK's fixed interval) survives as the schedule's cap,
+// unless connection_retry_max_delay says otherwise.
+TEST(Composition, TheRetryBoundsAndTheDeprecatedIntervalReachTheSession) {
+  Loaded l = base();
+  EXPECT_EQ(compose(l, environment()).session.connectionRetryInitialDelay, std::chrono::seconds(1));
+  EXPECT_EQ(compose(l, environment()).session.connectionRetryMaxDelay, std::chrono::seconds(60));
+  l.settings.connectionRetryInterval = 5;
+  EXPECT_EQ(compose(l, environment()).session.connectionRetryMaxDelay, std::chrono::seconds(5));
+  l.settings.connectionRetryMaxDelayMs = 30000;
+  l.settings.connectionRetryInitialDelayMs = 250;
+  const auto session = compose(l, environment()).session;
+  EXPECT_EQ(session.connectionRetryMaxDelay, std::chrono::seconds(30));
+  EXPECT_EQ(session.connectionRetryInitialDelay, std::chrono::milliseconds(250));
 }
 
 /// Records what apply() asks of the components.

@@ -23,7 +23,9 @@ TEST(Settings, DefaultsAreTheSeedDefaults) {
   EXPECT_EQ(s->sastokenTtl, 3600);
   EXPECT_TRUE(s->autoConnect);
   EXPECT_TRUE(s->connectionRetry);
-  EXPECT_EQ(s->connectionRetryInterval, 10);
+  EXPECT_EQ(s->connectionRetryInitialDelayMs, 1000);
+  EXPECT_EQ(s->connectionRetryMaxDelayMs, 0);  // not set: 60 s unless connection_retry_interval is
+  EXPECT_EQ(s->connectionRetryInterval, 0);
   EXPECT_TRUE(s->ensureDesiredProperties);
   EXPECT_FALSE(s->websockets);
   EXPECT_EQ(s->port, 8883);
@@ -221,6 +223,20 @@ TEST(Settings, ProxyMustBeCompleteOrAbsent) {
   EXPECT_EQ(errorOf("[proxy]\nproxy_type = http\n"),
             "/etc/iothubd/iothubd.conf:2: [proxy] proxy_type: expected HTTP, SOCKS4 or SOCKS5, got "
             "\"http\"");
+}
+
+TEST(Settings, RetryDelaysTakeSecondsWithUpToThreeDecimals) {
+  auto s = parse(
+      "[connection]\nconnection_retry_initial_delay = 0.25\nconnection_retry_max_delay = 4\n");
+  ASSERT_TRUE(s) << s.error().message;
+  EXPECT_EQ(s->connectionRetryInitialDelayMs, 250);
+  EXPECT_EQ(s->connectionRetryMaxDelayMs, 4000);
+  EXPECT_EQ(parse("[connection]\nconnection_retry_max_delay = 1.5\n")->connectionRetryMaxDelayMs,
+            1500);
+  for (const char* bad : {"0.0001", "1.", ".5", "-1", "1,5", "0", "5s", "90000"}) {
+    EXPECT_FALSE(parse(std::string("[connection]\nconnection_retry_initial_delay = ") + bad + "\n"))
+        << bad;
+  }
 }
 
 TEST(Settings, X509NeedsHostAndDevice) {

@@ -144,6 +144,25 @@ TEST_F(MethodRouterTest, NoAnswerWithinTheTimeoutIsAnswered504AndALateAnswerIsRe
   EXPECT_EQ(late.error().code, core::Errc::Timeout);
 }
 
+// Issue 14: the hub takes an answer only on the connection its request came on. When that one
+// closes, pending requests are dropped: no 504 from the daemon on the next connection, and the
+// claimer's late answer gets a clear error.
+TEST_F(MethodRouterTest, RequestsOfAClosedConnectionAreDroppedNotAnswered) {
+  ASSERT_TRUE(router_.claim(":1.1", "slow"));
+  router_.onRequest("9", "slow", "{}");
+  router_.linkGone();
+  EXPECT_EQ(router_.pendingCount(), 0u);
+  clock_.advance(1min);
+  EXPECT_TRUE(answered_.empty()) << "answered with a request id of a closed connection";
+  auto late = router_.takeResponse(":1.1", "9");
+  ASSERT_FALSE(late);
+  EXPECT_EQ(late.error().code, core::Errc::ConnectionDropped);
+  EXPECT_NE(late.error().message.find("closed"), std::string::npos) << late.error().message;
+  // Requests of the next connection go on as before.
+  router_.onRequest("10", "slow", "{}");
+  EXPECT_TRUE(router_.takeResponse(":1.1", "10"));
+}
+
 TEST_F(MethodRouterTest, ClaimerLeavingIsAnswered503AndLosesItsClaims) {
   ASSERT_TRUE(router_.claim(":1.1", "slow"));
   router_.onRequest("3", "slow", "{}");

@@ -73,7 +73,7 @@ class TelemetryPipelineTest : public ::testing::Test {
     o.deviceId = "dev1";
     o.sharedAccessKey = core::Secret<>(kKey);
     o.operationTimeout = 60s;
-    o.connectionRetryInterval = 10s;
+    o.connectionRetryMaxDelay = 10s;
     o.ensureDesiredProperties = false;
     return o;
   }

@@ -24,7 +24,7 @@ constexpr S kAllStates[] = {S::Idle,     S::Connecting, S::Up,      S::Draining,
                             S::Resuming, S::Aborting,   S::Backoff, S::Closing,  S::Reopening};
 constexpr E kAllEvents[] = {E::Start,  E::Stop,    E::Connacked, E::Lost,
                             E::GaveUp, E::Closed,  E::TimedOut,  E::RetryDue,
-                            E::Renew,  E::Drained, E::FellBack};
+                            E::Renew,  E::Drained, E::FellBack,  E::StartLater};
 
 /// Records the actions performed; a test may hook one action to feed an event back.
 class Recorder : public ConnectionMachine::Actions {
@@ -253,6 +253,31 @@ TEST_F(LinkTest, DisconnectWhileClosingForADisconnectAndAConnectReopens) {
   EXPECT_EQ(m.state(), S::Connecting);
   EXPECT_EQ(r.performed, (std::vector{A::LinkDown, A::FinishClose, A::Announce, A::BeginAttempt}));
   EXPECT_EQ(m.visible(), ConnectionState::Connecting);
+}
+
+// Issue 14: whatever asks for the link (Connect(), auto_connect), no attempt starts before the
+// retry policy's delay has passed: no tight reconnect loop driven by apps.
+TEST_F(LinkTest, AskingForTheLinkDuringTheBackoffWaitsForTheRetryTimer) {
+  m.handle(E::Start);
+  m.handle(E::Lost);
+  ASSERT_EQ(m.state(), S::Backoff);
+  r.performed.clear();
+  EXPECT_FALSE(m.handle(E::Start));
+  EXPECT_EQ(m.state(), S::Backoff);
+  EXPECT_TRUE(r.performed.empty());
+  // Given up (a refused operator token), then asked for within the delay: the timer decides.
+  m.handle(E::RetryDue);
+  m.handle(E::GaveUp);
+  ASSERT_EQ(m.state(), S::Idle);
+  r.performed.clear();
+  m.handle(E::StartLater);
+  EXPECT_EQ(m.state(), S::Backoff);
+  EXPECT_EQ(r.performed, (std::vector{A::Announce, A::ArmRetry}));
+  EXPECT_EQ(m.visible(), ConnectionState::Connecting);
+  // New credentials go at once.
+  r.performed.clear();
+  m.handle(E::Renew);
+  EXPECT_EQ(r.performed, (std::vector{A::CancelRetry, A::BeginAttempt}));
 }
 
 }  // namespace

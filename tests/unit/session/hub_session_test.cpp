@@ -50,7 +50,8 @@ class HubSessionTest : public ::testing::Test {
     o.sharedAccessKey = core::Secret<>(kKey);
     o.userAgent = "iothubd/test";
     o.operationTimeout = 60s;
-    o.connectionRetryInterval = 10s;
+    o.connectionRetryInitialDelay = 1s;
+    o.connectionRetryMaxDelay = 60s;
     o.ensureDesiredProperties = false;  // twin tests turn it on
     return o;
   }
@@ -203,15 +204,16 @@ TEST_F(HubSessionTest, AutoConnectOpensTheConnectionAndPublishesQueuedMessages) 
 }
 
 TEST_F(HubSessionTest, PublishesWaitingForTheConnectionAreBoundedInBytes) {
+  constexpr std::string_view kEvents = "devices/dev1/messages/events/";
   auto o = options();
   o.maxQueuedBytes = 1024 * 1024;
   auto& s = make(std::move(o));
   // Three of 400 KiB fit within 1 MiB as topic plus payload only twice; the third is refused
   // at once and holds nothing.
   Outcome first, second, third;
-  s.sendMethodResponse("1", 200, std::string(400 * 1024, 'a'), first.callback());
-  s.sendMethodResponse("2", 200, std::string(400 * 1024, 'b'), second.callback());
-  s.sendMethodResponse("3", 200, std::string(400 * 1024, 'c'), third.callback());
+  s.publishTelemetry(kEvents, std::string(400 * 1024, 'a'), first.callback());
+  s.publishTelemetry(kEvents, std::string(400 * 1024, 'b'), second.callback());
+  s.publishTelemetry(kEvents, std::string(400 * 1024, 'c'), third.callback());
   EXPECT_FALSE(first.done());
   EXPECT_FALSE(second.done());
   ASSERT_TRUE(third.done());
@@ -221,8 +223,8 @@ TEST_F(HubSessionTest, PublishesWaitingForTheConnectionAreBoundedInBytes) {
   // Published, the bytes are no longer waiting: the queue takes as much again.
   transport_.drop();
   Outcome fourth, fifth;
-  s.sendMethodResponse("4", 200, std::string(400 * 1024, 'd'), fourth.callback());
-  s.sendMethodResponse("5", 200, std::string(400 * 1024, 'e'), fifth.callback());
+  s.publishTelemetry(kEvents, std::string(400 * 1024, 'd'), fourth.callback());
+  s.publishTelemetry(kEvents, std::string(400 * 1024, 'e'), fifth.callback());
   EXPECT_FALSE(fourth.done());
   EXPECT_FALSE(fifth.done());
 }
@@ -262,7 +264,7 @@ TEST_F(HubSessionTest, CredentialRefusalFailsConnectAndIsNotRetried) {
   auto& s = make();
   Outcome connect;
   s.connect(connect.callback());
-  transport_.refuseConnect(5);
+  transport_.refuseConnect(4);  // bad user name or password: the configuration must change
   ASSERT_TRUE(connect.done());
   EXPECT_EQ(connect.code(), core::Errc::Unauthorized);
   EXPECT_EQ(s.state(), ConnectionState::Disconnected);
@@ -270,19 +272,127 @@ TEST_F(HubSessionTest, CredentialRefusalFailsConnectAndIsNotRetried) {
   EXPECT_EQ(transport_.connects.size(), 1u) << "retried with credentials the hub refused";
 }
 
-TEST_F(HubSessionTest, FailedStartIsRetriedEveryIntervalWithJitter) {
+TEST_F(HubSessionTest, FailedStartIsRetriedWithExponentialBackoffUpToTheCap) {
+  auto o = options();
+  o.connectionRetryInitialDelay = 1s;
+  o.connectionRetryMaxDelay = 8s;
+  auto& s = make(std::move(o));
+  s.start();
+  std::chrono::microseconds cap = 1s;
+  for (std::size_t attempt = 1; attempt <= 6; ++attempt) {
+    ASSERT_EQ(transport_.connects.size(), attempt);
+    transport_.failConnect();
+    EXPECT_EQ(s.state(), ConnectionState::Connecting);
+    auto next = clock_.nextTimerIn();
+    ASSERT_TRUE(next);
+    EXPECT_GE(*next, cap / 2) << "attempt " << attempt;
+    EXPECT_LE(*next, cap) << "attempt " << attempt;
+    clock_.advance(*next - 1ms);
+    EXPECT_EQ(transport_.connects.size(), attempt) << "an attempt before the delay passed";
+    clock_.advance(1ms);
+    cap = std::min<std::chrono::microseconds>(cap * 2, 8s);
+  }
+  transport_.acceptConnect();
+  EXPECT_TRUE(s.connected());
+}
+
+// Issue 14: a Send… or Connect() while a retry is pending starts no CONNECT of its own.
+TEST_F(HubSessionTest, OperationsDuringTheBackoffWaitForTheRetryTimer) {
   auto& s = make();
   s.start();
   transport_.failConnect();
+  Outcome sent;
+  Outcome connect;
+  for (int i = 0; i < 10; ++i) {
+    s.sendTelemetry(message(), sent.callback());
+  }
+  s.connect(connect.callback());
+  EXPECT_EQ(transport_.connects.size(), 1u);
+  clock_.advance(1s);
+  ASSERT_EQ(transport_.connects.size(), 2u);
+  transport_.acceptConnect();
+  EXPECT_TRUE(connect.ok());
+}
+
+// An operator's SAS token the hub refused is not retried on its own; an app's auto_connect
+// operation tries it again, but only after the backoff: never a CONNECT per SendMessage.
+TEST_F(HubSessionTest, AutoConnectAfterARefusedOperatorTokenWaitsOutTheBackoff) {
+  auto o = options();
+  o.auth = AuthMethod::SasToken;
+  o.sharedAccessKey = core::Secret<>();
+  o.sasToken = core::Secret<>(
+      "SharedAccessSignature sr=contoso.azure-devices.net%2Fdevices%2Fdev1&sig=x&se=" +
+      std::to_string(clock_.unixSeconds() + 3600));
+  auto& s = make(std::move(o));
+  s.start();
+  transport_.refuseConnect(5);
+  EXPECT_EQ(s.state(), ConnectionState::Disconnected);
+  Outcome sent;
+  s.sendTelemetry(message(), sent.callback());
+  s.sendTelemetry(message(), sent.callback());
+  EXPECT_EQ(transport_.connects.size(), 1u);
   EXPECT_EQ(s.state(), ConnectionState::Connecting);
-  auto next = clock_.nextTimerIn();
-  ASSERT_TRUE(next);
-  EXPECT_GE(*next, 10s);
-  EXPECT_LE(*next, 12s);  // interval + at most 20 % jitter
-  clock_.advance(12s);
+  clock_.advance(1s);
   EXPECT_EQ(transport_.connects.size(), 2u);
+  transport_.refuseConnect(5);
+  ASSERT_TRUE(sent.done());
+  EXPECT_EQ(sent.code(), core::Errc::Unauthorized);
+  clock_.advance(10min);
+  EXPECT_EQ(transport_.connects.size(), 2u) << "a refused operator token was retried unasked";
+}
+
+// A token made from the key may be refused because the clock was off by more than the hub's
+// 5 minutes: retried with backoff and a fresh token, reported each time (LastError,
+// BackgroundException), until the hub accepts it.
+TEST_F(HubSessionTest, NotAuthorisedWithAKeyIsRetriedWithBackoffAndReportedEachTime) {
+  auto& s = make();
+  s.start();
+  std::chrono::microseconds previous{};
+  for (std::size_t attempt = 1; attempt <= 4; ++attempt) {
+    transport_.refuseConnect(5);
+    EXPECT_EQ(s.state(), ConnectionState::Connecting);
+    EXPECT_EQ(s.lastError().code, core::Errc::Unauthorized);
+    auto next = clock_.nextTimerIn();
+    ASSERT_TRUE(next);
+    EXPECT_GE(*next, previous) << "equal jitter: each wait at least the one before";
+    previous = *next;
+    clock_.advance(*next);
+    ASSERT_EQ(transport_.connects.size(), attempt + 1);
+  }
+  EXPECT_EQ(states_.errors.size(), 5u) << "one notification per refusal plus the first state";
+  EXPECT_NE(transport_.connects[4].password.reveal(), transport_.connects[0].password.reveal())
+      << "each attempt makes its token afresh";
   transport_.acceptConnect();
   EXPECT_TRUE(s.connected());
+  EXPECT_TRUE(s.lastError().message.empty());
+}
+
+// A duplicate identity (or a throttled hub) closes each link soon after its CONNACK: one quick
+// retry, then a backoff with a floor, never a 10 ms loop.
+TEST_F(HubSessionTest, ALinkThatKeepsDroppingAfterConnackBacksOff) {
+  auto& s = make();
+  s.start();
+  std::vector<std::chrono::microseconds> delays;
+  for (int link = 0; link < 5; ++link) {
+    transport_.acceptConnect();
+    clock_.advance(300ms);
+    transport_.drop();
+    auto next = clock_.nextTimerIn();
+    ASSERT_TRUE(next);
+    delays.push_back(*next);
+    clock_.advance(*next);
+  }
+  EXPECT_EQ(delays[0], 10ms);
+  for (std::size_t i = 1; i < delays.size(); ++i) {
+    EXPECT_GE(delays[i], 8s) << "drop " << i;
+    EXPECT_LE(delays[i], 60s) << "drop " << i;
+  }
+  EXPECT_EQ(s.state(), ConnectionState::Reconnecting);
+  // A link that lives a while is fine again: its drop is retried at once.
+  transport_.acceptConnect();
+  clock_.advance(RetryPolicy::kStableLink);
+  transport_.drop();
+  EXPECT_EQ(clock_.nextTimerIn(), std::optional<std::chrono::microseconds>(10ms));
 }
 
 TEST_F(HubSessionTest, ReconnectsAfterADropWithANewTokenAndFailsWhatWasInFlight) {
@@ -477,7 +587,7 @@ TEST_F(HubSessionTest, FailedRenewalIsAnOutageAndIsRetried) {
   transport_.finishDisconnect();
   transport_.failConnect("connection refused");
   EXPECT_EQ(s.state(), ConnectionState::Reconnecting);
-  clock_.advance(100ms);
+  clock_.advance(1s);  // a failed attempt: the backoff's first step
   EXPECT_EQ(transport_.connects.size(), 3u);
 }
 
@@ -520,7 +630,7 @@ TEST_F(HubSessionTest, ReconfigureReconnectsOnlyWhenTheConnectionDependsOnTheCha
 TEST_F(HubSessionTest, NewCredentialsAfterARefusalAreTriedAtOnce) {
   auto& s = make();
   s.start();
-  transport_.refuseConnect(5);
+  transport_.refuseConnect(4);
   EXPECT_EQ(transport_.connects.size(), 1u);
   auto o = options();
   o.sharedAccessKey = core::Secret<>("bmV3LWtleS1uZXcta2V5LW5ldy1rZXktbmV3LWtleSE=");
@@ -565,12 +675,48 @@ class HubSessionInboundTest : public HubSessionTest {
   HubSession& connectedWith(SessionOptions o) {
     auto& s = make(std::move(o));
     s.setObserver(&events_);
+    transport_.subackOnConnect = true;
     s.start();
     transport_.acceptConnect();
     return s;
   }
   EventRecorder events_;
 };
+
+// Issue 14: every SDK waits for the SUBACK of $iothub/twin/res/# before a twin request; the hub
+// may drop the answer to one that comes before. A GET asked for while connecting goes out only
+// then, and is answered.
+TEST_F(HubSessionInboundTest, TwinRequestsWaitForTheSubackOfTheResponseTopic) {
+  auto o = options();
+  o.ensureDesiredProperties = false;
+  auto& s = make(std::move(o));
+  std::optional<core::Result<std::string>> twin;
+  s.getTwin([&](core::Result<std::string> r) { twin = std::move(r); });  // auto_connect
+  transport_.acceptConnect();
+  EXPECT_EQ(transport_.lastPublished("$iothub/twin/GET/"), nullptr) << "sent before the SUBACK";
+  // Another request while the SUBACK is outstanding waits as well.
+  std::optional<core::Result<std::uint64_t>> patched;
+  s.patchReportedProperties(R"({"a":1})", [&](core::Result<std::uint64_t> r) { patched = r; });
+  EXPECT_EQ(transport_.lastPublished("$iothub/twin/PATCH/"), nullptr);
+  transport_.subackAll();
+  const auto* get = transport_.lastPublished("$iothub/twin/GET/");
+  ASSERT_NE(get, nullptr);
+  ASSERT_NE(transport_.lastPublished("$iothub/twin/PATCH/"), nullptr);
+  transport_.deliver("$iothub/twin/res/200/?$rid=" + FakeMqttTransport::ridOf(get->topic),
+                     R"({"desired":{"$version":1},"reported":{"$version":1}})");
+  ASSERT_TRUE(twin.has_value());
+  EXPECT_TRUE(twin->has_value());
+  // After a drop, the next link waits for its own SUBACK again.
+  transport_.drop();
+  clock_.advance(100ms);
+  transport_.acceptConnect();
+  const std::size_t before = transport_.published.size();
+  std::optional<core::Result<std::string>> again;
+  s.getTwin([&](core::Result<std::string> r) { again = std::move(r); });
+  EXPECT_EQ(transport_.published.size(), before);
+  transport_.subackAll();
+  EXPECT_GT(transport_.published.size(), before);
+}
 
 TEST_F(HubSessionInboundTest, SubscribesToEveryFeatureOnEachConnect) {
   connectedWith(options());
@@ -706,9 +852,10 @@ TEST_F(HubSessionInboundTest, EnsureDesiredPropertiesReportsTheDesiredSectionOnl
   transport_.acceptConnect();
   answerGet(R"({"desired":{"mode":"boost","$version":5},"reported":{"$version":1}})");
   EXPECT_EQ(events_.desired.size(), 2u);
-  // A change made while we were away arrives after the next reconnect.
+  // A change made while we were away arrives after the next reconnect (a second drop soon after
+  // the first waits out the backoff's floor).
   transport_.drop();
-  clock_.advance(100ms);
+  clock_.advance(16s);
   transport_.acceptConnect();
   answerGet(R"({"desired":{"mode":"off","$version":6},"reported":{"$version":1}})");
   ASSERT_EQ(events_.desired.size(), 3u);
@@ -819,6 +966,51 @@ TEST_F(HubSessionInboundTest, AnExpiredPreviousTokenIsNotRestored) {
   transport_.refuseConnect(5);
   EXPECT_EQ(transport_.connects.size(), 2u) << "nothing valid to go back to";
   EXPECT_EQ(s.lastError().code, core::Errc::Unauthorized);
+}
+
+// Issue 14: the hub takes a method answer only on the connection its request came on.
+TEST_F(HubSessionInboundTest, AMethodRequestOfAClosedLinkIsNeverAnsweredOnTheNextOne) {
+  auto& s = connectedWith(options());
+  transport_.deliver("$iothub/methods/POST/reboot/?$rid=7", "{}");
+  transport_.drop();
+  clock_.advance(100ms);
+  transport_.acceptConnect();
+  const std::size_t before = transport_.published.size();
+  Outcome answered;
+  s.sendMethodResponse("7", 200, "{}", answered.callback());
+  ASSERT_TRUE(answered.done());
+  EXPECT_EQ(answered.code(), core::Errc::ConnectionDropped);
+  EXPECT_NE(answered.result->error().message.find("closed"), std::string::npos);
+  EXPECT_EQ(transport_.published.size(), before) << "a stale $rid reached the hub";
+  // A request of this link is answered on it, once.
+  transport_.deliver("$iothub/methods/POST/reboot/?$rid=8", "{}");
+  Outcome first;
+  s.sendMethodResponse("8", 200, "{}", first.callback());
+  EXPECT_EQ(transport_.lastPublished("$iothub/methods/res/")->topic,
+            "$iothub/methods/res/200/?$rid=8");
+  Outcome second;
+  s.sendMethodResponse("8", 200, "{}", second.callback());
+  ASSERT_TRUE(second.done());
+  EXPECT_FALSE(second.ok());
+}
+
+// Issue 14: an outbox message (publishPrepared) waits for its PUBACK as long as its link lives:
+// a throttling hub delays PUBACKs, and nothing is sent twice on one link.
+TEST_F(HubSessionInboundTest, PreparedPublishesWaitForTheirPubackUntilTheLinkEnds) {
+  auto& s = connectedWith(options());
+  Outcome sent;
+  ASSERT_TRUE(s.publishPrepared("devices/dev1/messages/events/", "x", sent.callback()));
+  ASSERT_EQ(transport_.published.size(), 1u);
+  clock_.advance(10min);
+  EXPECT_FALSE(sent.done()) << "timed out on a live link";
+  transport_.ack(transport_.published[0].mid);
+  EXPECT_TRUE(sent.ok());
+  Outcome dropped;
+  ASSERT_TRUE(s.publishPrepared("devices/dev1/messages/events/", "y", dropped.callback()));
+  clock_.advance(5min);
+  transport_.drop();
+  ASSERT_TRUE(dropped.done());
+  EXPECT_EQ(dropped.code(), core::Errc::ConnectionDropped);
 }
 
 TEST_F(HubSessionInboundTest, UpdateSasTokenIsNotSupportedForKeyAuthentication) {
