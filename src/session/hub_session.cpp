@@ -525,6 +525,13 @@ void HubSession::perform(LinkAction action, const ConnectionMachine::Step& step)
 }
 
 void HubSession::beginAttempt() {
+  if (options_.hubHostname.empty()) {
+    // authentication = dps before the first assignment (daemon/provisioner.cpp sets the hub):
+    // nothing to connect to yet, so no attempt at an empty name, and LastError says why.
+    failed(
+        core::Error{Errc::NotConnected, "no hub assigned yet: the DPS registration is under way"});
+    return;
+  }
   auto password = connectPassword(options_, clock_);
   if (!password) {
     logf(LogLevel::Error, "cannot connect: ", password.error().message);

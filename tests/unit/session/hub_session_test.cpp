@@ -107,6 +107,18 @@ TEST_F(HubSessionTest, ConnectsWithTheSdkIdentityAndAFreshSasToken) {
   EXPECT_EQ(states_.states, (std::vector{ConnectionState::Connecting, ConnectionState::Connected}));
 }
 
+// authentication = dps before DPS assigned a hub: a Connect() makes no attempt at an empty name.
+TEST_F(HubSessionTest, WithoutAnAssignedHubNoAttemptIsMadeAndLastErrorSaysWhy) {
+  auto o = options();
+  o.hubHostname.clear();
+  auto& s = make(std::move(o));
+  s.start();
+  clock_.advance(120s);
+  EXPECT_TRUE(transport_.connects.empty());
+  EXPECT_NE(s.lastError().message.find("no hub assigned yet"), std::string::npos)
+      << s.lastError().message;
+}
+
 // LastError's PropertiesChanged and the service status follow every failed attempt, also a retry
 // that fails while the state stays "connecting".
 TEST_F(HubSessionTest, EveryFailedAttemptIsToldWithItsErrorEvenInTheSameState) {
