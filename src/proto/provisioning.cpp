@@ -16,6 +16,7 @@
 #include <map>
 #include <utility>
 
+#include "decimal.hpp"
 #include "iothubd/core/utf8.hpp"
 #include "iothubd/proto/base64.hpp"
 #include "iothubd/proto/mqtt_identity.hpp"
@@ -51,24 +52,6 @@ core::Result<void> badChar(std::string_view what, std::string_view text, std::si
   return fail(Errc::InvalidArgument, std::string(what) + " contains " + showChar(text[at]) +
                                          " at offset " + std::to_string(at) + ", " +
                                          std::string(rule));
-}
-
-// Decimal digits only, saturating at the largest value (a retry-after of 10^30 s means "long").
-std::optional<std::uint64_t> parseSaturatingDecimal(std::string_view text) {
-  if (text.empty()) {
-    return std::nullopt;
-  }
-  std::uint64_t value = 0;
-  for (char c : text) {
-    if (c < '0' || c > '9') {
-      return std::nullopt;
-    }
-    const auto digit = static_cast<std::uint64_t>(c - '0');
-    value = value > (std::numeric_limits<std::uint64_t>::max() - digit) / 10
-                ? std::numeric_limits<std::uint64_t>::max()
-                : value * 10 + digit;
-  }
-  return value;
 }
 
 std::string_view stringOf(const rapidjson::Value& value) {
@@ -345,7 +328,7 @@ core::Result<DpsResponseTopic> parseDpsResponseTopic(std::string_view topic) {
   }
   out.requestId = rid->second;
   if (const auto retry = fields.find("retry-after"); retry != fields.end()) {
-    out.retryAfterSeconds = parseSaturatingDecimal(retry->second);
+    out.retryAfterSeconds = detail::parseDecimal(retry->second, detail::Overflow::Saturate);
     if (!out.retryAfterSeconds) {
       return bad("has a retry-after that is not a number of seconds");
     }

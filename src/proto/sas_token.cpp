@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "decimal.hpp"
 #include "iothubd/proto/base64.hpp"
 #include "iothubd/proto/percent_encoding.hpp"
 #include "key_names.hpp"
@@ -23,25 +24,6 @@ using core::Errc;
 
 core::Result<SasToken> invalidToken(const std::string& reason) {
   return core::fail(Errc::InvalidArgument, "SAS token " + reason);
-}
-
-// Decimal digits only, no sign, no whitespace, fits in 64 bits.
-std::optional<std::uint64_t> parseDecimal(std::string_view text) {
-  if (text.empty()) {
-    return std::nullopt;
-  }
-  std::uint64_t value = 0;
-  for (char c : text) {
-    if (c < '0' || c > '9') {
-      return std::nullopt;
-    }
-    const auto digit = static_cast<std::uint64_t>(c - '0');
-    if (value > (std::numeric_limits<std::uint64_t>::max() - digit) / 10) {
-      return std::nullopt;
-    }
-    value = value * 10 + digit;
-  }
-  return value;
 }
 
 bool equalsIgnoreAsciiCase(std::string_view a, std::string_view b) {
@@ -178,7 +160,7 @@ core::Result<SasToken> parseSasToken(std::string_view token) {
     return invalidToken("field 'sig' has a " + signature.error().message);
   }
   result.signature = core::Secret<>(std::move(*signature));
-  const auto expiry = parseDecimal(*se);
+  const auto expiry = detail::parseDecimal(*se, detail::Overflow::Refuse);
   if (!expiry) {
     return invalidToken("field 'se' is not a decimal number of seconds");
   }
