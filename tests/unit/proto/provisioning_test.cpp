@@ -3,13 +3,12 @@
 
 #include <gtest/gtest.h>
 
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "iothubd/proto/sas_token.hpp"
 #include "test_helpers.hpp"
+#include "vector_file.hpp"
 
 namespace iothubd::proto {
 namespace {
@@ -27,24 +26,10 @@ struct Vector {
 };
 
 std::vector<Vector> loadVectors() {
-  std::ifstream file(IOTHUBD_TEST_DATA_DIR "/dps_vectors.txt");
-  EXPECT_TRUE(file.is_open()) << "cannot open " << IOTHUBD_TEST_DATA_DIR "/dps_vectors.txt";
   std::vector<Vector> vectors;
-  std::string line;
-  while (std::getline(file, line)) {
-    if (line.empty() || line[0] == '#') {
-      continue;
-    }
-    std::vector<std::string> f;
-    std::stringstream stream(line);
-    std::string field;
-    while (std::getline(stream, field, '|')) {
-      f.push_back(field);
-    }
-    EXPECT_EQ(f.size(), 7u) << line;
-    if (f.size() == 7) {
-      vectors.push_back({f[0], f[1], f[2], f[3], f[4], std::stoull(f[5]), f[6]});
-    }
+  for (const auto& f :
+       iothubd::testing::readVectorFile(IOTHUBD_TEST_DATA_DIR "/dps_vectors.txt", 7)) {
+    vectors.push_back({f[0], f[1], f[2], f[3], f[4], std::stoull(f[5]), f[6]});
   }
   return vectors;
 }

@@ -3,7 +3,6 @@
 
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -11,6 +10,7 @@
 #include "iothubd/proto/base64.hpp"
 #include "iothubd/proto/percent_encoding.hpp"
 #include "test_helpers.hpp"
+#include "vector_file.hpp"
 
 namespace iothubd::proto {
 namespace {
@@ -31,26 +31,10 @@ struct Vector {
 };
 
 std::vector<Vector> loadVectors() {
-  std::ifstream file(IOTHUBD_TEST_DATA_DIR "/sas_vectors.txt");
-  EXPECT_TRUE(file.is_open()) << "cannot open " << IOTHUBD_TEST_DATA_DIR "/sas_vectors.txt";
   std::vector<Vector> vectors;
-  std::string line;
-  while (std::getline(file, line)) {
-    if (line.empty() || line[0] == '#') {
-      continue;
-    }
-    std::vector<std::string> fields;
-    std::stringstream stream(line);
-    std::string field;
-    while (std::getline(stream, field, '|')) {
-      fields.push_back(field);
-    }
-    EXPECT_EQ(fields.size(), 6u) << line;
-    if (fields.size() != 6) {
-      continue;
-    }
-    vectors.push_back({fields[0], fields[1], fields[2], std::stoull(fields[3]),
-                       fields[4] == "-" ? "" : fields[4], fields[5]});
+  for (const auto& f :
+       iothubd::testing::readVectorFile(IOTHUBD_TEST_DATA_DIR "/sas_vectors.txt", 6)) {
+    vectors.push_back({f[0], f[1], f[2], std::stoull(f[3]), f[4] == "-" ? "" : f[4], f[5]});
   }
   return vectors;
 }
