@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -143,13 +144,16 @@ BusPeer::~BusPeer() {
     ::close(toPeer_);  // EOF: the helper leaves the bus and exits
   }
   if (pid_ > 0) {
-    // Bounded: a helper that does not exit within 5 s is killed.
-    for (int i = 0; i < 50; ++i) {
-      if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
-        pid_ = -1;
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    // Bounded: a helper that does not exit within 5 s is killed. Its pidfd becomes readable
+    // when it exits, so the wait ends then rather than at the next poll interval.
+    const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
+    if (pidfd >= 0) {
+      pollfd exited{pidfd, POLLIN, 0};
+      (void)::poll(&exited, 1, 5000);
+      ::close(pidfd);
+    }
+    if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
+      pid_ = -1;
     }
     if (pid_ > 0) {
       ::kill(pid_, SIGKILL);
