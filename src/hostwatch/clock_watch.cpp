@@ -193,9 +193,9 @@ class TimedatedClockWatch final : public ClockWatch {
     }
     if (sync == core::ClockSync::Unsynchronised) {
       poll_->armAfter(kPollInterval);
-    } else {
-      proxy_.reset();  // nothing to ask until the clock is set; timedated may exit
     }
+    // Otherwise nothing to ask until the clock is set; timedated exits when idle. (The proxy
+    // stays: this runs inside its reply callback, and it holds no match rules.)
     if (answered_) {
       auto answered = std::move(answered_);
       answered_ = nullptr;
