@@ -9,8 +9,8 @@
 #include <cstdint>
 #include <ctime>
 #include <limits>
-#include <optional>
 #include <map>
+#include <optional>
 #include <utility>
 
 #include <sdbus-c++/sdbus-c++.h>
@@ -111,8 +111,8 @@ class TimedatedClockWatch final : public ClockWatch {
       stepWatch_.reset();
       return;
     }
-    const auto by = std::chrono::round<std::chrono::seconds>(
-        std::chrono::microseconds(offset_ - before));
+    const auto by =
+        std::chrono::round<std::chrono::seconds>(std::chrono::microseconds(offset_ - before));
     if (callbacks_.stepped) {
       callbacks_.stepped(by);
     }
@@ -167,7 +167,8 @@ class TimedatedClockWatch final : public ClockWatch {
     const auto ntp = flag("NTP");
     const auto synced = flag("NTPSynchronized");
     if (!synced) {
-      tell(core::ClockSync::Unknown, "systemd-timedated did not say whether the clock is synchronised");
+      tell(core::ClockSync::Unknown,
+           "systemd-timedated did not say whether the clock is synchronised");
     } else if (*synced) {
       tell(core::ClockSync::Synchronised, "systemd-timedated: NTPSynchronized=yes");
     } else if (ntp.value_or(false)) {
@@ -227,8 +228,8 @@ core::Result<std::unique_ptr<ClockWatch>> ClockWatch::create(sdbus::IConnection&
   if (!fd) {
     return core::fail(core::Errc::Io, "cannot watch for clock steps (timerfd_create)", errno);
   }
-  auto watch = std::make_unique<TimedatedClockWatch>(bus, loop, std::move(callbacks),
-                                                     std::move(fd));
+  auto watch =
+      std::make_unique<TimedatedClockWatch>(bus, loop, std::move(callbacks), std::move(fd));
   if (auto r = watch->watchSteps(); !r) {
     return core::fail(r.error());
   }

@@ -406,10 +406,10 @@ bool HubSession::deferForClock() {
     return false;
   }
   const auto left = std::chrono::ceil<std::chrono::seconds>(deadline - now);
-  lastError_ = core::Error{Errc::NotConnected,
-                           "waiting up to " + std::to_string(left.count()) +
-                               " s for the system clock to be synchronised (" + clockSyncDetail_ +
-                               ") before connecting: " + kClockSkewRule};
+  lastError_ = core::Error{Errc::NotConnected, "waiting up to " + std::to_string(left.count()) +
+                                                   " s for the system clock to be synchronised (" +
+                                                   clockSyncDetail_ +
+                                                   ") before connecting: " + kClockSkewRule};
   logf(LogLevel::Notice, lastError_.message);
   retryDelay_ = deadline - now;
   clockDeferred_ = true;
@@ -761,7 +761,7 @@ void HubSession::announce(const ConnectionMachine::Step& step) {
   const LinkEvent e = step.transition.event;
   const core::Error* error =
       e == LinkEvent::Lost || e == LinkEvent::GaveUp || e == LinkEvent::Deferred ? &lastError_
-                                                                                  : nullptr;
+                                                                                 : nullptr;
   // A failed retry keeps the state (reconnecting) but changes lastError(): observers hear of it
   // too, so that LastError's PropertiesChanged and the service status follow every failure.
   if (step.after == announced_ && error == nullptr) {

@@ -13,7 +13,8 @@
 namespace iothubd::testing {
 namespace {
 
-constexpr const char* kTimedatedPolicy = "/usr/share/dbus-1/system.d/org.freedesktop.timedate1.conf";
+constexpr const char* kTimedatedPolicy =
+    "/usr/share/dbus-1/system.d/org.freedesktop.timedate1.conf";
 
 /// org.freedesktop.timedate1 as far as iothubd asks it: NTP and NTPSynchronized.
 class FakeTimedated {
@@ -23,9 +24,9 @@ class FakeTimedated {
     connection_ = sdbus::createSessionBusConnectionWithAddress(busAddress);
     connection_->requestName("org.freedesktop.timedate1");
     object_ = sdbus::createObject(*connection_, "/org/freedesktop/timedate1");
-    object_->registerProperty("NTP")
-        .onInterface("org.freedesktop.timedate1")
-        .withGetter([this] { return ntp_.load(); });
+    object_->registerProperty("NTP").onInterface("org.freedesktop.timedate1").withGetter([this] {
+      return ntp_.load();
+    });
     object_->registerProperty("NTPSynchronized")
         .onInterface("org.freedesktop.timedate1")
         .withGetter([this] {
@@ -112,8 +113,7 @@ TEST_F(ClockTest, TheWaitIsBoundedAndARefusalAfterItNamesTheClock) {
   writeConfig("[connection]\nclock_sync_timeout = 1\nsastoken_ttl = 30\n");
   startDaemon();
   ASSERT_TRUE(service.waitForEvent("auth-refused", kDevice, 10s));
-  ASSERT_TRUE(waitForLastError("the system clock is not synchronised yet"))
-      << client().LastError();
+  ASSERT_TRUE(waitForLastError("the system clock is not synchronised yet")) << client().LastError();
   EXPECT_NE(client().LastError().find("more than 5 minutes off"), std::string::npos);
   EXPECT_NE(daemon_->log().find("still not synchronised after 1 s"), std::string::npos)
       << daemon_->log();
