@@ -291,6 +291,7 @@ void Daemon::reload(const config::Composition& next, const std::string& configPa
 }
 
 void Daemon::shutdown(std::function<void()> done) {
+  clockWatch_.reset();  // an answer coming now must not start the session again
   telemetry_->shutdown();
   session_->disconnect([done = std::move(done)](const core::Result<void>&) { done(); });
 }

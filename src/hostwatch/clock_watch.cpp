@@ -193,7 +193,9 @@ class TimedatedClockWatch final : public ClockWatch {
       }
     }
     if (sync == core::ClockSync::Unsynchronised) {
-      poll_->armAfter(kPollInterval);
+      poll_->armAfter(++polls_ <= kFastPolls ? kPollInterval : kSlowPollInterval);
+    } else {
+      polls_ = 0;
     }
     // Otherwise nothing to ask until the clock is set; timedated exits when idle. (The proxy
     // stays: this runs inside its reply callback, and it holds no match rules.)
@@ -214,6 +216,7 @@ class TimedatedClockWatch final : public ClockWatch {
   std::function<void()> answered_;
   std::int64_t offset_ = 0;
   core::ClockSync sync_ = core::ClockSync::Unknown;
+  int polls_ = 0;  ///< questions asked since the clock was last seen unsynchronised first
   bool told_ = false;
   bool asking_ = false;
   core::Lifetime lifetime_;  ///< last: a reply for a destroyed watch is dropped

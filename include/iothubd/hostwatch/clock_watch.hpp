@@ -42,8 +42,13 @@ class ClockWatch {
 
   /// How long the first question may take (timedated is started by bus activation).
   static constexpr std::chrono::seconds kAnswerTimeout{5};
-  /// How often timedated is asked again while the clock is not synchronised yet.
+  /// How often timedated is asked again while the clock is not synchronised yet: every 2 s for
+  /// the first 2 minutes (the session's default wait is 90 s), then every 30 s, so that a time
+  /// service that cannot reach its servers does not keep timedated busy. A clock step (how most
+  /// services first synchronise) is noticed at once whatever the interval.
   static constexpr std::chrono::seconds kPollInterval{2};
+  static constexpr std::chrono::seconds kSlowPollInterval{30};
+  static constexpr int kFastPolls = 60;
 
   /// Errors: the timerfd cannot be created or watched.
   [[nodiscard]] static core::Result<std::unique_ptr<ClockWatch>> create(sdbus::IConnection& bus,
