@@ -181,7 +181,7 @@ class TimedatedClockWatch final : public ClockWatch {
     }
   }
 
-  void tell(core::ClockSync sync, std::string detail) noexcept {
+  void tell(core::ClockSync sync, const std::string& detail) noexcept {
     const bool changed = !told_ || sync != sync_;
     told_ = true;
     sync_ = sync;
