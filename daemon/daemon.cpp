@@ -52,7 +52,8 @@ class StatusReporter final : public session::HubSession::Observer {
     std::string why = error.message.empty() ? "" : ": " + error.message;
     switch (session_.state()) {
       case ConnectionState::Connecting:
-        return "connecting to " + where + " as " + who;
+        // The reason, too: a failed first attempt, or the wait for the clock (issue 14).
+        return "connecting to " + where + " as " + who + why;
       case ConnectionState::Connected:
         return "connected to " + where + " as " + who;
       case ConnectionState::Reconnecting:
@@ -76,6 +77,7 @@ Daemon::Daemon(loop::EventLoop& loop) : loop_(loop) {
 
 Daemon::~Daemon() {
   // The object first (it holds references to everything below), then what feeds it.
+  clockWatch_.reset();
   status_.reset();
   object_.reset();
   telemetry_.reset();
@@ -120,10 +122,35 @@ core::Result<void> Daemon::start(const config::Composition& composition, sdbus::
             }});
   status_ = std::make_unique<StatusReporter>(*session_, provisioner_.get());
   onProvisioningChanged();
+  watchClock(bus);
   return {};
 }
 
+void Daemon::watchClock(sdbus::IConnection& bus) {
+  auto watch = hostwatch::ClockWatch::create(
+      bus, loop_,
+      {.sync = [this](core::ClockSync sync,
+                      const std::string& detail) { session_->setClockSync(sync, detail); },
+       .stepped = [this](std::chrono::seconds by) { session_->clockStepped(by); }});
+  if (!watch) {
+    // The daemon runs as it would without a time service.
+    logf(LogLevel::Warning, watch.error().message);
+    return;
+  }
+  clockWatch_ = std::move(*watch);
+}
+
 void Daemon::connect() {
+  if (clockWatch_) {
+    // The first attempt knows whether to wait for the clock; without timedated the answer (an
+    // error) comes at once, and at worst after ClockWatch::kAnswerTimeout.
+    clockWatch_->start([this] { connectNow(); });
+    return;
+  }
+  connectNow();
+}
+
+void Daemon::connectNow() {
   if (provisioner_ && !assignment_) {
     // The session starts once DPS assigned a hub (onAssigned).
     provisioner_->registerNow("no stored assignment", false);
@@ -230,6 +257,7 @@ void Daemon::onProvisioningChanged() {
 }
 
 void Daemon::stopServing() {
+  clockWatch_.reset();  // its proxy lives on the bus connection
   status_.reset();
   object_.reset();
 }
@@ -263,6 +291,7 @@ void Daemon::reload(const config::Composition& next, const std::string& configPa
 }
 
 void Daemon::shutdown(std::function<void()> done) {
+  clockWatch_.reset();  // an answer coming now must not start the session again
   telemetry_->shutdown();
   session_->disconnect([done = std::move(done)](const core::Result<void>&) { done(); });
 }

@@ -14,6 +14,7 @@
 #include "iothubd/core/result.hpp"
 #include "iothubd/dbusapi/device_object.hpp"
 #include "iothubd/delivery/telemetry_pipeline.hpp"
+#include "iothubd/hostwatch/clock_watch.hpp"
 #include "iothubd/http/http_client.hpp"
 #include "iothubd/loop/event_loop.hpp"
 #include "iothubd/mqtt/mqtt_transport.hpp"
@@ -45,7 +46,8 @@ class Daemon final : private config::Components {
   /// Callers still waiting get OperationCancelled (queued messages stay stored); the hub gets a
   /// DISCONNECT; `done` runs once it went out.
   void shutdown(std::function<void()> done);
-  /// Opens the connection (the daemon keeps it up from now on).
+  /// Opens the connection (the daemon keeps it up from now on), once the host said whether its
+  /// clock is synchronised (hostwatch::ClockWatch).
   void connect();
   /// Destroys the D-Bus object (before the connection it was created on goes).
   void stopServing();
@@ -82,6 +84,10 @@ class Daemon final : private config::Components {
   [[nodiscard]] config::Composition effective() const;
   void onAssigned(const provisioning::StoredAssignment& assignment);
   void onProvisioningChanged();
+  /// Starts the session, or the DPS registration that comes first.
+  void connectNow();
+  /// Tells the session what the host says about the clock, from now on.
+  void watchClock(sdbus::IConnection& bus);
   void retire(Uploads uploads);
   void reapRetired();
 
@@ -99,6 +105,7 @@ class Daemon final : private config::Components {
   std::unique_ptr<delivery::TelemetryPipeline> telemetry_;
   std::unique_ptr<dbusapi::DeviceObject> object_;
   std::unique_ptr<StatusReporter> status_;
+  std::unique_ptr<hostwatch::ClockWatch> clockWatch_;
   config::BusOptions bus_;
 };
 

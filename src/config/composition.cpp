@@ -71,6 +71,7 @@ session::SessionOptions sessionOptions(const Loaded& l, const Environment& env) 
                                                          : 60 * 1000;
   o.connectionRetryMaxDelay = std::chrono::milliseconds(maxDelayMs);
   o.operationTimeout = std::chrono::seconds(s.operationTimeout);
+  o.clockSyncTimeout = std::chrono::seconds(s.clockSyncTimeout);
   o.ensureDesiredProperties = s.ensureDesiredProperties;
   o.maxQueuedMessages = s.maxQueuedMessages;
   o.maxQueuedBytes = s.maxQueuedBytes;
@@ -132,6 +133,7 @@ std::vector<std::string> sessionChanges(const session::SessionOptions& a,
              b.connectionRetryInitialDelay)
       .field("connection_retry_max_delay", a.connectionRetryMaxDelay, b.connectionRetryMaxDelay)
       .field("operation_timeout", a.operationTimeout, b.operationTimeout)
+      .field("clock_sync_timeout", a.clockSyncTimeout, b.clockSyncTimeout)
       .field("ensure_desired_properties", a.ensureDesiredProperties, b.ensureDesiredProperties)
       .field("max_queued_messages", a.maxQueuedMessages, b.maxQueuedMessages)
       .field("max_queued_bytes", a.maxQueuedBytes, b.maxQueuedBytes);

@@ -182,6 +182,7 @@ const std::map<std::string, Handler, std::less<>>& keyTable() {
        number(&Settings::connectionRetryInterval, 1, 86400)},
       {"connection.ensure_desired_properties", flag(&Settings::ensureDesiredProperties)},
       {"connection.operation_timeout", number(&Settings::operationTimeout, 1, 3600)},
+      {"connection.clock_sync_timeout", number(&Settings::clockSyncTimeout, 0, 3600)},
       {"connection.keep_connected", flag(&Settings::keepConnected)},
       {"proxy.proxy_type",
        [](Settings& s, std::string_view v) -> std::string {

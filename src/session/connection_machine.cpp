@@ -28,6 +28,8 @@ using V = Visible;
 ///   no change unless the new CONNECT fails.
 /// - An attempt that must change (new settings while connecting, no CONNACK in time) is closed and
 ///   redone rather than left to finish with stale settings.
+/// - Before an attempt (not a planned reconnect's) the session may wait, bounded, for a time
+///   service to synchronise the clock (Deferred): no CONNECT goes out meanwhile.
 /// - A new SAS token the hub refuses is not a failure while the accepted token it replaced is
 ///   still valid: the attempt is made again with that one (FellBack), apps see no change.
 constexpr ConnectionMachine::Transition kTable[] = {
@@ -43,6 +45,7 @@ constexpr ConnectionMachine::Transition kTable[] = {
     {S::Connecting, E::Connacked, S::Up, V::Connected, {A::LinkUp, A::Announce, A::Release}},
     {S::Connecting, E::Lost, S::Backoff, V::Trying, {A::Record, A::Announce, A::ArmRetry}},
     {S::Connecting, E::FellBack, S::Connecting, V::Keep, {A::BeginAttempt}},
+    {S::Connecting, E::Deferred, S::Backoff, V::Keep, {A::Announce, A::ArmRetry}},
     {S::Connecting, E::GaveUp, S::Idle, V::Disconnected, {A::Record, A::GiveUp, A::Announce}},
     {S::Connecting, E::TimedOut, S::Aborting, V::Keep, {A::CloseLink}},
     {S::Connecting, E::Renew, S::Renewing, V::Keep, {A::CloseLink}},
@@ -171,6 +174,8 @@ const char* linkEventName(LinkEvent event) noexcept {
       return "FellBack";
     case E::StartLater:
       return "StartLater";
+    case E::Deferred:
+      return "Deferred";
   }
   return "?";
 }

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "iothubd/session/hub_session.hpp"
 
+#include <utility>
+
 #include "iothubd/core/assert.hpp"
 #include "iothubd/core/log.hpp"
 #include "iothubd/proto/mqtt_identity.hpp"
@@ -17,6 +19,11 @@ using core::LogLevel;
 
 /// How long a planned reconnect waits at most for in-flight PUBACKs.
 constexpr std::chrono::seconds kMaxDrain{10};
+
+/// Why a token may be refused while the clock is not synchronised (protocol doc 2: the hub
+/// refuses a token whose time is more than 5 minutes off its own).
+constexpr const char* kClockSkewRule =
+    "the hub refuses a token made with a clock more than 5 minutes off its own";
 
 PublishTracker::Limits publishLimits(const SessionOptions& o) {
   return {o.maxQueuedMessages, o.maxQueuedBytes, o.operationTimeout};
@@ -327,6 +334,89 @@ bool HubSession::restorePreviousSasToken(const core::Error& refusal) {
   return true;
 }
 
+void HubSession::setClockSync(core::ClockSync sync, std::string detail) {
+  if (sync == clockSync_ && detail == clockSyncDetail_) {
+    return;
+  }
+  clockSync_ = sync;
+  clockSyncDetail_ = std::move(detail);
+  if (sync == core::ClockSync::Unsynchronised) {
+    return;  // the next attempt waits (deferForClock); one under way goes on
+  }
+  clockWaitSince_.reset();
+  // A wait for the clock ends now, and so does the backoff after a refusal of a token made from
+  // the key: the refusal may have been the clock's fault, and the next token is made right.
+  const bool refusedToken = credentialsRefused_ && options_.auth == AuthMethod::SymmetricKey;
+  if (machine_.state() != LinkState::Backoff || !(clockDeferred_ || refusedToken)) {
+    return;
+  }
+  logf(LogLevel::Notice,
+       sync == core::ClockSync::Synchronised ? "the system clock is synchronised ("
+                                             : "no time service runs any more (",
+       clockSyncDetail_, "): connecting now");
+  clockDeferred_ = false;
+  retryTimer_->disarm();
+  machine_.handle(LinkEvent::RetryDue);
+}
+
+void HubSession::clockStepped(std::chrono::seconds by) {
+  const std::chrono::seconds size = by < std::chrono::seconds(0) ? -by : by;
+  if (size < kTokenClockStep) {
+    logf(LogLevel::Debug, "the system clock was set (by ", by.count(), " s)");
+    return;
+  }
+  logf(LogLevel::Notice, "the system clock was set ", by.count() > 0 ? "forward" : "back", " by ",
+       size.count(), " s");
+  switch (options_.auth) {
+    case AuthMethod::SymmetricKey:
+      // The token's se came from the old clock: the hub may refuse it, or it may expire before
+      // the renewal armed from it. A new one now (a planned reconnect when the link is up).
+      if (machine_.state() == LinkState::Idle && !wantConnected_ && !credentialsRefused_) {
+        return;
+      }
+      renew("a new SAS token after the clock was set");
+      return;
+    case AuthMethod::SasToken:
+      // The operator's token is what it is; the reminder follows the new clock.
+      if (linkUp_) {
+        armRenewal();
+      }
+      return;
+    case AuthMethod::X509:
+      return;
+  }
+}
+
+bool HubSession::deferForClock() {
+  const bool wasDeferred = std::exchange(clockDeferred_, false);
+  if (clockSync_ != core::ClockSync::Unsynchronised || options_.clockSyncTimeout.count() <= 0) {
+    return false;
+  }
+  const auto now = clock_.monotonic();
+  if (!clockWaitSince_) {
+    clockWaitSince_ = now;
+  }
+  const auto deadline = *clockWaitSince_ + options_.clockSyncTimeout;
+  if (now >= deadline) {
+    if (wasDeferred) {
+      logf(LogLevel::Warning, "the system clock is still not synchronised after ",
+           options_.clockSyncTimeout.count(), " s (", clockSyncDetail_,
+           "); connecting anyway: ", kClockSkewRule, ", so it may refuse this one");
+    }
+    return false;
+  }
+  const auto left = std::chrono::ceil<std::chrono::seconds>(deadline - now);
+  lastError_ = core::Error{Errc::NotConnected, "waiting up to " + std::to_string(left.count()) +
+                                                   " s for the system clock to be synchronised (" +
+                                                   clockSyncDetail_ +
+                                                   ") before connecting: " + kClockSkewRule};
+  logf(LogLevel::Notice, lastError_.message);
+  retryDelay_ = deadline - now;
+  clockDeferred_ = true;
+  machine_.handle(LinkEvent::Deferred);
+  return true;
+}
+
 core::Result<core::Secret<>> HubSession::httpAuthorization() const {
   return session::httpAuthorization(options_, clock_);
 }
@@ -383,6 +473,10 @@ void HubSession::onDisconnected(const mqtt::Disconnect& reason) {
 void HubSession::failed(core::Error error) {
   if (error.code == Errc::Unauthorized && restorePreviousSasToken(error)) {
     return;
+  }
+  if (error.code == Errc::Unauthorized && clockSync_ == core::ClockSync::Unsynchronised) {
+    error.message += " (the system clock is not synchronised yet, " + clockSyncDetail_ + ": " +
+                     kClockSkewRule + ")";
   }
   credentialsRefused_ = error.code == Errc::Unauthorized;
   const auto now = clock_.monotonic();
@@ -478,6 +572,10 @@ void HubSession::perform(LinkAction action, const ConnectionMachine::Step& step)
       transport_.disconnect();
       return;
     case LinkAction::ArmRetry:
+      if (step.transition.event == LinkEvent::Deferred) {
+        retryTimer_->armAfter(retryDelay_);  // deferForClock() said why
+        return;
+      }
       logf(LogLevel::Info, "reconnecting in ",
            std::chrono::duration_cast<std::chrono::milliseconds>(retryDelay_).count(), " ms",
            retry_.failures() == 0 ? std::string()
@@ -531,6 +629,9 @@ void HubSession::beginAttempt() {
     failed(
         core::Error{Errc::NotConnected, "no hub assigned yet: the DPS registration is under way"});
     return;
+  }
+  if (machine_.state() == LinkState::Connecting && deferForClock()) {
+    return;  // a planned reconnect (Resuming) does not wait: its link was fine
   }
   auto password = connectPassword(options_, clock_);
   if (!password) {
@@ -658,7 +759,9 @@ void HubSession::giveUp(const ConnectionMachine::Step& step) {
 
 void HubSession::announce(const ConnectionMachine::Step& step) {
   const LinkEvent e = step.transition.event;
-  const core::Error* error = e == LinkEvent::Lost || e == LinkEvent::GaveUp ? &lastError_ : nullptr;
+  const core::Error* error =
+      e == LinkEvent::Lost || e == LinkEvent::GaveUp || e == LinkEvent::Deferred ? &lastError_
+                                                                                 : nullptr;
   // A failed retry keeps the state (reconnecting) but changes lastError(): observers hear of it
   // too, so that LastError's PropertiesChanged and the service status follow every failure.
   if (step.after == announced_ && error == nullptr) {

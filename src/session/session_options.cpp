@@ -33,6 +33,7 @@ bool linkDependsOnChange(const SessionOptions& a, const SessionOptions& b) {
   inPlace.connectionRetryInitialDelay = a.connectionRetryInitialDelay;
   inPlace.connectionRetryMaxDelay = a.connectionRetryMaxDelay;
   inPlace.operationTimeout = a.operationTimeout;
+  inPlace.clockSyncTimeout = a.clockSyncTimeout;
   inPlace.maxQueuedMessages = a.maxQueuedMessages;
   inPlace.maxQueuedBytes = a.maxQueuedBytes;
   inPlace.ensureDesiredProperties = a.ensureDesiredProperties;

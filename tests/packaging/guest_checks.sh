@@ -436,6 +436,10 @@ check "the accounts stay, as Debian keeps system accounts" has_account passwd io
 # --- logs: priorities kept, no secret anywhere --------------------------------------------------
 at_notice() { journalctl -u "$unit" -p notice..notice -o cat | grep '^iothubd .* serving device dev1 of localhost' >/dev/null; }
 check "<N> prefixes become journal priorities (start-up line at notice)" at_notice
+# Issue 14: the real systemd-timedated answered iothubd's question about the clock through the
+# sandbox and the bus policy (an error would read "systemd-timedated is not available").
+asked_timedated() { journalctl -u "$unit" -o cat | grep -E '^system clock (synchronised|unknown|not synchronised): systemd-timedated: ' >/dev/null; }
+check "iothubd asked systemd-timedated whether the clock is synchronised, and got an answer" asked_timedated
 no_raw_prefix() { [[ $(journalctl -u "$unit" -o cat | grep -c '^<[0-7]>') == 0 ]]; }
 check "... and never show in the message text" no_raw_prefix
 journalctl -b -o cat >"$share/messages.txt" 2>&1 || bad "journalctl -b failed"

@@ -84,6 +84,8 @@ struct Settings {
   int connectionRetryMaxDelayMs = 0;  ///< 0: not set, connection_retry_interval or 60 s
   int connectionRetryInterval = 0;    ///< deprecated name of connection_retry_max_delay; 0: not set
   bool ensureDesiredProperties = true;
+  /// Seconds to wait for a time service to synchronise the clock before connecting; 0: never.
+  int clockSyncTimeout = 90;
   int operationTimeout = 60;  ///< seconds any hub operation (connect, publish, twin) may take
   /// Keep the link up while no app holds it (Connect); false: it closes when the last hold goes
   /// (Disconnect, or the holder leaves the bus), as a single-app gateway may want.

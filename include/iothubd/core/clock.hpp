@@ -6,6 +6,14 @@
 
 namespace iothubd::core {
 
+/// What the host says about its wall clock (hostwatch::ClockWatch asks systemd-timedated, which
+/// reads the kernel's adjtimex status for timesyncd, chrony and ntpd alike).
+enum class ClockSync : std::uint8_t {
+  Unknown,         ///< no time service is known to run (or nobody asked): connect as usual
+  Unsynchronised,  ///< a time service runs and the kernel says the clock is not synchronised yet
+  Synchronised,    ///< the kernel says the clock is synchronised
+};
+
 /// Time as the daemon sees it. A seam so that token renewal and timeouts are testable with a
 /// manual clock: monotonic time drives timers, wall time only goes into SAS `se` fields.
 class Clock {

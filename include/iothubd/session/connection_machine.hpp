@@ -49,8 +49,11 @@ enum class LinkEvent : std::uint8_t {
   /// The link is wanted, but the retry policy's delay after the last failure has not passed
   /// (an operation under auto_connect, Connect()): the attempt waits for the retry timer.
   StartLater,
+  /// The attempt waits, bounded, for a time service to synchronise the clock (a token made with
+  /// a wrong clock is refused): the retry timer fires at the bound, or earlier once it is.
+  Deferred,
 };
-inline constexpr std::size_t kLinkEvents = 12;
+inline constexpr std::size_t kLinkEvents = 13;
 
 /// What a transition does, in the order its row lists them. The session performs them.
 enum class LinkAction : std::uint8_t {

@@ -150,6 +150,21 @@ class HubSession final : private mqtt::MqttTransport::Listener,
   /// refusal is reported as a background error and in lastError().
   [[nodiscard]] core::Result<void> updateSasToken(const std::string& token);
 
+  /// What the host says about the wall clock (hostwatch::ClockWatch); `detail` says who said so.
+  /// While a time service runs and has not synchronised the clock, an attempt (not a planned
+  /// reconnect) waits for it, at most clock_sync_timeout from the first attempt that waited, and
+  /// lastError() says so (issue 14: a token made with a wrong clock is refused, protocol doc 2).
+  /// Synchronised (or Unknown: the service went away) lets a waiting attempt go at once.
+  void setClockSync(core::ClockSync sync, std::string detail);
+  /// The wall clock was set: it jumped by `by` (negative: backwards). A step that matters for a
+  /// token (kTokenClockStep or more) makes a new one from the key at once: a link that is up
+  /// reconnects without apps seeing it, a wait for the retry timer ends. An operator's token
+  /// only gets its renewal reminder re-armed; X.509 has no token.
+  void clockStepped(std::chrono::seconds by);
+  /// The smallest clock step that re-makes the token: the hub allows 5 minutes of skew, and a
+  /// token's renewal is armed on the monotonic clock from its `se` and the wall clock.
+  static constexpr std::chrono::seconds kTokenClockStep{60};
+
   /// The Authorization value for the hub's HTTPS calls (file upload, protocol doc 8): a fresh
   /// token made from the key, or the operator's token; never cached.
   [[nodiscard]] core::Result<core::Secret<>> httpAuthorization() const;
@@ -198,6 +213,8 @@ class HubSession final : private mqtt::MqttTransport::Listener,
   /// unless the new CONNECT fails. From idle, only credentials the hub refused are retried.
   void renew(const char* why);
 
+  /// Before a CONNECT: true when it must wait for the clock (the machine was told Deferred).
+  [[nodiscard]] bool deferForClock();
   void publishOrQueue(std::string topic, std::string payload, Completion done);
   [[nodiscard]] bool canReachHub() const;
   /// Twin requests go out now: the link is up and the hub acknowledged their answers' topic.
@@ -263,6 +280,11 @@ class HubSession final : private mqtt::MqttTransport::Listener,
   std::optional<core::Secret<>> previousSasToken_;
   /// Why the previous token came back, kept as lastError() past the reconnect it causes.
   std::optional<core::Error> restoredNote_;
+  core::ClockSync clockSync_ = core::ClockSync::Unknown;
+  std::string clockSyncDetail_;  ///< who said so, for lastError() and the log
+  /// When the first attempt began waiting for this unsynchronised spell (monotonic).
+  std::optional<std::chrono::microseconds> clockWaitSince_;
+  bool clockDeferred_ = false;  ///< the retry timer stands for a wait for the clock
   std::mt19937_64 random_;
   core::Lifetime lifetime_;  ///< last: callbacks of a destroyed session never run
 };

@@ -47,6 +47,9 @@ struct SessionOptions {
   std::chrono::milliseconds connectionRetryInitialDelay{1000};
   std::chrono::milliseconds connectionRetryMaxDelay{60000};
   std::chrono::seconds operationTimeout{60};
+  /// How long an attempt waits for a running time service to synchronise the clock (a token
+  /// made with a wrong clock is refused, protocol doc 2); zero: it never waits.
+  std::chrono::seconds clockSyncTimeout{90};
   /// Telemetry accepted while (re)connecting, waiting to be published; over either → QueueFull.
   std::size_t maxQueuedMessages = 10000;
   std::size_t maxQueuedBytes = 16 * 1024 * 1024;  ///< topics and payloads of those messages

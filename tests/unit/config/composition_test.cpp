@@ -110,6 +110,8 @@ std::vector<Case> cases() {
        [](Loaded& l) { l.settings.connectionRetryInterval = 3; }, kSessionInPlace},
       {"connection.ensure_desired_properties",
        [](Loaded& l) { l.settings.ensureDesiredProperties = false; }, kSessionInPlace},
+      {"connection.clock_sync_timeout", [](Loaded& l) { l.settings.clockSyncTimeout = 10; },
+       kSessionInPlace},
       // Also the file-upload requests' bound.
       {"connection.operation_timeout",
        [](Loaded& l) { l.settings.operationTimeout = 30; },

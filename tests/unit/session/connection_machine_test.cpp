@@ -22,9 +22,9 @@ using S = LinkState;
 
 constexpr S kAllStates[] = {S::Idle,     S::Connecting, S::Up,      S::Draining, S::Renewing,
                             S::Resuming, S::Aborting,   S::Backoff, S::Closing,  S::Reopening};
-constexpr E kAllEvents[] = {E::Start,  E::Stop,    E::Connacked, E::Lost,
-                            E::GaveUp, E::Closed,  E::TimedOut,  E::RetryDue,
-                            E::Renew,  E::Drained, E::FellBack,  E::StartLater};
+constexpr E kAllEvents[] = {E::Start,    E::Stop,       E::Connacked, E::Lost,  E::GaveUp,
+                            E::Closed,   E::TimedOut,   E::RetryDue,  E::Renew, E::Drained,
+                            E::FellBack, E::StartLater, E::Deferred};
 
 /// Records the actions performed; a test may hook one action to feed an event back.
 class Recorder : public ConnectionMachine::Actions {

@@ -661,6 +661,134 @@ namespace iothubd::session {
 namespace {
 
 /// Everything the session reports to the D-Bus layer.
+// --- the clock (issue 14) ------------------------------------------------------------------------
+
+constexpr const char* kTimedated = "systemd-timedated: NTP service active, NTPSynchronized=no";
+
+// A time service runs but has not synchronised the clock: no CONNECT until it has, and apps
+// (LastError, the service status) learn why the device is not connected yet.
+TEST_F(HubSessionTest, AnAttemptWaitsForARunningTimeServiceAndGoesOnceTheClockIsSynchronised) {
+  auto& s = make();
+  s.setClockSync(core::ClockSync::Unsynchronised, kTimedated);
+  s.start();
+  clock_.advance(30s);
+  EXPECT_TRUE(transport_.connects.empty());
+  EXPECT_EQ(s.state(), ConnectionState::Connecting);
+  EXPECT_NE(s.lastError().message.find("waiting up to 90 s for the system clock to be "
+                                       "synchronised (systemd-timedated: NTP service active"),
+            std::string::npos)
+      << s.lastError().message;
+  EXPECT_EQ(states_.errors.back(), s.lastError().message) << "observers heard why";
+  s.setClockSync(core::ClockSync::Synchronised, "systemd-timedated: NTPSynchronized=yes");
+  ASSERT_EQ(transport_.connects.size(), 1u) << "the attempt goes as soon as the clock is right";
+  transport_.acceptConnect();
+  EXPECT_TRUE(s.connected());
+  EXPECT_TRUE(s.lastError().message.empty());
+}
+
+// The wait is bounded: then the device connects anyway, and a refusal says the clock may be why.
+TEST_F(HubSessionTest, TheWaitForTheClockIsBoundedAndARefusalThenSaysWhy) {
+  auto o = options();
+  o.clockSyncTimeout = 20s;
+  auto& s = make(std::move(o));
+  s.setClockSync(core::ClockSync::Unsynchronised, kTimedated);
+  s.start();
+  clock_.advance(20s - 1ms);
+  EXPECT_TRUE(transport_.connects.empty());
+  clock_.advance(1ms);
+  ASSERT_EQ(transport_.connects.size(), 1u);
+  transport_.refuseConnect(5);
+  EXPECT_EQ(s.lastError().code, core::Errc::Unauthorized);
+  EXPECT_NE(s.lastError().message.find("the system clock is not synchronised yet"),
+            std::string::npos)
+      << s.lastError().message;
+  EXPECT_NE(s.lastError().message.find("more than 5 minutes off"), std::string::npos);
+  // The retry after the refusal does not wait for the clock again: the bound is spent.
+  auto next = clock_.nextTimerIn();
+  ASSERT_TRUE(next);
+  clock_.advance(*next);
+  EXPECT_EQ(transport_.connects.size(), 2u);
+}
+
+TEST_F(HubSessionTest, WithoutATimeServiceItConnectsAtOnce) {
+  auto& s = make();
+  s.setClockSync(core::ClockSync::Unknown, "no time service");
+  s.start();
+  EXPECT_EQ(transport_.connects.size(), 1u);
+}
+
+TEST_F(HubSessionTest, WithTheWaitTurnedOffItConnectsAtOnce) {
+  auto o = options();
+  o.clockSyncTimeout = 0s;
+  auto& s = make(std::move(o));
+  s.setClockSync(core::ClockSync::Unsynchronised, kTimedated);
+  s.start();
+  EXPECT_EQ(transport_.connects.size(), 1u);
+}
+
+// The hub refused a token made with a clock 6 minutes slow; time sync then steps the clock: a
+// new token goes at once instead of after the backoff.
+TEST_F(HubSessionTest, AClockStepMakesANewTokenAtOnceAfterARefusal) {
+  auto o = options();
+  o.connectionRetryInitialDelay = 30s;
+  auto& s = make(std::move(o));
+  s.start();
+  transport_.refuseConnect(5);
+  ASSERT_EQ(transport_.connects.size(), 1u);
+  const std::uint64_t firstExpiry = s.sasTokenExpiry();
+  clock_.advance(1s);
+  s.clockStepped(10s);  // a small correction changes nothing
+  EXPECT_EQ(transport_.connects.size(), 1u);
+  clock_.unixBase_ += 360;
+  s.clockStepped(360s);
+  ASSERT_EQ(transport_.connects.size(), 2u);
+  EXPECT_EQ(s.sasTokenExpiry(), firstExpiry + 1 + 10 + 360 - 10)
+      << "the token is made with the new clock";
+  transport_.acceptConnect();
+  EXPECT_TRUE(s.connected());
+}
+
+// A link that is up reconnects with a new token, as a planned reconnect apps do not see; an
+// operator's token only gets its reminder re-armed.
+TEST_F(HubSessionTest, AClockStepRenewsTheTokenOfALinkThatIsUpWithoutAnOutage) {
+  auto& s = connected();
+  const std::uint64_t firstExpiry = s.sasTokenExpiry();
+  clock_.unixBase_ += 600;
+  s.clockStepped(600s);
+  EXPECT_TRUE(transport_.disconnectRequested);
+  transport_.finishDisconnect();
+  ASSERT_EQ(transport_.connects.size(), 2u);
+  EXPECT_EQ(s.sasTokenExpiry(), firstExpiry + 600);
+  transport_.acceptConnect();
+  EXPECT_EQ(states_.states, (std::vector{ConnectionState::Connecting, ConnectionState::Connected}));
+}
+
+// After a refusal of a token made from the key, the clock becoming synchronised (slewed, no
+// step) ends the backoff too: the refusal may have been the clock's.
+TEST_F(HubSessionTest, ASynchronisedClockEndsTheBackoffAfterARefusedKeyToken) {
+  auto o = options();
+  o.clockSyncTimeout = 5s;
+  o.connectionRetryInitialDelay = 30s;
+  auto& s = make(std::move(o));
+  s.setClockSync(core::ClockSync::Unsynchronised, kTimedated);
+  s.start();
+  clock_.advance(5s);
+  transport_.refuseConnect(5);
+  ASSERT_EQ(transport_.connects.size(), 1u);
+  s.setClockSync(core::ClockSync::Synchronised, "systemd-timedated: NTPSynchronized=yes");
+  EXPECT_EQ(transport_.connects.size(), 2u);
+}
+
+// A planned reconnect (token renewal) never waits for the clock: its link was fine.
+TEST_F(HubSessionTest, APlannedReconnectDoesNotWaitForTheClock) {
+  auto& s = connected();
+  s.setClockSync(core::ClockSync::Unsynchronised, kTimedated);
+  clock_.advance(3480s);
+  ASSERT_TRUE(transport_.disconnectRequested);
+  transport_.finishDisconnect();
+  EXPECT_EQ(transport_.connects.size(), 2u);
+}
+
 struct EventRecorder : StateRecorder {
   struct C2d {
     std::string body;
