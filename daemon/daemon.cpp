@@ -75,6 +75,7 @@ Daemon::Daemon(loop::EventLoop& loop) : loop_(loop) {
 }
 
 Daemon::~Daemon() {
+  network_.reset();
   // The object first (it holds references to everything below), then what feeds it.
   status_.reset();
   object_.reset();
@@ -120,7 +121,18 @@ core::Result<void> Daemon::start(const config::Composition& composition, sdbus::
             }});
   status_ = std::make_unique<StatusReporter>(*session_, provisioner_.get());
   onProvisioningChanged();
+  watchNetwork(bus);
   return {};
+}
+
+void Daemon::watchNetwork(sdbus::IConnection& bus) {
+  auto watch = hostwatch::NetworkWatch::create(
+      bus, [this](std::string_view manager) { session_->networkCameBack(manager); });
+  if (!watch) {
+    logf(LogLevel::Warning, watch.error().message, "; reconnecting on the retry schedule only");
+    return;
+  }
+  network_ = std::move(*watch);
 }
 
 void Daemon::connect() {
@@ -230,6 +242,7 @@ void Daemon::onProvisioningChanged() {
 }
 
 void Daemon::stopServing() {
+  network_.reset();  // its match rules and proxies before the connection goes
   status_.reset();
   object_.reset();
 }

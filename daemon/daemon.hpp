@@ -14,6 +14,7 @@
 #include "iothubd/core/result.hpp"
 #include "iothubd/dbusapi/device_object.hpp"
 #include "iothubd/delivery/telemetry_pipeline.hpp"
+#include "iothubd/hostwatch/network_watch.hpp"
 #include "iothubd/http/http_client.hpp"
 #include "iothubd/loop/event_loop.hpp"
 #include "iothubd/mqtt/mqtt_transport.hpp"
@@ -83,6 +84,8 @@ class Daemon final : private config::Components {
   void onAssigned(const provisioning::StoredAssignment& assignment);
   void onProvisioningChanged();
   void retire(Uploads uploads);
+  /// Issue 14: reconnect at once when the network manager says the network is back.
+  void watchNetwork(sdbus::IConnection& bus);
   void reapRetired();
 
   loop::EventLoop& loop_;
@@ -100,6 +103,7 @@ class Daemon final : private config::Components {
   std::unique_ptr<dbusapi::DeviceObject> object_;
   std::unique_ptr<StatusReporter> status_;
   config::BusOptions bus_;
+  std::unique_ptr<hostwatch::NetworkWatch> network_;
 };
 
 }  // namespace iothubd::daemon
