@@ -137,6 +137,9 @@ class DaemonTest : public ::testing::Test {
   std::unique_ptr<DeviceClient> client_;
   /// More environment for the daemon (e.g. STATE_DIRECTORY), set before launchDaemon().
   std::map<std::string, std::string> daemonEnv_;
+  /// More configuration files the private bus includes after our policy (other services'
+  /// policies, a service directory), set before SetUp().
+  std::vector<std::string> busIncludes_;
 };
 
 }  // namespace iothubd::testing
