@@ -76,7 +76,9 @@ Daemon::Daemon(loop::EventLoop& loop) : loop_(loop) {
 }
 
 Daemon::~Daemon() {
-  // The object first (it holds references to everything below), then what feeds it.
+  // The host's watches and the object first (they hold references to everything below), then
+  // what feeds them.
+  network_.reset();
   clockWatch_.reset();
   status_.reset();
   object_.reset();
@@ -123,6 +125,7 @@ core::Result<void> Daemon::start(const config::Composition& composition, sdbus::
   status_ = std::make_unique<StatusReporter>(*session_, provisioner_.get());
   onProvisioningChanged();
   watchClock(bus);
+  watchNetwork(bus);
   return {};
 }
 
@@ -138,6 +141,16 @@ void Daemon::watchClock(sdbus::IConnection& bus) {
     return;
   }
   clockWatch_ = std::move(*watch);
+}
+
+void Daemon::watchNetwork(sdbus::IConnection& bus) {
+  auto watch = hostwatch::NetworkWatch::create(
+      bus, [this](std::string_view manager) { session_->networkCameBack(manager); });
+  if (!watch) {
+    logf(LogLevel::Warning, watch.error().message, "; reconnecting on the retry schedule only");
+    return;
+  }
+  network_ = std::move(*watch);
 }
 
 void Daemon::connect() {
@@ -258,6 +271,7 @@ void Daemon::onProvisioningChanged() {
 
 void Daemon::stopServing() {
   clockWatch_.reset();  // its proxy lives on the bus connection
+  network_.reset();     // its match rules and proxies before the connection goes
   status_.reset();
   object_.reset();
 }

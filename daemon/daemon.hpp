@@ -15,6 +15,7 @@
 #include "iothubd/dbusapi/device_object.hpp"
 #include "iothubd/delivery/telemetry_pipeline.hpp"
 #include "iothubd/hostwatch/clock_watch.hpp"
+#include "iothubd/hostwatch/network_watch.hpp"
 #include "iothubd/http/http_client.hpp"
 #include "iothubd/loop/event_loop.hpp"
 #include "iothubd/mqtt/mqtt_transport.hpp"
@@ -88,6 +89,8 @@ class Daemon final : private config::Components {
   void connectNow();
   /// Tells the session what the host says about the clock, from now on.
   void watchClock(sdbus::IConnection& bus);
+  /// Issue 14: reconnect at once when the network manager says the network is back.
+  void watchNetwork(sdbus::IConnection& bus);
   void retire(Uploads uploads);
   void reapRetired();
 
@@ -106,6 +109,7 @@ class Daemon final : private config::Components {
   std::unique_ptr<dbusapi::DeviceObject> object_;
   std::unique_ptr<StatusReporter> status_;
   std::unique_ptr<hostwatch::ClockWatch> clockWatch_;
+  std::unique_ptr<hostwatch::NetworkWatch> network_;
   config::BusOptions bus_;
 };
 

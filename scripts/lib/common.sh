@@ -28,6 +28,8 @@ IOTHUBD_PACKAGES=(
   # connectivity tests (tests/integration/netns_test.cpp): HTTP and SOCKS proxies, and the
   # firewall rules that keep the hub reachable only through them
   tinyproxy-bin dante-server iptables
+  # network-watch tests: the veth link the real systemd-networkd (package systemd) manages
+  iproute2
   # fuzzing (libFuzzer runtime), symbolized sanitizer reports, scripts/lint
   clang libclang-rt-14-dev llvm clang-format clang-tidy
 )

@@ -165,6 +165,34 @@ void HubSession::disconnect(Completion done) {
   machine_.handle(LinkEvent::Stop);
 }
 
+void HubSession::networkCameBack(std::string_view source) {
+  const LinkState s = machine_.state();
+  const bool waiting = s == LinkState::Backoff ||
+                       (s == LinkState::Idle && wantConnected_ && retryNotBefore_.has_value());
+  if (!waiting || credentialsRefused_) {
+    logf(LogLevel::Debug, "the network is online again (", source, "); the connection is ",
+         linkStateName(s), credentialsRefused_ ? " after the hub refused the credentials" : "",
+         ": nothing to do");
+    return;
+  }
+  // Issue 14: the failures that built up the backoff were most likely the network's; waiting
+  // out the rest of the delay would only keep the device offline.
+  const auto now = clock_.monotonic();
+  const auto left = retryNotBefore_ && *retryNotBefore_ > now ? *retryNotBefore_ - now
+                                                              : std::chrono::microseconds{0};
+  logf(LogLevel::Info, "the network is online again (", source,
+       "): reconnecting now instead of in ", std::chrono::ceil<std::chrono::seconds>(left).count(),
+       " s");
+  retry_.reset();
+  retryNotBefore_.reset();
+  if (s == LinkState::Backoff) {
+    retryTimer_->disarm();
+    machine_.handle(LinkEvent::RetryDue);
+    return;
+  }
+  start();
+}
+
 void HubSession::sendTelemetry(const proto::OutgoingMessage& message, Completion done) {
   if (auto valid = proto::validateOutgoingMessage(message); !valid) {
     done(fail(valid.error()));

@@ -53,7 +53,7 @@ class FakeTimedated {
 
 class ClockTest : public DaemonTest {
  protected:
-  ClockTest() { extraBusPolicies_.push_back(kTimedatedPolicy); }
+  ClockTest() { busIncludes_.push_back(kTimedatedPolicy); }
 
   /// Waits for LastError to contain `text` (its PropertiesChanged, or its value already).
   bool waitForLastError(const std::string& text) {

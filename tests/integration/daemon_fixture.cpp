@@ -171,7 +171,7 @@ std::string errorNameOf(const std::function<void()>& call, std::string* message)
 void DaemonTest::SetUp() {
   deviceKey_ = hub_.addDevice(kDevice);
   hub_.start();
-  bus_ = std::make_unique<PrivateBus>(dir_ / "bus", policyFilePath(), extraBusPolicies_);
+  bus_ = std::make_unique<PrivateBus>(dir_ / "bus", policyFilePath(), busIncludes_);
 
   // The daemon runs as the unprivileged service user, as under systemd: it gets a directory of
   // its own for its configuration, trust anchor and secrets.

@@ -137,9 +137,9 @@ class DaemonTest : public ::testing::Test {
   std::unique_ptr<DeviceClient> client_;
   /// More environment for the daemon (e.g. STATE_DIRECTORY), set before launchDaemon().
   std::map<std::string, std::string> daemonEnv_;
-  /// Policy files the private bus includes after ours (a host service a test plays), set in the
-  /// derived fixture's constructor.
-  std::vector<std::string> extraBusPolicies_;
+  /// More configuration files the private bus includes after our policy (other services'
+  /// policies, a service directory), set before SetUp().
+  std::vector<std::string> busIncludes_;
 };
 
 }  // namespace iothubd::testing

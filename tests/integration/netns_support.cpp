@@ -63,7 +63,7 @@ int enterPrivateNetwork() {
   return 0;
 }
 
-int useHostsFile(const std::string& hosts) {
+int enterPrivateMounts() {
   if (::geteuid() != 0) {
     std::cerr << "a private mount namespace needs root; skipped\n";
     return 77;
@@ -76,6 +76,13 @@ int useHostsFile(const std::string& hosts) {
   if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
     std::cerr << "cannot make the mounts private: " << std::strerror(errno) << "\n";
     return 1;
+  }
+  return 0;
+}
+
+int useHostsFile(const std::string& hosts) {
+  if (int r = enterPrivateMounts(); r != 0) {
+    return r;
   }
   const char* base = std::getenv("TMPDIR");
   std::string path =

@@ -16,6 +16,10 @@ namespace iothubd::testing {
 int enterPrivateNetwork();
 
 /// From main(), like enterPrivateNetwork(): moves this process into a private mount namespace
+/// whose mounts do not propagate back to the machine's. Same returns.
+int enterPrivateMounts();
+
+/// From main(), like enterPrivateNetwork(): moves this process into a private mount namespace
 /// in which /etc/hosts is a file with `hosts` as its content (readable by everyone), so that
 /// name resolution is what the test needs without touching the machine's file. Same returns.
 int useHostsFile(const std::string& hosts);

@@ -7,6 +7,7 @@
 #include <pwd.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -289,6 +290,35 @@ std::optional<int> DaemonProcess::stop(std::chrono::milliseconds timeout) {
 
 std::string DaemonProcess::log() const {
   return readFile(logPath_);
+}
+
+bool DaemonProcess::waitForLog(const std::string& text, std::chrono::milliseconds timeout) const {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  struct Inotify {
+    int fd = ::inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+    ~Inotify() {
+      if (fd >= 0) {
+        ::close(fd);
+      }
+    }
+    [[nodiscard]] int get() const { return fd; }
+  } watch;
+  if (watch.get() < 0 || ::inotify_add_watch(watch.get(), logPath_.c_str(), IN_MODIFY) < 0) {
+    throw std::runtime_error("cannot watch " + logPath_ + " with inotify");
+  }
+  // Watching first, then reading: a line written in between wakes the poll below.
+  while (log().find(text) == std::string::npos) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    pollfd pfd{watch.get(), POLLIN, 0};
+    if (left.count() <= 0 || ::poll(&pfd, 1, static_cast<int>(left.count())) <= 0) {
+      return log().find(text) != std::string::npos;
+    }
+    char events[4096];
+    while (::read(watch.get(), events, sizeof events) > 0) {
+    }
+  }
+  return true;
 }
 
 std::string DaemonProcess::sanitizerReport() const {

@@ -67,6 +67,10 @@ class DaemonProcess {
   [[nodiscard]] bool reload(std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
   [[nodiscard]] std::string log() const;
+  /// Waits until the log contains `text` (woken by inotify as the daemon writes, no polling);
+  /// false if `timeout` passed first. For what the daemon tells no one but its log.
+  [[nodiscard]] bool waitForLog(const std::string& text,
+                                std::chrono::milliseconds timeout = std::chrono::seconds(10)) const;
   /// The first sanitizer report in the log (AddressSanitizer, LeakSanitizer or an
   /// UndefinedBehaviorSanitizer "runtime error:") with what follows it, or "" if there is none.
   /// Only a sanitizer build (scripts/test --sanitize) writes them; any report fails the test.

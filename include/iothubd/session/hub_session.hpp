@@ -105,6 +105,13 @@ class HubSession final : private mqtt::MqttTransport::Listener,
   /// Closes the connection and stops reconnecting; waiting operations fail with Cancelled.
   void disconnect(Completion done);
 
+  /// The host's network came back (hostwatch::NetworkWatch; `source` names the network manager
+  /// that said so). While the session waits out a retry delay, the delay is over: the schedule
+  /// starts afresh and the attempt is made now. Otherwise nothing changes: a link that is up or
+  /// being made stays, credentials the hub refused are not retried (the network was not why),
+  /// and a disconnected session stays disconnected.
+  void networkCameBack(std::string_view source);
+
   /// Publishes one telemetry message (QoS 1) and completes on its PUBACK. Connects first when
   /// disconnected and auto_connect is on, else fails with NotConnected. MessageTooLarge before
   /// anything is sent; Timeout after operation_timeout.

@@ -511,6 +511,97 @@ TEST_F(HubSessionTest, DisconnectWhileWaitingToRetryCompletesAtOnce) {
   EXPECT_EQ(transport_.connects.size(), 1u);
 }
 
+// Issue 14: the network manager says the network is back while the session waits out a long
+// backoff: the attempt is made now, and the schedule starts afresh.
+TEST_F(HubSessionTest, TheNetworkComingBackEndsTheBackoffAndStartsTheScheduleAfresh) {
+  auto o = options();
+  o.connectionRetryInitialDelay = 2s;
+  o.connectionRetryMaxDelay = 60s;
+  auto& s = make(std::move(o));
+  s.start();
+  for (int i = 0; i < 4; ++i) {
+    transport_.failConnect();
+    clock_.advance(*clock_.nextTimerIn());
+  }
+  transport_.failConnect();
+  ASSERT_EQ(s.linkState(), LinkState::Backoff);
+  ASSERT_GE(*clock_.nextTimerIn(), 16s) << "the fifth failure waits 16..32 s";
+  s.networkCameBack("NetworkManager");
+  ASSERT_EQ(transport_.connects.size(), 6u) << "the attempt waited for the backoff";
+  EXPECT_EQ(s.linkState(), LinkState::Connecting);
+  EXPECT_EQ(s.state(), ConnectionState::Connecting) << "no visible change while trying";
+  EXPECT_EQ(clock_.nextTimerIn(), std::optional<std::chrono::microseconds>(60s))
+      << "a timer other than the CONNACK's runs (the old retry delay?)";
+  transport_.failConnect();
+  auto next = clock_.nextTimerIn();
+  ASSERT_TRUE(next);
+  EXPECT_LE(*next, 2s) << "the schedule did not start afresh";
+  clock_.advance(*next);
+  ASSERT_EQ(transport_.connects.size(), 7u);
+  transport_.acceptConnect();
+  EXPECT_TRUE(s.connected());
+}
+
+// The same after a drop: a Reconnecting session backing off comes back at once.
+TEST_F(HubSessionTest, TheNetworkComingBackReconnectsADroppedLinkAtOnce) {
+  auto& s = connected();
+  transport_.drop();
+  clock_.advance(10ms);  // the quick retry after a drop
+  transport_.failConnect();
+  ASSERT_EQ(s.state(), ConnectionState::Reconnecting);
+  ASSERT_GT(*clock_.nextTimerIn(), 100ms);
+  s.networkCameBack("systemd-networkd");
+  ASSERT_EQ(transport_.connects.size(), 3u);
+  transport_.acceptConnect();
+  EXPECT_TRUE(s.connected());
+}
+
+// Everywhere else the network coming back changes nothing.
+TEST_F(HubSessionTest, TheNetworkComingBackLeavesALinkThatIsUpOrBeingMadeAlone) {
+  auto& s = make();
+  s.networkCameBack("NetworkManager");
+  EXPECT_TRUE(transport_.connects.empty()) << "a session nobody started connected";
+  s.start();
+  s.networkCameBack("NetworkManager");
+  EXPECT_EQ(transport_.connects.size(), 1u) << "a second CONNECT while one is under way";
+  transport_.acceptConnect();
+  s.networkCameBack("NetworkManager");
+  EXPECT_EQ(transport_.connects.size(), 1u);
+  EXPECT_FALSE(transport_.disconnectRequested) << "a link that is up was closed";
+  EXPECT_TRUE(s.connected());
+}
+
+TEST_F(HubSessionTest, TheNetworkComingBackDoesNotRetryCredentialsTheHubRefused) {
+  auto& s = make();
+  s.start();
+  transport_.refuseConnect(4);  // bad user name or password: not retried at all
+  ASSERT_EQ(s.state(), ConnectionState::Disconnected);
+  s.networkCameBack("NetworkManager");
+  EXPECT_EQ(transport_.connects.size(), 1u);
+  // "Not authorised" with a key is retried with backoff, but not early: the network was not why.
+  auto& again = make();
+  transport_.connects.clear();
+  again.start();
+  transport_.refuseConnect(5);
+  ASSERT_EQ(again.linkState(), LinkState::Backoff);
+  const auto delay = clock_.nextTimerIn();
+  again.networkCameBack("systemd-networkd");
+  EXPECT_EQ(transport_.connects.size(), 1u);
+  EXPECT_EQ(clock_.nextTimerIn(), delay) << "the backoff changed";
+}
+
+TEST_F(HubSessionTest, TheNetworkComingBackLeavesADisconnectedSessionDisconnected) {
+  auto& s = connected();
+  transport_.drop();
+  Outcome disconnected;
+  s.disconnect(disconnected.callback());
+  ASSERT_TRUE(disconnected.ok());
+  s.networkCameBack("NetworkManager");
+  clock_.advance(1min);
+  EXPECT_EQ(transport_.connects.size(), 1u);
+  EXPECT_EQ(s.state(), ConnectionState::Disconnected);
+}
+
 TEST_F(HubSessionTest, UserSuppliedSasTokenIsSentAsIs) {
   auto o = options();
   o.auth = AuthMethod::SasToken;
