@@ -257,6 +257,36 @@ TEST_F(NetworkWatchTest, NetworkManagerComingOnlineEndsTheBackoffAtOnce) {
   expectConnectedSoon(back, "NetworkManager");
 }
 
+// A hostile app outside group iothub (user nobody) addresses a forged "NetworkManager is online"
+// PropertiesChanged to iothubd: the bus policy lets PropertiesChanged through (the real services
+// send their changes that way), but the daemon takes it only from the name's owner, so the backoff
+// stands. The owner's own change then ends it.
+TEST_F(NetworkWatchTest, AForgedOnlineSignalFromAnotherUserIsIgnored) {
+  FakeNetworkManager nm(bus_->address(), kNmDisconnected);
+  startBackingOff("NetworkManager reports the network offline");
+  const char* forge = R"(import sys, dbus
+bus = dbus.bus.BusConnection(sys.argv[1])
+m = dbus.lowlevel.SignalMessage('/org/freedesktop/NetworkManager',
+                                'org.freedesktop.DBus.Properties', 'PropertiesChanged')
+m.set_destination('org.iothubd')
+m.append('org.freedesktop.NetworkManager',
+         dbus.Dictionary({'State': dbus.UInt32(70, variant_level=1)}, signature='sv'),
+         dbus.Array([], signature='s'))
+bus.send_message(m)
+bus.flush()
+)";
+  ASSERT_EQ(
+      run({"runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", forge, bus_->address()}), 0)
+      << "the bus refused the forged signal, or python3-dbus is missing";
+  ASSERT_TRUE(daemon_->waitForLog("ignoring PropertiesChanged from")) << daemon_->log();
+  EXPECT_FALSE(client().Connected());
+  EXPECT_EQ(daemon_->log().find("the network is online again"), std::string::npos)
+      << daemon_->log();
+  const auto back = Steady::now();
+  nm.setState(kNmConnectedGlobal);
+  expectConnectedSoon(back, "NetworkManager");
+}
+
 // A network manager that starts after the daemon is picked up, and one that restarts and finds
 // the network back counts as the network coming back.
 TEST_F(NetworkWatchTest, ANetworkManagerStartedLaterOrRestartedIsPickedUp) {
