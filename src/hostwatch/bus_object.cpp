@@ -13,7 +13,6 @@ using core::logf;
 using core::LogLevel;
 
 constexpr const char* kBusDriver = "org.freedesktop.DBus";
-constexpr const char* kPropertiesInterface = "org.freedesktop.DBus.Properties";
 /// A service that does not answer a property read within this is treated as not answering
 /// (its next change still arrives as a signal).
 constexpr std::chrono::seconds kReadTimeout{10};

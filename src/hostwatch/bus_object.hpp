@@ -14,6 +14,9 @@
 
 namespace iothubd::hostwatch {
 
+/// The standard properties interface every watch reads and listens on.
+inline constexpr const char* kPropertiesInterface = "org.freedesktop.DBus.Properties";
+
 /// The object `path` of the service that owns the well-known name `name`, if any does.
 ///
 /// Never bus-activates the service (networkd, timedated and others are activatable on Debian, and

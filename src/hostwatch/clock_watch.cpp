@@ -15,6 +15,7 @@
 
 #include <sdbus-c++/sdbus-c++.h>
 
+#include "bus_object.hpp"
 #include "iothubd/core/lifetime.hpp"
 #include "iothubd/core/log.hpp"
 #include "iothubd/core/scheduler.hpp"
@@ -29,7 +30,6 @@ using core::LogLevel;
 
 constexpr const char* kTimedated = "org.freedesktop.timedate1";
 constexpr const char* kTimedatedPath = "/org/freedesktop/timedate1";
-constexpr const char* kProperties = "org.freedesktop.DBus.Properties";
 
 /// CLOCK_REALTIME minus CLOCK_MONOTONIC, in microseconds: it changes (beyond the slewing of a few
 /// ppm) only when the clock is set, by the size of the step.
@@ -84,8 +84,6 @@ class TimedatedClockWatch final : public ClockWatch {
     ask();
   }
 
-  [[nodiscard]] core::ClockSync sync() const noexcept override { return sync_; }
-
  private:
   /// A timer at the end of time that the kernel cancels whenever CLOCK_REALTIME is set.
   core::Result<void> armStepTimer() {
@@ -131,7 +129,7 @@ class TimedatedClockWatch final : public ClockWatch {
       asking_ = true;
       auto alive = lifetime_.watch();
       proxy_->callMethodAsync("GetAll")
-          .onInterface(kProperties)
+          .onInterface(kPropertiesInterface)
           .withArguments(std::string(kTimedated))
           .withTimeout(kAnswerTimeout)
           .uponReplyInvoke([this, alive](const sdbus::Error* error,

@@ -17,8 +17,6 @@ namespace {
 using core::logf;
 using core::LogLevel;
 
-constexpr const char* kPropertiesInterface = "org.freedesktop.DBus.Properties";
-
 /// NMState values (NetworkManager's nm-dbus-interface.h).
 constexpr std::uint32_t kNmAsleep = 10;
 constexpr std::uint32_t kNmConnectedSite = 60;

@@ -59,7 +59,6 @@ class ClockWatch {
   /// Asks timedated now; `answered` runs once, after the first answer (or its failure) was told
   /// through Callbacks::sync, so that the first connection attempt knows it.
   virtual void start(std::function<void()> answered) = 0;
-  [[nodiscard]] virtual core::ClockSync sync() const noexcept = 0;
 };
 
 }  // namespace iothubd::hostwatch
