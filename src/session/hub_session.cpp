@@ -166,10 +166,10 @@ void HubSession::disconnect(Completion done) {
 }
 
 void HubSession::networkCameBack(std::string_view source) {
+  // Waiting out a delay is always Backoff: start() from Idle within the delay goes there too
+  // (StartLater).
   const LinkState s = machine_.state();
-  const bool waiting = s == LinkState::Backoff ||
-                       (s == LinkState::Idle && wantConnected_ && retryNotBefore_.has_value());
-  if (!waiting || credentialsRefused_) {
+  if (s != LinkState::Backoff || credentialsRefused_) {
     logf(LogLevel::Debug, "the network is online again (", source, "); the connection is ",
          linkStateName(s), credentialsRefused_ ? " after the hub refused the credentials" : "",
          ": nothing to do");
@@ -185,12 +185,8 @@ void HubSession::networkCameBack(std::string_view source) {
        " s");
   retry_.reset();
   retryNotBefore_.reset();
-  if (s == LinkState::Backoff) {
-    retryTimer_->disarm();
-    machine_.handle(LinkEvent::RetryDue);
-    return;
-  }
-  start();
+  retryTimer_->disarm();
+  machine_.handle(LinkEvent::RetryDue);
 }
 
 void HubSession::sendTelemetry(const proto::OutgoingMessage& message, Completion done) {
