@@ -30,6 +30,16 @@ hubemu::HubEmulator::Options shaped() {
   return o;
 }
 
+/// Prints the gap before each of `times` ("what 1: +0 ms", "what 2: +812 ms", ...).
+void printGaps(const std::vector<Steady::time_point>& times, const char* what) {
+  for (std::size_t i = 0; i < times.size(); ++i) {
+    const auto since =
+        i == 0 ? 0ms
+               : std::chrono::duration_cast<std::chrono::milliseconds>(times[i] - times[i - 1]);
+    std::printf("%s %zu: +%lld ms\n", what, i + 1, static_cast<long long>(since.count()));
+  }
+}
+
 /// Waits for `count` events of `type` for the device and returns when each was seen, printing
 /// the gaps.
 std::vector<Steady::time_point> attemptTimes(hubemu::ServiceClient& service, const char* device,
@@ -42,12 +52,7 @@ std::vector<Steady::time_point> attemptTimes(hubemu::ServiceClient& service, con
     }
     times.push_back(Steady::now());
   }
-  for (std::size_t i = 0; i < times.size(); ++i) {
-    const auto since =
-        i == 0 ? 0ms
-               : std::chrono::duration_cast<std::chrono::milliseconds>(times[i] - times[i - 1]);
-    std::printf("%s %zu: +%lld ms\n", what, i + 1, static_cast<long long>(since.count()));
-  }
+  printGaps(times, what);
   return times;
 }
 
@@ -109,10 +114,7 @@ TEST_F(RetryTest, ADuplicateIdentityGetsABoundedBackingOffReconnectSchedule) {
       }
     }
   }
-  for (std::size_t i = 0; i < ours.size(); ++i) {
-    std::printf("iothubd's CONNECT %zu: +%lld ms\n", i + 1,
-                static_cast<long long>(i == 0 ? 0 : gap(ours, i).count()));
-  }
+  printGaps(ours, "iothubd's CONNECT");
   ASSERT_GE(ours.size(), 2u) << "iothubd did not try to come back";
   // 10 ms loops would be hundreds; the floor (0.8–1.6 s here) allows a handful.
   EXPECT_LE(ours.size(), 9u);
